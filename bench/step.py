@@ -1,0 +1,319 @@
+"""Training-step cost of EdMIPS's search, against plain QAT and a naive composite layer.
+
+    python bench/step.py                                   # CPU: resnet20, batch 64, 32x32
+    python bench/step.py --device cuda --model resnet18 --batch-size 128 --image-size 224 \
+        --num-classes 1000                                 # the GPU target (also resnet50, b64)
+
+One run, one random batch, identical initial weights (seeds reset per configuration). Each
+configuration times `--steps` full training steps (forward, loss, backward, optimizer step(s))
+after `--warmup` untimed ones and prints one JSON line:
+
+  fp             plain float network of the same shape: every conv/linear at 32 bits (float
+                 weights, ReLU inputs), residual-stream quantizers -> identity, stem HWGQ -> ReLU
+  uniform_w2a2   QAT with fixed W2A2 on every searched layer (`to_fixed`)
+  search_single  the edmips search with one candidate each, W{2} A{2}
+  search_full    the edmips search over W{1,2,3,4} A{2,3,4}: loss = CE + mu * complexity_loss,
+                 weight SGD (lr 0.1) and architecture SGD (lr 0.01) both stepped (single pass),
+                 as SearchModule.training_step does
+  naive_single,  the same search with NaiveMixedConv2d below in place of MixedConv2d: written
+  naive_full     like the published EdMIPS code (the weight std read on the host per layer, one
+                 quantized weight and one HWGQ output per candidate kept by autograd)
+
+"ms" is the median milliseconds per step. "peak_mib" is the allocator peak over the timed steps
+on CUDA ("memory": "allocator-peak"); on CPU, which has no resettable allocator peak, it is the
+bytes of tensors saved for backward during one eager step (unique storages, parameters
+excluded) plus parameter and gradient bytes ("memory": "saved-for-backward"; reported as
+"saved_mib" on CUDA too).
+
+The last line holds the ratios. search_over_uniform: what the search costs per step relative to
+plain W2A2 QAT (the paper claims ~1.45x; the published code measures 2.2x on ResNet-18, H100).
+search_over_naive: below 1 means edmips's fused composite quantizers beat the naive layer.
+memory_full_over_single: near 1 means memory does not grow with the number of candidates (the
+naive layer's own ratio, naive_memory_full_over_single, shows the growth it avoids).
+"""
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `edmips`
+from edmips import complexity  # noqa: E402
+from edmips.models import create_model  # noqa: E402
+from edmips.nn.convert import default_searched, quantizable_names, to_fixed, to_search  # noqa: E402
+from edmips.nn.layers import MixedConv2d  # noqa: E402
+from edmips.quant import GAUSS_STEPS, HWGQ_STEPS, StreamQuant  # noqa: E402
+from edmips.quant.activation import HWGQ, hwgq_clip  # noqa: E402
+
+CONFIGS = ("fp", "uniform_w2a2", "search_single", "search_full", "naive_single", "naive_full")
+SPACES = {"single": ((2,), (2,)), "full": ((1, 2, 3, 4), (2, 3, 4))}
+FP_NOTE = ("fp: registry network with every conv/linear at 32 bits, StreamQuant -> identity, "
+           "stem HWGQ -> ReLU (a plain float pre-activation ResNet of the same shape)")
+MIB = 2**20
+ARCH_PARAMS = ("alpha_w", "alpha_a")  # as edmips.search.module, whose import pulls in Lightning
+
+
+# -- the naive composite layer (published EdMIPS style) ----------------------------------------
+class _GaussQuantize(torch.autograd.Function):
+    """Reference weight quantizer with a precomputed step; straight-through gradient."""
+
+    @staticmethod
+    def forward(ctx, weight, step, bits):
+        limit = (2 ** (bits - 1) - 0.5) * step
+        return ((torch.round(weight / step + 0.5) - 0.5) * step).clamp(-limit, limit)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None
+
+
+class _HWGQRound(torch.autograd.Function):
+    """Reference HWGQ rounding (input already clamped); straight-through gradient."""
+
+    @staticmethod
+    def forward(ctx, x, step):
+        return torch.round(x / step) * step
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def host_std(weight, per_channel):
+    """The weight statistic read on the host as the reference does (`weight.std().item()`):
+    a device-to-host sync per layer per step. Per channel: the list of stds, sent back."""
+    w = weight.detach()
+    if not per_channel:
+        return max(w.std().item(), 1e-12)
+    stds = w.flatten(1).std(dim=1).clamp_min(1e-12).tolist()
+    return torch.tensor(stds, dtype=w.dtype, device=w.device).view(-1, *[1] * (w.dim() - 1))
+
+
+class NaiveMixedConv2d(MixedConv2d):
+    """MixedConv2d's selectors and conv, with the quantizers of the published EdMIPS code: a
+    Python loop that keeps every candidate's tensor in the autograd graph."""
+
+    def quant_weight(self):
+        assert self.shared, "the naive layer implements shared weights only"
+        std = host_std(self.weight, self.per_channel)  # once per layer, as SharedMixQuantConv2d
+        return sum(p * _GaussQuantize.apply(self.weight, GAUSS_STEPS[b] * std, b)
+                   for p, b in zip(self.probs_w(), self.wbits, strict=True))
+
+    def quant_input(self, x):
+        if self.abits is None:
+            return x
+        outs = []
+        for p, b in zip(self.probs_a().to(x.dtype), self.abits, strict=True):  # dtype: as edmips
+            outs.append(_HWGQRound.apply(x.clamp(0.0, hwgq_clip(b)), HWGQ_STEPS[b]) * p)
+        return sum(outs)
+
+
+def _swap(model, name, new):
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, new)
+
+
+def to_naive(model):
+    """Replace every MixedConv2d by a NaiveMixedConv2d with the same weights and selectors."""
+    for name, m in list(model.named_modules()):
+        if type(m) is MixedConv2d:
+            new = NaiveMixedConv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,
+                                   padding=m.padding, dilation=m.dilation, groups=m.groups,
+                                   bias=m.bias is not None, wbits=m.wbits, abits=m.abits,
+                                   per_channel=m.per_channel).to(m.weight.device)
+            new.load_state_dict(m.state_dict())
+            if hasattr(m, "cost"):
+                new.cost = m.cost
+            _swap(model, name, new)
+    return model
+
+
+def to_float(model):
+    """Every quantizer off: 32-bit conv/linear, identity residual quantizers, ReLU stem."""
+    to_fixed(model, {n: (32, 32) for n in quantizable_names(model)})
+    for name, m in list(model.named_modules()):
+        if isinstance(m, StreamQuant):
+            _swap(model, name, nn.Identity())
+        elif isinstance(m, HWGQ):
+            _swap(model, name, nn.ReLU())
+    return model
+
+
+# -- one configuration --------------------------------------------------------------------------
+def build(name, args, device):
+    torch.manual_seed(args.seed)
+    model = create_model(args.model, num_classes=args.num_classes)
+    names = default_searched(model)
+    if name == "fp":
+        to_float(model)
+    elif name == "uniform_w2a2":
+        to_fixed(model, {n: (2, 2) for n in names})
+    else:
+        to_search(model, names, *SPACES[name.split("_")[1]])
+        if name.startswith("naive"):
+            to_naive(model)
+    model.to(device).train()
+    costs = complexity.measure(model, (3, args.image_size, args.image_size))
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, complexity.searched(model, costs)
+
+
+def make_step(model, layers, x, y, args, device):
+    named = list(model.named_parameters())
+    weights = [p for n, p in named if n.rsplit(".", 1)[-1] not in ARCH_PARAMS]
+    arch = [p for n, p in named if n.rsplit(".", 1)[-1] in ARCH_PARAMS]
+    optimizers = [torch.optim.SGD(weights, lr=0.1, momentum=0.9, weight_decay=1e-4)]
+    if arch:
+        optimizers.append(torch.optim.SGD(arch, lr=0.01, momentum=0.9))
+    forward = torch.compile(model) if args.compile else model
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16
+                else nullcontext())
+
+    def step(fn=forward):
+        with autocast:
+            loss = F.cross_entropy(fn(x), y)
+            if layers:
+                loss = loss + args.mu * complexity.complexity_loss(layers)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+
+    return step
+
+
+def saved_for_backward_bytes(step, params):
+    """Bytes of the tensors autograd saves during one step (unique storages, not parameters)."""
+    seen = {p.untyped_storage().data_ptr() for p in params}
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return total
+
+
+def run_config(name, args, device, x, y):
+    model, layers = build(name, args, device)
+    step = make_step(model, layers, x, y, args, device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(args.warmup):
+        step()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.steps):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    peak = torch.cuda.max_memory_allocated() if cuda else None
+    params = list(model.parameters())
+    param_bytes = sum(p.numel() * p.element_size() for p in params)
+    saved = saved_for_backward_bytes(lambda: step(model), params) + 2 * param_bytes
+    line = {"name": name, "ms": round(statistics.median(times), 3),
+            "peak_mib": round((peak if cuda else saved) / MIB, 2),
+            "memory": "allocator-peak" if cuda else "saved-for-backward",
+            "saved_mib": round(saved / MIB, 2), "ms_min": round(min(times), 3),
+            "searched_layers": len(layers)}
+    if name == "fp":
+        line["note"] = FP_NOTE
+    return line
+
+
+def ratios(lines):
+    by = {line["name"]: line for line in lines}
+
+    def ratio(a, b, key="ms"):
+        return round(by[a][key] / by[b][key], 3) if a in by and b in by else None
+
+    return {"name": "ratios",
+            "search_over_uniform": ratio("search_full", "uniform_w2a2"),
+            "search_over_naive": ratio("search_full", "naive_full"),
+            "memory_full_over_single": ratio("search_full", "search_single", "peak_mib"),
+            "naive_memory_full_over_single": ratio("naive_full", "naive_single", "peak_mib"),
+            "search_over_fp": ratio("search_full", "fp"),
+            "uniform_over_fp": ratio("uniform_w2a2", "fp"),
+            "naive_over_uniform": ratio("naive_full", "uniform_w2a2")}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--steps", type=int, help="timed steps (default: 5 on CPU, 20 on CUDA)")
+    p.add_argument("--warmup", type=int, help="untimed steps (default: 2 on CPU, 5 on CUDA)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="default: on for cuda")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="default: on for cuda")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--config", nargs="+", choices=CONFIGS, default=list(CONFIGS),
+                   help="run only these configurations")
+    p.add_argument("--mu", type=float, default=0.01, help="complexity weight of the search loss")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", help="also write the JSON lines to this file")
+    args = p.parse_args(argv)
+    cuda = torch.device(args.device).type == "cuda"
+    for key, on_cuda, on_cpu in (("steps", 20, 5), ("warmup", 5, 2), ("bf16", True, False),
+                                 ("channels_last", True, False)):
+        if getattr(args, key) is None:
+            setattr(args, key, on_cuda if cuda else on_cpu)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    gen = torch.Generator().manual_seed(args.seed)
+    x = torch.rand(args.batch_size, 3, args.image_size, args.image_size, generator=gen)
+    y = torch.randint(0, args.num_classes, (args.batch_size,), generator=gen)
+    x, y = x.to(device), y.to(device)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    shape = {"model": args.model, "batch_size": args.batch_size, "image_size": args.image_size,
+             "num_classes": args.num_classes, "device": str(device), "bf16": args.bf16,
+             "channels_last": args.channels_last, "compile": args.compile,
+             "steps": args.steps, "threads": torch.get_num_threads(),
+             "torch": torch.__version__}
+    lines = []
+    for name in (c for c in CONFIGS if c in args.config):
+        lines.append({**run_config(name, args, device, x, y), **shape})
+        print(json.dumps(lines[-1]), flush=True)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    lines.append(ratios(lines))
+    print(json.dumps(lines[-1]), flush=True)
+    if args.out:
+        Path(args.out).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return lines
+
+
+if __name__ == "__main__":
+    main()

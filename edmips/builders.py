@@ -1,0 +1,59 @@
+"""What search.py and retrain.py share: data, model and Trainer from the Hydra config."""
+
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as L
+import torch
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+from pytorch_lightning.loggers import CSVLogger
+from torch import nn
+
+from edmips import complexity
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    return hydra.utils.instantiate(cfg.data)
+
+
+def build_model(cfg: DictConfig, datamodule, **overrides) -> nn.Module:
+    """The registered model named in `cfg.model`, sized for the data's classes and statistics."""
+    return hydra.utils.instantiate(
+        cfg.model,
+        num_classes=datamodule.num_classes,
+        mean=datamodule.mean,
+        std=datamodule.std,
+        **overrides,
+    )
+
+
+def on_gpu(cfg: DictConfig) -> bool:
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def fast_path(cfg: DictConfig) -> bool:
+    """bf16 autocast and channels_last: on by default on a GPU (`fast=false` turns them off)."""
+    return bool(cfg.fast) and on_gpu(cfg)
+
+
+def build_trainer(cfg: DictConfig, callbacks=()) -> L.Trainer:
+    out = Path(cfg.output_dir)
+    precision = "bf16-mixed" if fast_path(cfg) else cfg.trainer.get("precision", "32-true")
+    progress = [RichProgressBar(leave=True)] if cfg.trainer.get("enable_progress_bar", True) else []
+    return hydra.utils.instantiate(
+        cfg.trainer,
+        precision=precision,
+        default_root_dir=str(out),
+        logger=CSVLogger(str(out), name="", version="logs"),
+        callbacks=[
+            *progress,
+            ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0),
+            *callbacks,
+        ],
+    )
+
+
+def measure(model: nn.Module, datamodule) -> list[complexity.LayerCost]:
+    return complexity.measure(model, tuple(datamodule.input_size))

@@ -1,0 +1,44 @@
+"""What the search and retrain LightningModules share: the network, its forward on the fast
+path, and the validation / test steps with their metrics."""
+
+import pytorch_lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class Classifier(L.LightningModule):
+    def __init__(
+        self, model: nn.Module, num_classes: int, channels_last: bool = False, compile: bool = False
+    ):
+        super().__init__()
+        self.model = model
+        self.channels_last = channels_last
+        self.forward_fn = torch.compile(model) if compile else model
+        # validate_args=False: argument checks read values back to the host on every update.
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_acc = self.train_acc.clone()
+        self.test_acc = self.train_acc.clone()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.forward_fn(x)
+
+    def _eval_step(self, batch, metric, prefix: str) -> None:
+        x, y = batch
+        logits = self(x)
+        metric(logits, y)
+        self.log_dict(
+            {f"{prefix}/loss": F.cross_entropy(logits, y), f"{prefix}/acc": metric},
+            on_epoch=True,
+            prog_bar=prefix == "val",
+            sync_dist=True,
+        )
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_acc, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_acc, "test")

@@ -1,0 +1,107 @@
+"""ImageNet from an ImageFolder tree (``train/``, ``val/``) through worker-process DataLoaders."""
+
+import copy
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from edmips.data.common import resolve_path, split_indices
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def transforms(train: bool, image_size: int = 224, resize_size: int = 256):
+    """Standard ImageNet augmentation, ending in a float [0, 1] tensor (no Normalize)."""
+    from torchvision.transforms import v2
+
+    head = (
+        [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
+        if train
+        else [v2.Resize(resize_size, antialias=True), v2.CenterCrop(image_size)]
+    )
+    # Crop the PIL image first, then convert: decoding dominates, tensors stay small.
+    return v2.Compose([*head, v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+
+class ImageNetDataModule(pl.LightningDataModule):
+    """ImageNet-style data: ``path/train`` (``val_size`` images held out, seeded) and
+    ``path/val`` as the test split. Lightning adds the DistributedSampler under DDP.
+    """
+
+    name = "imagenet"
+    mean, std = MEAN, STD
+
+    def __init__(self, path: str | os.PathLike = "data/imagenet", batch_size: int = 256,
+                 val_size: int = 10000, seed: int = 0, num_workers: int = 8,
+                 num_classes: int = 1000, image_size: int = 224, resize_size: int = 256,
+                 eval_batch_size: int | None = None, pin_memory: bool = True):
+        super().__init__()
+        self.path = resolve_path(path)
+        self.batch_size, self.val_size, self.seed = batch_size, val_size, seed
+        self.num_workers, self.num_classes, self.pin_memory = num_workers, num_classes, pin_memory
+        self.image_size, self.resize_size = image_size, resize_size
+        self.input_size = (3, image_size, image_size)
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.datasets: dict[str, torch.utils.data.Dataset] = {}
+
+    def _folder(self, split: str) -> Path:
+        folder = self.path / split
+        if not folder.is_dir():
+            what = "not found" if not self.path.exists() else f"has no {split}/ folder"
+            raise FileNotFoundError(
+                f"imagenet: {self.path} {what}: expected an ImageFolder tree with train/ and "
+                "val/ (one sub-folder per class; set data.path=...)"
+            )
+        return folder
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        from torchvision.datasets import ImageFolder
+
+        train_dir, test_dir = self._folder("train"), self._folder("val")
+        train = ImageFolder(str(train_dir), transform=transforms(True, self.image_size))
+        if len(train.classes) != self.num_classes:
+            raise ValueError(f"imagenet: {train_dir} has {len(train.classes)} classes, "
+                             f"expected num_classes={self.num_classes}")
+        # The validation split is the same files with eval transforms: copy, do not rescan.
+        held_out = copy.copy(train)
+        held_out.transform = transforms(False, self.image_size, self.resize_size)
+        train_idx, val_idx = split_indices(len(train), self.val_size, self.seed, self.name)
+        test = ImageFolder(str(test_dir), transform=held_out.transform)
+        if test.classes != train.classes:
+            raise ValueError(f"imagenet: {test_dir} and {train_dir} have different class folders")
+        self.datasets = {
+            "train": Subset(train, train_idx.tolist()),
+            "val": Subset(held_out, val_idx.tolist()),
+            "test": test,
+        }
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if not self.datasets:
+            raise RuntimeError("imagenet: call setup() before asking for a dataloader")
+        workers = self.num_workers
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            # Seeded shuffling: the generator advances, so each epoch gets a new order.
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

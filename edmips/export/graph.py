@@ -1,0 +1,107 @@
+"""The integer network: a list of nodes over named integer tensors, saved as a bundle.
+
+A bundle is a folder with `manifest.json` (format, model, input, the nodes with their
+attributes, the output) and `arrays.npz` (integer weights, thresholds, biases). Ops:
+
+    input      uint8 image codes minus a per-channel integer zero point
+    conv       integer convolution -> accumulator (attrs: stride, padding, groups, acc_bits)
+    threshold  level = #{k : sign_c * x >= T_ck} + out_bias  (per channel)
+    maxpool    max over windows (attrs: kernel, stride, padding)
+    add        a + b, clamped to [lo, hi] (a residual add on one shared grid)
+    sumpool    sum over the spatial positions
+    linear     x @ W.T + bias (integer logits)
+
+Every node records `range` = [lo, hi], the integers its output can hold, and, for
+information, `scale`: the float value of one integer unit in the fake-quantized network.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT, VERSION = "edmips-integer", 1
+
+
+@dataclass
+class Node:
+    op: str
+    name: str
+    inputs: list[str]
+    attrs: dict = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class Graph:
+    model: str
+    input_shape: list[int]
+    nodes: list[Node] = field(default_factory=list)
+
+    @property
+    def output(self) -> str:
+        return self.nodes[-1].name
+
+    def add(self, op: str, name: str, inputs: list[str], arrays=None, **attrs) -> str:
+        self.nodes.append(Node(op, name, inputs, attrs, arrays or {}))
+        return name
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+
+def save_bundle(graph: Graph, path: str | Path) -> Path:
+    """Write the bundle folder atomically (built beside it, then renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": graph.model,
+            "input_shape": graph.input_shape,
+            "output": graph.output,
+            "nodes": [
+                {
+                    "op": n.op,
+                    "name": n.name,
+                    "inputs": n.inputs,
+                    **n.attrs,
+                    "arrays": sorted(n.arrays),
+                }
+                for n in graph.nodes
+            ],
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        arrays = {f"{n.name}/{k}": v for n in graph.nodes for k, v in n.arrays.items()}
+        np.savez_compressed(tmp / "arrays.npz", **arrays)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_bundle(path: str | Path) -> Graph:
+    path = Path(path)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        arrays = np.load(path / "arrays.npz")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not an integer bundle ({e})") from None
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise ValueError(f"{path}: not an {FORMAT} v{VERSION} bundle")
+    graph = Graph(manifest["model"], manifest["input_shape"])
+    for spec in manifest["nodes"]:
+        spec = dict(spec)
+        op, name, inputs = spec.pop("op"), spec.pop("name"), spec.pop("inputs")
+        keys = spec.pop("arrays")
+        graph.add(op, name, inputs, {k: arrays[f"{name}/{k}"] for k in keys}, **spec)
+    return graph

@@ -1,0 +1,24 @@
+"""Quantized layers and the conversions between search and fixed-bit networks."""
+
+from edmips.nn.convert import default_searched, quantizable_names, to_fixed, to_search
+from edmips.nn.layers import (
+    MIXED_LAYERS,
+    QUANT_LAYERS,
+    MixedConv2d,
+    MixedLinear,
+    QuantConv2d,
+    QuantLinear,
+)
+
+__all__ = [
+    "MIXED_LAYERS",
+    "QUANT_LAYERS",
+    "MixedConv2d",
+    "MixedLinear",
+    "QuantConv2d",
+    "QuantLinear",
+    "default_searched",
+    "quantizable_names",
+    "to_fixed",
+    "to_search",
+]

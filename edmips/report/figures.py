@@ -1,0 +1,257 @@
+"""Figures of one search (EdMIPS figs. 4, 6, 7b) and the accuracy/bits Pareto plot of a sweep.
+
+Every function writes one PNG and returns its path. Figures are made with `Figure` rather than
+pyplot: that needs no screen and leaves the backend of whoever imports this module alone.
+"""
+
+import json
+import logging
+import math
+from pathlib import Path
+
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, MaxNLocator
+
+from edmips import arch as arch_file
+
+log = logging.getLogger(__name__)
+
+W_COLOR, A_COLOR, MU_COLOR = "tab:blue", "tab:orange", "tab:gray"
+
+
+def plot_bit_allocation(arch: arch_file.Arch, path) -> Path:
+    """Per-layer weight and activation bits (fig. 6), with each layer's FLOPs beneath."""
+    n = len(arch.layers)
+    x = range(n)
+    fig = Figure(figsize=(max(6.0, 0.32 * n + 2.5), 5.5), layout="constrained")
+    bits_ax, flops_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    width = 0.4
+    bits_ax.bar([i - width / 2 for i in x], [la.wbits for la in arch.layers], width,
+                color=W_COLOR, label="weights")
+    bits_ax.bar([i + width / 2 for i in x], [la.abits for la in arch.layers], width,
+                color=A_COLOR, label="activations")
+    levels = sorted({b for la in arch.layers for b in (la.wbits, la.abits)}
+                    | set(arch.space["wbits"]) | set(arch.space["abits"]))
+    bits_ax.set_yticks(levels)
+    bits_ax.set_ylim(0, max(levels) + 0.8)  # headroom for the legend
+    bits_ax.set_ylabel("bits")
+    bits_ax.grid(axis="y", alpha=0.3)
+    bits_ax.legend(loc="upper left", ncols=2, fontsize="small", frameon=False)
+    bits_ax.set_title(_title(arch), fontsize="medium")
+
+    # FLOPs explain the allocation: expensive layers are pushed to fewer bits
+    flops_ax.bar(list(x), [la.flops for la in arch.layers], 0.8, color="0.6")
+    flops_ax.yaxis.set_major_formatter(EngFormatter())
+    flops_ax.yaxis.set_major_locator(MaxNLocator(3))
+    flops_ax.set_ylabel("FLOPs")
+    flops_ax.set_xticks(list(x))
+    flops_ax.set_xticklabels([f"{i} {la.name}" for i, la in enumerate(arch.layers)],
+                             rotation=90, fontsize="x-small")
+    flops_ax.set_xlim(-0.6, n - 0.4)
+    return _save(fig, path)
+
+
+def plot_selector_evolution(history: list[dict], arch: arch_file.Arch, path) -> Path:
+    """Each layer's selector probabilities against epoch (fig. 4): one small panel per layer,
+    weights in the upper block, activations in the lower one."""
+    _check_history(history, len(arch.layers))
+    n = len(arch.layers)
+    cols = min(n, max(6, math.ceil(1.5 * math.sqrt(n))))
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(1.6 * cols + 1.2, 2 * (1.25 * rows + 0.6)), layout="constrained")
+    epochs = [h["epoch"] for h in history]
+    for sub, kind, label in zip(fig.subfigures(2, 1), ("w", "a"), ("Weights", "Activations"),
+                                strict=True):
+        space = arch.space[f"{kind}bits"]
+        colors = _bit_colors(space)
+        axes = sub.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
+        lines = {}
+        for i, ax in enumerate(axes.flat):
+            if i >= n:
+                ax.set_axis_off()
+                continue
+            layer = arch.layers[i]
+            series = list(zip(*(h[f"probs_{kind}"][i] for h in history), strict=True))
+            chosen = layer.wbits if kind == "w" else layer.abits
+            for bits, probs in zip(_candidates(space, len(series), chosen), series, strict=True):
+                lines[bits], = ax.plot(epochs, probs, color=colors.get(bits, "k"), lw=1.3,
+                                       marker="o" if len(epochs) < 12 else None, ms=3)
+            ax.set_title(f"{i} {_short(layer.name)}: {chosen}b", fontsize=6.5, pad=2)
+            ax.set_ylim(-0.05, 1.05)
+            ax.tick_params(labelsize=6, length=2)
+            _epoch_axis(ax, epochs, nbins=3)
+        for ax in axes[:, 0]:
+            ax.set_ylabel("prob.", fontsize=7)
+        for c in range(cols):
+            # the lowest panel in use of each column carries the epoch axis
+            ax = axes[-1, c] if c < n - (rows - 1) * cols else axes[-2, c]
+            ax.set_xlabel("epoch", fontsize=7)
+            ax.xaxis.set_tick_params(labelbottom=True)
+        sub.suptitle(f"{label}: selector probabilities ({arch.model})", fontsize="medium")
+        keys = sorted(lines)
+        sub.legend([lines[b] for b in keys], [f"{b} bit" for b in keys], loc="outside right upper",
+                   fontsize="small", frameon=False)
+    return _save(fig, path)
+
+
+def plot_complexity(history: list[dict], path, target_bits: float | None = None,
+                    title: str = "Complexity during search") -> Path:
+    """Expected and discrete equivalent bits against epoch (fig. 7b), mu on a second axis."""
+    _check_history(history)
+    epochs = [h["epoch"] for h in history]
+    marker = "o" if len(epochs) < 12 else None
+    fig = Figure(figsize=(6.5, 4), layout="constrained")
+    ax = fig.subplots()
+    handles = [
+        ax.plot(*_present(epochs, history, "expected_bits"), color=W_COLOR, marker=marker,
+                label="expected bits")[0],
+        ax.plot(*_present(epochs, history, "discrete_bits"), color=W_COLOR, ls="--",
+                marker=marker, label="discrete (argmax) bits")[0],
+    ]
+    if target_bits is not None:
+        handles.append(ax.axhline(target_bits, color="tab:red", ls=":", label="target"))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("equivalent bits")
+    _epoch_axis(ax, epochs)
+    ax.grid(alpha=0.3)
+    mu_epochs, mu = _present(epochs, history, "mu")
+    if mu:
+        mu_ax = ax.twinx()
+        handles.append(mu_ax.plot(mu_epochs, mu, color=MU_COLOR, marker=marker, lw=1,
+                                  label="mu (complexity weight)")[0])
+        mu_ax.set_ylabel("mu", color=MU_COLOR)
+        mu_ax.tick_params(axis="y", colors=MU_COLOR)
+        mu_ax.set_ylim(bottom=0)
+    # outside the axes: "best" placement cannot see the curve on the twin axis
+    fig.legend(handles=handles, fontsize="small", loc="outside lower center", ncols=len(handles),
+               frameon=False)
+    ax.set_title(title, fontsize="medium")
+    return _save(fig, path)
+
+
+def plot_pareto(points: list[dict], path, ylabel: str = "test accuracy") -> Path:
+    """Accuracy against equivalent bits, one line per group.
+
+    `points`: dicts with "group" (line label), "bits", "acc", "label" (point annotation) and
+    optionally "uniform" (a baseline group: drawn dashed with squares).
+    """
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    groups: dict[str, list[dict]] = {}
+    for p in points:
+        groups.setdefault(p["group"], []).append(p)
+    for k, (group, members) in enumerate(sorted(groups.items())):
+        members.sort(key=lambda p: p["bits"])
+        uniform = any(p.get("uniform") for p in members)
+        ax.plot([p["bits"] for p in members], [p["acc"] for p in members],
+                marker="s" if uniform else "o", ls="--" if uniform else "-",
+                color=f"C{k}", label=group)
+        for j, p in enumerate(members):
+            # a Pareto line rises to the right, so below-right and above-left of a point are
+            # free; alternating them keeps the labels of close points apart
+            right = j % 2 == 0
+            ax.annotate(p["label"], (p["bits"], p["acc"]), textcoords="offset points",
+                        xytext=(5, -5) if right else (-5, 5), ha="left" if right else "right",
+                        va="top" if right else "bottom", fontsize=7, color=f"C{k}")
+    if not points:
+        ax.text(0.5, 0.5, "no run recorded an accuracy", ha="center", va="center",
+                transform=ax.transAxes)
+    else:
+        ax.legend(fontsize="small", loc="lower right")  # Pareto lines leave that corner empty
+        ax.margins(x=0.12, y=0.12)  # room for the annotations at the ends
+    ax.set_xlabel("equivalent bits  sqrt(BitOps / FLOPs)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{ylabel.capitalize()} against complexity", fontsize="medium")
+    return _save(fig, path)
+
+
+def write_search_figures(run_dir) -> list[Path]:
+    """Write bit_allocation.png, selector_evolution.png and complexity.png into a search run dir.
+
+    Without a history (no history.json, or no epoch validated) only the bit allocation can be
+    drawn; search.py calls this after every search, so that case warns instead of failing.
+    """
+    run_dir = Path(run_dir)
+    arch = arch_file.load(run_dir / "found.json")
+    paths = [plot_bit_allocation(arch, run_dir / "bit_allocation.png")]
+    history_path = run_dir / "history.json"
+    history = load_history(history_path) if history_path.exists() else []
+    if not history:
+        log.warning("%s: no epoch in history.json, only the bit allocation is drawn", run_dir)
+        return paths
+    paths.append(plot_selector_evolution(history, arch, run_dir / "selector_evolution.png"))
+    paths.append(plot_complexity(history, run_dir / "complexity.png",
+                                 target_bits=arch.extra.get("target_bits"),
+                                 title=f"Complexity during search: {_name(arch)}\n"
+                                       f"found arch: {arch.equivalent_bits:.3f} equivalent bits"))
+    return paths
+
+
+def load_history(path) -> list[dict]:
+    history = json.loads(Path(path).read_text())
+    if not isinstance(history, list):
+        raise ValueError(f"{path}: expected a JSON list of epochs")
+    return history
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _name(arch: arch_file.Arch) -> str:
+    return f"{arch.model} on {arch.data}" if arch.data else arch.model
+
+
+def _title(arch: arch_file.Arch) -> str:
+    return (f"{_name(arch)}: {arch.equivalent_bits:.3f} equivalent bits, "
+            f"{arch.weight_bits_total / 8 / 2**20:.3g} MiB of weights")
+
+
+def _check_history(history: list[dict], n_layers: int | None = None) -> None:
+    if not history:
+        raise ValueError("history is empty: the search recorded no epoch")
+    if n_layers is None:
+        return
+    for h in history:
+        for kind in ("probs_w", "probs_a"):
+            if len(h.get(kind, ())) != n_layers:
+                raise ValueError(f"history epoch {h.get('epoch')}: {kind} has "
+                                 f"{len(h.get(kind, ()))} layers, the arch has {n_layers}")
+
+
+def _epoch_axis(ax, epochs: list, nbins: int | str = "auto") -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(nbins, integer=True))
+    if min(epochs) == max(epochs):  # one epoch: a unit-wide axis, not matplotlib's ±0.05
+        ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+        ax.set_xticks([epochs[0]])
+
+
+def _present(epochs: list, history: list[dict], key: str) -> tuple[list, list]:
+    """(epochs, values) where the value was recorded and is a number."""
+    pairs = [(e, h[key]) for e, h in zip(epochs, history, strict=True)
+             if isinstance(h.get(key), (int, float)) and math.isfinite(h[key])]
+    return [e for e, _ in pairs], [v for _, v in pairs]
+
+
+def _candidates(space: list[int], n: int, chosen: int) -> list[int]:
+    """Bit-widths behind a layer's n probabilities (a layer fed the image has one: its own)."""
+    if len(space) == n:
+        return list(space)
+    return [chosen] if n == 1 else list(range(n))
+
+
+def _bit_colors(space: list[int]) -> dict[int, tuple]:
+    cmap = colormaps["viridis"]
+    bits = sorted(space)
+    # stop at 0.85: the yellow end of viridis is unreadable on white
+    return {b: cmap(0.85 * k / max(1, len(bits) - 1)) for k, b in enumerate(bits)}
+
+
+def _short(name: str, limit: int = 24) -> str:
+    return name if len(name) <= limit else "…" + name[-(limit - 1):]
+
+
+def _save(fig: Figure, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path

@@ -1,0 +1,39 @@
+"""RetrainModule: quantization-aware training of a network with fixed per-layer bit-widths."""
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edmips.classifier import Classifier
+
+
+class RetrainModule(Classifier):
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        optimizer,
+        scheduler=None,
+        channels_last: bool = False,
+        compile: bool = False,
+    ):
+        super().__init__(model, num_classes, channels_last, compile)
+        self.optimizer, self.scheduler = optimizer, scheduler
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_acc(logits.detach(), y)
+        self.log_dict(
+            {"train/loss": loss.detach(), "train/acc": self.train_acc},
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+        )
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer(self.model.parameters())
+        if self.scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler(optimizer)}

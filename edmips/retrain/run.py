@@ -1,0 +1,157 @@
+"""retrain(cfg): train a network with fixed bit-widths, export it to integers and check it.
+
+The architecture is a found.json (any model in the registry) or `uniform` (every searchable
+layer at `wbits`/`abits`), so mixed and uniform networks go through one recipe. The file is
+loaded and matched against the model before anything trains. At the end the network is
+lowered to the integer graph (bundle + QONNX) and the test split is run through both the
+float64 fake-quantized reference and the integer runtime.
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as L
+import torch
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig
+
+from edmips import arch as arch_file
+from edmips.builders import build_datamodule, build_model, build_trainer, fast_path, measure
+from edmips.export import (
+    ExportError,
+    IntegerRuntime,
+    image_codes,
+    lower,
+    reference_copy,
+    save_bundle,
+)
+from edmips.export.qonnx import save_qonnx
+from edmips.models import list_models
+from edmips.nn import default_searched, to_fixed, to_search
+from edmips.nn.convert import first_and_last
+from edmips.retrain.module import RetrainModule
+
+log = logging.getLogger(__name__)
+
+
+def resolve_arch(cfg: DictConfig, datamodule):
+    """The model with the architecture's bit-widths, and the architecture; fails early."""
+    if cfg.arch == "uniform":
+        model = build_model(cfg, datamodule)
+        names = default_searched(model, cfg.space.skip_first, cfg.space.skip_last)
+        costs = [c for c in measure(model, datamodule) if c.name in names]
+        found = arch_file.uniform(model.name, costs, cfg.wbits, cfg.abits, data=datamodule.name)
+    else:
+        path = Path(to_absolute_path(str(cfg.arch)))
+        found = arch_file.load(path, known_models=list_models())
+        model = build_model(cfg, datamodule, name=found.model)
+        first, last = first_and_last(model)
+        in_file = {layer.name for layer in found.layers}
+        names = default_searched(model, first not in in_file, last not in in_file)
+        costs = [c for c in measure(model, datamodule) if c.name in names]
+        arch_file.check_matches(found, found.model, costs, source=str(path))
+        if cfg.init == "search":
+            _load_search_weights(model, found, path)
+    to_fixed(model, found.bits())
+    measure(model, datamodule)  # fixed layers keep their costs; re-measured for new modules
+    return model, found
+
+
+def _load_search_weights(model, found: arch_file.Arch, path: Path) -> None:
+    ckpt = path.parent / "checkpoints" / "last.ckpt"
+    if not ckpt.exists():
+        raise FileNotFoundError(f"init=search: no search checkpoint at {ckpt}")
+    names = [layer.name for layer in found.layers]
+    to_search(
+        model,
+        names,
+        found.space["wbits"],
+        found.space["abits"],
+        shared=found.extra.get("shared_weights", True),
+    )
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    model.load_state_dict(
+        {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    )
+
+
+@torch.no_grad()
+def integer_check(model, graph, loader, max_images: int | None = None) -> dict:
+    """Accuracy of the float64 fake-quantized reference and of the integer runtime, and how
+    often they predict the same class (on the first max_images test images; None: all)."""
+    reference, integer = reference_copy(model), IntegerRuntime(graph)
+    correct_ref = correct_int = agree = total = 0
+    for x, y in loader:
+        if max_images is not None:
+            x, y = x[: max_images - total], y[: max_images - total]
+        x, y = x.cpu(), y.cpu()
+        pred_ref = reference(x.double()).argmax(1)
+        pred_int = integer(image_codes(x)).argmax(1)
+        correct_ref += int((pred_ref == y).sum())
+        correct_int += int((pred_int == y).sum())
+        agree += int((pred_ref == pred_int).sum())
+        total += len(y)
+        if total == max_images:
+            break
+    return {
+        "test_acc": correct_ref / total,
+        "test_acc_integer": correct_int / total,
+        "prediction_agreement": agree / total,
+        "test_images": total,
+    }
+
+
+def retrain(cfg: DictConfig) -> dict:
+    start = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    model, found = resolve_arch(cfg, datamodule)
+    fast = fast_path(cfg)
+    module = RetrainModule(
+        model.to(memory_format=torch.channels_last) if fast else model,
+        datamodule.num_classes,
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        channels_last=fast,
+        compile=cfg.compile,
+    )
+    trainer = build_trainer(cfg)
+    trainer.fit(module, datamodule=datamodule)
+    val_acc = trainer.callback_metrics.get("val/acc")
+    metrics = {
+        "model": found.model,
+        "data": datamodule.name,
+        "arch": "uniform" if cfg.arch == "uniform" else str(to_absolute_path(str(cfg.arch))),
+        "uniform": {"wbits": cfg.wbits, "abits": cfg.abits} if cfg.arch == "uniform" else None,
+        "target_bits": found.extra.get("target_bits"),
+        "mu": found.mu,
+        "equivalent_bits": found.equivalent_bits,
+        "bitops": found.bitops,
+        "weight_bits_total": found.weight_bits_total,
+        "val_acc": None if val_acc is None else float(val_acc),
+    }
+    if trainer.is_global_zero:
+        out = Path(cfg.output_dir)
+        arch_file.save(found, out / "arch.json")
+        graph = lower(model, datamodule.input_size)
+        save_bundle(graph, out / "integer")
+        try:
+            save_qonnx(graph, out / "model.onnx")
+        except ExportError as e:  # the bundle stands; QONNX's float32 cannot hold this graph
+            log.warning("no QONNX model: %s", e)
+        datamodule.setup("test")
+        metrics.update(
+            integer_check(model, graph, datamodule.test_dataloader(), cfg.integer_check_images)
+        )
+        metrics["wall_time_s"] = time.perf_counter() - start
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        log.info(
+            "test acc %.4f, integer %.4f, agreement %.4f",
+            metrics["test_acc"],
+            metrics["test_acc_integer"],
+            metrics["prediction_agreement"],
+        )
+    return metrics

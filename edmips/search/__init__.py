@@ -1,0 +1,1 @@
+"""The differentiable search: SearchModule, discretization, budget control."""

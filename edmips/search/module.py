@@ -1,0 +1,160 @@
+"""SearchModule: EdMIPS's differentiable search as a LightningModule.
+
+Loss = cross-entropy + mu * (expected BitOps / FLOPs of the first searched layer). Weights and
+architecture parameters (the selector logits alpha_w, alpha_a) have their own optimizers and,
+by default, are both updated from one forward/backward pass (EdMIPS's single-pass
+optimization). `alternating=True` alternates instead: even steps update the weights on the
+classification loss, odd steps the architecture on the full loss.
+
+With a budget (`target_bits`), mu becomes a Lagrange multiplier adapted by dual ascent so that
+the network's expected equivalent bit-width settles on the target.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edmips import complexity
+from edmips.classifier import Classifier
+from edmips.complexity import LayerCost
+from edmips.search.budget import DualAscent, closest_to_budget
+from edmips.search.discretize import discretize
+
+ARCH_PARAMS = ("alpha_w", "alpha_a")
+
+
+def is_arch_param(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in ARCH_PARAMS
+
+
+class SearchModule(Classifier):
+    def __init__(
+        self,
+        model: nn.Module,
+        costs: list[LayerCost],
+        num_classes: int,
+        mu: float,
+        optimizer,
+        arch_optimizer,
+        scheduler=None,
+        alternating: bool = False,
+        budget: DualAscent | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+    ):
+        super().__init__(model, num_classes, channels_last, compile)
+        self.automatic_optimization = False
+        self.costs = costs
+        self.layers = complexity.searched(model, costs)
+        if not self.layers:
+            raise ValueError("the model has no searched layers: nothing to search")
+        self.register_buffer("mu", torch.tensor(float(mu)))
+        self.optimizer, self.arch_optimizer, self.scheduler = optimizer, arch_optimizer, scheduler
+        self.alternating, self.budget = alternating, budget
+        self.history: list[dict] = []  # one entry per epoch, for the figures
+
+    # -- the architecture, as it stands ------------------------------------------------------
+    def probs(self) -> tuple[list[Tensor], list[Tensor]]:
+        return [m.probs_w() for _, m in self.layers], [m.probs_a() for _, m in self.layers]
+
+    def complexity_loss(self) -> Tensor:
+        return complexity.complexity_loss(self.layers)
+
+    def expected_bits(self) -> Tensor:
+        return complexity.expected_equivalent_bits(self.layers)
+
+    def choose(self, mode: str = "argmax", trials: int = 100, seed: int = 0):
+        """Discrete (wbits, abits) per searched layer; mode "budget" lands on the target."""
+        pw, pa = self.probs()
+        wspace = [m.wbits for _, m in self.layers]
+        aspace = [m.abits_space() for _, m in self.layers]
+        if mode == "budget":
+            flops = [c.flops for c, _ in self.layers]
+            return closest_to_budget(pw, pa, wspace, aspace, flops, self.budget.target_bits)
+        return (
+            discretize(pw, wspace, mode, trials, seed),
+            discretize(pa, aspace, mode, trials, seed + 1),
+        )
+
+    def discrete_bits(self) -> float:
+        wbits, abits = self.choose()
+        costs = [c for c, _ in self.layers]
+        return complexity.equivalent_bits(
+            complexity.bitops(costs, wbits, abits), complexity.total_flops(costs)
+        )
+
+    # -- training ----------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        opt_w, opt_a = self.optimizers()
+        x, y = batch
+        logits = self(x)
+        ce = F.cross_entropy(logits, y)
+        cost = self.complexity_loss()
+        update_w = not self.alternating or batch_idx % 2 == 0
+        update_a = not self.alternating or batch_idx % 2 == 1
+        loss = ce + self.mu * cost if update_a else ce
+        opt_w.zero_grad(set_to_none=True)
+        opt_a.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if update_w:
+            opt_w.step()
+        if update_a:
+            opt_a.step()
+        if self.budget is not None:
+            self.mu.copy_(self.budget.update(self.mu, self.expected_bits().detach()))
+        self.train_acc(logits.detach(), y)
+        self.log_dict(
+            {"train/loss": loss.detach(), "train/ce": ce.detach(), "train/acc": self.train_acc},
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+        )
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        for scheduler in self.lr_schedulers() or []:
+            scheduler.step()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        pw, pa = self.probs()
+        entry = {
+            "epoch": self.current_epoch,
+            "mu": float(self.mu),
+            "expected_bits": float(self.expected_bits().detach()),
+            "discrete_bits": self.discrete_bits(),
+            "val_acc": _maybe_float(self.trainer.callback_metrics.get("val/acc")),
+            "probs_w": [p.tolist() for p in pw],
+            "probs_a": [p.tolist() for p in pa],
+        }
+        self.history.append(entry)
+        self.log_dict(
+            {
+                "arch/mu": entry["mu"],
+                "arch/expected_bits": entry["expected_bits"],
+                "arch/discrete_bits": entry["discrete_bits"],
+            }
+        )
+        for (cost, layer), p_w, p_a in zip(self.layers, pw, pa):
+            self.log_dict({f"arch/{cost.name}/w{b}": p for b, p in zip(layer.wbits, p_w)})
+            self.log_dict({f"arch/{cost.name}/a{b}": p for b, p in zip(layer.abits_space(), p_a)})
+
+    def configure_optimizers(self):
+        named = list(self.model.named_parameters())
+        weights = [p for n, p in named if not is_arch_param(n)]
+        arch = [p for n, p in named if is_arch_param(n)]
+        optimizers = [self.optimizer(weights), self.arch_optimizer(arch)]
+        if self.scheduler is None:
+            return optimizers
+        return optimizers, [self.scheduler(opt) for opt in optimizers]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["arch_history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = checkpoint.get("arch_history", [])
+
+
+def _maybe_float(x) -> float | None:
+    return None if x is None else float(x)

@@ -1,0 +1,158 @@
+"""search(cfg): build, run and record one search. search.py is a thin Hydra wrapper over it."""
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as L
+import torch
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import Callback
+
+from edmips import arch as arch_file
+from edmips import complexity
+from edmips.builders import build_datamodule, build_model, build_trainer, fast_path, measure
+from edmips.nn import default_searched, to_search
+from edmips.report import write_search_figures
+from edmips.search.budget import DualAscent
+from edmips.search.discretize import MODES
+from edmips.search.module import SearchModule
+
+log = logging.getLogger(__name__)
+
+
+def build_search(cfg: DictConfig):
+    if cfg.search.discretize not in MODES:
+        raise ValueError(
+            f"unknown discretization {cfg.search.discretize!r}: choose from {', '.join(MODES)}"
+        )
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule)
+    space = cfg.space
+    names = default_searched(model, space.skip_first, space.skip_last)
+    to_search(
+        model,
+        names,
+        space.wbits,
+        space.abits,
+        shared=cfg.search.shared_weights,
+        alpha_init=cfg.search.alpha_init,
+    )
+    costs = measure(model, datamodule)
+    fast = fast_path(cfg)
+    if fast:
+        model = model.to(memory_format=torch.channels_last)
+    target = budget_target(cfg, [c for c in costs if c.name in names])
+    budget = None if target is None else DualAscent(target, cfg.search.budget_lr)
+    module = SearchModule(
+        model,
+        costs,
+        datamodule.num_classes,
+        cfg.mu,
+        optimizer=hydra.utils.instantiate(cfg.search.optimizer),
+        arch_optimizer=hydra.utils.instantiate(cfg.search.arch_optimizer),
+        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        alternating=cfg.search.alternating,
+        budget=budget,
+        channels_last=fast,
+        compile=cfg.search.compile,
+    )
+    return datamodule, module
+
+
+def budget_target(cfg: DictConfig, costs) -> float | None:
+    """The target equivalent bit-width of budget mode (from target_bits or target_bitops)."""
+    if cfg.mu < 0:
+        raise ValueError(f"mu must be >= 0, got {cfg.mu}")
+    if cfg.target_bits is not None and cfg.target_bitops is not None:
+        raise ValueError("set target_bits or target_bitops, not both")
+    if cfg.target_bitops is None and cfg.target_bits is None:
+        return None
+    target = cfg.target_bits
+    if cfg.target_bitops is not None:
+        target = math.sqrt(cfg.target_bitops / complexity.total_flops(costs))
+    lo = math.sqrt(min(cfg.space.wbits) * min(cfg.space.abits))
+    hi = math.sqrt(max(cfg.space.wbits) * max(cfg.space.abits))
+    if not lo <= target <= hi:
+        raise ValueError(
+            f"target of {target:.3f} equivalent bits is out of reach: the space "
+            f"spans {lo:.3f} to {hi:.3f}"
+        )
+    return target
+
+
+def current_arch(module: SearchModule, cfg: DictConfig, mode="argmax", **meta) -> arch_file.Arch:
+    """The architecture the selectors point at now, discretized by `mode`."""
+    wbits, abits = module.choose(mode, cfg.search.trials, cfg.seed)
+    pw, pa = module.probs()
+    return arch_file.build(
+        cfg.model.name,
+        {"wbits": list(cfg.space.wbits), "abits": list(cfg.space.abits)},
+        [c for c, _ in module.layers],
+        wbits,
+        abits,
+        [p.tolist() for p in pw],
+        [p.tolist() for p in pa],
+        mu=cfg.mu,
+        final_mu=float(module.mu),
+        data=module.trainer.datamodule.name,
+        discretization=mode,
+        expected_bits=float(module.expected_bits().detach()),
+        target_bits=None if module.budget is None else module.budget.target_bits,
+        target_bitops=cfg.target_bitops,
+        shared_weights=cfg.search.shared_weights,
+        **meta,
+    )
+
+
+class ArchSnapshot(Callback):
+    """Writes the winner-take-all architecture as `last.json` after every epoch."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: SearchModule) -> None:
+        if trainer.is_global_zero:
+            val_acc = trainer.callback_metrics.get("val/acc")
+            arch_file.save(
+                current_arch(
+                    module,
+                    self.cfg,
+                    epoch=trainer.current_epoch,
+                    val_acc=None if val_acc is None else float(val_acc),
+                ),
+                Path(self.cfg.output_dir) / "last.json",
+            )
+
+
+def search(cfg: DictConfig) -> dict:
+    """Run one search; returns its metrics and writes found.json into cfg.output_dir."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, module = build_search(cfg)
+    trainer = build_trainer(cfg, callbacks=[ArchSnapshot(cfg)])
+    trainer.fit(module, datamodule=datamodule)
+    val_acc = trainer.callback_metrics.get("val/acc")
+    test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    metrics = {"val_acc": None if val_acc is None else float(val_acc), "test_acc": test["test/acc"]}
+    mode = "budget" if module.budget is not None else cfg.search.discretize
+    found = current_arch(module, cfg, mode, **metrics)
+    if trainer.is_global_zero:
+        out = Path(cfg.output_dir)
+        (out / "history.json").write_text(json.dumps(module.history) + "\n")
+        path = arch_file.save(found, out / "found.json")
+        write_search_figures(out)
+        log.info(
+            "%s: %.3f equivalent bits, val acc %.4f",
+            path,
+            found.equivalent_bits,
+            metrics["val_acc"] or float("nan"),
+        )
+    return {
+        **metrics,
+        "equivalent_bits": found.equivalent_bits,
+        "bitops": found.bitops,
+        "arch": found,
+        "module": module,
+    }

@@ -1,0 +1,15 @@
+"""Retrain a found architecture (or a uniform baseline) and export it to integer-only inference."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="retrain")
+def main(cfg: DictConfig) -> float | None:
+    from edmips.retrain.run import retrain  # after Hydra has parsed the command line
+
+    return retrain(cfg).get("test_acc")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Shared fixtures: Hydra configs composed once, shrunk for the CPU, writing under tmp_path."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR10_NPZ = ROOT.parent / "shared" / "data" / "cifar10-jpeg.npz"
+
+# Small and quick: a tiny network, a few hundred synthetic images, two epochs, CPU.
+QUICK = ["model=resnet_tiny", "trainer=cpu", "trainer.max_epochs=2", "trainer.log_every_n_steps=1"]
+QUICK_SYNTHETIC = [
+    "data.num_train=600",
+    "data.val_size=200",
+    "data.num_test=200",
+    "data.batch_size=100",
+]
+
+
+def make_config(name: str, tmp_path: Path, overrides=()) -> DictConfig:
+    """Compose conf/<name>.yaml as Hydra would, with its output under tmp_path."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        other_data = any(o.startswith("data=") for o in overrides)
+        quick = QUICK if other_data else QUICK + QUICK_SYNTHETIC
+        cfg = compose(name, overrides=[*quick, *overrides], return_hydra_config=True)
+    HydraConfig().set_config(cfg)  # resolves ${hydra:...} as in a real run
+    with open_dict(cfg):
+        cfg.output_dir = str(tmp_path)
+        cfg.trainer.enable_progress_bar = False
+    return cfg
+
+
+@pytest.fixture
+def search_cfg(tmp_path):
+    return lambda *overrides: make_config("search", tmp_path, overrides)
+
+
+@pytest.fixture
+def retrain_cfg(tmp_path):
+    return lambda *overrides: make_config("retrain", tmp_path / "retrain", overrides)

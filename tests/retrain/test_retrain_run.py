@@ -1,0 +1,124 @@
+"""Retraining end to end: metrics.json, integer agreement, and bad arch files stopped early."""
+
+import json
+
+import pytest
+from conftest import CIFAR10_NPZ
+
+from edmips import arch
+from edmips.arch import ArchError
+from edmips.retrain.run import retrain
+
+KEYS = {
+    "test_acc",
+    "test_acc_integer",
+    "prediction_agreement",
+    "equivalent_bits",
+    "bitops",
+    "weight_bits_total",
+    "val_acc",
+    "model",
+    "data",
+    "arch",
+    "uniform",
+    "wall_time_s",
+}
+
+
+def test_uniform_retrain_exports_and_the_integer_network_agrees_exactly(retrain_cfg):
+    cfg = retrain_cfg("arch=uniform", "wbits=2", "abits=3")
+    metrics = retrain(cfg)
+    out = cfg_path(cfg)
+    written = json.loads((out / "metrics.json").read_text())
+    assert KEYS <= set(written) and written == metrics
+    assert written["prediction_agreement"] == 1.0
+    assert written["test_acc_integer"] == written["test_acc"]
+    assert written["uniform"] == {"wbits": 2, "abits": 3}
+    assert written["equivalent_bits"] == pytest.approx(6**0.5)
+    used = arch.load(out / "arch.json")
+    assert {(layer.wbits, layer.abits) for layer in used.layers} == {(2, 3)}
+    assert (out / "integer" / "manifest.json").exists() and (out / "model.onnx").exists()
+
+
+def test_retrain_of_a_found_architecture_uses_its_bits(retrain_cfg, tmp_path):
+    found = _found_for_tiny(tmp_path)
+    metrics = retrain(retrain_cfg(f"arch={found}"))
+    assert metrics["model"] == "resnet_tiny" and metrics["prediction_agreement"] == 1.0
+    assert metrics["equivalent_bits"] == pytest.approx(arch.load(found).equivalent_bits)
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda d: d.update(model="resnet20"), "5 layers, but resnet20 has 20"),
+        (lambda d: d.update(model="vgg7"), "unknown model 'vgg7'"),
+        (lambda d: d["layers"].pop(), "4 layers, but resnet_tiny has 5"),
+        (lambda d: d["layers"][0].update(name="stem"), "layer 'stem' where resnet_tiny has"),
+        (lambda d: d["layers"][0].update(abits=5), "abits=5 is outside the space"),
+    ],
+)
+def test_a_bad_arch_file_stops_before_training(retrain_cfg, tmp_path, edit, message):
+    path = _found_for_tiny(tmp_path)
+    d = json.loads(path.read_text())
+    edit(d)
+    d.pop("bitops")
+    path.write_text(json.dumps(d))
+    cfg = retrain_cfg(f"arch={path}")
+    with pytest.raises(ArchError, match=message) as e:
+        retrain(cfg)
+    assert "\n" not in str(e.value)
+    assert not cfg_path(cfg).exists()  # nothing trained, nothing written
+
+
+def test_a_missing_arch_file_is_named(retrain_cfg, tmp_path):
+    with pytest.raises(ArchError, match="no such file"):
+        retrain(retrain_cfg(f"arch={tmp_path}/nope.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CIFAR10_NPZ.exists(), reason="needs ../shared/data/cifar10-jpeg.npz")
+def test_cifar10_integer_network_agrees_on_every_test_image(retrain_cfg):
+    metrics = retrain(
+        retrain_cfg(
+            "data=cifar10",
+            f"data.path={CIFAR10_NPZ}",
+            "arch=uniform",
+            "wbits=2",
+            "abits=2",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=80",
+            "+trainer.limit_val_batches=2",
+            "data.batch_size=256",
+            "integer_check_images=1000",
+        )
+    )
+    assert metrics["data"] == "cifar10"
+    assert metrics["prediction_agreement"] == 1.0 and metrics["test_images"] == 1000
+    assert metrics["test_acc"] > 0.15  # 80 steps already beat chance
+
+
+def cfg_path(cfg):
+    from pathlib import Path
+
+    return Path(cfg.output_dir)
+
+
+def _found_for_tiny(tmp_path):
+    """A found.json for resnet_tiny's five searched layers, as a search would write it."""
+    from edmips import complexity
+    from edmips.models import create_model
+    from edmips.nn import default_searched
+
+    model = create_model("resnet_tiny", num_classes=10)
+    names = default_searched(model)
+    costs = [c for c in complexity.measure(model, (3, 32, 32)) if c.name in names]
+    found = arch.build(
+        "resnet_tiny",
+        {"wbits": [1, 2, 3, 4], "abits": [2, 3, 4]},
+        costs,
+        [1, 4, 2, 3, 4],
+        [2, 4, 3, 2, 4],
+        mu=0.01,
+        data="synthetic",
+    )
+    return arch.save(found, tmp_path / "search" / "found.json")

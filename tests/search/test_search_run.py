@@ -1,0 +1,64 @@
+"""End-to-end searches on the built-in data (CPU, tiny network)."""
+
+import json
+
+import pytest
+
+from edmips import arch
+from edmips.models import create_model, list_models
+from edmips.search.run import search
+
+
+def test_search_writes_a_valid_found_json_and_its_records(search_cfg, tmp_path):
+    result = search(search_cfg("mu=0.01"))
+    found = arch.load(tmp_path / "found.json", known_models=list_models())
+    assert found == result["arch"] and found.model == "resnet_tiny" and found.data == "synthetic"
+    model = create_model("resnet_tiny", num_classes=10)
+    from edmips import complexity
+    from edmips.nn import default_searched
+
+    names = default_searched(model)
+    costs = [c for c in complexity.measure(model, (3, 32, 32)) if c.name in names]
+    arch.check_matches(found, "resnet_tiny", costs)
+    for layer in found.layers:
+        assert len(layer.probs_w) == 4 and len(layer.probs_a) == 3
+        assert abs(sum(layer.probs_w) - 1) < 1e-5
+    assert 0 <= found.val_acc <= 1 and "test_acc" in found.extra
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert arch.load(tmp_path / "last.json").extra["epoch"] == 1
+    for png in ("bit_allocation.png", "selector_evolution.png", "complexity.png"):
+        assert (tmp_path / png).stat().st_size > 10_000
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_raising_mu_never_raises_the_bits_and_a_large_mu_takes_the_lowest(search_cfg):
+    # A short search needs a larger architecture step than the paper's long ones.
+    bits = []
+    for mu in (0.0, 0.05, 0.5):
+        found = search(
+            search_cfg(
+                f"mu={mu}", "model=resnet8", "trainer.max_epochs=3", "search.arch_optimizer.lr=0.1"
+            )
+        )["arch"]
+        bits.append(found.equivalent_bits)
+    assert bits[0] >= bits[1] >= bits[2]
+    assert bits[0] > bits[2]
+    assert all(layer.wbits == 1 and layer.abits == 2 for layer in found.layers)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("mu=-1", "mu must be >= 0"),
+        ("target_bits=9", "out of reach: the space spans 1.414 to 4.000"),
+        ("space.wbits=[1,9]", "unsupported bit-width 9"),
+        ("search.discretize=best", "unknown discretization 'best'"),
+    ],
+)
+def test_bad_config_values_are_refused_with_one_line(search_cfg, tmp_path, override, message):
+    with pytest.raises(ValueError, match=message) as e:
+        search(search_cfg(override))
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "found.json").exists()

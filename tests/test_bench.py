@@ -1,0 +1,121 @@
+"""bench/step.py: the naive composite layer is a fair stand-in for MixedConv2d (same values,
+same gradients, more saved tensors), and the benchmark's main emits the promised lines."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from edmips.nn.layers import MixedConv2d
+
+WBITS, ABITS = (1, 2, 3, 4), (2, 3, 4)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    path = Path(__file__).resolve().parents[1] / "bench" / "step.py"
+    spec = importlib.util.spec_from_file_location("bench_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: threads only cost (and on a shared, busy CPU they cost a lot)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _pair(bench, per_channel=True, abits=ABITS):
+    torch.manual_seed(0)
+    fused = MixedConv2d(6, 8, 3, padding=1, bias=False, wbits=WBITS, abits=abits,
+                        per_channel=per_channel)
+    with torch.no_grad():  # selectors away from uniform, so every probability matters
+        fused.alpha_w.copy_(torch.randn(len(WBITS)))
+        fused.alpha_a.copy_(torch.randn(len(abits)))
+    naive = bench.to_naive(torch.nn.Sequential(_copy(fused)))[0]
+    return fused, naive
+
+
+def _copy(layer):
+    new = MixedConv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                      padding=layer.padding, bias=False, wbits=layer.wbits, abits=layer.abits,
+                      per_channel=layer.per_channel)
+    new.load_state_dict(layer.state_dict())
+    return new
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_naive_layer_matches_mixed_conv(bench, per_channel):
+    fused, naive = _pair(bench, per_channel)
+    assert type(naive) is bench.NaiveMixedConv2d and naive is not fused
+    x0 = torch.randn(4, 6, 10, 10) * 1.5
+    x1, x2 = x0.clone().requires_grad_(True), x0.clone().requires_grad_(True)
+    out1, out2 = fused(x1), naive(x2)
+    assert torch.allclose(out1, out2, atol=1e-5)
+    g = torch.randn_like(out1)
+    (out1 * g).sum().backward()
+    (out2 * g).sum().backward()
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-5)
+    assert torch.allclose(fused.weight.grad, naive.weight.grad, atol=1e-4)
+    assert torch.allclose(fused.alpha_w.grad, naive.alpha_w.grad, atol=1e-3)
+    assert torch.allclose(fused.alpha_a.grad, naive.alpha_a.grad, atol=1e-3)
+    assert fused.alpha_w.grad.abs().sum() > 0 and fused.alpha_a.grad.abs().sum() > 0
+
+
+def _saved_activation_tensors(layer, x):
+    """Saved tensors at least as big as the input (activations, not weights or selectors)."""
+    ptrs = set()
+
+    def pack(t):
+        if t.numel() >= x.numel():
+            ptrs.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x)
+    return len(ptrs)
+
+
+def test_naive_layer_saves_a_tensor_per_activation_candidate(bench):
+    x = torch.randn(2, 6, 16, 16, requires_grad=True)  # more elements than the weight
+    fused_counts, naive_counts = [], []
+    for abits in ((2,), (2, 3), (2, 3, 4)):
+        fused, naive = _pair(bench, abits=abits)
+        fused_counts.append(_saved_activation_tensors(fused, x))
+        naive_counts.append(_saved_activation_tensors(naive, x))
+    assert len(set(fused_counts)) == 1, fused_counts
+    assert naive_counts[0] < naive_counts[1] < naive_counts[2], naive_counts
+    assert naive_counts[2] > fused_counts[2]
+
+
+def test_main_emits_one_line_per_config_and_ratios(bench, tmp_path):
+    out = tmp_path / "lines.jsonl"
+    lines = bench.main(["--model", "resnet_tiny", "--batch-size", "4", "--image-size", "16",
+                        "--steps", "1", "--warmup", "0", "--out", str(out)])
+    assert [line["name"] for line in lines] == [*bench.CONFIGS, "ratios"]
+    assert [json.loads(s) for s in out.read_text().splitlines()] == lines
+    by = {line["name"]: line for line in lines}
+    for name in bench.CONFIGS:
+        assert by[name]["ms"] > 0 and by[name]["peak_mib"] > 0
+        assert by[name]["memory"] == "saved-for-backward"
+        assert by[name]["bf16"] is False and by[name]["channels_last"] is False
+    assert by["fp"]["searched_layers"] == 0 and by["search_full"]["searched_layers"] > 0
+    ratios = lines[-1]
+    for key in ("search_over_uniform", "search_over_naive", "memory_full_over_single"):
+        assert ratios[key] > 0
+    # edmips's search memory stays flat in the number of candidates; the naive layer's grows.
+    assert ratios["memory_full_over_single"] < ratios["naive_memory_full_over_single"]
+    assert by["naive_full"]["peak_mib"] > by["search_full"]["peak_mib"]
+
+
+def test_config_filter(bench):
+    lines = bench.main(["--model", "resnet_tiny", "--batch-size", "2", "--image-size", "8",
+                        "--steps", "1", "--warmup", "0", "--config", "search_full", "fp"])
+    assert [line["name"] for line in lines] == ["fp", "search_full", "ratios"]
+    assert lines[-1]["search_over_uniform"] is None
