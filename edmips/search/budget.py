@@ -6,6 +6,7 @@ lowers it while below; the update is multiplicative, so it needs no knowledge of
 the complexity term, and it runs on the device (no host sync per step).
 """
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,36 +33,56 @@ def closest_to_budget(
     abits: list[tuple],
     flops: list[int],
     target_bits: float,
-    steps: int = 60,
+    tolerance: float = 0.01,
+    bins: int = 20_000,
 ) -> tuple[list[int], list[int]]:
-    """The architecture the selectors prefer, at the equivalent bit-width nearest the target.
+    """The most probable architecture whose equivalent bit-width is within `tolerance`
+    (relative) of the target; the nearest one when none is.
 
-    Each layer takes the (w, a) pair maximising log p_w + log p_a - lam * FLOPs * w * a / sum
-    FLOPs: lam = 0 is winner-take-all, a larger lam buys fewer bits. Bisection on lam finds
-    where the network crosses the target; the closer of the two sides wins.
+    "Most probable" maximises sum_l log p_w + log p_a over the layers' (w, a) choices: with
+    sharp selectors it is winner-take-all. The search over all choices is a multiple-choice
+    knapsack, solved by dynamic programming over the squared equivalent bits (the BitOps /
+    FLOPs ratio) in `bins` steps.
     """
     total = float(sum(flops))
-    options = []  # per layer: (score [W, A], cost [W, A]) as float64
-    for pw, pa, wb, ab, f in zip(probs_w, probs_a, wbits, abits, flops, strict=True):
-        score = (
-            pw.detach().double().cpu().log()[:, None] + pa.detach().double().cpu().log()[None, :]
+    top = sum(f * max(wb) * max(ab) for f, wb, ab in zip(flops, wbits, abits)) / total
+    unit = top / bins  # squared equivalent bits per bin
+    best = np.full(bins + 1, -np.inf)
+    best[0] = 0.0
+    picks = []  # per layer: for each reached bin, the option that reached it
+    options = []
+    for pw, pa, wb, ab, f in zip(probs_w, probs_a, wbits, abits, flops):
+        lw, la = (
+            np.log(pw.detach().double().cpu().numpy()),
+            np.log(pa.detach().double().cpu().numpy()),
         )
-        cost = (
-            f / total * torch.tensor(wb, dtype=torch.float64)[:, None] * torch.tensor(ab)[None, :]
-        )
-        options.append((score, cost))
-
-    def pick(lam: float):
-        chosen = [divmod(int((s - lam * c).flatten().argmax()), c.shape[1]) for s, c in options]
-        bits = sum(float(c[i, j]) for (_, c), (i, j) in zip(options, chosen)) ** 0.5
-        return chosen, bits
-
-    lo, hi = -1e4, 1e4  # lam: -1e4 buys the most bits anywhere, 1e4 the fewest
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if pick(mid)[1] > target_bits else (lo, mid)
-    (above, b_above), (below, b_below) = pick(lo), pick(hi)
-    chosen = above if abs(b_above - target_bits) < abs(b_below - target_bits) else below
+        layer = [
+            (lw[i] + la[j], round(f * w * a / total / unit), i, j)
+            for i, w in enumerate(wb)
+            for j, a in enumerate(ab)
+        ]
+        new, pick = np.full(bins + 1, -np.inf), np.full(bins + 1, -1)
+        for k, (score, cost, _, _) in enumerate(layer):
+            shifted = np.full(bins + 1, -np.inf)
+            shifted[cost:] = best[: bins + 1 - cost] + score
+            better = shifted > new
+            new[better], pick[better] = shifted[better], k
+        best = new
+        picks.append(pick)
+        options.append(layer)
+    bits = np.sqrt(np.arange(bins + 1) * unit)
+    reached = np.isfinite(best)
+    inside = reached & (np.abs(bits - target_bits) <= tolerance * target_bits)
+    if inside.any():
+        end = int(np.argmax(np.where(inside, best, -np.inf)))
+    else:
+        end = int(np.argmin(np.where(reached, np.abs(bits - target_bits), np.inf)))
+    chosen = []
+    for layer, pick in zip(reversed(options), reversed(picks)):
+        _, cost, i, j = layer[pick[end]]
+        chosen.append((i, j))
+        end -= cost
+    chosen.reverse()
     return (
         [wb[i] for wb, (i, _) in zip(wbits, chosen)],
         [ab[j] for ab, (_, j) in zip(abits, chosen)],

@@ -108,6 +108,7 @@ class SearchModule(Classifier):
             on_step=False,
             on_epoch=True,
             prog_bar=True,
+            sync_dist=True,  # at epoch end only: no per-step communication
         )
         return loss
 
@@ -129,16 +130,24 @@ class SearchModule(Classifier):
             "probs_a": [p.tolist() for p in pa],
         }
         self.history.append(entry)
-        self.log_dict(
-            {
-                "arch/mu": entry["mu"],
-                "arch/expected_bits": entry["expected_bits"],
-                "arch/discrete_bits": entry["discrete_bits"],
-            }
-        )
-        for (cost, layer), p_w, p_a in zip(self.layers, pw, pa):
-            self.log_dict({f"arch/{cost.name}/w{b}": p for b, p in zip(layer.wbits, p_w)})
-            self.log_dict({f"arch/{cost.name}/a{b}": p for b, p in zip(layer.abits_space(), p_a)})
+        # The selectors are the same on every rank (all-reduced gradients): log them once.
+        arch = {"arch/mu": entry["mu"], "arch/expected_bits": entry["expected_bits"],
+                "arch/discrete_bits": entry["discrete_bits"]}
+        for (cost, layer), p_w, p_a in zip(self.layers, entry["probs_w"], entry["probs_a"]):
+            arch.update({f"arch/{cost.name}/w{b}": p for b, p in zip(layer.wbits, p_w)})
+            arch.update({f"arch/{cost.name}/a{b}": p for b, p in zip(layer.abits_space(), p_a)})
+        self.log_dict(arch, rank_zero_only=True)
+
+    def on_train_end(self) -> None:
+        """Under DDP, check that every rank ends with the same architecture parameters."""
+        if self.trainer.world_size == 1:
+            return
+        alphas = torch.cat([p.detach().flatten() for n, p in self.model.named_parameters()
+                            if is_arch_param(n)])
+        gathered = self.all_gather(alphas)
+        if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
+            raise RuntimeError("architecture parameters differ across ranks: their gradients "
+                               "were not synchronised")
 
     def configure_optimizers(self):
         named = list(self.model.named_parameters())

@@ -103,6 +103,7 @@ def current_arch(module: SearchModule, cfg: DictConfig, mode="argmax", **meta) -
         target_bits=None if module.budget is None else module.budget.target_bits,
         target_bitops=cfg.target_bitops,
         shared_weights=cfg.search.shared_weights,
+        world_size=module.trainer.world_size,
         **meta,
     )
 

@@ -62,3 +62,25 @@ def test_bad_config_values_are_refused_with_one_line(search_cfg, tmp_path, overr
         search(search_cfg(override))
     assert "\n" not in str(e.value)
     assert not (tmp_path / "found.json").exists()
+
+
+@pytest.mark.slow
+def test_search_under_ddp_on_two_cpu_processes(tmp_path):
+    """Two processes on the gloo backend, launched the way a user launches them. The module
+    checks at the end that both ranks hold identical architecture parameters."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cmd = [sys.executable, str(ROOT / "search.py"), "trainer=ddp", "trainer.accelerator=cpu",
+           "model=resnet_tiny", "trainer.max_epochs=2", "data.num_train=600", "data.val_size=200",
+           "data.num_test=200", "data.batch_size=100", "trainer.enable_progress_bar=false",
+           f"hydra.run.dir={tmp_path}"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = arch.load(tmp_path / "found.json")
+    assert found.extra["world_size"] == 2
+    assert (tmp_path / "train_ddp_process_1.log").exists()  # the second rank ran
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert len(history) == 2  # written once, by rank zero
