@@ -131,8 +131,11 @@ class SearchModule(Classifier):
         }
         self.history.append(entry)
         # The selectors are the same on every rank (all-reduced gradients): log them once.
-        arch = {"arch/mu": entry["mu"], "arch/expected_bits": entry["expected_bits"],
-                "arch/discrete_bits": entry["discrete_bits"]}
+        arch = {
+            "arch/mu": entry["mu"],
+            "arch/expected_bits": entry["expected_bits"],
+            "arch/discrete_bits": entry["discrete_bits"],
+        }
         for (cost, layer), p_w, p_a in zip(self.layers, entry["probs_w"], entry["probs_a"]):
             arch.update({f"arch/{cost.name}/w{b}": p for b, p in zip(layer.wbits, p_w)})
             arch.update({f"arch/{cost.name}/a{b}": p for b, p in zip(layer.abits_space(), p_a)})
@@ -142,12 +145,14 @@ class SearchModule(Classifier):
         """Under DDP, check that every rank ends with the same architecture parameters."""
         if self.trainer.world_size == 1:
             return
-        alphas = torch.cat([p.detach().flatten() for n, p in self.model.named_parameters()
-                            if is_arch_param(n)])
+        alphas = torch.cat(
+            [p.detach().flatten() for n, p in self.model.named_parameters() if is_arch_param(n)]
+        )
         gathered = self.all_gather(alphas)
         if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
-            raise RuntimeError("architecture parameters differ across ranks: their gradients "
-                               "were not synchronised")
+            raise RuntimeError(
+                "architecture parameters differ across ranks: their gradients were not synchronised"
+            )
 
     def configure_optimizers(self):
         named = list(self.model.named_parameters())

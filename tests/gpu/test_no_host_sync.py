@@ -3,17 +3,25 @@
 import pytest
 import torch
 
-from edmips.search.run import build_search
 from edmips.builders import build_trainer
+from edmips.search.run import build_search
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
 
 
 @pytest.mark.parametrize("overrides", [(), ("target_bits=2.0",), ("search.alternating=true",)])
 def test_search_training_step_has_no_host_sync(search_cfg, overrides):
-    cfg = search_cfg("model=resnet8", "trainer.accelerator=gpu", "trainer.max_epochs=1",
-                     "+trainer.limit_train_batches=6", "+trainer.limit_val_batches=0", *overrides)
+    cfg = search_cfg(
+        "model=resnet8",
+        "trainer.accelerator=gpu",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=6",
+        "+trainer.limit_val_batches=0",
+        *overrides,
+    )
     datamodule, module = build_search(cfg)
     step = module.training_step
     steps = []

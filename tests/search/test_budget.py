@@ -50,8 +50,9 @@ def test_budget_discretization_keeps_winner_take_all_when_it_fits():
 
 
 @pytest.mark.slow
-def test_two_budgets_land_within_two_percent_and_the_sweep_reports(search_cfg, retrain_cfg,
-                                                                    tmp_path):
+def test_two_budgets_land_within_two_percent_and_the_sweep_reports(
+    search_cfg, retrain_cfg, tmp_path
+):
     """A budget sweep, a uniform baseline retrained, and the report built from the sweep dir."""
     sweep = tmp_path / "sweep"
     for i, target in enumerate((2.0, 3.0)):
@@ -71,5 +72,6 @@ def test_two_budgets_land_within_two_percent_and_the_sweep_reports(search_cfg, r
     assert sorted(r["budget"] for r in rows) == ["2 bits", "3 bits", "uniform W2A2"]
     for row in rows:
         assert float(row["equivalent_bits"]) == pytest.approx(
-            {"2 bits": 2.0, "3 bits": 3.0, "uniform W2A2": 2.0}[row["budget"]], rel=0.02)
+            {"2 bits": 2.0, "3 bits": 3.0, "uniform W2A2": 2.0}[row["budget"]], rel=0.02
+        )
     assert paths["pareto"].stat().st_size > 10_000

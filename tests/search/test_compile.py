@@ -18,8 +18,13 @@ def test_compiled_composite_layer_matches_eager():
         xi = x.clone().requires_grad_(True)
         out = fn(xi)
         (out * g).sum().backward()
-        return out.detach(), xi.grad, layer.weight.grad.clone(), layer.alpha_w.grad.clone(), \
-            layer.alpha_a.grad.clone()
+        return (
+            out.detach(),
+            xi.grad,
+            layer.weight.grad.clone(),
+            layer.alpha_w.grad.clone(),
+            layer.alpha_a.grad.clone(),
+        )
 
     eager = run(layer)
     compiled = run(torch.compile(layer))

@@ -19,7 +19,9 @@ def test_channels_last_matches_the_plain_layout():
     model, _ = _search_net()
     x = torch.rand(8, 3, 32, 32)
     plain = model(x)
-    fast = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    fast = model.to(memory_format=torch.channels_last)(
+        x.contiguous(memory_format=torch.channels_last)
+    )
     assert torch.allclose(fast, plain, rtol=1e-4, atol=1e-4)
 
 

@@ -73,10 +73,20 @@ def test_search_under_ddp_on_two_cpu_processes(tmp_path):
 
     from conftest import ROOT
 
-    cmd = [sys.executable, str(ROOT / "search.py"), "trainer=ddp", "trainer.accelerator=cpu",
-           "model=resnet_tiny", "trainer.max_epochs=2", "data.num_train=600", "data.val_size=200",
-           "data.num_test=200", "data.batch_size=100", "trainer.enable_progress_bar=false",
-           f"hydra.run.dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "search.py"),
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "model=resnet_tiny",
+        "trainer.max_epochs=2",
+        "data.num_train=600",
+        "data.val_size=200",
+        "data.num_test=200",
+        "data.batch_size=100",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={tmp_path}",
+    ]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     found = arch.load(tmp_path / "found.json")
