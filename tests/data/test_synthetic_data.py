@@ -30,10 +30,14 @@ def test_images_are_rgb_uint8_with_balanced_labels():
     assert (x == 0).float().mean() < 0.01 and (x == 255).float().mean() < 0.01
 
 
-def test_default_size_generates_in_well_under_two_seconds():
-    start = time.perf_counter()
-    make_synthetic(5000, seed=0)
-    assert time.perf_counter() - start < 2.0
+def test_default_size_generates_in_under_two_seconds():
+    # Best of two, so a busy shared machine does not fail it (seen: 0.4 s idle, 0.9 s busy).
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        make_synthetic(5000, seed=0)  # the default 4000 train + 1000 test
+        times.append(time.perf_counter() - start)
+    assert min(times) < 2.0
 
 
 def test_attributes_are_there_before_setup():
@@ -82,9 +86,19 @@ def tiny_cnn():
     )
 
 
+@pytest.fixture
+def one_thread():
+    # One thread: the result does not depend on the core count, and a busy machine does not
+    # make two spinning OpenMP threads crawl (seen: 12 s on one thread, minutes on two).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.slow
-def test_a_small_cnn_learns_it_but_not_perfectly():
-    # Seen on a 2-core CPU: ~0.6-0.7 test accuracy after 300 steps (chance is 0.1).
+def test_a_small_cnn_learns_it_but_not_perfectly(one_thread):
+    # Seen: 0.74 test accuracy after 300 steps, ~12 s on one CPU thread (chance is 0.1).
     torch.manual_seed(0)
     x, y = make_synthetic(3000, seed=0)
     xt, yt = make_synthetic(1000, seed=1)
