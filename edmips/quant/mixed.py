@@ -47,9 +47,9 @@ def mixed_weight(weight: Tensor, probs: Tensor, bits: tuple[int, ...], per_chann
     return _MixedWeight.apply(weight, probs, tuple(bits), per_channel)
 
 
-def _hwgq_candidate(x: Tensor, b: int) -> Tensor:
-    step = HWGQ_STEPS[b]
-    return torch.round(x.clamp(0.0, hwgq_clip(b)) / step) * step
+def _hwgq_levels(x: Tensor, b: int) -> Tensor:
+    """HWGQ's integer levels round(clamp(x, 0, clip) / step), in three in-place passes."""
+    return x.mul(1.0 / HWGQ_STEPS[b]).clamp_(0, 2**b - 1).round_()
 
 
 class _MixedHWGQ(torch.autograd.Function):
@@ -57,7 +57,7 @@ class _MixedHWGQ(torch.autograd.Function):
     def forward(ctx, x: Tensor, probs: Tensor, bits: tuple[int, ...]):
         out = torch.zeros_like(x)
         for p, b in zip(probs.to(x.dtype), bits):
-            out.add_(_hwgq_candidate(x, b) * p)
+            out.addcmul_(_hwgq_levels(x, b), p * HWGQ_STEPS[b])  # += p_b * step_b * level
         ctx.save_for_backward(x, probs)
         ctx.bits = bits
         return out
@@ -65,13 +65,21 @@ class _MixedHWGQ(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, probs = ctx.saved_tensors
-        # HWGQ passes the gradient where 0 <= x <= clip_b; the mix passes sum_j p_j of those.
-        pass_through = torch.zeros_like(x)
-        grad_probs = []
-        for p, b in zip(probs.to(x.dtype), ctx.bits):
-            pass_through.add_(((x >= 0) & (x <= hwgq_clip(b))) * p)
-            grad_probs.append(torch.sum(grad * _hwgq_candidate(x, b), dtype=torch.float32))
-        return grad * pass_through, torch.stack(grad_probs).to(probs.dtype), None
+        bits = ctx.bits
+        # HWGQ passes the gradient where 0 <= x <= clip_b, so the mix passes the sum of p_b
+        # over the candidates whose clip x has not passed: one bucket lookup per element.
+        order = sorted(range(len(bits)), key=lambda j: hwgq_clip(bits[j]))
+        # new_full fills on the device: a list -> tensor copy would go through the host
+        clips = torch.stack([x.new_full((), hwgq_clip(bits[j])) for j in order])
+        sorted_p = probs.to(x.dtype)[order]
+        suffix = torch.cat([sorted_p.flip(0).cumsum(0).flip(0), sorted_p.new_zeros(1)])
+        pass_through = suffix[torch.bucketize(x, clips)] * (x >= 0)
+        steps = [HWGQ_STEPS[b] for b in bits]
+        grad_probs = torch.stack(
+            [torch.sum(grad * _hwgq_levels(x, b), dtype=torch.float32) * s
+             for b, s in zip(bits, steps)]
+        )
+        return grad * pass_through, grad_probs.to(probs.dtype), None
 
 
 def mixed_hwgq(x: Tensor, probs: Tensor, bits: tuple[int, ...]) -> Tensor:
