@@ -6,9 +6,12 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="retrain")
 def main(cfg: DictConfig) -> float | None:
-    from edmips.retrain.run import retrain  # after Hydra has parsed the command line
+    # Imported here, after Hydra has parsed the command line: --help answers at once.
+    from edmips.cli import one_line_errors
+    from edmips.retrain.run import retrain
 
-    return retrain(cfg).get("test_acc")
+    with one_line_errors():
+        return retrain(cfg).get("test_acc")
 
 
 if __name__ == "__main__":

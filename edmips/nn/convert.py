@@ -98,5 +98,5 @@ def to_fixed(model: nn.Module, bits: dict[str, tuple[int, int]]):
                 new.weight.data.copy_(chosen.data)
             _swap(model, name, new)
         else:
-            layer.wbits, layer.abits = wbits, abits
+            layer._init_bits(wbits, abits, layer.per_channel)  # checks the bit-widths
     return model

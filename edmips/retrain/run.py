@@ -39,7 +39,11 @@ log = logging.getLogger(__name__)
 
 def resolve_arch(cfg: DictConfig, datamodule):
     """The model with the architecture's bit-widths, and the architecture; fails early."""
+    if cfg.init not in ("scratch", "search"):
+        raise ValueError(f"init must be scratch or search, got {cfg.init!r}")
     if cfg.arch == "uniform":
+        if cfg.init == "search":
+            raise ValueError("init=search needs an arch file from a search, not arch=uniform")
         model = build_model(cfg, datamodule)
         names = default_searched(model, cfg.space.skip_first, cfg.space.skip_last)
         costs = [c for c in measure(model, datamodule) if c.name in names]

@@ -122,3 +122,22 @@ def _found_for_tiny(tmp_path):
         data="synthetic",
     )
     return arch.save(found, tmp_path / "search" / "found.json")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (("arch=uniform", "wbits=9"), "unsupported bit-width 9"),
+    (("arch=uniform", "init=search"), "init=search needs an arch file"),
+    (("arch=uniform", "init=pretrained"), "init must be scratch or search"),
+])
+def test_bad_retrain_settings_are_refused_before_training(retrain_cfg, overrides, message):
+    cfg = retrain_cfg(*overrides)
+    with pytest.raises(ValueError, match=message):
+        retrain(cfg)
+    assert not cfg_path(cfg).exists()
+
+
+def test_a_missing_dataset_path_is_named_before_anything_is_written(retrain_cfg, tmp_path):
+    cfg = retrain_cfg("data=cifar10", f"data.path={tmp_path}/nowhere", "arch=uniform")
+    with pytest.raises(FileNotFoundError, match="nowhere not found"):
+        retrain(cfg)
+    assert not (cfg_path(cfg) / "metrics.json").exists()

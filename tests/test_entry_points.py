@@ -1,0 +1,34 @@
+"""The entry points as a user runs them: bad input ends with one line and status 1."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def _run(script, *args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / script), *args, f"hydra.run.dir={cwd}/run"],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("retrain.py", ["arch=missing.json"], "missing.json: no such file"),
+    ("search.py", ["data=cifar10", "data.path=nowhere"], "nowhere not found"),
+    ("search.py", ["space.abits=[2,7,9]"], "unsupported bit-width 9"),
+])
+def test_bad_input_ends_with_one_line(tmp_path, script, args, message):
+    done = _run(script, *args, "model=resnet_tiny", cwd=tmp_path)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last
+    assert "Traceback" not in done.stderr
+
+
+def test_a_malformed_arch_file_is_named(tmp_path):
+    (tmp_path / "found.json").write_text(json.dumps({"schema": 1, "model": "resnet8"}))
+    done = _run("retrain.py", "arch=found.json", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].endswith("found.json: missing 'space'")
