@@ -33,8 +33,9 @@ def one_thread():
 
 def _pair(bench, per_channel=True, abits=ABITS):
     torch.manual_seed(0)
-    fused = MixedConv2d(6, 8, 3, padding=1, bias=False, wbits=WBITS, abits=abits,
-                        per_channel=per_channel)
+    fused = MixedConv2d(
+        6, 8, 3, padding=1, bias=False, wbits=WBITS, abits=abits, per_channel=per_channel
+    )
     with torch.no_grad():  # selectors away from uniform, so every probability matters
         fused.alpha_w.copy_(torch.randn(len(WBITS)))
         fused.alpha_a.copy_(torch.randn(len(abits)))
@@ -43,9 +44,16 @@ def _pair(bench, per_channel=True, abits=ABITS):
 
 
 def _copy(layer):
-    new = MixedConv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
-                      padding=layer.padding, bias=False, wbits=layer.wbits, abits=layer.abits,
-                      per_channel=layer.per_channel)
+    new = MixedConv2d(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        padding=layer.padding,
+        bias=False,
+        wbits=layer.wbits,
+        abits=layer.abits,
+        per_channel=layer.per_channel,
+    )
     new.load_state_dict(layer.state_dict())
     return new
 
@@ -96,8 +104,22 @@ def test_naive_layer_saves_a_tensor_per_activation_candidate(bench):
 
 def test_main_emits_one_line_per_config_and_ratios(bench, tmp_path):
     out = tmp_path / "lines.jsonl"
-    lines = bench.main(["--model", "resnet_tiny", "--batch-size", "4", "--image-size", "16",
-                        "--steps", "1", "--warmup", "0", "--out", str(out)])
+    lines = bench.main(
+        [
+            "--model",
+            "resnet_tiny",
+            "--batch-size",
+            "4",
+            "--image-size",
+            "16",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     assert [line["name"] for line in lines] == [*bench.CONFIGS, "ratios"]
     assert [json.loads(s) for s in out.read_text().splitlines()] == lines
     by = {line["name"]: line for line in lines}
@@ -115,7 +137,22 @@ def test_main_emits_one_line_per_config_and_ratios(bench, tmp_path):
 
 
 def test_config_filter(bench):
-    lines = bench.main(["--model", "resnet_tiny", "--batch-size", "2", "--image-size", "8",
-                        "--steps", "1", "--warmup", "0", "--config", "search_full", "fp"])
+    lines = bench.main(
+        [
+            "--model",
+            "resnet_tiny",
+            "--batch-size",
+            "2",
+            "--image-size",
+            "8",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--config",
+            "search_full",
+            "fp",
+        ]
+    )
     assert [line["name"] for line in lines] == ["fp", "search_full", "ratios"]
     assert lines[-1]["search_over_uniform"] is None

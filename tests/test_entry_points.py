@@ -5,20 +5,27 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 
 def _run(script, *args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / script), *args, f"hydra.run.dir={cwd}/run"],
-                          cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args, f"hydra.run.dir={cwd}/run"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize("script,args,message", [
-    ("retrain.py", ["arch=missing.json"], "missing.json: no such file"),
-    ("search.py", ["data=cifar10", "data.path=nowhere"], "nowhere not found"),
-    ("search.py", ["space.abits=[2,7,9]"], "unsupported bit-width 9"),
-])
+@pytest.mark.parametrize(
+    "script,args,message",
+    [
+        ("retrain.py", ["arch=missing.json"], "missing.json: no such file"),
+        ("search.py", ["data=cifar10", "data.path=nowhere"], "nowhere not found"),
+        ("search.py", ["space.abits=[2,7,9]"], "unsupported bit-width 9"),
+    ],
+)
 def test_bad_input_ends_with_one_line(tmp_path, script, args, message):
     done = _run(script, *args, "model=resnet_tiny", cwd=tmp_path)
     assert done.returncode == 1

@@ -20,8 +20,10 @@ STD = (0.2470, 0.2435, 0.2616)
 
 
 def _message(path: Path, problem: str) -> str:
-    return (f"cifar10: {path} {problem}: expected a .npz copy or a folder with {FOLDER} "
-            "(set data.path=..., or data.download=true)")
+    return (
+        f"cifar10: {path} {problem}: expected a .npz copy or a folder with {FOLDER} "
+        "(set data.path=..., or data.download=true)"
+    )
 
 
 def find_folder(path: Path) -> Path | None:
@@ -83,10 +85,17 @@ class CIFAR10DataModule(InMemoryDataModule):
     input_size = (3, 32, 32)
     mean, std = MEAN, STD
 
-    def __init__(self, path: str | os.PathLike = "data/cifar10", batch_size: int = 128,
-                 val_size: int = 5000, seed: int = 0, download: bool = False,
-                 augment: bool = True, on_device: bool = True,
-                 eval_batch_size: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike = "data/cifar10",
+        batch_size: int = 128,
+        val_size: int = 5000,
+        seed: int = 0,
+        download: bool = False,
+        augment: bool = True,
+        on_device: bool = True,
+        eval_batch_size: int | None = None,
+    ):
         super().__init__(batch_size, val_size, seed, augment, on_device, eval_batch_size)
         self.path, self.download = resolve_path(path), download
 

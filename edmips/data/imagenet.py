@@ -35,10 +35,19 @@ class ImageNetDataModule(pl.LightningDataModule):
     name = "imagenet"
     mean, std = MEAN, STD
 
-    def __init__(self, path: str | os.PathLike = "data/imagenet", batch_size: int = 256,
-                 val_size: int = 10000, seed: int = 0, num_workers: int = 8,
-                 num_classes: int = 1000, image_size: int = 224, resize_size: int = 256,
-                 eval_batch_size: int | None = None, pin_memory: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike = "data/imagenet",
+        batch_size: int = 256,
+        val_size: int = 10000,
+        seed: int = 0,
+        num_workers: int = 8,
+        num_classes: int = 1000,
+        image_size: int = 224,
+        resize_size: int = 256,
+        eval_batch_size: int | None = None,
+        pin_memory: bool = True,
+    ):
         super().__init__()
         self.path = resolve_path(path)
         self.batch_size, self.val_size, self.seed = batch_size, val_size, seed
@@ -66,8 +75,10 @@ class ImageNetDataModule(pl.LightningDataModule):
         train_dir, test_dir = self._folder("train"), self._folder("val")
         train = ImageFolder(str(train_dir), transform=transforms(True, self.image_size))
         if len(train.classes) != self.num_classes:
-            raise ValueError(f"imagenet: {train_dir} has {len(train.classes)} classes, "
-                             f"expected num_classes={self.num_classes}")
+            raise ValueError(
+                f"imagenet: {train_dir} has {len(train.classes)} classes, "
+                f"expected num_classes={self.num_classes}"
+            )
         # The validation split is the same files with eval transforms: copy, do not rescan.
         held_out = copy.copy(train)
         held_out.transform = transforms(False, self.image_size, self.resize_size)

@@ -19,8 +19,14 @@ FREQUENCIES = np.array([1.5, 2.5])  # cycles across the image width
 NUM_CLASSES = len(ORIENTATIONS) * len(FREQUENCIES)
 
 
-def make_synthetic(n: int, seed: int, size: int = 32, *, noise: float = 0.05,
-                   contrast: tuple[float, float] = (0.15, 0.45)) -> tuple[Tensor, Tensor]:
+def make_synthetic(
+    n: int,
+    seed: int,
+    size: int = 32,
+    *,
+    noise: float = 0.05,
+    contrast: tuple[float, float] = (0.15, 0.45),
+) -> tuple[Tensor, Tensor]:
     """``n`` images uint8 [n, 3, size, size] and balanced int64 labels, bit-identical per seed.
 
     Class ``k`` has orientation ``ORIENTATIONS[k % 5]`` and frequency ``FREQUENCIES[k // 5]``.
@@ -43,11 +49,18 @@ def make_synthetic(n: int, seed: int, size: int = 32, *, noise: float = 0.05,
     sign = np.where(rng.random(n) < 0.5, -1.0, 1.0)
     theta = sign * ORIENTATIONS[labels % 5] + rng.normal(0, np.deg2rad(3), n)
     freq = FREQUENCIES[labels // 5] * rng.uniform(0.9, 1.1, n)
-    signal = grating(theta.astype(f32)[:, None, None], freq.astype(f32)[:, None, None],
-                     u(-0.4, 0.4), u(-0.4, 0.4), u(0.35, 0.6), u(0, 2 * np.pi))
+    signal = grating(
+        theta.astype(f32)[:, None, None],
+        freq.astype(f32)[:, None, None],
+        u(-0.4, 0.4),
+        u(-0.4, 0.4),
+        u(0.35, 0.6),
+        u(0, 2 * np.pi),
+    )
     # The distractor: any orientation, frequencies around the classes', weaker on average.
-    distractor = grating(u(0, np.pi), u(1.0, 3.0), u(-0.6, 0.6), u(-0.6, 0.6), u(0.2, 0.4),
-                         u(0, 2 * np.pi))
+    distractor = grating(
+        u(0, np.pi), u(1.0, 3.0), u(-0.6, 0.6), u(-0.6, 0.6), u(0.2, 0.4), u(0, 2 * np.pi)
+    )
 
     def colour():  # a random colour direction, leaning grey so luminance carries the pattern
         c = rng.normal(0, 0.5, (n, 3)) + 1.0
@@ -76,10 +89,19 @@ class SyntheticDataModule(InMemoryDataModule):
     name = "synthetic"
     num_classes = NUM_CLASSES
 
-    def __init__(self, batch_size: int = 128, val_size: int = 1000, seed: int = 0,
-                 num_train: int = 4000, num_test: int = 1000, image_size: int = 32,
-                 noise: float = 0.05, augment: bool = True, on_device: bool = True,
-                 eval_batch_size: int | None = None):
+    def __init__(
+        self,
+        batch_size: int = 128,
+        val_size: int = 1000,
+        seed: int = 0,
+        num_train: int = 4000,
+        num_test: int = 1000,
+        image_size: int = 32,
+        noise: float = 0.05,
+        augment: bool = True,
+        on_device: bool = True,
+        eval_batch_size: int | None = None,
+    ):
         super().__init__(batch_size, val_size, seed, augment, on_device, eval_batch_size)
         self.num_train, self.num_test, self.noise = num_train, num_test, noise
         self.input_size = (3, image_size, image_size)

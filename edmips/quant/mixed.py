@@ -76,8 +76,10 @@ class _MixedHWGQ(torch.autograd.Function):
         pass_through = suffix[torch.bucketize(x, clips)] * (x >= 0)
         steps = [HWGQ_STEPS[b] for b in bits]
         grad_probs = torch.stack(
-            [torch.sum(grad * _hwgq_levels(x, b), dtype=torch.float32) * s
-             for b, s in zip(bits, steps)]
+            [
+                torch.sum(grad * _hwgq_levels(x, b), dtype=torch.float32) * s
+                for b, s in zip(bits, steps)
+            ]
         )
         return grad * pass_through, grad_probs.to(probs.dtype), None
 

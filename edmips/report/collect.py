@@ -16,8 +16,20 @@ from edmips.report.figures import plot_pareto
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("kind", "model", "data", "budget", "equivalent_bits", "bitops", "weight_mib",
-           "val_acc", "test_acc", "test_acc_integer", "agreement", "run_dir")
+COLUMNS = (
+    "kind",
+    "model",
+    "data",
+    "budget",
+    "equivalent_bits",
+    "bitops",
+    "weight_mib",
+    "val_acc",
+    "test_acc",
+    "test_acc_integer",
+    "agreement",
+    "run_dir",
+)
 MIB = 8 * 2**20  # bits in a MiB
 
 
@@ -60,12 +72,23 @@ def collect(paths) -> list[Run]:
                     except (ValueError, KeyError, TypeError, OSError) as e:
                         log.warning("skipped %s: %s", run_dir / name, e)
     if not runs:
-        raise ReportError(f"no search run (found.json) or retrain run (metrics.json) under "
-                          f"{', '.join(map(str, paths))}")
+        raise ReportError(
+            f"no search run (found.json) or retrain run (metrics.json) under "
+            f"{', '.join(map(str, paths))}"
+        )
     # overlapping paths ("sweep", "sweep/0") name a run twice
     unique = {(r.kind, os.path.realpath(r.run_dir)): r for r in runs}
-    return sorted(unique.values(), key=lambda r: (r.kind != "search", r.model, r.data or "",
-                                                  r.uniform, r.equivalent_bits, r.run_dir))
+    return sorted(
+        unique.values(),
+        key=lambda r: (
+            r.kind != "search",
+            r.model,
+            r.data or "",
+            r.uniform,
+            r.equivalent_bits,
+            r.run_dir,
+        ),
+    )
 
 
 def write_report(runs: list[Run], out=".") -> dict[str, Path]:
@@ -94,17 +117,26 @@ def markdown_table(runs: list[Run]) -> str:
 def pareto_points(runs: list[Run]) -> tuple[list[dict], str]:
     """Retrained test accuracy; the searches' validation accuracy when nothing was retrained."""
     retrained = [r for r in runs if r.kind == "retrain"]
-    chosen, attr, ylabel = ((retrained, "test_acc", "test accuracy") if retrained
-                            else (runs, "val_acc", "validation accuracy (search)"))
+    chosen, attr, ylabel = (
+        (retrained, "test_acc", "test accuracy")
+        if retrained
+        else (runs, "val_acc", "validation accuracy (search)")
+    )
     points = []
     for r in chosen:
         acc = getattr(r, attr)
         if acc is None:
             continue
         kind = "uniform" if r.uniform else "mixed precision"
-        points.append({"group": f"{r.model} {r.data or ''} {kind}".replace("  ", " "),
-                       "bits": r.equivalent_bits, "acc": acc, "uniform": r.uniform,
-                       "label": r.budget.removeprefix("uniform ")})
+        points.append(
+            {
+                "group": f"{r.model} {r.data or ''} {kind}".replace("  ", " "),
+                "bits": r.equivalent_bits,
+                "acc": acc,
+                "uniform": r.uniform,
+                "label": r.budget.removeprefix("uniform "),
+            }
+        )
     return points, ylabel
 
 
@@ -121,10 +153,20 @@ def _walk(root: Path):
 
 def _search_run(run_dir: Path) -> Run:
     a = arch_file.load(run_dir / "found.json")
-    return Run("search", a.model, a.data, _budget(a.extra.get("target_bits"),
-                                                   a.extra.get("target_bitops"), a.mu),
-               a.equivalent_bits, a.bitops, a.weight_bits_total / MIB, a.val_acc,
-               a.extra.get("test_acc"), None, None, str(run_dir))
+    return Run(
+        "search",
+        a.model,
+        a.data,
+        _budget(a.extra.get("target_bits"), a.extra.get("target_bitops"), a.mu),
+        a.equivalent_bits,
+        a.bitops,
+        a.weight_bits_total / MIB,
+        a.val_acc,
+        a.extra.get("test_acc"),
+        None,
+        None,
+        str(run_dir),
+    )
 
 
 def _retrain_run(run_dir: Path) -> Run:
@@ -137,10 +179,21 @@ def _retrain_run(run_dir: Path) -> Run:
         budget = f"uniform W{uniform['wbits']}A{uniform['abits']}"
     else:
         budget = _budget(m.get("target_bits"), m.get("target_bitops"), m.get("mu"))
-    return Run("retrain", m["model"], m.get("data"), budget, m["equivalent_bits"], m["bitops"],
-               m["weight_bits_total"] / MIB, m.get("val_acc"), m.get("test_acc"),
-               m.get("test_acc_integer"), m.get("prediction_agreement"), str(run_dir),
-               uniform=bool(uniform))
+    return Run(
+        "retrain",
+        m["model"],
+        m.get("data"),
+        budget,
+        m["equivalent_bits"],
+        m["bitops"],
+        m["weight_bits_total"] / MIB,
+        m.get("val_acc"),
+        m.get("test_acc"),
+        m.get("test_acc_integer"),
+        m.get("prediction_agreement"),
+        str(run_dir),
+        uniform=bool(uniform),
+    )
 
 
 def _budget(target_bits, target_bitops, mu) -> str:

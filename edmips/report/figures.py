@@ -27,12 +27,25 @@ def plot_bit_allocation(arch: arch_file.Arch, path) -> Path:
     fig = Figure(figsize=(max(6.0, 0.32 * n + 2.5), 5.5), layout="constrained")
     bits_ax, flops_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     width = 0.4
-    bits_ax.bar([i - width / 2 for i in x], [la.wbits for la in arch.layers], width,
-                color=W_COLOR, label="weights")
-    bits_ax.bar([i + width / 2 for i in x], [la.abits for la in arch.layers], width,
-                color=A_COLOR, label="activations")
-    levels = sorted({b for la in arch.layers for b in (la.wbits, la.abits)}
-                    | set(arch.space["wbits"]) | set(arch.space["abits"]))
+    bits_ax.bar(
+        [i - width / 2 for i in x],
+        [la.wbits for la in arch.layers],
+        width,
+        color=W_COLOR,
+        label="weights",
+    )
+    bits_ax.bar(
+        [i + width / 2 for i in x],
+        [la.abits for la in arch.layers],
+        width,
+        color=A_COLOR,
+        label="activations",
+    )
+    levels = sorted(
+        {b for la in arch.layers for b in (la.wbits, la.abits)}
+        | set(arch.space["wbits"])
+        | set(arch.space["abits"])
+    )
     bits_ax.set_yticks(levels)
     bits_ax.set_ylim(0, max(levels) + 0.8)  # headroom for the legend
     bits_ax.set_ylabel("bits")
@@ -46,8 +59,9 @@ def plot_bit_allocation(arch: arch_file.Arch, path) -> Path:
     flops_ax.yaxis.set_major_locator(MaxNLocator(3))
     flops_ax.set_ylabel("FLOPs")
     flops_ax.set_xticks(list(x))
-    flops_ax.set_xticklabels([f"{i} {la.name}" for i, la in enumerate(arch.layers)],
-                             rotation=90, fontsize="x-small")
+    flops_ax.set_xticklabels(
+        [f"{i} {la.name}" for i, la in enumerate(arch.layers)], rotation=90, fontsize="x-small"
+    )
     flops_ax.set_xlim(-0.6, n - 0.4)
     return _save(fig, path)
 
@@ -61,8 +75,9 @@ def plot_selector_evolution(history: list[dict], arch: arch_file.Arch, path) -> 
     rows = math.ceil(n / cols)
     fig = Figure(figsize=(1.6 * cols + 1.2, 2 * (1.25 * rows + 0.6)), layout="constrained")
     epochs = [h["epoch"] for h in history]
-    for sub, kind, label in zip(fig.subfigures(2, 1), ("w", "a"), ("Weights", "Activations"),
-                                strict=True):
+    for sub, kind, label in zip(
+        fig.subfigures(2, 1), ("w", "a"), ("Weights", "Activations"), strict=True
+    ):
         space = arch.space[f"{kind}bits"]
         colors = _bit_colors(space)
         axes = sub.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
@@ -75,8 +90,14 @@ def plot_selector_evolution(history: list[dict], arch: arch_file.Arch, path) -> 
             series = list(zip(*(h[f"probs_{kind}"][i] for h in history), strict=True))
             chosen = layer.wbits if kind == "w" else layer.abits
             for bits, probs in zip(_candidates(space, len(series), chosen), series, strict=True):
-                lines[bits], = ax.plot(epochs, probs, color=colors.get(bits, "k"), lw=1.3,
-                                       marker="o" if len(epochs) < 12 else None, ms=3)
+                (lines[bits],) = ax.plot(
+                    epochs,
+                    probs,
+                    color=colors.get(bits, "k"),
+                    lw=1.3,
+                    marker="o" if len(epochs) < 12 else None,
+                    ms=3,
+                )
             ax.set_title(f"{i} {_short(layer.name)}: {chosen}b", fontsize=6.5, pad=2)
             ax.set_ylim(-0.05, 1.05)
             ax.tick_params(labelsize=6, length=2)
@@ -90,13 +111,22 @@ def plot_selector_evolution(history: list[dict], arch: arch_file.Arch, path) -> 
             ax.xaxis.set_tick_params(labelbottom=True)
         sub.suptitle(f"{label}: selector probabilities ({arch.model})", fontsize="medium")
         keys = sorted(lines)
-        sub.legend([lines[b] for b in keys], [f"{b} bit" for b in keys], loc="outside right upper",
-                   fontsize="small", frameon=False)
+        sub.legend(
+            [lines[b] for b in keys],
+            [f"{b} bit" for b in keys],
+            loc="outside right upper",
+            fontsize="small",
+            frameon=False,
+        )
     return _save(fig, path)
 
 
-def plot_complexity(history: list[dict], path, target_bits: float | None = None,
-                    title: str = "Complexity during search") -> Path:
+def plot_complexity(
+    history: list[dict],
+    path,
+    target_bits: float | None = None,
+    title: str = "Complexity during search",
+) -> Path:
     """Expected and discrete equivalent bits against epoch (fig. 7b), mu on a second axis."""
     _check_history(history)
     epochs = [h["epoch"] for h in history]
@@ -104,10 +134,19 @@ def plot_complexity(history: list[dict], path, target_bits: float | None = None,
     fig = Figure(figsize=(6.5, 4), layout="constrained")
     ax = fig.subplots()
     handles = [
-        ax.plot(*_present(epochs, history, "expected_bits"), color=W_COLOR, marker=marker,
-                label="expected bits")[0],
-        ax.plot(*_present(epochs, history, "discrete_bits"), color=W_COLOR, ls="--",
-                marker=marker, label="discrete (argmax) bits")[0],
+        ax.plot(
+            *_present(epochs, history, "expected_bits"),
+            color=W_COLOR,
+            marker=marker,
+            label="expected bits",
+        )[0],
+        ax.plot(
+            *_present(epochs, history, "discrete_bits"),
+            color=W_COLOR,
+            ls="--",
+            marker=marker,
+            label="discrete (argmax) bits",
+        )[0],
     ]
     if target_bits is not None:
         handles.append(ax.axhline(target_bits, color="tab:red", ls=":", label="target"))
@@ -118,14 +157,22 @@ def plot_complexity(history: list[dict], path, target_bits: float | None = None,
     mu_epochs, mu = _present(epochs, history, "mu")
     if mu:
         mu_ax = ax.twinx()
-        handles.append(mu_ax.plot(mu_epochs, mu, color=MU_COLOR, marker=marker, lw=1,
-                                  label="mu (complexity weight)")[0])
+        handles.append(
+            mu_ax.plot(
+                mu_epochs, mu, color=MU_COLOR, marker=marker, lw=1, label="mu (complexity weight)"
+            )[0]
+        )
         mu_ax.set_ylabel("mu", color=MU_COLOR)
         mu_ax.tick_params(axis="y", colors=MU_COLOR)
         mu_ax.set_ylim(bottom=0)
     # outside the axes: "best" placement cannot see the curve on the twin axis
-    fig.legend(handles=handles, fontsize="small", loc="outside lower center", ncols=len(handles),
-               frameon=False)
+    fig.legend(
+        handles=handles,
+        fontsize="small",
+        loc="outside lower center",
+        ncols=len(handles),
+        frameon=False,
+    )
     ax.set_title(title, fontsize="medium")
     return _save(fig, path)
 
@@ -144,19 +191,37 @@ def plot_pareto(points: list[dict], path, ylabel: str = "test accuracy") -> Path
     for k, (group, members) in enumerate(sorted(groups.items())):
         members.sort(key=lambda p: p["bits"])
         uniform = any(p.get("uniform") for p in members)
-        ax.plot([p["bits"] for p in members], [p["acc"] for p in members],
-                marker="s" if uniform else "o", ls="--" if uniform else "-",
-                color=f"C{k}", label=group)
+        ax.plot(
+            [p["bits"] for p in members],
+            [p["acc"] for p in members],
+            marker="s" if uniform else "o",
+            ls="--" if uniform else "-",
+            color=f"C{k}",
+            label=group,
+        )
         for j, p in enumerate(members):
             # a Pareto line rises to the right, so below-right and above-left of a point are
             # free; alternating them keeps the labels of close points apart
             right = j % 2 == 0
-            ax.annotate(p["label"], (p["bits"], p["acc"]), textcoords="offset points",
-                        xytext=(5, -5) if right else (-5, 5), ha="left" if right else "right",
-                        va="top" if right else "bottom", fontsize=7, color=f"C{k}")
+            ax.annotate(
+                p["label"],
+                (p["bits"], p["acc"]),
+                textcoords="offset points",
+                xytext=(5, -5) if right else (-5, 5),
+                ha="left" if right else "right",
+                va="top" if right else "bottom",
+                fontsize=7,
+                color=f"C{k}",
+            )
     if not points:
-        ax.text(0.5, 0.5, "no run recorded an accuracy", ha="center", va="center",
-                transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no run recorded an accuracy",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     else:
         ax.legend(fontsize="small", loc="lower right")  # Pareto lines leave that corner empty
         ax.margins(x=0.12, y=0.12)  # room for the annotations at the ends
@@ -182,10 +247,15 @@ def write_search_figures(run_dir) -> list[Path]:
         log.warning("%s: no epoch in history.json, only the bit allocation is drawn", run_dir)
         return paths
     paths.append(plot_selector_evolution(history, arch, run_dir / "selector_evolution.png"))
-    paths.append(plot_complexity(history, run_dir / "complexity.png",
-                                 target_bits=arch.extra.get("target_bits"),
-                                 title=f"Complexity during search: {_name(arch)}\n"
-                                       f"found arch: {arch.equivalent_bits:.3f} equivalent bits"))
+    paths.append(
+        plot_complexity(
+            history,
+            run_dir / "complexity.png",
+            target_bits=arch.extra.get("target_bits"),
+            title=f"Complexity during search: {_name(arch)}\n"
+            f"found arch: {arch.equivalent_bits:.3f} equivalent bits",
+        )
+    )
     return paths
 
 
@@ -202,8 +272,10 @@ def _name(arch: arch_file.Arch) -> str:
 
 
 def _title(arch: arch_file.Arch) -> str:
-    return (f"{_name(arch)}: {arch.equivalent_bits:.3f} equivalent bits, "
-            f"{arch.weight_bits_total / 8 / 2**20:.3g} MiB of weights")
+    return (
+        f"{_name(arch)}: {arch.equivalent_bits:.3f} equivalent bits, "
+        f"{arch.weight_bits_total / 8 / 2**20:.3g} MiB of weights"
+    )
 
 
 def _check_history(history: list[dict], n_layers: int | None = None) -> None:
@@ -214,8 +286,10 @@ def _check_history(history: list[dict], n_layers: int | None = None) -> None:
     for h in history:
         for kind in ("probs_w", "probs_a"):
             if len(h.get(kind, ())) != n_layers:
-                raise ValueError(f"history epoch {h.get('epoch')}: {kind} has "
-                                 f"{len(h.get(kind, ()))} layers, the arch has {n_layers}")
+                raise ValueError(
+                    f"history epoch {h.get('epoch')}: {kind} has "
+                    f"{len(h.get(kind, ()))} layers, the arch has {n_layers}"
+                )
 
 
 def _epoch_axis(ax, epochs: list, nbins: int | str = "auto") -> None:
@@ -227,8 +301,11 @@ def _epoch_axis(ax, epochs: list, nbins: int | str = "auto") -> None:
 
 def _present(epochs: list, history: list[dict], key: str) -> tuple[list, list]:
     """(epochs, values) where the value was recorded and is a number."""
-    pairs = [(e, h[key]) for e, h in zip(epochs, history, strict=True)
-             if isinstance(h.get(key), (int, float)) and math.isfinite(h[key])]
+    pairs = [
+        (e, h[key])
+        for e, h in zip(epochs, history, strict=True)
+        if isinstance(h.get(key), (int, float)) and math.isfinite(h[key])
+    ]
     return [e for e, _ in pairs], [v for _, v in pairs]
 
 
@@ -247,7 +324,7 @@ def _bit_colors(space: list[int]) -> dict[int, tuple]:
 
 
 def _short(name: str, limit: int = 24) -> str:
-    return name if len(name) <= limit else "…" + name[-(limit - 1):]
+    return name if len(name) <= limit else "…" + name[-(limit - 1) :]
 
 
 def _save(fig: Figure, path) -> Path:

@@ -13,8 +13,11 @@ CONF = Path(__file__).parents[2] / "conf" / "data"
 
 @pytest.mark.parametrize(
     "name, cls",
-    [("synthetic", SyntheticDataModule), ("cifar10", CIFAR10DataModule),
-     ("imagenet", ImageNetDataModule)],
+    [
+        ("synthetic", SyntheticDataModule),
+        ("cifar10", CIFAR10DataModule),
+        ("imagenet", ImageNetDataModule),
+    ],
 )
 def test_config_instantiates(name, cls):
     cfg = OmegaConf.create({"seed": 3, "data": OmegaConf.load(CONF / f"{name}.yaml")})

@@ -45,9 +45,16 @@ class Probe(pl.LightningModule):
 def test_fit_validate_test_on_cpu_trainer(tmp_path):
     dm, model = small(), Probe()
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=2, limit_train_batches=3,
-        num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        limit_train_batches=3,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=dm)
     epochs = [[y for e, y in model.seen["train"] if e == epoch] for epoch in (0, 1)]
@@ -62,8 +69,9 @@ def test_fit_validate_test_on_cpu_trainer(tmp_path):
 
 def fake_trainer(rank, world_size, epoch=0):
     strategy = SimpleNamespace(root_device=torch.device("cpu"))
-    return SimpleNamespace(strategy=strategy, global_rank=rank, world_size=world_size,
-                           current_epoch=epoch)
+    return SimpleNamespace(
+        strategy=strategy, global_rank=rank, world_size=world_size, current_epoch=epoch
+    )
 
 
 def test_setup_takes_device_rank_and_epoch_from_the_trainer():

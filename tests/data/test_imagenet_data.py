@@ -22,8 +22,16 @@ def make_tree(root, per_class=6, classes=("cat", "dog", "eel")):
 
 
 def module(root, **kw):
-    args = dict(path=root, batch_size=4, val_size=5, seed=0, num_workers=0, num_classes=3,
-                image_size=24, resize_size=28)
+    args = dict(
+        path=root,
+        batch_size=4,
+        val_size=5,
+        seed=0,
+        num_workers=0,
+        num_classes=3,
+        image_size=24,
+        resize_size=28,
+    )
     return ImageNetDataModule(**{**args, **kw})
 
 

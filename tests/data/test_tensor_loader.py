@@ -77,8 +77,7 @@ def test_crop_flip_is_a_shift_with_zero_fill_or_its_mirror():
 def test_shards_are_disjoint_and_equal(shuffle):
     x, y = data(103)
     shards = [
-        seen(TensorLoader(x, y, 8, shuffle=shuffle, seed=5, rank=r, world_size=4))
-        for r in range(4)
+        seen(TensorLoader(x, y, 8, shuffle=shuffle, seed=5, rank=r, world_size=4)) for r in range(4)
     ]
     assert all(len(s) == 25 for s in shards)  # 103 // 4; the remainder of 3 is dropped
     union = torch.cat(shards)
@@ -91,10 +90,21 @@ class NoHostSync(TorchFunctionMode):
     """Fails on any torch call that reads device values back to the host."""
 
     SYNCING = {
-        torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu,
-        torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
-        torch.Tensor.__index__, torch.Tensor.nonzero, torch.nonzero, torch.Tensor.any,
-        torch.Tensor.all, torch.masked_select, torch.Tensor.masked_select, torch.unique,
+        torch.Tensor.item,
+        torch.Tensor.tolist,
+        torch.Tensor.numpy,
+        torch.Tensor.cpu,
+        torch.Tensor.__bool__,
+        torch.Tensor.__int__,
+        torch.Tensor.__float__,
+        torch.Tensor.__index__,
+        torch.Tensor.nonzero,
+        torch.nonzero,
+        torch.Tensor.any,
+        torch.Tensor.all,
+        torch.masked_select,
+        torch.Tensor.masked_select,
+        torch.unique,
     }
 
     def __torch_function__(self, func, types, args=(), kwargs=None):

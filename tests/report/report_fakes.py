@@ -7,8 +7,10 @@ from edmips import arch
 from edmips.complexity import LayerCost
 
 FLOPS = [2_000_000, 2_000_000, 1_000_000, 1_000_000, 500_000]
-COSTS = [LayerCost(f"layer{i // 2 + 1}.{i % 2}.conv{i % 2 + 1}", "conv", f, f // 100, 100, ())
-         for i, f in enumerate(FLOPS)]
+COSTS = [
+    LayerCost(f"layer{i // 2 + 1}.{i % 2}.conv{i % 2 + 1}", "conv", f, f // 100, 100, ())
+    for i, f in enumerate(FLOPS)
+]
 COSTS.append(LayerCost("layer3.0.downsample", "conv", 60_000, 600, 100, ()))
 SPACE = {"wbits": [1, 2, 3, 4], "abits": [2, 3, 4]}
 
@@ -20,9 +22,17 @@ def history(epochs: int, n_layers: int = len(COSTS)) -> list[dict]:
         t = e / max(1, epochs - 1)
         probs_w = [_towards(4, layer % 4, t) for layer in range(n_layers)]
         probs_a = [_towards(3, (layer + 1) % 3, t) for layer in range(n_layers)]
-        out.append({"epoch": e, "mu": 0.01 + 0.002 * e, "expected_bits": 3.0 - t,
-                    "discrete_bits": 3.2 - 1.1 * t, "val_acc": 0.3 + 0.05 * e,
-                    "probs_w": probs_w, "probs_a": probs_a})
+        out.append(
+            {
+                "epoch": e,
+                "mu": 0.01 + 0.002 * e,
+                "expected_bits": 3.0 - t,
+                "discrete_bits": 3.2 - 1.1 * t,
+                "val_acc": 0.3 + 0.05 * e,
+                "probs_w": probs_w,
+                "probs_a": probs_a,
+            }
+        )
     return out
 
 
@@ -35,8 +45,17 @@ def _towards(n: int, winner: int, t: float) -> list[float]:
 
 def search_arch(wbits, abits, **meta) -> arch.Arch:
     n = len(COSTS)
-    return arch.build("resnet8", SPACE, COSTS, wbits, abits, [[0.25] * 4] * n, [[1 / 3] * 3] * n,
-                      data="synthetic", **meta)
+    return arch.build(
+        "resnet8",
+        SPACE,
+        COSTS,
+        wbits,
+        abits,
+        [[0.25] * 4] * n,
+        [[1 / 3] * 3] * n,
+        data="synthetic",
+        **meta,
+    )
 
 
 def make_search_run(run_dir: Path, wbits, abits, epochs=5, **meta) -> arch.Arch:
@@ -56,12 +75,22 @@ def make_retrain_run(run_dir: Path, wbits, abits, uniform=None, **metrics) -> di
     else:
         a = search_arch(wbits, abits)
     arch.save(a, run_dir / "arch.json")
-    m = {"model": "resnet8", "data": "synthetic",
-         "arch": "uniform" if uniform else "multirun/search/0/found.json",
-         "uniform": {"wbits": uniform[0], "abits": uniform[1]} if uniform else None,
-         "target_bits": None, "mu": None, "equivalent_bits": a.equivalent_bits,
-         "bitops": a.bitops, "weight_bits_total": a.weight_bits_total, "val_acc": 0.5,
-         "test_acc": 0.5, "test_acc_integer": 0.49, "prediction_agreement": 0.99,
-         "wall_time_s": 12.5, **metrics}
+    m = {
+        "model": "resnet8",
+        "data": "synthetic",
+        "arch": "uniform" if uniform else "multirun/search/0/found.json",
+        "uniform": {"wbits": uniform[0], "abits": uniform[1]} if uniform else None,
+        "target_bits": None,
+        "mu": None,
+        "equivalent_bits": a.equivalent_bits,
+        "bitops": a.bitops,
+        "weight_bits_total": a.weight_bits_total,
+        "val_acc": 0.5,
+        "test_acc": 0.5,
+        "test_acc_integer": 0.49,
+        "prediction_agreement": 0.99,
+        "wall_time_s": 12.5,
+        **metrics,
+    }
     (run_dir / "metrics.json").write_text(json.dumps(m))
     return m

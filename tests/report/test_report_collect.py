@@ -22,14 +22,24 @@ SEARCHES = [  # (wbits, abits, meta)
 def sweep(tmp_path):
     """A search sweep (3 runs), a retrain sweep (2) and a uniform-baseline sweep (2)."""
     root = tmp_path / "multirun"
-    found = [make_search_run(root / "search" / str(i), w, a, **meta)
-             for i, (w, a, meta) in enumerate(SEARCHES)]
+    found = [
+        make_search_run(root / "search" / str(i), w, a, **meta)
+        for i, (w, a, meta) in enumerate(SEARCHES)
+    ]
     (root / "search" / "multirun.yaml").write_text("hydra: {}\n")
-    metrics = [make_retrain_run(root / "retrain" / "0", *SEARCHES[0][:2], mu=0.04, test_acc=0.71),
-               make_retrain_run(root / "retrain" / "1", *SEARCHES[2][:2], target_bits=2.0, mu=0.3,
-                                test_acc=0.73, test_acc_integer=None),
-               make_retrain_run(root / "uniform" / "0", None, None, uniform=(2, 2), test_acc=0.69),
-               make_retrain_run(root / "uniform" / "1", None, None, uniform=(4, 4), test_acc=0.8)]
+    metrics = [
+        make_retrain_run(root / "retrain" / "0", *SEARCHES[0][:2], mu=0.04, test_acc=0.71),
+        make_retrain_run(
+            root / "retrain" / "1",
+            *SEARCHES[2][:2],
+            target_bits=2.0,
+            mu=0.3,
+            test_acc=0.73,
+            test_acc_integer=None,
+        ),
+        make_retrain_run(root / "uniform" / "0", None, None, uniform=(2, 2), test_acc=0.69),
+        make_retrain_run(root / "uniform" / "1", None, None, uniform=(4, 4), test_acc=0.8),
+    ]
     return root, found, metrics
 
 
@@ -55,9 +65,16 @@ def test_a_sweep_becomes_one_row_per_run(sweep, tmp_path, capsys):
         assert float(r["weight_mib"]) == pytest.approx(a.weight_bits_total / MIB)
         assert float(r["val_acc"]) == a.val_acc
         assert (r["model"], r["data"], r["test_acc_integer"], r["agreement"]) == (
-            "resnet8", "synthetic", "", "")
+            "resnet8",
+            "synthetic",
+            "",
+            "",
+        )
     assert [search[str(root / "search" / str(i))]["budget"] for i in range(3)] == [
-        "mu=0.04", "mu=0.01", "2 bits"]  # a target is the budget, not the mu it ended with
+        "mu=0.04",
+        "mu=0.01",
+        "2 bits",
+    ]  # a target is the budget, not the mu it ended with
     assert search[str(root / "search" / "2")]["test_acc"] == ""
 
     retrain = {r["run_dir"]: r for r in rows[3:]}
@@ -67,7 +84,9 @@ def test_a_sweep_becomes_one_row_per_run(sweep, tmp_path, capsys):
         assert float(r["test_acc"]) == m["test_acc"]
         assert float(r["agreement"]) == m["prediction_agreement"]
     assert [retrain[str(root / s)]["budget"] for s in ("retrain/0", "retrain/1")] == [
-        "mu=0.04", "2 bits"]
+        "mu=0.04",
+        "2 bits",
+    ]
     assert retrain[str(root / "retrain/1")]["test_acc_integer"] == ""
     assert [r["budget"] for r in rows[5:]] == ["uniform W2A2", "uniform W4A4"]  # ordered by bits
 
@@ -86,8 +105,10 @@ def test_pareto_uses_retrained_test_accuracy_and_splits_out_the_baselines(sweep)
     by_group = {}
     for p in points:
         by_group.setdefault(p["group"], []).append((p["label"], p["acc"]))
-    assert by_group == {"resnet8 synthetic mixed precision": [("mu=0.04", 0.71), ("2 bits", 0.73)],
-                        "resnet8 synthetic uniform": [("W2A2", 0.69), ("W4A4", 0.8)]}
+    assert by_group == {
+        "resnet8 synthetic mixed precision": [("mu=0.04", 0.71), ("2 bits", 0.73)],
+        "resnet8 synthetic uniform": [("W2A2", 0.69), ("W4A4", 0.8)],
+    }
 
 
 def test_pareto_falls_back_to_search_accuracy(sweep):
@@ -113,11 +134,16 @@ def test_a_broken_run_is_skipped_with_a_warning(sweep, caplog):
     assert "retrain/0/metrics.json" in caplog.text and "search/1/found.json" in caplog.text
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p / "absent", "absent: no such file or directory"),
-    (lambda p: (p / "empty" / ".hydra").mkdir(parents=True) or p / "empty",
-     "no search run (found.json) or retrain run (metrics.json) under"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "absent", "absent: no such file or directory"),
+        (
+            lambda p: (p / "empty" / ".hydra").mkdir(parents=True) or p / "empty",
+            "no search run (found.json) or retrain run (metrics.json) under",
+        ),
+    ],
+)
 def test_nothing_to_report_is_a_one_line_error(tmp_path, make, message):
     with pytest.raises(SystemExit) as e:
         main([str(make(tmp_path)), "--out", str(tmp_path / "out")])
@@ -128,8 +154,13 @@ def test_nothing_to_report_is_a_one_line_error(tmp_path, make, message):
 
 
 def test_module_entry_point(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "edmips.report", str(tmp_path / "nowhere")],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "edmips.report", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == [f"edmips.report: {tmp_path / 'nowhere'}: "
-                                                "no such file or directory"]
+    assert done.stderr.strip().splitlines() == [
+        f"edmips.report: {tmp_path / 'nowhere'}: no such file or directory"
+    ]

@@ -124,11 +124,14 @@ def _found_for_tiny(tmp_path):
     return arch.save(found, tmp_path / "search" / "found.json")
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (("arch=uniform", "wbits=9"), "unsupported bit-width 9"),
-    (("arch=uniform", "init=search"), "init=search needs an arch file"),
-    (("arch=uniform", "init=pretrained"), "init must be scratch or search"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (("arch=uniform", "wbits=9"), "unsupported bit-width 9"),
+        (("arch=uniform", "init=search"), "init=search needs an arch file"),
+        (("arch=uniform", "init=pretrained"), "init must be scratch or search"),
+    ],
+)
 def test_bad_retrain_settings_are_refused_before_training(retrain_cfg, overrides, message):
     cfg = retrain_cfg(*overrides)
     with pytest.raises(ValueError, match=message):
