@@ -117,16 +117,24 @@ def save(arch: Arch, path: str | Path) -> Path:
 def load(path: str | Path, known_models=None) -> Arch:
     """Read and validate a file; `known_models` (names) rejects a model that does not exist."""
     path = Path(path)
-
-    def fail(problem: str):
-        raise ArchError(f"{path}: {problem}")
-
     try:
         d = json.loads(path.read_text())
     except FileNotFoundError:
-        fail("no such file")
+        raise ArchError(f"{path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        fail(f"not JSON ({e})")
+        raise ArchError(f"{path}: not JSON ({e})") from None
+    return from_dict(d, str(path), known_models)
+
+
+DERIVED = ("schema", "bitops", "equivalent_bits", "weight_bits_total")
+
+
+def from_dict(d, source: str = "arch", known_models=None) -> Arch:
+    """Validate the content of an arch file (as read from JSON); errors name `source`."""
+
+    def fail(problem: str):
+        raise ArchError(f"{source}: {problem}")
+
     if not isinstance(d, dict):
         fail("not a JSON object")
     if d.get("schema") != SCHEMA:
@@ -155,20 +163,7 @@ def load(path: str | Path, known_models=None) -> Arch:
                 name, bits = layer["name"], layer[kind]
                 fail(f"layer {name!r}: {kind}={bits} is outside the space {space[kind]}")
     costs = [LayerCost(x["name"], x["type"], x["flops"], x["params"], 0, ()) for x in d["layers"]]
-    rest = {
-        k: v
-        for k, v in d.items()
-        if k
-        not in (
-            "schema",
-            "bitops",
-            "equivalent_bits",
-            "weight_bits_total",
-            "space",
-            "layers",
-            "model",
-        )
-    }
+    rest = {k: v for k, v in d.items() if k not in (*DERIVED, "space", "layers", "model")}
     arch = build(
         d["model"],
         space,

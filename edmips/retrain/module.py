@@ -15,9 +15,11 @@ class RetrainModule(Classifier):
         scheduler=None,
         channels_last: bool = False,
         compile: bool = False,
+        network: dict | None = None,
     ):
         super().__init__(model, num_classes, channels_last, compile)
         self.optimizer, self.scheduler = optimizer, scheduler
+        self.network = network  # what rebuilds the network from a checkpoint alone (export)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x, y = batch
@@ -37,3 +39,6 @@ class RetrainModule(Classifier):
         if self.scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler(optimizer)}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["edmips_network"] = self.network

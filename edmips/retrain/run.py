@@ -20,15 +20,7 @@ from omegaconf import DictConfig
 
 from edmips import arch as arch_file
 from edmips.builders import build_datamodule, build_model, build_trainer, fast_path, measure
-from edmips.export import (
-    ExportError,
-    IntegerRuntime,
-    image_codes,
-    lower,
-    reference_copy,
-    save_bundle,
-)
-from edmips.export.qonnx import save_qonnx
+from edmips.export import IntegerRuntime, export, image_codes, load_bundle, reference_copy
 from edmips.models import list_models
 from edmips.nn import default_searched, to_fixed, to_search
 from edmips.nn.convert import first_and_last
@@ -62,6 +54,17 @@ def resolve_arch(cfg: DictConfig, datamodule):
     to_fixed(model, found.bits())
     measure(model, datamodule)  # fixed layers keep their costs; re-measured for new modules
     return model, found
+
+
+def network_spec(found: arch_file.Arch, datamodule) -> dict:
+    """Everything that rebuilds the retrained network, stored in its checkpoints."""
+    return {
+        "arch": found.to_dict(),
+        "num_classes": datamodule.num_classes,
+        "mean": list(datamodule.mean),
+        "std": list(datamodule.std),
+        "input_size": list(datamodule.input_size),
+    }
 
 
 def _load_search_weights(model, found: arch_file.Arch, path: Path) -> None:
@@ -121,6 +124,7 @@ def retrain(cfg: DictConfig) -> dict:
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         channels_last=fast,
         compile=cfg.compile,
+        network=network_spec(found, datamodule),
     )
     trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=datamodule)
@@ -140,12 +144,8 @@ def retrain(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         out = Path(cfg.output_dir)
         arch_file.save(found, out / "arch.json")
-        graph = lower(model, datamodule.input_size)
-        save_bundle(graph, out / "integer")
-        try:
-            save_qonnx(graph, out / "model.onnx")
-        except ExportError as e:  # the bundle stands; QONNX's float32 cannot hold this graph
-            log.warning("no QONNX model: %s", e)
+        export(model, datamodule.input_size, out)
+        graph = load_bundle(out / "integer")  # checked as written
         datamodule.setup("test")
         metrics.update(
             integer_check(model, graph, datamodule.test_dataloader(), cfg.integer_check_images)

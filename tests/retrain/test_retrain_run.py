@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from conftest import CIFAR10_NPZ
 
@@ -38,6 +39,15 @@ def test_uniform_retrain_exports_and_the_integer_network_agrees_exactly(retrain_
     used = arch.load(out / "arch.json")
     assert {(layer.wbits, layer.abits) for layer in used.layers} == {(2, 3)}
     assert (out / "integer" / "manifest.json").exists() and (out / "model.onnx").exists()
+
+    # The export is callable on the checkpoint alone and rebuilds the same integer network.
+    from edmips.export.__main__ import main as export_main
+
+    export_main([str(out / "checkpoints" / "last.ckpt"), "--out", str(out / "again")])
+    first = np.load(out / "integer" / "arrays.npz")
+    again = np.load(out / "again" / "integer" / "arrays.npz")
+    assert sorted(first) == sorted(again)
+    assert all(np.array_equal(first[k], again[k]) for k in first)
 
 
 def test_retrain_of_a_found_architecture_uses_its_bits(retrain_cfg, tmp_path):

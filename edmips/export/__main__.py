@@ -1,0 +1,69 @@
+"""Export a retrained checkpoint to the integer bundle and QONNX.
+
+    python -m edmips.export <retrain run dir or .ckpt> [--out DIR]
+
+retrain.py stores in its checkpoints what rebuilds the network (the arch, the number of
+classes, the data statistics and input size), so the checkpoint alone is enough.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from edmips import arch as arch_file
+from edmips import complexity
+from edmips.export import export
+from edmips.models import create_model
+from edmips.nn import to_fixed
+
+
+def load_retrained(checkpoint: Path):
+    """The trained fixed-bit network of a retrain checkpoint, and its input size."""
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    spec = ckpt.get("edmips_network")
+    if spec is None:
+        raise ValueError(f"{checkpoint}: not a retrain checkpoint (no network description)")
+    found = arch_file.from_dict(spec["arch"], source=str(checkpoint))
+    model = create_model(
+        found.model, num_classes=spec["num_classes"], mean=spec["mean"], std=spec["std"]
+    )
+    to_fixed(model, found.bits())
+    complexity.measure(model, tuple(spec["input_size"]))
+    model.load_state_dict(
+        {
+            k.removeprefix("model."): v
+            for k, v in ckpt["state_dict"].items()
+            if k.startswith("model.")
+        }
+    )
+    return model, tuple(spec["input_size"])
+
+
+def main(argv=None) -> list[Path]:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(
+        prog="python -m edmips.export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", type=Path, help="a retrain run dir or a checkpoint file")
+    parser.add_argument("--out", type=Path, help="default: the run dir")
+    args = parser.parse_args(argv)
+    run_dir = args.source if args.source.is_dir() else args.source.parent.parent
+    checkpoint = run_dir / "checkpoints" / "last.ckpt" if args.source.is_dir() else args.source
+    try:
+        model, input_size = load_retrained(checkpoint)
+        paths = export(model, input_size, args.out or run_dir)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    for path in paths:
+        print(path)
+    return paths
+
+
+if __name__ == "__main__":
+    main()
