@@ -45,11 +45,11 @@ class _Lowering:
         """Threshold node for quantizer(bn(x * unit)); quantizer is HWGQ bits or a StreamQuant."""
         unit = x.unit.expand(channels)[:, None]
         if isinstance(quantizer, StreamQuant):
-            qmax, scale = quantizer.qmax, quantizer.scale().double()
-            num_levels, out_bias, out_unit = 2 * qmax + 1, -qmax, scale
+            qmax = quantizer.qmax
+            num_levels, out_bias, out_unit = 2 * qmax + 1, -qmax, quantizer.scale().double()
 
             def codes(y):
-                return torch.round(y.clamp(-qmax * scale, qmax * scale) / scale) + qmax
+                return quantizer.codes(y) + qmax
         else:
             num_levels, out_bias, out_unit = 2**quantizer, 0, HWGQ_STEPS[quantizer]
 

@@ -84,6 +84,11 @@ class StreamQuant(nn.Module):
         scale = self.scale().to(x.dtype)
         return round_ste(x.clamp(-self.qmax * scale, self.qmax * scale) / scale) * scale
 
+    def codes(self, x: Tensor) -> Tensor:
+        """Integer levels in [-qmax, qmax] (same dtype as x): the forward's arithmetic."""
+        scale = self.scale().to(x.dtype)
+        return torch.round(x.clamp(-self.qmax * scale, self.qmax * scale) / scale)
+
     def extra_repr(self) -> str:
         return f"bits={self.bits}, momentum={self.momentum}"
 

@@ -53,11 +53,12 @@ def test_thresholds_reproduce_the_signed_stream_quantizer():
     q = StreamQuant(8).double().eval()
     q.running_max.fill_(3.7)
     unit = torch.tensor([0.013, 0.002], dtype=torch.float64)[:, None]
-    scale = q.scale()
 
-    def reference(acc):
-        y = acc * unit
-        return torch.round(y.clamp(-127 * scale, 127 * scale) / scale) + 127
+    def reference(acc):  # the level index the quantizer's forward produces, as 0 .. 254
+        x = acc * unit
+        level = torch.round(q(x) / q.scale())
+        assert torch.equal(level, q.codes(x))
+        return level + 127
 
     lo, hi = -5000, 5000
     thresholds, sign = compute_thresholds(reference, 2, 255, lo, hi)
