@@ -55,8 +55,10 @@ from edmips.quant.activation import HWGQ, hwgq_clip  # noqa: E402
 
 CONFIGS = ("fp", "uniform_w2a2", "search_single", "search_full", "naive_single", "naive_full")
 SPACES = {"single": ((2,), (2,)), "full": ((1, 2, 3, 4), (2, 3, 4))}
-FP_NOTE = ("fp: registry network with every conv/linear at 32 bits, StreamQuant -> identity, "
-           "stem HWGQ -> ReLU (a plain float pre-activation ResNet of the same shape)")
+FP_NOTE = (
+    "fp: registry network with every conv/linear at 32 bits, StreamQuant -> identity, "
+    "stem HWGQ -> ReLU (a plain float pre-activation ResNet of the same shape)"
+)
 MIB = 2**20
 ARCH_PARAMS = ("alpha_w", "alpha_a")  # as edmips.search.module, whose import pulls in Lightning
 
@@ -104,8 +106,10 @@ class NaiveMixedConv2d(MixedConv2d):
     def quant_weight(self):
         assert self.shared, "the naive layer implements shared weights only"
         std = host_std(self.weight, self.per_channel)  # once per layer, as SharedMixQuantConv2d
-        return sum(p * _GaussQuantize.apply(self.weight, GAUSS_STEPS[b] * std, b)
-                   for p, b in zip(self.probs_w(), self.wbits, strict=True))
+        return sum(
+            p * _GaussQuantize.apply(self.weight, GAUSS_STEPS[b] * std, b)
+            for p, b in zip(self.probs_w(), self.wbits, strict=True)
+        )
 
     def quant_input(self, x):
         if self.abits is None:
@@ -125,10 +129,19 @@ def to_naive(model):
     """Replace every MixedConv2d by a NaiveMixedConv2d with the same weights and selectors."""
     for name, m in list(model.named_modules()):
         if type(m) is MixedConv2d:
-            new = NaiveMixedConv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,
-                                   padding=m.padding, dilation=m.dilation, groups=m.groups,
-                                   bias=m.bias is not None, wbits=m.wbits, abits=m.abits,
-                                   per_channel=m.per_channel).to(m.weight.device)
+            new = NaiveMixedConv2d(
+                m.in_channels,
+                m.out_channels,
+                m.kernel_size,
+                stride=m.stride,
+                padding=m.padding,
+                dilation=m.dilation,
+                groups=m.groups,
+                bias=m.bias is not None,
+                wbits=m.wbits,
+                abits=m.abits,
+                per_channel=m.per_channel,
+            ).to(m.weight.device)
             new.load_state_dict(m.state_dict())
             if hasattr(m, "cost"):
                 new.cost = m.cost
@@ -175,8 +188,7 @@ def make_step(model, layers, x, y, args, device):
     if arch:
         optimizers.append(torch.optim.SGD(arch, lr=0.01, momentum=0.9))
     forward = torch.compile(model) if args.compile else model
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16
-                else nullcontext())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else nullcontext()
 
     def step(fn=forward):
         with autocast:
@@ -231,11 +243,15 @@ def run_config(name, args, device, x, y):
     params = list(model.parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in params)
     saved = saved_for_backward_bytes(lambda: step(model), params) + 2 * param_bytes
-    line = {"name": name, "ms": round(statistics.median(times), 3),
-            "peak_mib": round((peak if cuda else saved) / MIB, 2),
-            "memory": "allocator-peak" if cuda else "saved-for-backward",
-            "saved_mib": round(saved / MIB, 2), "ms_min": round(min(times), 3),
-            "searched_layers": len(layers)}
+    line = {
+        "name": name,
+        "ms": round(statistics.median(times), 3),
+        "peak_mib": round((peak if cuda else saved) / MIB, 2),
+        "memory": "allocator-peak" if cuda else "saved-for-backward",
+        "saved_mib": round(saved / MIB, 2),
+        "ms_min": round(min(times), 3),
+        "searched_layers": len(layers),
+    }
     if name == "fp":
         line["note"] = FP_NOTE
     return line
@@ -247,14 +263,16 @@ def ratios(lines):
     def ratio(a, b, key="ms"):
         return round(by[a][key] / by[b][key], 3) if a in by and b in by else None
 
-    return {"name": "ratios",
-            "search_over_uniform": ratio("search_full", "uniform_w2a2"),
-            "search_over_naive": ratio("search_full", "naive_full"),
-            "memory_full_over_single": ratio("search_full", "search_single", "peak_mib"),
-            "naive_memory_full_over_single": ratio("naive_full", "naive_single", "peak_mib"),
-            "search_over_fp": ratio("search_full", "fp"),
-            "uniform_over_fp": ratio("uniform_w2a2", "fp"),
-            "naive_over_uniform": ratio("naive_full", "uniform_w2a2")}
+    return {
+        "name": "ratios",
+        "search_over_uniform": ratio("search_full", "uniform_w2a2"),
+        "search_over_naive": ratio("search_full", "naive_full"),
+        "memory_full_over_single": ratio("search_full", "search_single", "peak_mib"),
+        "naive_memory_full_over_single": ratio("naive_full", "naive_single", "peak_mib"),
+        "search_over_fp": ratio("search_full", "fp"),
+        "uniform_over_fp": ratio("uniform_w2a2", "fp"),
+        "naive_over_uniform": ratio("naive_full", "uniform_w2a2"),
+    }
 
 
 def parse_args(argv):
@@ -267,19 +285,29 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, help="timed steps (default: 5 on CPU, 20 on CUDA)")
     p.add_argument("--warmup", type=int, help="untimed steps (default: 2 on CPU, 5 on CUDA)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="default: on for cuda")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                   help="default: on for cuda")
+    p.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction, help="default: on for cuda"
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
-    p.add_argument("--config", nargs="+", choices=CONFIGS, default=list(CONFIGS),
-                   help="run only these configurations")
+    p.add_argument(
+        "--config",
+        nargs="+",
+        choices=CONFIGS,
+        default=list(CONFIGS),
+        help="run only these configurations",
+    )
     p.add_argument("--mu", type=float, default=0.01, help="complexity weight of the search loss")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", help="also write the JSON lines to this file")
     args = p.parse_args(argv)
     cuda = torch.device(args.device).type == "cuda"
-    for key, on_cuda, on_cpu in (("steps", 20, 5), ("warmup", 5, 2), ("bf16", True, False),
-                                 ("channels_last", True, False)):
+    for key, on_cuda, on_cpu in (
+        ("steps", 20, 5),
+        ("warmup", 5, 2),
+        ("bf16", True, False),
+        ("channels_last", True, False),
+    ):
         if getattr(args, key) is None:
             setattr(args, key, on_cuda if cuda else on_cpu)
     return args
@@ -296,11 +324,19 @@ def main(argv=None):
     x, y = x.to(device), y.to(device)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    shape = {"model": args.model, "batch_size": args.batch_size, "image_size": args.image_size,
-             "num_classes": args.num_classes, "device": str(device), "bf16": args.bf16,
-             "channels_last": args.channels_last, "compile": args.compile,
-             "steps": args.steps, "threads": torch.get_num_threads(),
-             "torch": torch.__version__}
+    shape = {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "num_classes": args.num_classes,
+        "device": str(device),
+        "bf16": args.bf16,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     lines = []
     for name in (c for c in CONFIGS if c in args.config):
         lines.append({**run_config(name, args, device, x, y), **shape})

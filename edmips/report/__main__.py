@@ -12,6 +12,7 @@ HEADERS = {
     "bitops": "BitOps",
     "weight_mib": "MiB",
     "test_acc_integer": "test int",
+    "wall_time_s": "wall s",
     "run_dir": "run dir",
 }
 TEXT = {"kind", "model", "data", "budget", "run_dir"}

@@ -28,6 +28,7 @@ COLUMNS = (
     "test_acc",
     "test_acc_integer",
     "agreement",
+    "wall_time_s",
     "run_dir",
 )
 MIB = 8 * 2**20  # bits in a MiB
@@ -50,6 +51,7 @@ class Run:
     test_acc: float | None
     test_acc_integer: float | None
     agreement: float | None
+    wall_time_s: float | None
     run_dir: str
     uniform: bool = False  # a uniform baseline, drawn as its own line
 
@@ -165,6 +167,7 @@ def _search_run(run_dir: Path) -> Run:
         a.extra.get("test_acc"),
         None,
         None,
+        a.extra.get("wall_time_s"),
         str(run_dir),
     )
 
@@ -191,6 +194,7 @@ def _retrain_run(run_dir: Path) -> Run:
         m.get("test_acc"),
         m.get("test_acc_integer"),
         m.get("prediction_agreement"),
+        m.get("wall_time_s"),
         str(run_dir),
         uniform=bool(uniform),
     )
@@ -213,6 +217,8 @@ def fmt(column: str, value) -> str:
         return f"{value:.4g}"
     if column == "weight_mib":
         return f"{value:.4g}"
+    if column == "wall_time_s":
+        return f"{value:.0f}"
     if isinstance(value, float):
         return f"{value:.4f}" if column != "equivalent_bits" else f"{value:.3f}"
     return str(value)

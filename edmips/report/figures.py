@@ -107,7 +107,7 @@ def plot_selector_evolution(history: list[dict], arch: arch_file.Arch, path) -> 
         for c in range(cols):
             # the lowest panel in use of each column carries the epoch axis
             ax = axes[-1, c] if c < n - (rows - 1) * cols else axes[-2, c]
-            ax.set_xlabel("epoch", fontsize=7)
+            ax.set_xlabel("epochs trained", fontsize=7)
             ax.xaxis.set_tick_params(labelbottom=True)
         sub.suptitle(f"{label}: selector probabilities ({arch.model})", fontsize="medium")
         keys = sorted(lines)
@@ -150,7 +150,7 @@ def plot_complexity(
     ]
     if target_bits is not None:
         handles.append(ax.axhline(target_bits, color="tab:red", ls=":", label="target"))
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("epochs trained")
     ax.set_ylabel("equivalent bits")
     _epoch_axis(ax, epochs)
     ax.grid(alpha=0.3)

@@ -50,7 +50,9 @@ class SearchModule(Classifier):
         self.register_buffer("mu", torch.tensor(float(mu)))
         self.optimizer, self.arch_optimizer, self.scheduler = optimizer, arch_optimizer, scheduler
         self.alternating, self.budget = alternating, budget
-        self.history: list[dict] = []  # one entry per epoch, for the figures
+        # for the figures: the selectors at the start, then after each epoch ("epoch" counts
+        # the epochs trained)
+        self.history: list[dict] = []
 
     # -- the architecture, as it stands ------------------------------------------------------
     def probs(self) -> tuple[list[Tensor], list[Tensor]]:
@@ -115,19 +117,29 @@ class SearchModule(Classifier):
         for scheduler in self.lr_schedulers() or []:
             scheduler.step()
 
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
+    def history_entry(self, epochs_trained: int, val_acc: float | None) -> dict:
         pw, pa = self.probs()
-        entry = {
-            "epoch": self.current_epoch,
+        return {
+            "epoch": epochs_trained,
             "mu": float(self.mu),
             "expected_bits": float(self.expected_bits().detach()),
             "discrete_bits": self.discrete_bits(),
-            "val_acc": _maybe_float(self.trainer.callback_metrics.get("val/acc")),
+            "val_acc": val_acc,
             "probs_w": [p.tolist() for p in pw],
             "probs_a": [p.tolist() for p in pa],
         }
+
+    def on_train_start(self) -> None:
+        if not self.history:  # a resumed search keeps its own start
+            start = self.history_entry(0, val_acc=None)
+            start["discrete_bits"] = None  # equal selectors: no choice to discretize yet
+            self.history.append(start)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        val_acc = _maybe_float(self.trainer.callback_metrics.get("val/acc"))
+        entry = self.history_entry(self.current_epoch + 1, val_acc)
         self.history.append(entry)
         # The selectors are the same on every rank (all-reduced gradients): log them once.
         arch = {

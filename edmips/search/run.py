@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import hydra
@@ -121,7 +122,7 @@ class ArchSnapshot(Callback):
                 current_arch(
                     module,
                     self.cfg,
-                    epoch=trainer.current_epoch,
+                    epoch=trainer.current_epoch + 1,  # epochs trained, as in history.json
                     val_acc=None if val_acc is None else float(val_acc),
                 ),
                 Path(self.cfg.output_dir) / "last.json",
@@ -130,6 +131,7 @@ class ArchSnapshot(Callback):
 
 def search(cfg: DictConfig) -> dict:
     """Run one search; returns its metrics and writes found.json into cfg.output_dir."""
+    start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build_search(cfg)
     trainer = build_trainer(cfg, callbacks=[ArchSnapshot(cfg)])
@@ -137,6 +139,7 @@ def search(cfg: DictConfig) -> dict:
     val_acc = trainer.callback_metrics.get("val/acc")
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     metrics = {"val_acc": None if val_acc is None else float(val_acc), "test_acc": test["test/acc"]}
+    metrics["wall_time_s"] = time.perf_counter() - start
     mode = "budget" if module.budget is not None else cfg.search.discretize
     found = current_arch(module, cfg, mode, **metrics)
     if trainer.is_global_zero:

@@ -83,6 +83,7 @@ def test_a_sweep_becomes_one_row_per_run(sweep, tmp_path, capsys):
         assert float(r["equivalent_bits"]) == pytest.approx(m["equivalent_bits"])
         assert float(r["test_acc"]) == m["test_acc"]
         assert float(r["agreement"]) == m["prediction_agreement"]
+        assert float(r["wall_time_s"]) == m["wall_time_s"]
     assert [retrain[str(root / s)]["budget"] for s in ("retrain/0", "retrain/1")] == [
         "mu=0.04",
         "2 bits",

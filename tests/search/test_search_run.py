@@ -24,9 +24,13 @@ def test_search_writes_a_valid_found_json_and_its_records(search_cfg, tmp_path):
         assert len(layer.probs_w) == 4 and len(layer.probs_a) == 3
         assert abs(sum(layer.probs_w) - 1) < 1e-5
     assert 0 <= found.val_acc <= 1 and "test_acc" in found.extra
+    assert found.extra["wall_time_s"] > 0
     history = json.loads((tmp_path / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [0, 1]
-    assert arch.load(tmp_path / "last.json").extra["epoch"] == 1
+    assert [h["epoch"] for h in history] == [0, 1, 2]  # the start, then each epoch trained
+    assert history[0]["val_acc"] is None
+    assert all(p == pytest.approx(1 / 4) for p in history[0]["probs_w"][0])  # alpha_init alike
+    assert history[-1]["probs_w"] == [layer.probs_w for layer in found.layers]
+    assert arch.load(tmp_path / "last.json").extra["epoch"] == 2
     for png in ("bit_allocation.png", "selector_evolution.png", "complexity.png"):
         assert (tmp_path / png).stat().st_size > 10_000
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
@@ -93,4 +97,4 @@ def test_search_under_ddp_on_two_cpu_processes(tmp_path):
     assert found.extra["world_size"] == 2
     assert (tmp_path / "train_ddp_process_1.log").exists()  # the second rank ran
     history = json.loads((tmp_path / "history.json").read_text())
-    assert len(history) == 2  # written once, by rank zero
+    assert len(history) == 3  # the start and two epochs, written once, by rank zero
