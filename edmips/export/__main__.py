@@ -8,12 +8,14 @@ classes, the data statistics and input size), so the checkpoint alone is enough.
 
 import argparse
 import logging
+import pickle
 from pathlib import Path
 
 import torch
 
 from edmips import arch as arch_file
 from edmips import complexity
+from edmips.cli import one_line_errors
 from edmips.export import export
 from edmips.models import create_model
 from edmips.nn import to_fixed
@@ -23,7 +25,10 @@ def load_retrained(checkpoint: Path):
     """The trained fixed-bit network of a retrain checkpoint, and its input size."""
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as e:  # not a torch file at all
+        raise ValueError(f"{checkpoint}: not a checkpoint ({e})") from None
     spec = ckpt.get("edmips_network")
     if spec is None:
         raise ValueError(f"{checkpoint}: not a retrain checkpoint (no network description)")
@@ -55,11 +60,9 @@ def main(argv=None) -> list[Path]:
     args = parser.parse_args(argv)
     run_dir = args.source if args.source.is_dir() else args.source.parent.parent
     checkpoint = run_dir / "checkpoints" / "last.ckpt" if args.source.is_dir() else args.source
-    try:
+    with one_line_errors():
         model, input_size = load_retrained(checkpoint)
         paths = export(model, input_size, args.out or run_dir)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
     for path in paths:
         print(path)
     return paths

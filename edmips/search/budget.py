@@ -51,7 +51,7 @@ def closest_to_budget(
     best[0] = 0.0
     picks = []  # per layer: for each reached bin, the option that reached it
     options = []
-    for pw, pa, wb, ab, f in zip(probs_w, probs_a, wbits, abits, flops):
+    for pw, pa, wb, ab, f in zip(probs_w, probs_a, wbits, abits, flops, strict=True):
         lw, la = (
             np.log(pw.detach().double().cpu().numpy()),
             np.log(pa.detach().double().cpu().numpy()),

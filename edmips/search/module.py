@@ -123,7 +123,8 @@ class SearchModule(Classifier):
             "epoch": epochs_trained,
             "mu": float(self.mu),
             "expected_bits": float(self.expected_bits().detach()),
-            "discrete_bits": self.discrete_bits(),
+            # before training the selectors are equal: there is no choice to discretize yet
+            "discrete_bits": self.discrete_bits() if epochs_trained else None,
             "val_acc": val_acc,
             "probs_w": [p.tolist() for p in pw],
             "probs_a": [p.tolist() for p in pa],
@@ -131,9 +132,7 @@ class SearchModule(Classifier):
 
     def on_train_start(self) -> None:
         if not self.history:  # a resumed search keeps its own start
-            start = self.history_entry(0, val_acc=None)
-            start["discrete_bits"] = None  # equal selectors: no choice to discretize yet
-            self.history.append(start)
+            self.history.append(self.history_entry(0, val_acc=None))
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

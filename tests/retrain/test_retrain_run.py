@@ -48,6 +48,10 @@ def test_uniform_retrain_exports_and_the_integer_network_agrees_exactly(retrain_
     again = np.load(out / "again" / "integer" / "arrays.npz")
     assert sorted(first) == sorted(again)
     assert all(np.array_equal(first[k], again[k]) for k in first)
+    with pytest.raises(SystemExit, match=r"^error: .*missing\.ckpt: no such checkpoint$"):
+        export_main([str(out / "missing.ckpt")])
+    with pytest.raises(SystemExit, match=r"^error: .*arch\.json: not a checkpoint \("):
+        export_main([str(out / "arch.json")])
 
 
 def test_retrain_of_a_found_architecture_uses_its_bits(retrain_cfg, tmp_path):
