@@ -76,18 +76,29 @@ class _MixedBits:
         self.register_buffer(
             "abits_tensor", torch.tensor(self.abits_space(), dtype=torch.float32), False
         )
+        # Set by the search each step: the selectors' sharpness (inverse temperature) and the
+        # budget's price tilt of the logits (edmips/search/budget.py); neutral by default.
+        self.register_buffer("sharpness", torch.ones(()), False)
+        self.register_buffer("tilt_w", torch.zeros(len(self.wbits)), False)
+        self.register_buffer("tilt_a", torch.zeros(len(self.abits_space())), False)
         if not shared:  # EdMIPS eq. 15: one weight tensor per candidate (ablation)
             self.extra_weights = nn.ParameterList(
                 nn.Parameter(self.weight.detach().clone()) for _ in self.wbits[1:]
             )
 
+    def logits_w(self) -> Tensor:
+        return self.alpha_w * self.sharpness
+
+    def logits_a(self) -> Tensor:
+        if self.abits is None:  # one candidate: the bit-width the input arrives with
+            return self.alpha_w.new_zeros(1)
+        return self.alpha_a * self.sharpness
+
     def probs_w(self) -> Tensor:
-        return torch.softmax(self.alpha_w, dim=0)
+        return torch.softmax(self.logits_w() - self.tilt_w, dim=0)
 
     def probs_a(self) -> Tensor:
-        if self.abits is None:
-            return torch.ones(1, device=self.alpha_w.device)
-        return torch.softmax(self.alpha_a, dim=0)
+        return torch.softmax(self.logits_a() - self.tilt_a, dim=0)
 
     def abits_space(self) -> tuple[int, ...]:
         return (INPUT_BITS,) if self.abits is None else self.abits

@@ -4,7 +4,16 @@ import argparse
 import logging
 import sys
 
-from edmips.report.collect import COLUMNS, ReportError, collect, fmt, markdown_table, write_report
+from edmips.report.collect import (
+    COLUMNS,
+    SUMMARY_COLUMNS,
+    ReportError,
+    collect,
+    fmt,
+    markdown_table,
+    summarize,
+    write_report,
+)
 from edmips.report.figures import write_search_figures
 
 HEADERS = {
@@ -14,8 +23,10 @@ HEADERS = {
     "test_acc_integer": "test int",
     "wall_time_s": "wall s",
     "run_dir": "run dir",
+    "test_acc_mean": "test acc",
+    "test_acc_std": "std",
 }
-TEXT = {"kind", "model", "data", "budget", "run_dir"}
+TEXT = {"kind", "network", "model", "data", "budget", "run_dir"}
 
 
 def main(argv=None) -> int:
@@ -49,27 +60,37 @@ def main(argv=None) -> int:
 
 
 def _print(runs) -> None:
-    """A rich table on a terminal; the Markdown text itself when piped (greppable, pasteable)."""
+    """Every run, then the per-budget comparison: rich tables on a terminal, the Markdown text
+    itself when piped (greppable, pasteable)."""
+    rows, summary = [r.row() for r in runs], summarize(runs)
     if not sys.stdout.isatty():
-        print(markdown_table(runs), end="")
+        print(markdown_table(COLUMNS, rows), end="")
+        if summary:
+            print("\n" + markdown_table(SUMMARY_COLUMNS, summary), end="")
         return
     from rich.console import Console
+
+    console = Console()
+    console.print(_rich_table(COLUMNS, rows, dim=[r.kind == "search" for r in runs]))
+    if summary:
+        console.print(_rich_table(SUMMARY_COLUMNS, summary))
+
+
+def _rich_table(columns, rows: list[dict], dim=None):
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
-    for column in COLUMNS:
+    for column in columns:
         # fold, never truncate: a cut-off budget or run dir is worse than a taller table
         table.add_column(
             HEADERS.get(column, column),
             overflow="fold",
             justify="left" if column in TEXT else "right",
         )
-    for run in runs:
-        table.add_row(
-            *[fmt(c, v) for c, v in run.row().items()],
-            style="dim" if run.kind == "search" else None,
-        )
-    Console().print(table)
+    for i, row in enumerate(rows):
+        style = "dim" if dim and dim[i] else None
+        table.add_row(*[fmt(c, row[c]) for c in columns], style=style)
+    return table
 
 
 if __name__ == "__main__":

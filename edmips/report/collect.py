@@ -1,13 +1,17 @@
 """Collect search runs (found.json) and retrain runs (metrics.json) into one table.
 
 `collect(paths)` walks the given directories (Hydra sweep dirs or single run dirs) and returns
-one `Run` per run found; `write_report(runs, out)` writes report.csv, report.md and pareto.png.
+one `Run` per run found; `write_report(runs, out)` writes report.csv, report.md, the per-budget
+comparison summary.csv / summary.md (searched vs uniform vs random, mean and standard deviation
+over seeds) and pareto.png.
 """
 
 import csv
 import json
 import logging
+import math
 import os
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +22,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = (
     "kind",
+    "network",
     "model",
     "data",
     "budget",
@@ -31,7 +36,18 @@ COLUMNS = (
     "wall_time_s",
     "run_dir",
 )
+SUMMARY_COLUMNS = (
+    "model",
+    "data",
+    "budget",
+    "network",
+    "runs",
+    "equivalent_bits",
+    "test_acc_mean",
+    "test_acc_std",
+)
 MIB = 8 * 2**20  # bits in a MiB
+NETWORKS = ("searched", "uniform", "random")  # what a retrain trained: the baselines last
 
 
 class ReportError(ValueError):
@@ -53,7 +69,8 @@ class Run:
     agreement: float | None
     wall_time_s: float | None
     run_dir: str
-    uniform: bool = False  # a uniform baseline, drawn as its own line
+    network: str = "searched"  # or a baseline: "uniform", "random"
+    budget_bits: float | None = None  # the equivalent bits asked for (uniform: sqrt(w * a))
 
     def row(self) -> dict:
         return {c: getattr(self, c) for c in COLUMNS}
@@ -86,7 +103,7 @@ def collect(paths) -> list[Run]:
             r.kind != "search",
             r.model,
             r.data or "",
-            r.uniform,
+            NETWORKS.index(r.network),
             r.equivalent_bits,
             r.run_dir,
         ),
@@ -97,23 +114,66 @@ def write_report(runs: list[Run], out=".") -> dict[str, Path]:
     """Write report.csv, report.md and pareto.png into `out`; returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out / "report.csv", "md": out / "report.md", "pareto": out / "pareto.png"}
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in r.row().items()} for r in runs)
-    paths["md"].write_text(markdown_table(runs))
+    paths = {
+        "csv": out / "report.csv",
+        "md": out / "report.md",
+        "summary_csv": out / "summary.csv",
+        "summary_md": out / "summary.md",
+        "pareto": out / "pareto.png",
+    }
+    rows = [r.row() for r in runs]
+    summary = summarize(runs)
+    _write_csv(paths["csv"], COLUMNS, rows)
+    paths["md"].write_text(markdown_table(COLUMNS, rows))
+    _write_csv(paths["summary_csv"], SUMMARY_COLUMNS, summary)
+    paths["summary_md"].write_text(markdown_table(SUMMARY_COLUMNS, summary))
     points, ylabel = pareto_points(runs)
     plot_pareto(points, paths["pareto"], ylabel)
     return paths
 
 
-def markdown_table(runs: list[Run]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def summarize(runs: list[Run]) -> list[dict]:
+    """Retrained networks per budget and kind: how many, their mean equivalent bits, and the
+    mean and standard deviation of their test accuracy over seeds. A search counts only against
+    the uniform and random networks of the same budget, so they sit side by side."""
+    groups: dict[tuple, list[Run]] = {}
     for r in runs:
-        cells = [fmt(c, v) for c, v in r.row().items()]
+        if r.kind == "retrain" and r.test_acc is not None:
+            budget = f"{r.budget_bits:.3g} bits" if r.budget_bits is not None else r.budget
+            groups.setdefault((r.model, r.data or "", budget, r.network), []).append(r)
+    rows = []
+    for (model, data, budget, network), members in sorted(
+        groups.items(), key=lambda kv: (*kv[0][:3], NETWORKS.index(kv[0][3]))
+    ):
+        accs = [r.test_acc for r in members]
+        rows.append(
+            {
+                "model": model,
+                "data": data,
+                "budget": budget,
+                "network": network,
+                "runs": len(members),
+                "equivalent_bits": statistics.fmean(r.equivalent_bits for r in members),
+                "test_acc_mean": statistics.fmean(accs),
+                "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
+            }
+        )
+    return rows
+
+
+def markdown_table(columns, rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [fmt(c, row[c]) for c in columns]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, columns, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: "" if row[k] is None else row[k] for k in columns} for row in rows)
 
 
 def pareto_points(runs: list[Run]) -> tuple[list[dict], str]:
@@ -129,13 +189,12 @@ def pareto_points(runs: list[Run]) -> tuple[list[dict], str]:
         acc = getattr(r, attr)
         if acc is None:
             continue
-        kind = "uniform" if r.uniform else "mixed precision"
         points.append(
             {
-                "group": f"{r.model} {r.data or ''} {kind}".replace("  ", " "),
+                "group": f"{r.model} {r.data or ''} {r.network}".replace("  ", " "),
                 "bits": r.equivalent_bits,
                 "acc": acc,
-                "uniform": r.uniform,
+                "network": r.network,
                 "label": r.budget.removeprefix("uniform "),
             }
         )
@@ -178,10 +237,15 @@ def _retrain_run(run_dir: Path) -> Run:
     if not isinstance(m, dict):
         raise ValueError("not a JSON object")
     uniform = m.get("uniform")
+    network = m.get("kind") or ("uniform" if uniform else "searched")
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network kind {network!r}")
     if uniform:
         budget = f"uniform W{uniform['wbits']}A{uniform['abits']}"
+        budget_bits = math.sqrt(uniform["wbits"] * uniform["abits"])
     else:
         budget = _budget(m.get("target_bits"), m.get("target_bitops"), m.get("mu"))
+        budget_bits = m.get("target_bits")
     return Run(
         "retrain",
         m["model"],
@@ -196,7 +260,8 @@ def _retrain_run(run_dir: Path) -> Run:
         m.get("prediction_agreement"),
         m.get("wall_time_s"),
         str(run_dir),
-        uniform=bool(uniform),
+        network=network,
+        budget_bits=budget_bits,
     )
 
 
@@ -217,8 +282,10 @@ def fmt(column: str, value) -> str:
         return f"{value:.4g}"
     if column == "weight_mib":
         return f"{value:.4g}"
+    if column == "runs":
+        return str(value)
     if column == "wall_time_s":
         return f"{value:.0f}"
     if isinstance(value, float):
-        return f"{value:.4f}" if column != "equivalent_bits" else f"{value:.3f}"
+        return f"{value:.3f}" if column == "equivalent_bits" else f"{value:.4f}"
     return str(value)

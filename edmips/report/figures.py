@@ -11,13 +11,19 @@ from pathlib import Path
 
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from edmips import arch as arch_file
+from edmips.search.budget import BitPrice
 
 log = logging.getLogger(__name__)
 
 W_COLOR, A_COLOR, MU_COLOR = "tab:blue", "tab:orange", "tab:gray"
+_NETWORK_STYLE = {"searched": ("o", "-"), "uniform": ("s", "--"), "random": ("^", ":")}
+# searched bits above / below / about the FLOPs-only ones
+_MORE = {True: "tab:green", False: "tab:red", None: "tab:olive"}
+_MORE_LABEL = {True: "more bits", False: "fewer bits", None: "as many"}
 
 
 def plot_bit_allocation(arch: arch_file.Arch, path) -> Path:
@@ -63,6 +69,54 @@ def plot_bit_allocation(arch: arch_file.Arch, path) -> Path:
         [f"{i} {la.name}" for i, la in enumerate(arch.layers)], rotation=90, fontsize="x-small"
     )
     flops_ax.set_xlim(-0.6, n - 0.4)
+    return _save(fig, path)
+
+
+def plot_sensitivity(arch: arch_file.Arch, path) -> Path:
+    """What the search learned: each layer's expected bits (w x a, so BitOps per FLOP) under the
+    final selectors, beside what the same budget gives it from its FLOPs alone (selectors that
+    learned nothing, tilted by the price that meets the budget). Bars above their grey twin are
+    layers the loss made worth more bits than their cost alone would grant."""
+    spaces_w = [_candidates(arch.space["wbits"], len(la.probs_w), la.wbits) for la in arch.layers]
+    spaces_a = [_candidates(arch.space["abits"], len(la.probs_a), la.abits) for la in arch.layers]
+    searched = [
+        sum(p * b for p, b in zip(la.probs_w, sw)) * sum(p * b for p, b in zip(la.probs_a, sa))
+        for la, sw, sa in zip(arch.layers, spaces_w, spaces_a)
+    ]
+    flops = [la.flops for la in arch.layers]
+    expected = math.sqrt(sum(f * s for f, s in zip(flops, searched)) / sum(flops))
+    w, a = BitPrice(expected, flops, spaces_w, spaces_a).flops_only()
+    baseline = (w * a).tolist()
+    n = len(arch.layers)
+    x = list(range(n))
+    fig = Figure(figsize=(max(6.0, 0.32 * n + 2.5), 4.5), layout="constrained")
+    ax = fig.subplots()
+    width = 0.4
+    ax.bar([i - width / 2 for i in x], baseline, width, color="0.7", label="from FLOPs alone")
+    # more / fewer than the FLOPs alone give, or about as many (within 0.05 bit^2)
+    more = [None if abs(s - b) < 0.05 else s > b for s, b in zip(searched, baseline)]
+    ax.bar([i + width / 2 for i in x], searched, width, color=[_MORE[m] for m in more])
+    chosen = [la.wbits * la.abits for la in arch.layers]
+    ax.scatter(x, chosen, marker="_", s=120, color="k", label="chosen w x a", zorder=3)
+    handles = ax.get_legend_handles_labels()[0] + [
+        Patch(color=_MORE[m], label=f"searched: {_MORE_LABEL[m]}")
+        for m in (True, None, False)
+        if m in more
+    ]
+    ax.set_ylabel("w x a  (BitOps / FLOPs)")
+    ax.set_xticks(x)
+    ax.set_xticklabels(
+        [f"{i} {la.name}" for i, la in enumerate(arch.layers)], rotation=90, fontsize="x-small"
+    )
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylim(0, max(searched + baseline + chosen) * 1.25)  # headroom for the legend
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(handles=handles, loc="upper left", ncols=2, fontsize="small", frameon=False)
+    ax.set_title(
+        f"What the search learned: {_name(arch)}, {expected:.3f} expected bits\n"
+        "expected w x a per layer, against what its FLOPs alone would give it",
+        fontsize="medium",
+    )
     return _save(fig, path)
 
 
@@ -181,7 +235,8 @@ def plot_pareto(points: list[dict], path, ylabel: str = "test accuracy") -> Path
     """Accuracy against equivalent bits, one line per group.
 
     `points`: dicts with "group" (line label), "bits", "acc", "label" (point annotation) and
-    optionally "uniform" (a baseline group: drawn dashed with squares).
+    optionally "network": searched (solid, circles), uniform (dashed, squares) or random
+    (dotted, triangles).
     """
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
@@ -190,12 +245,12 @@ def plot_pareto(points: list[dict], path, ylabel: str = "test accuracy") -> Path
         groups.setdefault(p["group"], []).append(p)
     for k, (group, members) in enumerate(sorted(groups.items())):
         members.sort(key=lambda p: p["bits"])
-        uniform = any(p.get("uniform") for p in members)
+        marker, ls = _NETWORK_STYLE[members[0].get("network", "searched")]
         ax.plot(
             [p["bits"] for p in members],
             [p["acc"] for p in members],
-            marker="s" if uniform else "o",
-            ls="--" if uniform else "-",
+            marker=marker,
+            ls=ls,
             color=f"C{k}",
             label=group,
         )
@@ -233,7 +288,8 @@ def plot_pareto(points: list[dict], path, ylabel: str = "test accuracy") -> Path
 
 
 def write_search_figures(run_dir) -> list[Path]:
-    """Write bit_allocation.png, selector_evolution.png and complexity.png into a search run dir.
+    """Write bit_allocation.png, sensitivity.png, selector_evolution.png and complexity.png into
+    a search run dir.
 
     Without a history (no history.json, or no epoch validated) only the bit allocation can be
     drawn; search.py calls this after every search, so that case warns instead of failing.
@@ -241,10 +297,15 @@ def write_search_figures(run_dir) -> list[Path]:
     run_dir = Path(run_dir)
     arch = arch_file.load(run_dir / "found.json")
     paths = [plot_bit_allocation(arch, run_dir / "bit_allocation.png")]
+    if all(la.probs_w and la.probs_a for la in arch.layers):
+        paths.append(plot_sensitivity(arch, run_dir / "sensitivity.png"))
     history_path = run_dir / "history.json"
     history = load_history(history_path) if history_path.exists() else []
     if not history:
-        log.warning("%s: no epoch in history.json, only the bit allocation is drawn", run_dir)
+        log.warning(
+            "%s: no epoch in history.json, only the bit allocation and sensitivity are drawn",
+            run_dir,
+        )
         return paths
     paths.append(plot_selector_evolution(history, arch, run_dir / "selector_evolution.png"))
     paths.append(

@@ -1,7 +1,8 @@
 """retrain(cfg): train a network with fixed bit-widths, export it to integers and check it.
 
-The architecture is a found.json (any model in the registry) or `uniform` (every searchable
-layer at `wbits`/`abits`), so mixed and uniform networks go through one recipe. The file is
+The architecture is a found.json (any model in the registry), `uniform` (every searchable
+layer at `wbits`/`abits`) or `random` (a seeded random allocation within 1% of `target_bits`),
+so searched networks and their baselines go through one recipe. The file is
 loaded and matched against the model before anything trains. At the end the network is
 lowered to the integer graph (bundle + QONNX) and the test split is run through both the
 float64 fake-quantized reference and the integer runtime.
@@ -25,6 +26,7 @@ from edmips.models import list_models
 from edmips.nn import default_searched, to_fixed, to_search
 from edmips.nn.convert import first_and_last
 from edmips.retrain.module import RetrainModule
+from edmips.search.budget import random_allocation
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +35,13 @@ def resolve_arch(cfg: DictConfig, datamodule):
     """The model with the architecture's bit-widths, and the architecture; fails early."""
     if cfg.init not in ("scratch", "search"):
         raise ValueError(f"init must be scratch or search, got {cfg.init!r}")
-    if cfg.arch == "uniform":
+    if cfg.arch in BASELINES:
         if cfg.init == "search":
-            raise ValueError("init=search needs an arch file from a search, not arch=uniform")
+            raise ValueError(f"init=search needs an arch file from a search, not arch={cfg.arch}")
         model = build_model(cfg, datamodule)
         names = default_searched(model, cfg.space.skip_first, cfg.space.skip_last)
         costs = [c for c in measure(model, datamodule) if c.name in names]
-        found = arch_file.uniform(model.name, costs, cfg.wbits, cfg.abits, data=datamodule.name)
+        found = baseline_arch(cfg, model.name, costs, datamodule.name)
     else:
         path = Path(to_absolute_path(str(cfg.arch)))
         found = arch_file.load(path, known_models=list_models())
@@ -54,6 +56,39 @@ def resolve_arch(cfg: DictConfig, datamodule):
     to_fixed(model, found.bits())
     measure(model, datamodule)  # fixed layers keep their costs; re-measured for new modules
     return model, found
+
+
+BASELINES = ("uniform", "random")
+
+
+def baseline_arch(cfg: DictConfig, model_name: str, costs, data: str) -> arch_file.Arch:
+    """What a search must beat at the same cost: one bit-width everywhere, or a random
+    allocation from the search space within 1% of `target_bits` (fixed by `seed`)."""
+    if cfg.arch == "uniform":
+        return arch_file.uniform(model_name, costs, cfg.wbits, cfg.abits, data=data)
+    if cfg.get("target_bits") is None:
+        raise ValueError("arch=random needs a budget: add target_bits=B")
+    wspace, aspace = tuple(cfg.space.wbits), tuple(cfg.space.abits)
+    lo, hi = (min(wspace) * min(aspace)) ** 0.5, (max(wspace) * max(aspace)) ** 0.5
+    if not lo <= cfg.target_bits <= hi:
+        raise ValueError(
+            f"target_bits={cfg.target_bits} is out of reach: the space spans {lo:.3f} to {hi:.3f}"
+        )
+    wbits, abits = random_allocation(
+        [wspace] * len(costs),
+        [aspace] * len(costs),
+        [c.flops for c in costs],
+        cfg.target_bits,
+        cfg.seed,
+    )
+    space = {"wbits": list(wspace), "abits": list(aspace)}
+    return arch_file.build(
+        model_name, space, costs, wbits, abits, data=data, target_bits=cfg.target_bits
+    )
+
+
+def arch_kind(cfg: DictConfig) -> str:
+    return cfg.arch if cfg.arch in BASELINES else "searched"
 
 
 def network_spec(found: arch_file.Arch, datamodule) -> dict:
@@ -132,7 +167,9 @@ def retrain(cfg: DictConfig) -> dict:
     metrics = {
         "model": found.model,
         "data": datamodule.name,
-        "arch": "uniform" if cfg.arch == "uniform" else str(to_absolute_path(str(cfg.arch))),
+        "kind": arch_kind(cfg),
+        "seed": cfg.seed,
+        "arch": cfg.arch if cfg.arch in BASELINES else str(to_absolute_path(str(cfg.arch))),
         "uniform": {"wbits": cfg.wbits, "abits": cfg.abits} if cfg.arch == "uniform" else None,
         "target_bits": found.extra.get("target_bits"),
         "mu": found.mu,

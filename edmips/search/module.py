@@ -1,23 +1,30 @@
 """SearchModule: EdMIPS's differentiable search as a LightningModule.
 
-Loss = cross-entropy + mu * (expected BitOps / FLOPs of the first searched layer). Weights and
-architecture parameters (the selector logits alpha_w, alpha_a) have their own optimizers and,
-by default, are both updated from one forward/backward pass (EdMIPS's single-pass
-optimization). `alternating=True` alternates instead: even steps update the weights on the
-classification loss, odd steps the architecture on the full loss.
+Loss = cross-entropy + mu * expected BitOps / FLOPs (the expected squared equivalent
+bit-width). Weights and architecture parameters (the selector logits alpha_w, alpha_a) have
+their own optimizers and, by default, are both updated from one forward/backward pass
+(EdMIPS's single-pass optimization). `alternating=True` alternates instead: even steps update
+the weights on the classification loss, odd steps the architecture on the full loss.
 
-With a budget (`target_bits`), mu becomes a Lagrange multiplier adapted by dual ascent so that
-the network's expected equivalent bit-width settles on the target.
+The first `warmup_epochs` train the weights only: the selectors start to move once the network
+computes something worth keeping bits for. From then on the selectors' sharpness (inverse
+temperature) rises geometrically to `sharpness` at the last epoch, so the distributions the
+network trains under end close to the winner-take-all network that is kept.
+
+With a budget (`target_bits`) there is no penalty weight: a price per bit, solved for before
+every forward pass (edmips/search/budget.py), tilts the selectors so that the expected
+equivalent bit-width is the target; `mu` then records that price.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 from edmips import complexity
 from edmips.classifier import Classifier
 from edmips.complexity import LayerCost
-from edmips.search.budget import DualAscent, closest_to_budget
+from edmips.search.budget import BitPrice, closest_to_budget
 from edmips.search.discretize import discretize
 
 ARCH_PARAMS = ("alpha_w", "alpha_a")
@@ -38,7 +45,9 @@ class SearchModule(Classifier):
         arch_optimizer,
         scheduler=None,
         alternating: bool = False,
-        budget: DualAscent | None = None,
+        target_bits: float | None = None,
+        warmup_epochs: int = 0,
+        sharpness: float = 1.0,
         channels_last: bool = False,
         compile: bool = False,
     ):
@@ -49,7 +58,16 @@ class SearchModule(Classifier):
             raise ValueError("the model has no searched layers: nothing to search")
         self.register_buffer("mu", torch.tensor(float(mu)))
         self.optimizer, self.arch_optimizer, self.scheduler = optimizer, arch_optimizer, scheduler
-        self.alternating, self.budget = alternating, budget
+        self.alternating = alternating
+        self.budget = None
+        if target_bits is not None:
+            self.budget = BitPrice(
+                target_bits,
+                [c.flops for c, _ in self.layers],
+                [m.wbits for _, m in self.layers],
+                [m.abits_space() for _, m in self.layers],
+            )
+        self.warmup_epochs, self.final_sharpness = warmup_epochs, sharpness
         # for the figures: the selectors at the start, then after each epoch ("epoch" counts
         # the epochs trained)
         self.history: list[dict] = []
@@ -57,6 +75,29 @@ class SearchModule(Classifier):
     # -- the architecture, as it stands ------------------------------------------------------
     def probs(self) -> tuple[list[Tensor], list[Tensor]]:
         return [m.probs_w() for _, m in self.layers], [m.probs_a() for _, m in self.layers]
+
+    @torch.no_grad()
+    def apply_budget(self) -> None:
+        """Tilt the selectors so that the expected bits are on the budget (no-op without one)."""
+        if self.budget is None:
+            return
+        modules = [m for _, m in self.layers]
+        pad = float("-inf")
+        logits_w = pad_sequence([m.logits_w() for m in modules], True, pad)
+        logits_a = pad_sequence([m.logits_a() for m in modules], True, pad)
+        price, tilt_w, tilt_a = self.budget.tilts(logits_w, logits_a)
+        self.mu.copy_(price)
+        for m, tw, ta in zip(modules, tilt_w, tilt_a):
+            m.tilt_w.copy_(tw[: len(m.tilt_w)])
+            m.tilt_a.copy_(ta[: len(m.tilt_a)])
+
+    def sharpness_at(self, epoch: int) -> float:
+        """1 until the selectors start to train, then geometric up to the final sharpness."""
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else epoch + 1
+        span = max_epochs - 1 - self.warmup_epochs
+        if epoch <= self.warmup_epochs or span <= 0:
+            return 1.0
+        return self.final_sharpness ** ((epoch - self.warmup_epochs) / span)
 
     def complexity_loss(self) -> Tensor:
         return complexity.complexity_loss(self.layers)
@@ -69,6 +110,7 @@ class SearchModule(Classifier):
         pw, pa = self.probs()
         wspace = [m.wbits for _, m in self.layers]
         aspace = [m.abits_space() for _, m in self.layers]
+        self.apply_budget()
         if mode == "budget":
             flops = [c.flops for c, _ in self.layers]
             return closest_to_budget(pw, pa, wspace, aspace, flops, self.budget.target_bits)
@@ -88,12 +130,15 @@ class SearchModule(Classifier):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         opt_w, opt_a = self.optimizers()
         x, y = batch
+        self.apply_budget()
         logits = self(x)
         ce = F.cross_entropy(logits, y)
-        cost = self.complexity_loss()
-        update_w = not self.alternating or batch_idx % 2 == 0
-        update_a = not self.alternating or batch_idx % 2 == 1
-        loss = ce + self.mu * cost if update_a else ce
+        searching = self.current_epoch >= self.warmup_epochs
+        update_w = not self.alternating or batch_idx % 2 == 0 or not searching
+        update_a = searching and (not self.alternating or batch_idx % 2 == 1)
+        # under a budget the price already holds the bits on the target: no penalty term
+        penalised = update_a and self.budget is None
+        loss = ce + self.mu * self.complexity_loss() if penalised else ce
         opt_w.zero_grad(set_to_none=True)
         opt_a.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -101,8 +146,6 @@ class SearchModule(Classifier):
             opt_w.step()
         if update_a:
             opt_a.step()
-        if self.budget is not None:
-            self.mu.copy_(self.budget.update(self.mu, self.expected_bits().detach()))
         self.train_acc(logits.detach(), y)
         self.log_dict(
             {"train/loss": loss.detach(), "train/ce": ce.detach(), "train/acc": self.train_acc},
@@ -113,15 +156,23 @@ class SearchModule(Classifier):
         )
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        sharpness = self.sharpness_at(self.current_epoch)
+        for _, m in self.layers:
+            m.sharpness.fill_(sharpness)
+
     def on_train_epoch_end(self) -> None:
-        for scheduler in self.lr_schedulers() or []:
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
             scheduler.step()
 
     def history_entry(self, epochs_trained: int, val_acc: float | None) -> dict:
+        self.apply_budget()
         pw, pa = self.probs()
         return {
             "epoch": epochs_trained,
             "mu": float(self.mu),
+            "sharpness": float(self.layers[0][1].sharpness),
             "expected_bits": float(self.expected_bits().detach()),
             # before training the selectors are equal: there is no choice to discretize yet
             "discrete_bits": self.discrete_bits() if epochs_trained else None,
@@ -171,7 +222,9 @@ class SearchModule(Classifier):
         optimizers = [self.optimizer(weights), self.arch_optimizer(arch)]
         if self.scheduler is None:
             return optimizers
-        return optimizers, [self.scheduler(opt) for opt in optimizers]
+        # The selectors keep a constant rate: a decayed one freezes them before the weights
+        # have settled, and the rising sharpness already makes their late steps decisive.
+        return optimizers, [self.scheduler(optimizers[0])]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["arch_history"] = self.history

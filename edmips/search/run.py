@@ -17,7 +17,6 @@ from edmips import complexity
 from edmips.builders import build_datamodule, build_model, build_trainer, fast_path, measure
 from edmips.nn import default_searched, to_search
 from edmips.report import write_search_figures
-from edmips.search.budget import DualAscent
 from edmips.search.discretize import MODES
 from edmips.search.module import SearchModule
 
@@ -46,7 +45,6 @@ def build_search(cfg: DictConfig):
     if fast:
         model = model.to(memory_format=torch.channels_last)
     target = budget_target(cfg, [c for c in costs if c.name in names])
-    budget = None if target is None else DualAscent(target, cfg.search.budget_lr)
     module = SearchModule(
         model,
         costs,
@@ -56,7 +54,9 @@ def build_search(cfg: DictConfig):
         arch_optimizer=hydra.utils.instantiate(cfg.search.arch_optimizer),
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         alternating=cfg.search.alternating,
-        budget=budget,
+        target_bits=target,
+        warmup_epochs=cfg.search.warmup_epochs,
+        sharpness=cfg.search.sharpness,
         channels_last=fast,
         compile=cfg.search.compile,
     )

@@ -1,5 +1,6 @@
 import csv
 import logging
+import statistics
 import subprocess
 import sys
 
@@ -7,9 +8,9 @@ import pytest
 from matplotlib.image import imread
 from report_fakes import make_retrain_run, make_search_run
 
-from edmips.report import ReportError, collect
+from edmips.report import ReportError, collect, write_report
 from edmips.report.__main__ import main
-from edmips.report.collect import COLUMNS, MIB, pareto_points
+from edmips.report.collect import COLUMNS, MIB, pareto_points, summarize
 
 SEARCHES = [  # (wbits, abits, meta)
     ([1, 1, 2, 2, 3, 3], [2, 2, 2, 3, 3, 4], {"mu": 0.04, "val_acc": 0.55, "test_acc": 0.54}),
@@ -107,7 +108,7 @@ def test_pareto_uses_retrained_test_accuracy_and_splits_out_the_baselines(sweep)
     for p in points:
         by_group.setdefault(p["group"], []).append((p["label"], p["acc"]))
     assert by_group == {
-        "resnet8 synthetic mixed precision": [("mu=0.04", 0.71), ("2 bits", 0.73)],
+        "resnet8 synthetic searched": [("mu=0.04", 0.71), ("2 bits", 0.73)],
         "resnet8 synthetic uniform": [("W2A2", 0.69), ("W4A4", 0.8)],
     }
 
@@ -165,3 +166,28 @@ def test_module_entry_point(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"edmips.report: {tmp_path / 'nowhere'}: no such file or directory"
     ]
+
+
+def test_the_summary_compares_searched_uniform_and_random_at_one_budget(tmp_path):
+    accs = {"searched": (0.74, 0.78), "uniform": (0.70, 0.72), "random": (0.60, 0.66, 0.63)}
+    for network, values in accs.items():
+        for seed, acc in enumerate(values):
+            run = tmp_path / f"{network}-{seed}"
+            if network == "uniform":
+                make_retrain_run(run, None, None, uniform=(2, 2), test_acc=acc, seed=seed)
+            else:
+                bits = [1, 2, 2, 2, 3, 4]
+                make_retrain_run(run, bits, [2] * 6, test_acc=acc, kind=network, target_bits=2.0)
+    make_search_run(tmp_path / "search", [2] * 6, [2] * 6, target_bits=2.0)  # not retrained
+    rows = summarize(collect([tmp_path]))
+    assert [(r["budget"], r["network"], r["runs"]) for r in rows] == [
+        ("2 bits", "searched", 2),
+        ("2 bits", "uniform", 2),
+        ("2 bits", "random", 3),
+    ]
+    for row in rows:
+        values = accs[row["network"]]
+        assert row["test_acc_mean"] == pytest.approx(statistics.fmean(values))
+        assert row["test_acc_std"] == pytest.approx(statistics.stdev(values))
+    paths = write_report(collect([tmp_path]), tmp_path / "report")
+    assert len(paths["summary_md"].read_text().splitlines()) == 2 + 3

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgb
 from matplotlib.image import imread
-from report_fakes import history, make_search_run, search_arch
+from report_fakes import COSTS, SPACE, history, make_search_run, search_arch
 
+from edmips import arch
 from edmips.report import figures, write_search_figures
 
-NAMES = ["bit_allocation.png", "selector_evolution.png", "complexity.png"]
+NAMES = ["bit_allocation.png", "sensitivity.png", "selector_evolution.png", "complexity.png"]
 
 
 def _image(path) -> np.ndarray:
@@ -33,6 +34,18 @@ def test_search_figures_are_written_as_images(tmp_path, epochs):
         _image(p)
 
 
+def test_sensitivity_marks_the_layers_given_more_bits_than_their_flops_alone_would(tmp_path):
+    n = len(COSTS)
+    uniform = search_arch([2] * n, [3] * n)
+    keen = [[0.01, 0.01, 0.01, 0.97]] + [[0.25] * 4] * (n - 1)  # layer 0 wants 4-bit weights
+    a = arch.build("resnet8", SPACE, COSTS, [2] * n, [3] * n, keen, [[1 / 3] * 3] * n)
+    img = _image(figures.plot_sensitivity(a, tmp_path / "s.png"))
+    assert _has_colour(img, figures._MORE[True]) and _has_colour(img, figures._MORE[False])
+    # selectors that learned nothing are exactly what the FLOPs alone give: nothing stands out
+    img = _image(figures.plot_sensitivity(uniform, tmp_path / "u.png"))
+    assert not _has_colour(img, figures._MORE[True]) and not _has_colour(img, figures._MORE[False])
+
+
 def test_bit_allocation_draws_both_series(tmp_path):
     img = _image(figures.plot_bit_allocation(search_arch([2] * 6, [3] * 6), tmp_path / "b.png"))
     assert _has_colour(img, figures.W_COLOR) and _has_colour(img, figures.A_COLOR)
@@ -47,11 +60,11 @@ def test_target_line_is_drawn_only_when_given(tmp_path):
 
 
 @pytest.mark.parametrize("epochs", [None, 0])
-def test_without_history_only_the_allocation_is_drawn(tmp_path, epochs, caplog):
+def test_without_history_only_the_final_selectors_are_drawn(tmp_path, epochs, caplog):
     make_search_run(tmp_path, [2] * 6, [2] * 6, epochs=epochs)
-    assert [p.name for p in write_search_figures(tmp_path)] == NAMES[:1]
+    assert [p.name for p in write_search_figures(tmp_path)] == NAMES[:2]
     assert not (tmp_path / "complexity.png").exists()
-    assert "only the bit allocation" in caplog.text
+    assert "only the bit allocation and sensitivity" in caplog.text
 
 
 def test_history_that_does_not_fit_the_arch_is_refused(tmp_path):

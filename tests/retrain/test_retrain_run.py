@@ -8,7 +8,8 @@ from conftest import CIFAR10_NPZ
 
 from edmips import arch
 from edmips.arch import ArchError
-from edmips.retrain.run import retrain
+from edmips.builders import build_datamodule
+from edmips.retrain.run import resolve_arch, retrain
 
 KEYS = {
     "test_acc",
@@ -158,3 +159,19 @@ def test_a_missing_dataset_path_is_named_before_anything_is_written(retrain_cfg,
     with pytest.raises(FileNotFoundError, match="nowhere not found"):
         retrain(cfg)
     assert not (cfg_path(cfg) / "metrics.json").exists()
+
+
+def test_arch_random_is_a_seeded_allocation_within_one_percent_of_the_budget(retrain_cfg):
+    def found(seed):
+        cfg = retrain_cfg("model=resnet8", "arch=random", "target_bits=2.5", f"seed={seed}")
+        return resolve_arch(cfg, build_datamodule(cfg))[1]
+
+    first, again, other = found(0), found(0), found(1)
+    assert abs(first.equivalent_bits - 2.5) <= 0.025
+    assert first.bits() == again.bits() and first.bits() != other.bits()
+    assert first.extra["target_bits"] == 2.5
+
+
+def test_arch_random_without_a_budget_is_refused(retrain_cfg):
+    with pytest.raises(ValueError, match="arch=random needs a budget: add target_bits=B"):
+        retrain(retrain_cfg("arch=random"))
