@@ -10,12 +10,17 @@ from torchmetrics.classification import MulticlassAccuracy
 
 class Classifier(L.LightningModule):
     def __init__(
-        self, model: nn.Module, num_classes: int, channels_last: bool = False, compile: bool = False
+        self,
+        model: nn.Module,
+        num_classes: int,
+        channels_last: bool = False,
+        compile: str | None = None,
     ):
         super().__init__()
         self.model = model
         self.channels_last = channels_last
-        self.forward_fn = torch.compile(model) if compile else model
+        # compile: a torch.compile mode, None for eager (edmips.builders.compile_mode decides)
+        self.forward_fn = torch.compile(model, mode=compile) if compile else model
         # validate_args=False: argument checks read values back to the host on every update.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = self.train_acc.clone()

@@ -14,7 +14,7 @@ class RetrainModule(Classifier):
         optimizer,
         scheduler=None,
         channels_last: bool = False,
-        compile: bool = False,
+        compile: str | None = None,
         network: dict | None = None,
     ):
         super().__init__(model, num_classes, channels_last, compile)

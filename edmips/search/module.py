@@ -40,7 +40,7 @@ class SearchModule(Classifier):
         alternating: bool = False,
         budget: DualAscent | None = None,
         channels_last: bool = False,
-        compile: bool = False,
+        compile: str | None = None,
     ):
         super().__init__(model, num_classes, channels_last, compile)
         self.automatic_optimization = False
