@@ -1,11 +1,22 @@
 """What the search and retrain LightningModules share: the network, its forward on the fast
 path, and the validation / test steps with their metrics."""
 
+import inspect
+
 import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
+
+
+def make_optimizer(factory, params) -> torch.optim.Optimizer:
+    """factory(params), fused (one kernel per step for all parameters) when the parameters are
+    on a GPU and the optimizer has a fused implementation (SGD, Adam, AdamW, Adagrad)."""
+    params = list(params)
+    if params and params[0].is_cuda and "fused" in inspect.signature(factory).parameters:
+        return factory(params, fused=True)
+    return factory(params)
 
 
 class Classifier(L.LightningModule):

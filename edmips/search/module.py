@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edmips import complexity
-from edmips.classifier import Classifier
+from edmips.classifier import Classifier, make_optimizer
 from edmips.complexity import LayerCost
 from edmips.search.budget import DualAscent, closest_to_budget
 from edmips.search.discretize import discretize
@@ -168,7 +168,10 @@ class SearchModule(Classifier):
         named = list(self.model.named_parameters())
         weights = [p for n, p in named if not is_arch_param(n)]
         arch = [p for n, p in named if is_arch_param(n)]
-        optimizers = [self.optimizer(weights), self.arch_optimizer(arch)]
+        optimizers = [
+            make_optimizer(self.optimizer, weights),
+            make_optimizer(self.arch_optimizer, arch),
+        ]
         if self.scheduler is None:
             return optimizers
         return optimizers, [self.scheduler(opt) for opt in optimizers]

@@ -1,0 +1,29 @@
+"""make_optimizer: the fused optimizer step on a GPU, the configured one elsewhere."""
+
+import functools
+
+import pytest
+import torch
+
+from edmips.classifier import make_optimizer
+
+SGD = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)
+
+
+def test_cpu_parameters_keep_the_configured_optimizer():
+    opt = make_optimizer(SGD, [torch.nn.Parameter(torch.randn(3))])
+    assert not opt.defaults["fused"] and opt.defaults["momentum"] == 0.9
+
+
+def test_an_optimizer_without_a_fused_form_is_built_as_configured():
+    opt = make_optimizer(
+        functools.partial(torch.optim.LBFGS, lr=0.5), [torch.nn.Parameter(torch.randn(3))]
+    )
+    assert isinstance(opt, torch.optim.LBFGS) and opt.defaults["lr"] == 0.5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_parameters_get_the_fused_step():
+    opt = make_optimizer(SGD, [torch.nn.Parameter(torch.randn(3, device="cuda"))])
+    assert opt.defaults["fused"]
