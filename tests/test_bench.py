@@ -177,3 +177,18 @@ def test_cuda_defaults_add_the_compiled_configurations(bench):
     args = bench.parse_args(["--device", "cuda"])
     assert args.also_compiled and args.bf16 and args.channels_last
     assert not bench.parse_args([]).also_compiled
+
+
+def test_epoch_bench_times_one_whole_epoch_per_configuration(tmp_path):
+    path = Path(__file__).resolve().parents[1] / "bench" / "epoch.py"
+    spec = importlib.util.spec_from_file_location("bench_epoch", path)
+    epoch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(epoch)
+    out = tmp_path / "epoch.jsonl"
+    args = ["--data", "synthetic", "--model", "resnet_tiny", "--batch-size", "4"]
+    lines = epoch.main([*args, "--warmup", "1", "--out", str(out)])
+    assert [line["name"] for line in lines] == ["fp", "search", "retrain", "ratios"]
+    for line in lines[:3]:  # the synthetic set holds 8 batches: the epoch is all of them
+        assert line["steps"] == 8 and line["epoch_s"] > 0 and line["compile"] is False
+    assert lines[-1]["search_over_fp"] > 0 and lines[-1]["retrain_over_fp"] > 0
+    assert [json.loads(s) for s in out.read_text().splitlines()] == lines
