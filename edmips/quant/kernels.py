@@ -290,6 +290,11 @@ def stream_backward(x: Tensor, grad: Tensor, scale: Tensor, qmax: int) -> Tensor
     return grad_x
 
 
+def _row_warps(K: int) -> int:
+    # More threads for long rows, so that a channel's registers do not spill.
+    return 4 if K <= 2048 else 8 if K <= 8192 else 16
+
+
 def fits_mixed_weight(weight: Tensor) -> bool:
     """Output channels stored one after another, each small enough for one program."""
     row = weight[0].numel() if weight.dim() > 1 else 0
@@ -307,6 +312,7 @@ def mixed_weight_forward(weight: Tensor, probs: Tensor, bits: tuple[int, ...]) -
         K,
         N=len(bits),
         BLOCK=triton.next_power_of_2(K),
+        num_warps=_row_warps(K),
     )
     return out
 
@@ -323,5 +329,6 @@ def mixed_weight_backward(weight: Tensor, grad: Tensor, probs: Tensor, bits: tup
         K,
         N=len(bits),
         BLOCK=triton.next_power_of_2(K),
+        num_warps=_row_warps(K),
     )
     return partial.sum(0).to(probs.dtype)
