@@ -236,7 +236,7 @@ def _like(grad: Tensor, x: Tensor) -> Tensor:
 
 
 def _blocks(n: int) -> tuple[int]:
-    return (triton.cdiv(n, BLOCK),)
+    return (max(1, triton.cdiv(n, BLOCK)),)  # one program for an empty tensor: a valid grid
 
 
 def mixed_hwgq_forward(x: Tensor, probs: Tensor, bits: tuple[int, ...]) -> Tensor:

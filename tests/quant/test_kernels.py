@@ -154,3 +154,10 @@ def test_weight_kernels_refuse_what_they_cannot_hold(kernels):
     assert not kernels.fits_mixed_weight(torch.randn(4, 1))  # one element: no std
     assert not kernels.fits_mixed_weight(torch.randn(2, kernels.MAX_ROW + 1))
     assert not kernels.fits_mixed_weight(torch.randn(8, 6)[:, :3])  # rows not adjacent
+
+
+def test_an_empty_activation_gives_empty_outputs_and_zero_selector_gradients(kernels):
+    x, probs = torch.empty(0, 4), torch.softmax(torch.randn(3), 0)
+    assert kernels.mixed_hwgq_forward(x, probs, ABITS).shape == (0, 4)
+    grad_x, grad_p = kernels.mixed_hwgq_backward(x, torch.empty(0, 4), probs, ABITS)
+    assert grad_x.shape == (0, 4) and torch.equal(grad_p, torch.zeros(3))
