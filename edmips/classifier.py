@@ -30,8 +30,10 @@ class Classifier(L.LightningModule):
         super().__init__()
         self.model = model
         self.channels_last = channels_last
-        # compile: a torch.compile mode, None for eager (edmips.builders.compile_mode decides)
-        self.forward_fn = torch.compile(model, mode=compile) if compile else model
+        # compile: a torch.compile mode, None for eager (edmips.builders.compile_mode decides).
+        # A bound method rather than a submodule: the state dict holds the network once, under
+        # "model.", compiled or not, so a checkpoint loads whatever either run chose.
+        self.forward_fn = (torch.compile(model, mode=compile) if compile else model).__call__
         # validate_args=False: argument checks read values back to the host on every update.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = self.train_acc.clone()

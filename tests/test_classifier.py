@@ -27,3 +27,14 @@ def test_an_optimizer_without_a_fused_form_is_built_as_configured():
 def test_gpu_parameters_get_the_fused_step():
     opt = make_optimizer(SGD, [torch.nn.Parameter(torch.randn(3, device="cuda"))])
     assert opt.defaults["fused"]
+
+
+@pytest.mark.parametrize("compile", [None, "default"])
+def test_the_state_dict_holds_the_network_once_compiled_or_not(compile):
+    from edmips.classifier import Classifier
+
+    module = Classifier(torch.nn.Linear(2, 3), 3, compile=compile)
+    assert sorted(module.state_dict()) == ["model.bias", "model.weight"]
+    x = torch.randn(4, 2)
+    if compile is None:  # (compiling would take seconds: the eager forward is enough here)
+        assert torch.equal(module(x), module.model(x))
