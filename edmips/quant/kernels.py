@@ -146,9 +146,11 @@ def _stream_bwd(x_ptr, grad_ptr, grad_x_ptr, scale_ptr, qmax, n, BLOCK: tl.const
 @triton.jit
 def _row_std(w, mask, K):
     # Unbiased standard deviation of one output channel, two passes over registers.
-    mean = _sum(w) / K
+    # div_rn and sqrt_rn: IEEE-rounded, as torch computes (Triton's `/` is an approximation).
+    n = K.to(tl.float32)
+    mean = tl.div_rn(_sum(w), n)
     d = tl.where(mask, w - mean, 0.0)
-    return tl.maximum(tl.sqrt_rn(_sum(d * d) / (K - 1)), 1e-12)
+    return tl.maximum(tl.sqrt_rn(tl.div_rn(_sum(d * d), n - 1.0)), 1e-12)
 
 
 @triton.jit
