@@ -12,9 +12,12 @@ from torchmetrics.classification import MulticlassAccuracy
 
 def make_optimizer(factory, params) -> torch.optim.Optimizer:
     """factory(params), fused (one kernel per step for all parameters) when the parameters are
-    on a GPU and the optimizer has a fused implementation (SGD, Adam, AdamW, Adagrad)."""
+    on a GPU, the optimizer has a fused implementation (SGD, Adam, AdamW, Adagrad) and the
+    configuration chose no implementation itself (`fused` or `foreach`)."""
     params = list(params)
-    if params and params[0].is_cuda and "fused" in inspect.signature(factory).parameters:
+    chosen = {"fused", "foreach"} & set(getattr(factory, "keywords", {}))
+    fusable = "fused" in inspect.signature(factory).parameters and not chosen
+    if params and params[0].is_cuda and fusable:
         return factory(params, fused=True)
     return factory(params)
 

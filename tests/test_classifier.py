@@ -24,9 +24,11 @@ def test_an_optimizer_without_a_fused_form_is_built_as_configured():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gpu_parameters_get_the_fused_step():
-    opt = make_optimizer(SGD, [torch.nn.Parameter(torch.randn(3, device="cuda"))])
-    assert opt.defaults["fused"]
+def test_gpu_parameters_get_the_fused_step_unless_configured_otherwise():
+    params = [torch.nn.Parameter(torch.randn(3, device="cuda"))]
+    assert make_optimizer(SGD, params).defaults["fused"]
+    foreach = make_optimizer(functools.partial(SGD, foreach=True), params)
+    assert foreach.defaults["foreach"] and not foreach.defaults["fused"]
 
 
 @pytest.mark.parametrize("compile", [None, "default"])
