@@ -19,6 +19,10 @@ after `--warmup` untimed ones and prints one JSON line:
   naive_full     like the published EdMIPS code (the weight std read on the host per layer, one
                  quantized weight and one HWGQ output per candidate kept by autograd)
 
+On CUDA, fp, uniform_w2a2 and search_full are also timed under torch.compile (`--compile-mode`,
+lines named `<config>_compiled`; `--no-also-compiled` skips them, `--compile` compiles every
+configuration instead). Optimizer steps are fused on CUDA, as in training.
+
 "ms" is the median milliseconds per step. "peak_mib" is the allocator peak over the timed steps
 on CUDA ("memory": "allocator-peak"); on CPU, which has no resettable allocator peak, it is the
 bytes of tensors saved for backward during one eager step (unique storages, parameters
@@ -28,6 +32,8 @@ excluded) plus parameter and gradient bytes ("memory": "saved-for-backward"; rep
 The last line holds the ratios. search_over_uniform: what the search costs per step relative to
 plain W2A2 QAT (the paper claims ~1.45x; the published code measures 2.2x on ResNet-18, H100).
 search_over_naive: below 1 means edmips's fused composite quantizers beat the naive layer.
+best_search_over_best_fp / best_search_over_best_uniform: the search step against the float and
+the W2A2 step, each at its faster setting (eager or compiled); best_search_ms: that search step.
 memory_full_over_single: near 1 means memory does not grow with the number of candidates (the
 naive layer's own ratio, naive_memory_full_over_single, shows the growth it avoids).
 """
@@ -39,14 +45,17 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim import SGD
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `edmips`
 from edmips import complexity  # noqa: E402
+from edmips.classifier import make_optimizer  # noqa: E402
 from edmips.models import create_model  # noqa: E402
 from edmips.nn.convert import default_searched, quantizable_names, to_fixed, to_search  # noqa: E402
 from edmips.nn.layers import MixedConv2d  # noqa: E402
@@ -54,6 +63,7 @@ from edmips.quant import GAUSS_STEPS, HWGQ_STEPS, StreamQuant  # noqa: E402
 from edmips.quant.activation import HWGQ, hwgq_clip  # noqa: E402
 
 CONFIGS = ("fp", "uniform_w2a2", "search_single", "search_full", "naive_single", "naive_full")
+COMPILED = ("fp", "uniform_w2a2", "search_full")  # also timed compiled by default on CUDA
 SPACES = {"single": ((2,), (2,)), "full": ((1, 2, 3, 4), (2, 3, 4))}
 FP_NOTE = (
     "fp: registry network with every conv/linear at 32 bits, StreamQuant -> identity, "
@@ -180,17 +190,19 @@ def build(name, args, device):
     return model, complexity.searched(model, costs)
 
 
-def make_step(model, layers, x, y, args, device):
+def make_step(model, layers, args, device, compile_mode=None):
+    """One training step `step(x, y)`: forward, loss, backward, optimizer step(s), all fused
+    optimizers on CUDA (as the search and retrain modules build them)."""
     named = list(model.named_parameters())
     weights = [p for n, p in named if n.rsplit(".", 1)[-1] not in ARCH_PARAMS]
     arch = [p for n, p in named if n.rsplit(".", 1)[-1] in ARCH_PARAMS]
-    optimizers = [torch.optim.SGD(weights, lr=0.1, momentum=0.9, weight_decay=1e-4)]
+    optimizers = [make_optimizer(partial(SGD, lr=0.1, momentum=0.9, weight_decay=1e-4), weights)]
     if arch:
-        optimizers.append(torch.optim.SGD(arch, lr=0.01, momentum=0.9))
-    forward = torch.compile(model) if args.compile else model
+        optimizers.append(make_optimizer(partial(SGD, lr=0.01, momentum=0.9), arch))
+    forward = torch.compile(model, mode=compile_mode) if compile_mode else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else nullcontext()
 
-    def step(fn=forward):
+    def step(x, y, fn=forward):
         with autocast:
             loss = F.cross_entropy(fn(x), y)
             if layers:
@@ -222,9 +234,9 @@ def saved_for_backward_bytes(step, params):
     return total
 
 
-def run_config(name, args, device, x, y):
+def run_config(name, args, device, x, y, compile_mode=None):
     model, layers = build(name, args, device)
-    step = make_step(model, layers, x, y, args, device)
+    step = partial(make_step(model, layers, args, device, compile_mode), x, y)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(args.warmup):
@@ -242,9 +254,10 @@ def run_config(name, args, device, x, y):
     peak = torch.cuda.max_memory_allocated() if cuda else None
     params = list(model.parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in params)
-    saved = saved_for_backward_bytes(lambda: step(model), params) + 2 * param_bytes
+    saved = saved_for_backward_bytes(lambda: step(fn=model), params) + 2 * param_bytes
     line = {
-        "name": name,
+        "name": f"{name}_compiled" if compile_mode else name,
+        "compile": compile_mode or False,
         "ms": round(statistics.median(times), 3),
         "peak_mib": round((peak if cuda else saved) / MIB, 2),
         "memory": "allocator-peak" if cuda else "saved-for-backward",
@@ -263,8 +276,18 @@ def ratios(lines):
     def ratio(a, b, key="ms"):
         return round(by[a][key] / by[b][key], 3) if a in by and b in by else None
 
+    def best(name):  # the faster of eager and compiled, as the settings a user would pick
+        times = [by[n]["ms"] for n in (name, f"{name}_compiled") if n in by]
+        return min(times) if times else None
+
+    def best_ratio(a, b):
+        return round(best(a) / best(b), 3) if best(a) and best(b) else None
+
     return {
         "name": "ratios",
+        "best_search_over_best_fp": best_ratio("search_full", "fp"),
+        "best_search_over_best_uniform": best_ratio("search_full", "uniform_w2a2"),
+        "best_search_ms": best("search_full"),
         "search_over_uniform": ratio("search_full", "uniform_w2a2"),
         "search_over_naive": ratio("search_full", "naive_full"),
         "memory_full_over_single": ratio("search_full", "search_single", "peak_mib"),
@@ -288,7 +311,15 @@ def parse_args(argv):
     p.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction, help="default: on for cuda"
     )
-    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--compile", action="store_true", help="torch.compile every configuration")
+    p.add_argument(
+        "--also-compiled",
+        action=argparse.BooleanOptionalAction,
+        help=f"also time {', '.join(COMPILED)} compiled (default: on for cuda)",
+    )
+    p.add_argument(
+        "--compile-mode", default="default", help="torch.compile mode, e.g. reduce-overhead"
+    )
     p.add_argument(
         "--config",
         nargs="+",
@@ -307,6 +338,7 @@ def parse_args(argv):
         ("warmup", 5, 2),
         ("bf16", True, False),
         ("channels_last", True, False),
+        ("also_compiled", True, False),
     ):
         if getattr(args, key) is None:
             setattr(args, key, on_cuda if cuda else on_cpu)
@@ -332,14 +364,16 @@ def main(argv=None):
         "device": str(device),
         "bf16": args.bf16,
         "channels_last": args.channels_last,
-        "compile": args.compile,
         "steps": args.steps,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
     lines = []
-    for name in (c for c in CONFIGS if c in args.config):
-        lines.append({**run_config(name, args, device, x, y), **shape})
+    runs = [(c, args.compile_mode if args.compile else None) for c in args.config]
+    if args.also_compiled and not args.compile:
+        runs += [(c, args.compile_mode) for c in COMPILED if c in args.config]
+    for name, mode in sorted(runs, key=lambda r: (r[1] is not None, CONFIGS.index(r[0]))):
+        lines.append({**run_config(name, args, device, x, y, mode), **shape})
         print(json.dumps(lines[-1]), flush=True)
         gc.collect()
         if device.type == "cuda":

@@ -38,6 +38,24 @@ def fast_path(cfg: DictConfig) -> bool:
     return bool(cfg.fast) and on_gpu(cfg)
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(setting, cfg: DictConfig) -> str | None:
+    """The torch.compile mode of the network, None for eager. `auto`: the default mode on a GPU,
+    where the compiled step is the fastest measured, and eager on a CPU, where compiling a
+    short run costs more than it saves; true / false; or a torch.compile mode by name."""
+    if setting == "auto":
+        return "default" if on_gpu(cfg) else None
+    if isinstance(setting, bool):
+        return "default" if setting else None
+    if setting in COMPILE_MODES:
+        return setting
+    raise ValueError(
+        f"compile must be auto, true, false or one of {', '.join(COMPILE_MODES)}; got {setting!r}"
+    )
+
+
 def build_trainer(cfg: DictConfig, callbacks=()) -> L.Trainer:
     out = Path(cfg.output_dir)
     precision = "bf16-mixed" if fast_path(cfg) else cfg.trainer.get("precision", "32-true")

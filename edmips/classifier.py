@@ -1,6 +1,8 @@
 """What the search and retrain LightningModules share: the network, its forward on the fast
 path, and the validation / test steps with their metrics."""
 
+import inspect
+
 import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
@@ -8,14 +10,33 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 
+def make_optimizer(factory, params) -> torch.optim.Optimizer:
+    """factory(params), fused (one kernel per step for all parameters) when the parameters are
+    on a GPU, the optimizer has a fused implementation (SGD, Adam, AdamW, Adagrad) and the
+    configuration chose no implementation itself (`fused` or `foreach`)."""
+    params = list(params)
+    chosen = {"fused", "foreach"} & set(getattr(factory, "keywords", {}))
+    fusable = "fused" in inspect.signature(factory).parameters and not chosen
+    if params and params[0].is_cuda and fusable:
+        return factory(params, fused=True)
+    return factory(params)
+
+
 class Classifier(L.LightningModule):
     def __init__(
-        self, model: nn.Module, num_classes: int, channels_last: bool = False, compile: bool = False
+        self,
+        model: nn.Module,
+        num_classes: int,
+        channels_last: bool = False,
+        compile: str | None = None,
     ):
         super().__init__()
         self.model = model
         self.channels_last = channels_last
-        self.forward_fn = torch.compile(model) if compile else model
+        # compile: a torch.compile mode, None for eager (edmips.builders.compile_mode decides).
+        # A bound method rather than a submodule: the state dict holds the network once, under
+        # "model.", compiled or not, so a checkpoint loads whatever either run chose.
+        self.forward_fn = (torch.compile(model, mode=compile) if compile else model).__call__
         # validate_args=False: argument checks read values back to the host on every update.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = self.train_acc.clone()

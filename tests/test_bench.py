@@ -156,3 +156,39 @@ def test_config_filter(bench):
     )
     assert [line["name"] for line in lines] == ["fp", "search_full", "ratios"]
     assert lines[-1]["search_over_uniform"] is None
+
+
+def test_best_ratios_take_the_faster_of_eager_and_compiled(bench):
+    lines = [
+        {"name": "fp", "ms": 10.0},
+        {"name": "fp_compiled", "ms": 8.0},
+        {"name": "uniform_w2a2", "ms": 30.0},
+        {"name": "search_full", "ms": 80.0},
+        {"name": "search_full_compiled", "ms": 12.0},
+    ]
+    ratios = bench.ratios(lines)
+    assert ratios["best_search_over_best_fp"] == 1.5  # 12 / 8
+    assert ratios["best_search_over_best_uniform"] == 0.4  # 12 / 30
+    assert ratios["best_search_ms"] == 12.0
+    assert ratios["search_over_uniform"] == round(80 / 30, 3)  # eager against eager
+
+
+def test_cuda_defaults_add_the_compiled_configurations(bench):
+    args = bench.parse_args(["--device", "cuda"])
+    assert args.also_compiled and args.bf16 and args.channels_last
+    assert not bench.parse_args([]).also_compiled
+
+
+def test_epoch_bench_times_one_whole_epoch_per_configuration(tmp_path):
+    path = Path(__file__).resolve().parents[1] / "bench" / "epoch.py"
+    spec = importlib.util.spec_from_file_location("bench_epoch", path)
+    epoch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(epoch)
+    out = tmp_path / "epoch.jsonl"
+    args = ["--data", "synthetic", "--model", "resnet_tiny", "--batch-size", "4"]
+    lines = epoch.main([*args, "--warmup", "1", "--out", str(out)])
+    assert [line["name"] for line in lines] == ["fp", "search", "retrain", "ratios"]
+    for line in lines[:3]:  # the synthetic set holds 8 batches: the epoch is all of them
+        assert line["steps"] == 8 and line["epoch_s"] > 0 and line["compile"] is False
+    assert lines[-1]["search_over_fp"] > 0 and lines[-1]["retrain_over_fp"] > 0
+    assert [json.loads(s) for s in out.read_text().splitlines()] == lines

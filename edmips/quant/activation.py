@@ -39,17 +39,85 @@ def round_ste(x: Tensor) -> Tensor:
     return _RoundSTE.apply(x)
 
 
-def hwgq(x: Tensor, bits: int) -> Tensor:
-    """HWGQ fake quantization; 32 bits is a plain ReLU."""
-    if bits >= FULL_PRECISION:
-        return torch.relu(x)
-    step = HWGQ_STEPS[bits]
-    return round_ste(x.clamp(0.0, hwgq_clip(bits)) / step) * step
+def use_kernels(t: Tensor) -> bool:
+    """Eager CUDA tensors go through the fused Triton kernels (edmips.quant.kernels); the CPU and
+    torch.compile, which fuses these formulas by itself, use the PyTorch reference."""
+    return t.is_cuda and not torch.compiler.is_compiling()
 
 
 def hwgq_codes(x: Tensor, bits: int) -> Tensor:
-    """Integer levels in [0, 2^b - 1] (same dtype as x)."""
-    return torch.round(x.clamp(0.0, hwgq_clip(bits)) / HWGQ_STEPS[bits])
+    """Integer levels round(clamp(x / step, 0, 2^b - 1)) (same dtype as x).
+
+    The one definition of HWGQ's arithmetic: the quantizers, the CUDA kernels and the export
+    all compute these levels. Written as x * (1 / step) with the factor in float32, because a
+    multiplication rounds the same in eager mode, in compiled code (which turns a division by a
+    constant into this multiplication) and in a kernel.
+    """
+    return (x * (1.0 / HWGQ_STEPS[bits])).clamp_(0, 2**bits - 1).round_()
+
+
+def hwgq_passes(x: Tensor, bits: int) -> Tensor:
+    """Where HWGQ's straight-through gradient passes: 0 <= x <= clip (the clip in x's dtype)."""
+    return (x >= 0) & (x <= hwgq_clip(bits))
+
+
+class _HWGQ(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, bits: int) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.bits = bits
+        if use_kernels(x):
+            from edmips.quant import kernels
+
+            return kernels.hwgq_forward(x, bits)
+        return hwgq_codes(x, bits).mul_(HWGQ_STEPS[bits])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (x,) = ctx.saved_tensors
+        if use_kernels(x):
+            from edmips.quant import kernels
+
+            return kernels.hwgq_backward(x, grad, ctx.bits), None
+        return grad * hwgq_passes(x, ctx.bits), None
+
+
+def hwgq(x: Tensor, bits: int) -> Tensor:
+    """HWGQ fake quantization (levels times the step); 32 bits is a plain ReLU."""
+    if bits >= FULL_PRECISION:
+        return torch.relu(x)
+    return _HWGQ.apply(x, bits)
+
+
+class _StreamSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor, qmax: int) -> Tensor:
+        ctx.save_for_backward(x, scale)
+        ctx.qmax = qmax
+        if use_kernels(x):
+            from edmips.quant import kernels
+
+            return kernels.stream_forward(x, scale, qmax)
+        return stream_codes(x, scale, qmax).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, scale = ctx.saved_tensors
+        if use_kernels(x):
+            from edmips.quant import kernels
+
+            return kernels.stream_backward(x, grad, scale, ctx.qmax), None, None
+        return grad * stream_passes(x, scale, ctx.qmax), None, None
+
+
+def stream_codes(x: Tensor, scale: Tensor, qmax: int) -> Tensor:
+    """StreamQuant's integer levels round(clamp(x / scale, -qmax, qmax)) (same dtype as x)."""
+    return (x / scale).clamp_(-qmax, qmax).round_()
+
+
+def stream_passes(x: Tensor, scale: Tensor, qmax: int) -> Tensor:
+    """Where StreamQuant's straight-through gradient passes: |x / scale| <= qmax."""
+    return (x / scale).abs_() <= qmax
 
 
 class StreamQuant(nn.Module):
@@ -81,13 +149,11 @@ class StreamQuant(nn.Module):
                 ema = self.momentum * self.running_max + (1 - self.momentum) * batch_max
                 self.running_max.copy_(torch.where(self.initialized, ema, batch_max))
                 self.initialized.fill_(True)
-        scale = self.scale().to(x.dtype)
-        return round_ste(x.clamp(-self.qmax * scale, self.qmax * scale) / scale) * scale
+        return _StreamSTE.apply(x, self.scale().to(x.dtype), self.qmax)
 
     def codes(self, x: Tensor) -> Tensor:
         """Integer levels in [-qmax, qmax] (same dtype as x): the forward's arithmetic."""
-        scale = self.scale().to(x.dtype)
-        return torch.round(x.clamp(-self.qmax * scale, self.qmax * scale) / scale)
+        return stream_codes(x, self.scale().to(x.dtype), self.qmax)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, momentum={self.momentum}"

@@ -3,7 +3,7 @@
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edmips.classifier import Classifier
+from edmips.classifier import Classifier, make_optimizer
 
 
 class RetrainModule(Classifier):
@@ -14,7 +14,7 @@ class RetrainModule(Classifier):
         optimizer,
         scheduler=None,
         channels_last: bool = False,
-        compile: bool = False,
+        compile: str | None = None,
         network: dict | None = None,
     ):
         super().__init__(model, num_classes, channels_last, compile)
@@ -35,7 +35,7 @@ class RetrainModule(Classifier):
         return loss
 
     def configure_optimizers(self):
-        optimizer = self.optimizer(self.model.parameters())
+        optimizer = make_optimizer(self.optimizer, self.model.parameters())
         if self.scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler(optimizer)}

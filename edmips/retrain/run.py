@@ -20,7 +20,14 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
 from edmips import arch as arch_file
-from edmips.builders import build_datamodule, build_model, build_trainer, fast_path, measure
+from edmips.builders import (
+    build_datamodule,
+    build_model,
+    build_trainer,
+    compile_mode,
+    fast_path,
+    measure,
+)
 from edmips.export import IntegerRuntime, export, image_codes, load_bundle, reference_copy
 from edmips.models import list_models
 from edmips.nn import default_searched, to_fixed, to_search
@@ -158,7 +165,7 @@ def retrain(cfg: DictConfig) -> dict:
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         channels_last=fast,
-        compile=cfg.compile,
+        compile=compile_mode(cfg.compile, cfg),
         network=network_spec(found, datamodule),
     )
     trainer = build_trainer(cfg)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from edmips import complexity
-from edmips.classifier import Classifier
+from edmips.classifier import Classifier, make_optimizer
 from edmips.complexity import LayerCost
 from edmips.search.budget import BitPrice, closest_to_budget
 from edmips.search.discretize import discretize
@@ -49,7 +49,7 @@ class SearchModule(Classifier):
         warmup_epochs: int = 0,
         sharpness: float = 1.0,
         channels_last: bool = False,
-        compile: bool = False,
+        compile: str | None = None,
     ):
         super().__init__(model, num_classes, channels_last, compile)
         self.automatic_optimization = False
@@ -219,7 +219,10 @@ class SearchModule(Classifier):
         named = list(self.model.named_parameters())
         weights = [p for n, p in named if not is_arch_param(n)]
         arch = [p for n, p in named if is_arch_param(n)]
-        optimizers = [self.optimizer(weights), self.arch_optimizer(arch)]
+        optimizers = [
+            make_optimizer(self.optimizer, weights),
+            make_optimizer(self.arch_optimizer, arch),
+        ]
         if self.scheduler is None:
             return optimizers
         # The selectors keep a constant rate: a decayed one freezes them before the weights

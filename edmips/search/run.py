@@ -14,7 +14,14 @@ from pytorch_lightning.callbacks import Callback
 
 from edmips import arch as arch_file
 from edmips import complexity
-from edmips.builders import build_datamodule, build_model, build_trainer, fast_path, measure
+from edmips.builders import (
+    build_datamodule,
+    build_model,
+    build_trainer,
+    compile_mode,
+    fast_path,
+    measure,
+)
 from edmips.nn import default_searched, to_search
 from edmips.report import write_search_figures
 from edmips.search.discretize import MODES
@@ -58,7 +65,7 @@ def build_search(cfg: DictConfig):
         warmup_epochs=cfg.search.warmup_epochs,
         sharpness=cfg.search.sharpness,
         channels_last=fast,
-        compile=cfg.search.compile,
+        compile=compile_mode(cfg.search.compile, cfg),
     )
     return datamodule, module
 
