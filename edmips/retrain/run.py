@@ -111,6 +111,10 @@ def integer_check(model, graph, loader, max_images: int | None = None) -> dict:
     }
 
 
+def _write_metrics(out: Path, metrics: dict) -> None:
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+
+
 def retrain(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
@@ -144,6 +148,8 @@ def retrain(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         out = Path(cfg.output_dir)
         arch_file.save(found, out / "arch.json")
+        metrics["wall_time_s"] = time.perf_counter() - start
+        _write_metrics(out, metrics)  # the training's figures stand even if export fails
         export(model, datamodule.input_size, out)
         graph = load_bundle(out / "integer")  # checked as written
         datamodule.setup("test")
@@ -151,7 +157,7 @@ def retrain(cfg: DictConfig) -> dict:
             integer_check(model, graph, datamodule.test_dataloader(), cfg.integer_check_images)
         )
         metrics["wall_time_s"] = time.perf_counter() - start
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        _write_metrics(out, metrics)
         log.info(
             "test acc %.4f, integer %.4f, agreement %.4f",
             metrics["test_acc"],
