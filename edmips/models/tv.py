@@ -33,7 +33,7 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-class Classifier(nn.Module):
+class NormalizedNet(nn.Module):
     """The float network: normalization, then the torchvision model (`body`)."""
 
     def __init__(self, body: nn.Module, mean, std):
@@ -52,7 +52,7 @@ def float_model(
     std=(0.229, 0.224, 0.225),
     weights: str | None = None,
     **kw,
-) -> Classifier:
+) -> NormalizedNet:
     """The torchvision network `arch` in full precision, with its normalization."""
     if arch in _NO_AUX:
         kw = {"aux_logits": False, "init_weights": True, "transform_input": False, **kw}
@@ -63,7 +63,7 @@ def float_model(
             raise FileNotFoundError(f"model weights {path}: no such file")
         state = torch.load(path, map_location="cpu", weights_only=True)
         body.load_state_dict(state.get("state_dict", state))
-    return Classifier(body, mean, std)
+    return NormalizedNet(body, mean, std)
 
 
 def quantized_model(arch: str, **kw) -> nn.Module:

@@ -17,10 +17,12 @@ import pytorch_lightning as L
 import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
+from torch import fx
 
 from edmips import arch as arch_file
 from edmips.builders import build_datamodule, build_model, build_trainer, fast_path, measure
 from edmips.export import IntegerRuntime, export, image_codes, load_bundle, reference_copy
+from edmips.export.onnx_run import onnx_check
 from edmips.models import list_models
 from edmips.nn import default_searched, to_fixed, to_search
 from edmips.nn.convert import first_and_last
@@ -151,11 +153,13 @@ def retrain(cfg: DictConfig) -> dict:
         metrics["wall_time_s"] = time.perf_counter() - start
         _write_metrics(out, metrics)  # the training's figures stand even if export fails
         export(model, datamodule.input_size, out)
-        graph = load_bundle(out / "integer")  # checked as written
         datamodule.setup("test")
-        metrics.update(
-            integer_check(model, graph, datamodule.test_dataloader(), cfg.integer_check_images)
-        )
+        loader, images = datamodule.test_dataloader(), cfg.integer_check_images
+        if isinstance(model, fx.GraphModule):  # exported as ONNX from the traced graph
+            metrics.update(onnx_check(model, out / "model_qdq.onnx", loader, images))
+        else:
+            graph = load_bundle(out / "integer")  # checked as written
+            metrics.update(integer_check(model, graph, loader, images))
         metrics["wall_time_s"] = time.perf_counter() - start
         _write_metrics(out, metrics)
         log.info(

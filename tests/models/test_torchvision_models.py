@@ -138,12 +138,33 @@ def test_search_runs_on_a_torchvision_model(search_cfg, tmp_path, model):
     assert {layer.abits for layer in found.layers} <= {2, 3, 4, 8}
 
 
-def test_retrain_writes_metrics_before_export(retrain_cfg):
+def test_retrain_exports_onnx_that_predicts_as_the_network(retrain_cfg):
     from edmips.retrain.run import retrain
 
     cfg = retrain_cfg("model=tv_mobilenet_v2", "arch=uniform", "wbits=4", "abits=4", *TINY_RUN)
+    metrics = retrain(cfg)
     out = Path(cfg.output_dir)
-    with pytest.raises(ExportError, match="^model tv_mobilenet_v2: "):
-        retrain(cfg)
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["model"] == "tv_mobilenet_v2" and metrics["val_acc"] is not None
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert metrics["model"] == "tv_mobilenet_v2" and metrics["prediction_agreement"] == 1.0
+    assert metrics["test_images"] == 200
+    assert (out / "model.onnx").exists() and (out / "model_qdq.onnx").exists()
+
+    from edmips.export.__main__ import main as export_main  # from the checkpoint alone
+
+    again = export_main([str(out / "checkpoints" / "last.ckpt"), "--out", str(out / "again")])
+    assert [p.read_bytes() for p in again] == [(out / p.name).read_bytes() for p in again]
+
+
+def test_metrics_are_written_before_an_export_that_fails(retrain_cfg, monkeypatch):
+    import edmips.retrain.run as run
+
+    def refuse(model, input_size, out):
+        raise ExportError("node sigmoid: no ONNX lowering for sigmoid")
+
+    monkeypatch.setattr(run, "export", refuse)
+    cfg = retrain_cfg("model=tv_resnet18", "arch=uniform", *TINY_RUN)
+    with pytest.raises(ExportError, match="node sigmoid"):
+        run.retrain(cfg)
+    metrics = json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
+    assert metrics["model"] == "tv_resnet18" and metrics["val_acc"] is not None
+    assert "prediction_agreement" not in metrics
