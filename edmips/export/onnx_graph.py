@@ -30,7 +30,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from edmips.export.lower import ExportError
 from edmips.nn.layers import MIXED_LAYERS, QuantConv2d, QuantLinear
-from edmips.quant import FULL_PRECISION, HWGQ_STEPS, SignedQuant, integer_weight
+from edmips.quant import FULL_PRECISION, HWGQ_STEPS, SignedQuant, hwgq_codes, integer_weight
 
 FORMATS = ("qdq", "qonnx")
 OPSET = 17
@@ -83,11 +83,11 @@ class _Builder:
 
     # quantizers
 
-    def quantizer(self, x: str, out: str, step: float, lo: int, hi: int) -> str:
-        """The value step * round(clamp(x / step, lo, hi)) (lo = 0 or -hi)."""
+    def quantizer(self, x: str, out: str, step: float, lo: int, hi: int, levels) -> str:
+        """The value step * round(clamp(x / step, lo, hi)) (lo = 0 or -hi); `levels` is the
+        quantizer's own float32 arithmetic, x -> its integer level."""
         if self.fmt == "qonnx":
-            levels = np.arange(lo + 1, hi + 1, dtype=np.float64)
-            thresholds = ((levels - 0.5) * step).astype(np.float32).reshape(1, -1)
+            thresholds = exact_thresholds(levels, step, lo, hi).numpy().reshape(1, -1)
             bits = int(hi - lo).bit_length()
             return self.add(
                 "MultiThreshold",
@@ -132,7 +132,9 @@ class _Builder:
         name = node.name
         if isinstance(m, (QuantConv2d, QuantLinear)):
             if m.abits is not None:
-                x = self.quantizer(x, f"{name}/input", HWGQ_STEPS[m.abits], 0, 2**m.abits - 1)
+                step, top = HWGQ_STEPS[m.abits], 2**m.abits - 1
+                levels = functools.partial(hwgq_codes, bits=m.abits)
+                x = self.quantizer(x, f"{name}/input", step, 0, top, levels)
             inputs = [x, self.weight(m, f"{name}/weight")]
             if m.bias is not None:
                 inputs.append(self.const(f"{name}/bias", m.quant_bias().detach().numpy()))
@@ -152,7 +154,7 @@ class _Builder:
                 group=m.groups,
             )
         if isinstance(m, SignedQuant):
-            return self.quantizer(x, name, float(m.scale()), -m.qmax, m.qmax)
+            return self.quantizer(x, name, float(m.scale()), -m.qmax, m.qmax, m.codes)
         if isinstance(m, nn.BatchNorm2d):
             params = [m.weight, m.bias, m.running_mean, m.running_var]
             inputs = [
@@ -264,6 +266,24 @@ class _Builder:
         return self.add(
             "Reshape", [mixed, self.const(f"{name}/out", np.array([0, c, oh, ow]))], name
         )
+
+
+def exact_thresholds(levels, step: float, lo: int, hi: int, ulps: int = 8) -> torch.Tensor:
+    """For each level k in (lo, hi], the smallest float32 x that the quantizer's own arithmetic
+    puts at k or above: MultiThreshold then reproduces it bit for bit, ties and roundings
+    included. The search runs over a few float32 neighbours of (k - 1/2) * step."""
+    k = torch.arange(lo + 1, hi + 1, dtype=torch.float64)
+    start = ((k - 0.5) * step).float()
+    for _ in range(ulps):
+        start = torch.nextafter(start, torch.tensor(-np.inf))
+    candidates = [start]
+    for _ in range(2 * ulps):
+        candidates.append(torch.nextafter(candidates[-1], torch.tensor(np.inf)))
+    candidates = torch.stack(candidates, 1)
+    reached = levels(candidates) >= k.float().unsqueeze(1)
+    if not (reached.any(1).all() and not reached[:, 0].any()):
+        raise ExportError(f"no float32 threshold found for a quantizer of step {step}")
+    return candidates[torch.arange(len(k)), reached.int().argmax(1)]
 
 
 def _kwargs(node: fx.Node) -> dict:

@@ -98,3 +98,26 @@ def test_unquantized_uncalibrated_and_search_layers_are_refused_by_name():
         to_onnx(nn.Sequential(nn.Conv2d(3, 3, 3)), (3, 8, 8))
     with pytest.raises(ValueError, match="unknown ONNX format 'tflite'"):
         to_onnx(model, (3, 32, 32), "tflite")
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_multithreshold_thresholds_reproduce_the_quantizers_bit_for_bit(bits):
+    from edmips.export.onnx_graph import exact_thresholds
+    from edmips.quant import HWGQ_STEPS, SignedQuant, hwgq_codes
+
+    step = HWGQ_STEPS[bits]
+    thresholds = exact_thresholds(lambda v: hwgq_codes(v, bits), step, 0, 2**bits - 1)
+    # Values on and next to every level boundary, where a rounded threshold would be off.
+    x = ((torch.arange(2**bits + 1) - 0.5) * step).float()
+    x = torch.cat([x, torch.nextafter(x, x + 1), torch.nextafter(x, x - 1), torch.randn(5000)])
+    counts = (x.unsqueeze(1) >= thresholds).sum(1).float()
+    assert torch.equal(counts, hwgq_codes(x, bits))
+
+    quant = SignedQuant(bits)
+    quant.train()(torch.randn(64) * 3)
+    scale, top = float(quant.scale()), quant.qmax
+    thresholds = exact_thresholds(quant.codes, scale, -top, top)
+    x = torch.cat([((torch.arange(-top, top + 1) - 0.5) * scale).float(), torch.randn(5000) * 3])
+    x = torch.cat([x, torch.nextafter(x, x + 1), torch.nextafter(x, x - 1)])
+    counts = (x.unsqueeze(1) >= thresholds).sum(1).float() - top
+    assert torch.equal(counts, quant.codes(x))

@@ -168,3 +168,33 @@ def test_metrics_are_written_before_an_export_that_fails(retrain_cfg, monkeypatc
     metrics = json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
     assert metrics["model"] == "tv_resnet18" and metrics["val_acc"] is not None
     assert "prediction_agreement" not in metrics
+
+
+@pytest.mark.parametrize("arch,size", MODELS[:3])
+def test_a_search_step_and_a_retrain_step_train_every_layer(arch, size):
+    from edmips import complexity
+    from edmips.nn import MIXED_LAYERS, default_searched, to_fixed, to_search
+
+    torch.manual_seed(0)
+    model = create_model(f"tv_{arch}", num_classes=10)
+    names = default_searched(model)
+    to_search(model, names, (1, 2, 4), (2, 4))
+    costs = complexity.measure(model, (3, size, size))
+    x, y = torch.rand(4, 3, size, size), torch.randint(0, 10, (4,))
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss = loss + 1e-3 * complexity.complexity_loss(complexity.searched(model, costs))
+    loss.backward()
+    layers = [model.get_submodule(n) for n in names]
+    assert all(isinstance(m, MIXED_LAYERS) for m in layers)
+    assert all(m.alpha_w.grad.abs().sum() > 0 for m in layers)
+    hwgq = [m for m in layers if m.abits is not None]
+    assert hwgq and all(m.alpha_a.grad.abs().sum() > 0 for m in hwgq)
+    assert all(not hasattr(m, "alpha_a") for m in layers if m.abits is None)
+
+    to_fixed(model, {n: (2, 2) for n in names})
+    before = {n: model.get_submodule(n).weight.detach().clone() for n in names}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    assert all(not torch.equal(model.get_submodule(n).weight, before[n]) for n in names)
