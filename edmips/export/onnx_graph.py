@@ -29,8 +29,9 @@ from torch.fx.operator_schemas import normalize_function
 from torch.fx.passes.shape_prop import ShapeProp
 
 from edmips.export.lower import ExportError
-from edmips.nn.layers import MIXED_LAYERS, QuantConv2d, QuantLinear
-from edmips.quant import FULL_PRECISION, HWGQ_STEPS, SignedQuant, hwgq_codes, integer_weight
+from edmips.export.onnx_quant import check_graph_exportable, exact_thresholds
+from edmips.nn.layers import QuantConv2d, QuantLinear
+from edmips.quant import HWGQ_STEPS, SignedQuant, hwgq_codes, integer_weight
 
 FORMATS = ("qdq", "qonnx")
 OPSET = 17
@@ -47,22 +48,6 @@ _BINARY_OPS = {
 }
 _UNARY_OPS = {F.relu: "Relu", torch.relu: "Relu", F.dropout: "Identity"}
 _IDENTITY_METHODS = {"contiguous", "clone"}
-
-
-def check_graph_exportable(model: fx.GraphModule) -> None:
-    for name, layer in model.named_modules():
-        if isinstance(layer, MIXED_LAYERS):
-            raise ExportError(f"layer {name}: a composite search layer; retrain it first")
-        if isinstance(layer, (QuantConv2d, QuantLinear)):
-            if layer.wbits >= FULL_PRECISION:
-                raise ExportError(f"layer {name}: weights are not quantized (32 bits)")
-            if layer.abits == FULL_PRECISION:
-                raise ExportError(f"layer {name}: input activations are not quantized (32 bits)")
-        if isinstance(layer, SignedQuant):
-            if layer.bits >= FULL_PRECISION:
-                raise ExportError(f"quantizer {name}: signed input not quantized (32 bits)")
-            if not bool(layer.initialized):
-                raise ExportError(f"quantizer {name}: range never calibrated (train first)")
 
 
 class _Builder:
@@ -268,24 +253,6 @@ class _Builder:
         )
 
 
-def exact_thresholds(levels, step: float, lo: int, hi: int, ulps: int = 8) -> torch.Tensor:
-    """For each level k in (lo, hi], the smallest float32 x that the quantizer's own arithmetic
-    puts at k or above: MultiThreshold then reproduces it bit for bit, ties and roundings
-    included. The search runs over a few float32 neighbours of (k - 1/2) * step."""
-    k = torch.arange(lo + 1, hi + 1, dtype=torch.float64)
-    start = ((k - 0.5) * step).float()
-    for _ in range(ulps):
-        start = torch.nextafter(start, torch.tensor(-np.inf))
-    candidates = [start]
-    for _ in range(2 * ulps):
-        candidates.append(torch.nextafter(candidates[-1], torch.tensor(np.inf)))
-    candidates = torch.stack(candidates, 1)
-    reached = levels(candidates) >= k.float().unsqueeze(1)
-    if not (reached.any(1).all() and not reached[:, 0].any()):
-        raise ExportError(f"no float32 threshold found for a quantizer of step {step}")
-    return candidates[torch.arange(len(k)), reached.int().argmax(1)]
-
-
 def _kwargs(node: fx.Node) -> dict:
     normalized = normalize_function(
         node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True
@@ -321,6 +288,8 @@ def to_onnx(model: fx.GraphModule, input_size, fmt: str = "qdq") -> onnx.ModelPr
                 helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", *input_size])
             )
         elif node.op == "output":
+            if len(node.all_input_nodes) != 1:
+                raise ExportError("output: the model must return one tensor (the logits)")
             (result,) = node.all_input_nodes
             builder.add("Identity", [builder.env[result]], "logits")
             classes = result.meta["tensor_meta"].shape[1]

@@ -102,7 +102,7 @@ def test_unquantized_uncalibrated_and_search_layers_are_refused_by_name():
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_multithreshold_thresholds_reproduce_the_quantizers_bit_for_bit(bits):
-    from edmips.export.onnx_graph import exact_thresholds
+    from edmips.export.onnx_quant import exact_thresholds
     from edmips.quant import HWGQ_STEPS, SignedQuant, hwgq_codes
 
     step = HWGQ_STEPS[bits]
