@@ -4,6 +4,8 @@ and a QONNX writer. Nothing here is used in training."""
 import logging
 from pathlib import Path
 
+from torch import fx
+
 from edmips.export.graph import Graph, load_bundle, save_bundle
 from edmips.export.lower import ExportError, lower, reference_copy
 from edmips.export.runtime import IntegerRuntime, image_codes, run, run_bundle
@@ -24,13 +26,24 @@ __all__ = [
 
 def export(model, input_size, out) -> list[Path]:
     """Lower a trained fixed-bit network and write `integer/` (the bundle) and `model.onnx`
-    into `out`; returns the paths written. The graph is also returned by `lower` alone."""
+    into `out`; returns the paths written. The graph is also returned by `lower` alone.
+    A model converted by `edmips.nn.quantize` gets `model.onnx` (QONNX, MultiThreshold) and
+    `model_qdq.onnx` (QuantizeLinear/DequantizeLinear, for plain onnxruntime)."""
     from edmips.export.qonnx import save_qonnx
 
+    out = Path(out)
+    if isinstance(model, fx.GraphModule):  # a converted model: ONNX from its traced graph
+        from edmips.export.onnx_graph import save_onnx
+
+        out.mkdir(parents=True, exist_ok=True)
+        return [
+            save_onnx(model, input_size, out / "model.onnx", "qonnx"),
+            save_onnx(model, input_size, out / "model_qdq.onnx", "qdq"),
+        ]
     graph = lower(model, input_size)
-    paths = [save_bundle(graph, Path(out) / "integer")]
+    paths = [save_bundle(graph, out / "integer")]
     try:
-        paths.append(save_qonnx(graph, Path(out) / "model.onnx"))
+        paths.append(save_qonnx(graph, out / "model.onnx"))
     except ExportError as e:  # the bundle stands; QONNX's float32 cannot hold this graph
         logging.getLogger(__name__).warning("no QONNX model: %s", e)
     return paths

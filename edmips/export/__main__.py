@@ -1,4 +1,5 @@
-"""Export a retrained checkpoint to the integer bundle and QONNX.
+"""Export a retrained checkpoint: the integer bundle and QONNX (edmips's ResNets), or QONNX
+and QDQ ONNX (models converted by `edmips.nn.quantize`, e.g. tv_mobilenet_v2).
 
     python -m edmips.export <retrain run dir or .ckpt> [--out DIR]
 

@@ -200,7 +200,8 @@ def check_exportable(model: nn.Module) -> None:
     """Refuse, naming the layer and the reason, what integer inference cannot reproduce."""
     if not isinstance(model, PreActResNet):
         raise ExportError(
-            f"model {type(model).__name__}: the exporter knows edmips's pre-activation ResNets only"
+            f"model {getattr(model, 'name', type(model).__name__)}: the integer exporter "
+            "knows edmips's pre-activation ResNets only"
         )
     for name, layer in model.named_modules():
         if isinstance(layer, MIXED_LAYERS):

@@ -107,6 +107,7 @@ def to_qonnx(graph: Graph) -> ModelWrapper:
         elif node.op == "linear":
             nodes.append(helper.make_node("Cast", [x], [f"{out}/x64"], to=TensorProto.DOUBLE))
             weight = a["weight"].astype(np.float64).T.copy()
+            classes = weight.shape[1]
             nodes.append(
                 helper.make_node(
                     "MatMul", [f"{out}/x64", const(f"{out}/w", weight)], [f"{out}/acc"]
@@ -124,7 +125,7 @@ def to_qonnx(graph: Graph) -> ModelWrapper:
         ranges[out] = attrs.get("range")
 
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", c, h, w])
-    logits = helper.make_tensor_value_info("logits", TensorProto.DOUBLE, None)
+    logits = helper.make_tensor_value_info("logits", TensorProto.DOUBLE, ["N", classes])
     onnx_graph = helper.make_graph(nodes, graph.model, [image], [logits], inits)
     model = helper.make_model(
         onnx_graph,

@@ -2,12 +2,14 @@
 
 from edmips.quant.activation import HWGQ_STEPS, StreamQuant, hwgq, hwgq_codes
 from edmips.quant.mixed import mixed_hwgq, mixed_weight
+from edmips.quant.signed import SignedQuant
 from edmips.quant.weight import FULL_PRECISION, GAUSS_STEPS, integer_weight, quantize_weight
 
 __all__ = [
     "FULL_PRECISION",
     "GAUSS_STEPS",
     "HWGQ_STEPS",
+    "SignedQuant",
     "StreamQuant",
     "hwgq",
     "hwgq_codes",

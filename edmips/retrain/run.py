@@ -18,6 +18,7 @@ import pytorch_lightning as L
 import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
+from torch import fx
 
 from edmips import arch as arch_file
 from edmips.builders import (
@@ -29,6 +30,7 @@ from edmips.builders import (
     measure,
 )
 from edmips.export import IntegerRuntime, export, image_codes, load_bundle, reference_copy
+from edmips.export.onnx_run import onnx_check
 from edmips.models import list_models
 from edmips.nn import default_searched, to_fixed, to_search
 from edmips.nn.convert import first_and_last
@@ -153,6 +155,10 @@ def integer_check(model, graph, loader, max_images: int | None = None) -> dict:
     }
 
 
+def _write_metrics(out: Path, metrics: dict) -> None:
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+
+
 def retrain(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
@@ -188,14 +194,18 @@ def retrain(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         out = Path(cfg.output_dir)
         arch_file.save(found, out / "arch.json")
-        export(model, datamodule.input_size, out)
-        graph = load_bundle(out / "integer")  # checked as written
-        datamodule.setup("test")
-        metrics.update(
-            integer_check(model, graph, datamodule.test_dataloader(), cfg.integer_check_images)
-        )
         metrics["wall_time_s"] = time.perf_counter() - start
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        _write_metrics(out, metrics)  # the training's figures stand even if export fails
+        export(model, datamodule.input_size, out)
+        datamodule.setup("test")
+        loader, images = datamodule.test_dataloader(), cfg.integer_check_images
+        if isinstance(model, fx.GraphModule):  # exported as ONNX from the traced graph
+            metrics.update(onnx_check(model, out / "model_qdq.onnx", loader, images))
+        else:
+            graph = load_bundle(out / "integer")  # checked as written
+            metrics.update(integer_check(model, graph, loader, images))
+        metrics["wall_time_s"] = time.perf_counter() - start
+        _write_metrics(out, metrics)
         log.info(
             "test acc %.4f, integer %.4f, agreement %.4f",
             metrics["test_acc"],

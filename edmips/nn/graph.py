@@ -1,0 +1,146 @@
+"""`quantize(model)`: any traceable PyTorch model made of EdMIPS's quantized layers.
+
+The model is traced with torch.fx; every nn.Conv2d (grouped and depthwise included) and
+nn.Linear becomes a QuantConv2d / QuantLinear holding the same weights. Each layer's input
+quantizer keeps the float network's meaning:
+
+- where the input is non-negative (the output of a ReLU or ReLU6, possibly through pooling,
+  flattening, dropout or a concatenation of such tensors) the layer's own HWGQ, which is a
+  ReLU at 32 bits and so changes nothing there. After a ReLU6 HWGQ's clip (below 6 at every
+  bit-width up to 8) is the tighter one, so it alone clips;
+- elsewhere (a normalized image, a linear bottleneck, a residual sum) the layer takes its
+  input as it comes (`abits=None`) and a SignedQuant module, one per producing tensor and
+  shared by all its consumers, is put in front of it.
+
+The result is a fixed-bit network; `to_search` / `to_fixed` turn it into the search network
+or retrain bit-widths exactly as for edmips's own models.
+"""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from edmips.nn.layers import QuantConv2d, QuantLinear
+from edmips.quant import FULL_PRECISION, SignedQuant
+
+SIGNED_BITS = 8  # signed layer inputs (their bit-width is not searched)
+SIGNED_PREFIX = "signed_quant"  # where the SignedQuant modules live in the converted model
+
+_NONNEG_MODULES = (nn.ReLU, nn.ReLU6)
+_NONNEG_FUNCTIONS = {F.relu, torch.relu, F.relu6}
+_NONNEG_METHODS = {"relu", "relu_"}
+# Operations whose output is non-negative when every tensor they read is.
+_SIGN_KEEPING_MODULES = (
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Dropout,
+    nn.Flatten,
+    nn.Identity,
+)
+_SIGN_KEEPING_FUNCTIONS = {
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+    F.dropout,
+    torch.flatten,
+    torch.cat,
+}
+_SIGN_KEEPING_METHODS = {"view", "reshape", "flatten", "contiguous", "mean"}
+
+
+def _tensor_args(node: fx.Node) -> list[fx.Node]:
+    found = []
+    fx.node.map_arg((node.args, node.kwargs), found.append)
+    return found
+
+
+def is_nonnegative(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether the tensor a node produces is >= 0 by construction."""
+    if node.op == "call_module":
+        module = modules[node.target]
+        if isinstance(module, _NONNEG_MODULES):
+            return True
+        keeps = isinstance(module, _SIGN_KEEPING_MODULES)
+    elif node.op == "call_function":
+        if node.target in _NONNEG_FUNCTIONS:
+            return True
+        keeps = node.target in _SIGN_KEEPING_FUNCTIONS
+    elif node.op == "call_method":
+        if node.target in _NONNEG_METHODS:
+            return True
+        keeps = node.target in _SIGN_KEEPING_METHODS
+    else:
+        return False
+    inputs = _tensor_args(node)
+    return keeps and bool(inputs) and all(is_nonnegative(n, modules) for n in inputs)
+
+
+def quant_layer(layer: nn.Module, wbits: int, abits: int | None) -> nn.Module:
+    """A QuantConv2d / QuantLinear with the layer's shape, weights and bias."""
+    kw = dict(bias=layer.bias is not None, wbits=wbits, abits=abits)
+    if isinstance(layer, nn.Conv2d):
+        if layer.padding_mode != "zeros":
+            raise ValueError(f"conv padding_mode {layer.padding_mode!r} is not supported")
+        new = QuantConv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            **kw,
+        )
+    else:
+        new = QuantLinear(layer.in_features, layer.out_features, **kw)
+    new = new.to(layer.weight.device)
+    with torch.no_grad():
+        new.weight.copy_(layer.weight)
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias)
+    return new
+
+
+def quantize(
+    model: nn.Module,
+    wbits: int = FULL_PRECISION,
+    abits: int = FULL_PRECISION,
+    signed_bits: int = SIGNED_BITS,
+    filter: Callable[[str, nn.Module], bool] | None = None,
+) -> fx.GraphModule:
+    """The model traced, with every conv/linear (those `filter(name, layer)` accepts) made a
+    fixed-bit quantized layer; layer names stay those of the model."""
+    gm = fx.symbolic_trace(model)
+    modules = dict(gm.named_modules())
+    signed: dict[fx.Node, fx.Node] = {}  # producer -> its SignedQuant node
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module":
+            continue
+        layer = modules[node.target]
+        if type(layer) not in (nn.Conv2d, nn.Linear):
+            continue
+        if filter is not None and not filter(node.target, layer):
+            continue
+        source = node.args[0]
+        nonneg = is_nonnegative(source, modules)
+        _replace(gm, node.target, quant_layer(layer, wbits, abits if nonneg else None))
+        if not nonneg:
+            if source not in signed:
+                name = f"{SIGNED_PREFIX}.{node.target.replace('.', '_')}"
+                gm.add_submodule(name, SignedQuant(signed_bits))
+                with gm.graph.inserting_after(source):
+                    signed[source] = gm.graph.call_module(name, (source,))
+            node.replace_input_with(source, signed[source])
+    gm.graph.lint()
+    gm.recompile()
+    return gm.train(model.training)
+
+
+def _replace(gm: fx.GraphModule, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(gm.get_submodule(parent), child, new)

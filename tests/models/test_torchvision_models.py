@@ -1,0 +1,203 @@
+"""torchvision classifiers through edmips: the conversion keeps the float network, layers
+get the right input quantizer, and search and retrain run on them from the configs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from edmips.export import ExportError
+from edmips.models import create_model, list_models
+from edmips.models.tv import float_model
+from edmips.nn import QUANT_LAYERS, QuantConv2d, quantize
+from edmips.quant import SignedQuant
+
+# (torchvision name, smallest square input it takes here)
+MODELS = [
+    ("resnet18", 32),
+    ("mobilenet_v2", 32),
+    ("googlenet", 32),
+    ("alexnet", 64),
+    ("inception_v3", 75),
+]
+
+
+def _randomize_batch_norms(model: nn.Module) -> None:
+    """Batch-norm statistics of a trained network, so logits are O(1) rather than ~0."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+
+
+@pytest.mark.parametrize("arch,size", MODELS)
+def test_at_32_bits_the_converted_network_is_the_float_one(arch, size):
+    torch.manual_seed(0)
+    model = float_model(arch, num_classes=10)
+    _randomize_batch_norms(model)
+    model.eval()
+    converted = quantize(model, signed_bits=32)
+    layers = [m for m in converted.modules() if isinstance(m, QUANT_LAYERS)]
+    assert layers and not any(type(m) in (nn.Conv2d, nn.Linear) for m in converted.modules())
+    x = torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        expected, got = model(x), converted(x)
+    assert expected.abs().max() > 1e-3  # a real signal, not a network of zeros
+    assert (got - expected).abs().max() <= 1e-5 * max(1.0, float(expected.abs().max()))
+    # Quantized, the same network computes something else: the layers really quantize.
+    low = quantize(model, wbits=2, abits=2).eval()
+    with torch.no_grad():
+        assert not torch.allclose(low(x), expected, atol=1e-3)
+
+
+def test_relu_outputs_get_hwgq_and_signed_inputs_a_signed_quantizer():
+    model = quantize(float_model("mobilenet_v2", num_classes=10))
+    layer = model.get_submodule
+    assert layer("body.features.0.0").abits is None  # the normalized image
+    assert layer("body.features.1.conv.0.0").abits == 32  # depthwise, after a ReLU6
+    assert layer("body.features.1.conv.0.0").groups == 32
+    assert layer("body.features.2.conv.0.0").abits is None  # after a linear bottleneck
+    assert layer("body.features.2.conv.1.0").abits == 32
+    assert layer("body.classifier.1").abits == 32  # pooled, flattened ReLU6 output
+    signed = [m for m in model.modules() if isinstance(m, SignedQuant)]
+    assert len(signed) == sum(
+        1 for m in model.modules() if isinstance(m, QUANT_LAYERS) and m.abits is None
+    )
+    assert all(q.bits == 8 for q in signed)
+    # A signed input is quantized symmetrically: negative values survive.
+    first = model.signed_quant.body_features_0_0.train()
+    assert (first(torch.randn(4, 3, 32, 32)) < -0.5).any()
+
+
+def test_one_signed_quantizer_serves_every_layer_reading_the_same_tensor():
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            return torch.cat([self.a(x), self.b(x)], 1)
+
+    model = quantize(TwoHeads())
+    assert sum(isinstance(m, SignedQuant) for m in model.modules()) == 1
+
+
+def test_filter_leaves_the_rejected_layers_as_they_are():
+    model = quantize(
+        float_model("alexnet", num_classes=10), filter=lambda name, m: isinstance(m, nn.Conv2d)
+    )
+    kinds = {type(m) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert kinds == {QuantConv2d, nn.Linear}
+
+
+def test_every_torchvision_classifier_is_registered_and_first_last_layers_are_8_bit():
+    assert {"tv_resnet18", "tv_mobilenet_v2", "tv_googlenet", "tv_alexnet"} <= set(list_models())
+    assert "tv_vit_b_16" in list_models()
+    model = create_model("tv_resnet18", num_classes=10)
+    assert model.name == "tv_resnet18"
+    assert (model.body.conv1.wbits, model.body.conv1.abits) == (8, None)
+    assert (model.body.fc.wbits, model.body.fc.abits) == (8, 8)
+    assert model.get_submodule("body.layer1.0.conv1").bit_config() == (32, 32)
+
+
+def test_weights_come_from_a_local_state_dict(tmp_path):
+    torch.manual_seed(1)
+    source = float_model("resnet18", num_classes=10).body
+    torch.save(source.state_dict(), tmp_path / "resnet18.pt")
+    model = create_model("tv_resnet18", num_classes=10, weights=str(tmp_path / "resnet18.pt"))
+    layer = model.get_submodule("body.layer2.0.conv1")
+    assert torch.equal(layer.weight, source.layer2[0].conv1.weight)
+    with pytest.raises(FileNotFoundError, match="nope.pt: no such file"):
+        create_model("tv_resnet18", num_classes=10, weights=str(tmp_path / "nope.pt"))
+
+
+TINY_RUN = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+]
+
+
+@pytest.mark.parametrize(
+    "model", [pytest.param("tv_mobilenet_v2", marks=pytest.mark.slow), "tv_resnet18"]
+)
+def test_search_runs_on_a_torchvision_model(search_cfg, tmp_path, model):
+    from edmips import arch
+    from edmips.search.run import search
+
+    found = search(search_cfg(f"model={model}", *TINY_RUN))["arch"]
+    assert found.model == model
+    on_disk = arch.load(tmp_path / "found.json", known_models=list_models())
+    assert on_disk == found
+    assert all(len(layer.probs_w) == 4 for layer in found.layers)
+    # Layers with a signed input search their weights only; their input stays 8-bit.
+    assert {layer.abits for layer in found.layers} <= {2, 3, 4, 8}
+
+
+def test_retrain_exports_onnx_that_predicts_as_the_network(retrain_cfg):
+    from edmips.retrain.run import retrain
+
+    cfg = retrain_cfg("model=tv_mobilenet_v2", "arch=uniform", "wbits=4", "abits=4", *TINY_RUN)
+    metrics = retrain(cfg)
+    out = Path(cfg.output_dir)
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert metrics["model"] == "tv_mobilenet_v2"
+    # onnxruntime sums in another order than PyTorch: a float32 rounding can move a value
+    # across a quantizer boundary, so a near-tie could flip on some machine.
+    assert metrics["prediction_agreement"] >= 0.99
+    assert metrics["test_images"] == 200
+    assert (out / "model.onnx").exists() and (out / "model_qdq.onnx").exists()
+
+    from edmips.export.__main__ import main as export_main  # from the checkpoint alone
+
+    again = export_main([str(out / "checkpoints" / "last.ckpt"), "--out", str(out / "again")])
+    assert [p.read_bytes() for p in again] == [(out / p.name).read_bytes() for p in again]
+
+
+def test_metrics_are_written_before_an_export_that_fails(retrain_cfg, monkeypatch):
+    import edmips.retrain.run as run
+
+    def refuse(model, input_size, out):
+        raise ExportError("node sigmoid: no ONNX lowering for sigmoid")
+
+    monkeypatch.setattr(run, "export", refuse)
+    cfg = retrain_cfg("model=tv_resnet18", "arch=uniform", *TINY_RUN)
+    with pytest.raises(ExportError, match="node sigmoid"):
+        run.retrain(cfg)
+    metrics = json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
+    assert metrics["model"] == "tv_resnet18" and metrics["val_acc"] is not None
+    assert "prediction_agreement" not in metrics
+
+
+@pytest.mark.parametrize("arch,size", MODELS[:3])
+def test_a_search_step_and_a_retrain_step_train_every_layer(arch, size):
+    from edmips import complexity
+    from edmips.nn import MIXED_LAYERS, default_searched, to_fixed, to_search
+
+    torch.manual_seed(0)
+    model = create_model(f"tv_{arch}", num_classes=10)
+    names = default_searched(model)
+    to_search(model, names, (1, 2, 4), (2, 4))
+    costs = complexity.measure(model, (3, size, size))
+    x, y = torch.rand(4, 3, size, size), torch.randint(0, 10, (4,))
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss = loss + 1e-3 * complexity.complexity_loss(complexity.searched(model, costs))
+    loss.backward()
+    layers = [model.get_submodule(n) for n in names]
+    assert all(isinstance(m, MIXED_LAYERS) for m in layers)
+    assert all(m.alpha_w.grad.abs().sum() > 0 for m in layers)
+    hwgq = [m for m in layers if m.abits is not None]
+    assert hwgq and all(m.alpha_a.grad.abs().sum() > 0 for m in hwgq)
+    assert all(not hasattr(m, "alpha_a") for m in layers if m.abits is None)
+
+    to_fixed(model, {n: (2, 2) for n in names})
+    before = {n: model.get_submodule(n).weight.detach().clone() for n in names}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    assert all(not torch.equal(model.get_submodule(n).weight, before[n]) for n in names)
