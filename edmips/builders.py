@@ -6,11 +6,13 @@ import hydra
 import pytorch_lightning as L
 import torch
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 
 from edmips import complexity
+from edmips.divergence import StopOnDivergence
+from edmips.rundir import StoreConfig, epoch_checkpoint
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
@@ -39,6 +41,8 @@ def fast_path(cfg: DictConfig) -> bool:
 
 
 def build_trainer(cfg: DictConfig, callbacks=()) -> L.Trainer:
+    """The Trainer of a run: stops on divergence (before the epoch's outputs are written),
+    checkpoints every epoch with the run's configuration inside."""
     out = Path(cfg.output_dir)
     precision = "bf16-mixed" if fast_path(cfg) else cfg.trainer.get("precision", "32-true")
     progress = [RichProgressBar(leave=True)] if cfg.trainer.get("enable_progress_bar", True) else []
@@ -48,8 +52,10 @@ def build_trainer(cfg: DictConfig, callbacks=()) -> L.Trainer:
         default_root_dir=str(out),
         logger=CSVLogger(str(out), name="", version="logs"),
         callbacks=[
+            StopOnDivergence(cfg.trainer.get("log_every_n_steps", 50)),
             *progress,
-            ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0),
+            epoch_checkpoint(out),
+            StoreConfig(cfg, "search" if "search" in cfg else "retrain"),
             *callbacks,
         ],
     )

@@ -19,6 +19,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
 from edmips import arch as arch_file
+from edmips import checks, rundir
 from edmips.builders import build_datamodule, build_model, build_trainer, fast_path, measure
 from edmips.export import IntegerRuntime, export, image_codes, load_bundle, reference_copy
 from edmips.models import list_models
@@ -48,7 +49,8 @@ def resolve_arch(cfg: DictConfig, datamodule):
         in_file = {layer.name for layer in found.layers}
         names = default_searched(model, first not in in_file, last not in in_file)
         costs = [c for c in measure(model, datamodule) if c.name in names]
-        arch_file.check_matches(found, found.model, costs, source=str(path))
+        image_input = {n for n in names if model.get_submodule(n).abits is None}
+        arch_file.check_matches(found, found.model, costs, str(path), image_input)
         if cfg.init == "search":
             _load_search_weights(model, found, path)
     to_fixed(model, found.bits())
@@ -68,7 +70,7 @@ def network_spec(found: arch_file.Arch, datamodule) -> dict:
 
 
 def _load_search_weights(model, found: arch_file.Arch, path: Path) -> None:
-    ckpt = path.parent / "checkpoints" / "last.ckpt"
+    ckpt = path.parent / rundir.CHECKPOINT
     if not ckpt.exists():
         raise FileNotFoundError(f"init=search: no search checkpoint at {ckpt}")
     names = [layer.name for layer in found.layers]
@@ -79,7 +81,7 @@ def _load_search_weights(model, found: arch_file.Arch, path: Path) -> None:
         found.space["abits"],
         shared=found.extra.get("shared_weights", True),
     )
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = rundir.load_checkpoint(ckpt)["state_dict"]
     model.load_state_dict(
         {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     )
@@ -112,7 +114,11 @@ def integer_check(model, graph, loader, max_images: int | None = None) -> dict:
 
 
 def retrain(cfg: DictConfig) -> dict:
+    """Train, export and check; `resume=<run dir or checkpoint>` continues a run in its
+    directory with its configuration."""
     start = time.perf_counter()
+    cfg, resume_from = rundir.start(cfg, "retrain")
+    checks.check_retrain(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     model, found = resolve_arch(cfg, datamodule)
@@ -127,7 +133,7 @@ def retrain(cfg: DictConfig) -> dict:
         network=network_spec(found, datamodule),
     )
     trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     val_acc = trainer.callback_metrics.get("val/acc")
     metrics = {
         "model": found.model,

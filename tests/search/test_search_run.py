@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import make_config
 
 from edmips import arch
 from edmips.models import create_model, list_models
@@ -37,15 +38,13 @@ def test_search_writes_a_valid_found_json_and_its_records(search_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_raising_mu_never_raises_the_bits_and_a_large_mu_takes_the_lowest(search_cfg):
+def test_raising_mu_never_raises_the_bits_and_a_large_mu_takes_the_lowest(tmp_path):
     # A short search needs a larger architecture step than the paper's long ones.
     bits = []
     for mu in (0.0, 0.05, 0.5):
-        found = search(
-            search_cfg(
-                f"mu={mu}", "model=resnet8", "trainer.max_epochs=3", "search.arch_optimizer.lr=0.1"
-            )
-        )["arch"]
+        overrides = [f"mu={mu}", "model=resnet8", "trainer.max_epochs=3"]
+        overrides.append("search.arch_optimizer.lr=0.1")
+        found = search(make_config("search", tmp_path / f"mu={mu}", overrides))["arch"]
         bits.append(found.equivalent_bits)
     assert bits[0] >= bits[1] >= bits[2]
     assert bits[0] > bits[2]
