@@ -24,6 +24,8 @@ def _run(script, *args, cwd):
         ("retrain.py", ["arch=missing.json"], "missing.json: no such file"),
         ("search.py", ["data=cifar10", "data.path=nowhere"], "nowhere not found"),
         ("search.py", ["space.abits=[2,7,9]"], "unsupported bit-width 9"),
+        ("search.py", ["mu=abc"], "mu must be a number, got 'abc'"),
+        ("retrain.py", [], "arch is required"),
     ],
 )
 def test_bad_input_ends_with_one_line(tmp_path, script, args, message):
