@@ -286,3 +286,9 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+if __name__ == "__main__":  # python -m edmips.arch: re-discretize a search's selectors
+    from edmips.rediscretize import main
+
+    main()
