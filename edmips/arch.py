@@ -12,8 +12,6 @@ message is one line naming the file and the problem.
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 from edmips import complexity
 from edmips.checks import ACTIVATION_BITS, WEIGHT_BITS
 from edmips.complexity import LayerCost
+from edmips.files import write_text_atomic
 from edmips.nn.layers import INPUT_BITS
 
 SCHEMA = 1
@@ -104,19 +103,7 @@ def uniform(model: str, costs: list[LayerCost], wbits: int, abits: int, **meta) 
 
 def save(arch: Arch, path: str | Path) -> Path:
     """Write atomically: a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = _dumps(arch.to_dict())  # before any file exists: a non-finite number raises here
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would differ from every other output
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return write_text_atomic(path, _dumps(arch.to_dict()))
 
 
 def load(path: str | Path, known_models=None) -> Arch:
@@ -280,12 +267,6 @@ def _non_finite(x, where="") -> str | None:
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not a finite number")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 if __name__ == "__main__":  # python -m edmips.arch: re-discretize a search's selectors

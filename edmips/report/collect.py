@@ -5,13 +5,13 @@ one `Run` per run found; `write_report(runs, out)` writes report.csv, report.md 
 """
 
 import csv
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from edmips import arch as arch_file
+from edmips import metrics as metrics_file
 from edmips.report.figures import plot_pareto
 
 log = logging.getLogger(__name__)
@@ -173,30 +173,26 @@ def _search_run(run_dir: Path) -> Run:
 
 
 def _retrain_run(run_dir: Path) -> Run:
-    path = run_dir / "metrics.json"
-    m = json.loads(path.read_text())
-    if not isinstance(m, dict):
-        raise ValueError("not a JSON object")
-    uniform = m.get("uniform")
-    if uniform:
-        budget = f"uniform W{uniform['wbits']}A{uniform['abits']}"
+    m = metrics_file.load(run_dir / "metrics.json")
+    if m.uniform:
+        budget = f"uniform W{m.uniform['wbits']}A{m.uniform['abits']}"
     else:
-        budget = _budget(m.get("target_bits"), m.get("target_bitops"), m.get("mu"))
+        budget = _budget(m.target_bits, None, m.mu)
     return Run(
         "retrain",
-        m["model"],
-        m.get("data"),
+        m.model,
+        m.data,
         budget,
-        m["equivalent_bits"],
-        m["bitops"],
-        m["weight_bits_total"] / MIB,
-        m.get("val_acc"),
-        m.get("test_acc"),
-        m.get("test_acc_integer"),
-        m.get("prediction_agreement"),
-        m.get("wall_time_s"),
+        m.equivalent_bits,
+        m.bitops,
+        m.weight_bits_total / MIB,
+        m.val_acc,
+        m.test_acc,
+        m.test_acc_integer,
+        m.prediction_agreement,
+        m.wall_time_s,
         str(run_dir),
-        uniform=bool(uniform),
+        uniform=bool(m.uniform),
     )
 
 

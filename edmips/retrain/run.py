@@ -7,7 +7,6 @@ lowered to the integer graph (bundle + QONNX) and the test split is run through 
 float64 fake-quantized reference and the integer runtime.
 """
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from omegaconf import DictConfig
 
 from edmips import arch as arch_file
 from edmips import checks, rundir
+from edmips import metrics as metrics_file
 from edmips.builders import build_datamodule, build_model, build_trainer, fast_path, measure
 from edmips.export import IntegerRuntime, export, image_codes, load_bundle, reference_copy
 from edmips.models import list_models
@@ -92,14 +92,17 @@ def integer_check(model, graph, loader, max_images: int | None = None) -> dict:
     """Accuracy of the float64 fake-quantized reference and of the integer runtime, and how
     often they predict the same class (on the first max_images test images; None: all)."""
     reference, integer = reference_copy(model), IntegerRuntime(graph)
-    correct_ref = correct_int = agree = total = 0
+    correct_ref = correct_ref5 = correct_int = agree = total = 0
     for x, y in loader:
         if max_images is not None:
             x, y = x[: max_images - total], y[: max_images - total]
         x, y = x.cpu(), y.cpu()
-        pred_ref = reference(x.double()).argmax(1)
+        logits = reference(x.double())
+        pred_ref = logits.argmax(1)
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         pred_int = integer(image_codes(x)).argmax(1)
         correct_ref += int((pred_ref == y).sum())
+        correct_ref5 += int((top5 == y[:, None]).any(1).sum())
         correct_int += int((pred_int == y).sum())
         agree += int((pred_ref == pred_int).sum())
         total += len(y)
@@ -107,6 +110,7 @@ def integer_check(model, graph, loader, max_images: int | None = None) -> dict:
             break
     return {
         "test_acc": correct_ref / total,
+        "test_acc_top5": correct_ref5 / total,
         "test_acc_integer": correct_int / total,
         "prediction_agreement": agree / total,
         "test_images": total,
@@ -134,8 +138,8 @@ def retrain(cfg: DictConfig) -> dict:
     )
     trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    val_acc = trainer.callback_metrics.get("val/acc")
-    metrics = {
+    val = {k: _maybe_float(trainer.callback_metrics.get(f"val/{k}")) for k in ("acc", "acc5")}
+    record = {
         "model": found.model,
         "data": datamodule.name,
         "arch": "uniform" if cfg.arch == "uniform" else str(to_absolute_path(str(cfg.arch))),
@@ -145,7 +149,8 @@ def retrain(cfg: DictConfig) -> dict:
         "equivalent_bits": found.equivalent_bits,
         "bitops": found.bitops,
         "weight_bits_total": found.weight_bits_total,
-        "val_acc": None if val_acc is None else float(val_acc),
+        "val_acc": val["acc"],
+        "val_acc_top5": val["acc5"],
     }
     if trainer.is_global_zero:
         out = Path(cfg.output_dir)
@@ -153,15 +158,22 @@ def retrain(cfg: DictConfig) -> dict:
         export(model, datamodule.input_size, out)
         graph = load_bundle(out / "integer")  # checked as written
         datamodule.setup("test")
-        metrics.update(
+        record.update(
             integer_check(model, graph, datamodule.test_dataloader(), cfg.integer_check_images)
         )
-        metrics["wall_time_s"] = time.perf_counter() - start
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        record["wall_time_s"] = time.perf_counter() - start
+    metrics = metrics_file.RetrainMetrics(**record)
+    if trainer.is_global_zero:
+        metrics_file.save(metrics, Path(cfg.output_dir) / "metrics.json")
         log.info(
-            "test acc %.4f, integer %.4f, agreement %.4f",
-            metrics["test_acc"],
-            metrics["test_acc_integer"],
-            metrics["prediction_agreement"],
+            "test acc %.4f (top-5 %.4f), integer %.4f, agreement %.4f",
+            metrics.test_acc,
+            metrics.test_acc_top5,
+            metrics.test_acc_integer,
+            metrics.prediction_agreement,
         )
-    return metrics
+    return metrics.to_dict()
+
+
+def _maybe_float(x) -> float | None:
+    return None if x is None else float(x)

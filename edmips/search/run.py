@@ -141,7 +141,11 @@ def search(cfg: DictConfig) -> dict:
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     val_acc = trainer.callback_metrics.get("val/acc")
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-    metrics = {"val_acc": None if val_acc is None else float(val_acc), "test_acc": test["test/acc"]}
+    metrics = {
+        "val_acc": None if val_acc is None else float(val_acc),
+        "test_acc": test["test/acc"],
+        "test_acc_top5": test["test/acc5"],
+    }
     metrics["wall_time_s"] = time.perf_counter() - start
     mode = "budget" if module.budget is not None else cfg.search.discretize
     found = current_arch(module, cfg, mode, **metrics)
