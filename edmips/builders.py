@@ -5,9 +5,9 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as L
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import RichProgressBar
-from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 
 from edmips import complexity
@@ -50,7 +50,7 @@ def build_trainer(cfg: DictConfig, callbacks=()) -> L.Trainer:
         cfg.trainer,
         precision=precision,
         default_root_dir=str(out),
-        logger=CSVLogger(str(out), name="", version="logs"),
+        logger=build_logger(cfg),
         callbacks=[
             StopOnDivergence(cfg.trainer.get("log_every_n_steps", 50)),
             *progress,
@@ -59,6 +59,17 @@ def build_trainer(cfg: DictConfig, callbacks=()) -> L.Trainer:
             *callbacks,
         ],
     )
+
+
+def build_logger(cfg: DictConfig):
+    """The `logger` group's logger (CSV by default); a missing optional package is one line."""
+    try:
+        return hydra.utils.instantiate(cfg.logger)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ImportError):
+            problem = str(e.__cause__).splitlines()[0]
+            raise ValueError(f"logger {cfg.logger._target_}: {problem}") from None
+        raise
 
 
 def measure(model: nn.Module, datamodule) -> list[complexity.LayerCost]:

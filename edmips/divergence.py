@@ -37,7 +37,13 @@ class StopOnDivergence(Callback):
         )
         if self.first_bad is None:
             self.first_bad = torch.full((len(WATCHED), 2), -1, dtype=torch.long, device=device)
-        where = torch.tensor([trainer.current_epoch, batch_idx], device=device)
+        # filled on the device: a tensor copied from the host would wait for the device
+        where = torch.stack(
+            [
+                torch.full((), i, dtype=torch.long, device=device)
+                for i in (trainer.current_epoch, batch_idx)
+            ]
+        )
         newly = (~finite & (self.first_bad[:, 0] < 0)).unsqueeze(1)
         self.first_bad = torch.where(newly, where, self.first_bad)
         if (batch_idx + 1) % self.check_every == 0:

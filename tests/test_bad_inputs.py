@@ -168,3 +168,13 @@ def test_bad_checkpoints_for_export(tmp_path):
             export_main(paths)
         assert "\n" not in str(e.value)
     assert _files(tmp_path) == ["full.ckpt", "list.ckpt", "out", "truncated.ckpt"]
+
+
+def test_a_logger_whose_package_is_missing(search_cfg, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        pytest.skip("tensorboard is installed")
+    with pytest.raises(ValueError, match=r"TensorBoardLogger: Neither `tensorboard` nor") as e:
+        search(search_cfg("logger=tensorboard"))
+    assert "\n" not in str(e.value) and _files(tmp_path) == []

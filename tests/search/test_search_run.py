@@ -36,6 +36,7 @@ def test_search_writes_a_valid_found_json_and_its_records(search_cfg, tmp_path):
     for png in ("bit_allocation.png", "selector_evolution.png", "complexity.png"):
         assert (tmp_path / png).stat().st_size > 10_000
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert (tmp_path / "logs" / "metrics.csv").exists()  # logger=csv, the default
 
 
 @pytest.mark.slow
