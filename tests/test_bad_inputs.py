@@ -178,3 +178,17 @@ def test_a_logger_whose_package_is_missing(search_cfg, tmp_path):
     with pytest.raises(ValueError, match=r"TensorBoardLogger: Neither `tensorboard` nor") as e:
         search(search_cfg("logger=tensorboard"))
     assert "\n" not in str(e.value) and _files(tmp_path) == []
+
+
+def test_only_this_package_s_own_errors_become_one_line(search_cfg):
+    from edmips.cli import one_line_errors
+
+    with pytest.raises(SystemExit, match="^error: mu must be"):
+        with one_line_errors():
+            search(search_cfg("mu=abc"))  # checks.ConfigError, raised here
+    with pytest.raises(ValueError, match="fieldnames"):  # a library's fault: its traceback stays
+        with one_line_errors():
+            import csv
+            import io
+
+            csv.DictWriter(io.StringIO(), ["a"]).writerow({"b": 1})
