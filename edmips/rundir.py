@@ -6,7 +6,9 @@ checkpoint>` continues the run in its directory with the configuration it starte
 A new run refuses a directory that already holds one: two runs never mix their files.
 """
 
+import logging
 import pickle
+import signal
 import zipfile
 from pathlib import Path
 
@@ -14,6 +16,9 @@ import pytorch_lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 FINAL = ("found.json", "metrics.json")  # written when a run has finished
@@ -74,6 +79,17 @@ def start(cfg: DictConfig, program: str) -> tuple[DictConfig, Path | None]:
         resumed.output_dir = str(run_dir)
         resumed.resume = str(ckpt)
     return resumed, ckpt
+
+
+def fit(trainer: L.Trainer, module, datamodule, resume_from: Path | None) -> None:
+    """trainer.fit; a SIGTERM (a cluster's time limit) ends the process with status 143 and
+    the way to continue, where Lightning would exit 0 as if the run had finished."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    except SIGTERMException:
+        run_dir = Path(trainer.default_root_dir)
+        log.error("stopped by SIGTERM: continue the run with resume=%s", run_dir)
+        raise SystemExit(128 + signal.SIGTERM) from None
 
 
 def checkpoint_path(source: Path) -> Path:

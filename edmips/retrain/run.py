@@ -137,7 +137,7 @@ def retrain(cfg: DictConfig) -> dict:
         network=network_spec(found, datamodule),
     )
     trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    rundir.fit(trainer, module, datamodule, resume_from)
     val = {k: _maybe_float(trainer.callback_metrics.get(f"val/{k}")) for k in ("acc", "acc5")}
     record = {
         "model": found.model,

@@ -138,7 +138,7 @@ def search(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build_search(cfg)
     trainer = build_trainer(cfg, callbacks=[ArchSnapshot(cfg)])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    rundir.fit(trainer, module, datamodule, resume_from)
     val_acc = trainer.callback_metrics.get("val/acc")
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     metrics = {
