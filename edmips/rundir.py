@@ -74,6 +74,7 @@ def start(cfg: DictConfig, program: str) -> tuple[DictConfig, Path | None]:
     for name in FINAL:
         if (run_dir / name).exists():
             raise ValueError(f"{run_dir / name} exists: that run has finished, nothing to resume")
+    log.info("resuming %s with the configuration it started with", ckpt)
     resumed = OmegaConf.create(stored["config"])
     with open_dict(resumed):
         resumed.output_dir = str(run_dir)

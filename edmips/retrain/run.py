@@ -123,6 +123,8 @@ def retrain(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     cfg, resume_from = rundir.start(cfg, "retrain")
     checks.check_retrain(cfg)
+    if cfg.arch != "uniform":  # absolute in the checkpoint: resume= works from any directory
+        cfg.arch = str(to_absolute_path(str(cfg.arch)))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     model, found = resolve_arch(cfg, datamodule)
@@ -142,7 +144,7 @@ def retrain(cfg: DictConfig) -> dict:
     record = {
         "model": found.model,
         "data": datamodule.name,
-        "arch": "uniform" if cfg.arch == "uniform" else str(to_absolute_path(str(cfg.arch))),
+        "arch": str(cfg.arch),  # "uniform" or the absolute path
         "uniform": {"wbits": cfg.wbits, "abits": cfg.abits} if cfg.arch == "uniform" else None,
         "target_bits": found.extra.get("target_bits"),
         "mu": found.mu,
