@@ -76,3 +76,16 @@ def test_a_diverging_search_exits_non_zero_without_found_json(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("error: training diverged: the loss")
     assert not (tmp_path / "found.json").exists()
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    dirs = []
+    for name in ("search", "search", "retrain", "retrain"):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(name, return_hydra_config=True)
+        dirs += [cfg.hydra.run.dir, cfg.hydra.sweep.dir]
+    assert len(set(dirs)) == len(dirs)  # microseconds in every name
