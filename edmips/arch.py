@@ -12,13 +12,15 @@ message is one line naming the file and the problem.
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 from edmips import complexity
+from edmips.checks import ACTIVATION_BITS, WEIGHT_BITS
 from edmips.complexity import LayerCost
+from edmips.files import write_text_atomic
+from edmips.nn.layers import INPUT_BITS
 
 SCHEMA = 1
 LAYER_KEYS = ("name", "type", "flops", "params", "wbits", "abits", "probs_w", "probs_a")
@@ -101,28 +103,22 @@ def uniform(model: str, costs: list[LayerCost], wbits: int, abits: int, **meta) 
 
 def save(arch: Arch, path: str | Path) -> Path:
     """Write atomically: a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(_dumps(arch.to_dict()))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return write_text_atomic(path, _dumps(arch.to_dict()))
 
 
 def load(path: str | Path, known_models=None) -> Arch:
     """Read and validate a file; `known_models` (names) rejects a model that does not exist."""
     path = Path(path)
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(), parse_constant=_reject_constant)
     except FileNotFoundError:
         raise ArchError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ArchError(f"{path}: a directory, not an arch file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArchError(f"{path}: not JSON ({e})") from None
+    except ValueError as e:  # NaN or Infinity
+        raise ArchError(f"{path}: {e}") from None
     return from_dict(d, str(path), known_models)
 
 
@@ -151,16 +147,28 @@ def from_dict(d, source: str = "arch", known_models=None) -> Arch:
         fail('\'space\' must be {"wbits": [ints], "abits": [ints]}')
     if not isinstance(d["layers"], list) or not d["layers"]:
         fail("'layers' must be a non-empty list")
+    bad = _non_finite(d)
+    if bad:
+        fail(f"{bad} is not a finite number")
     for i, layer in enumerate(d["layers"]):
         missing = [k for k in LAYER_KEYS if not isinstance(layer, dict) or k not in layer]
         if missing:
             fail(f"layer {i} lacks {', '.join(missing)}")
+        name = layer["name"]
+        for key in ("wbits", "abits", "flops", "params"):
+            if not _is_int(layer[key]) or layer[key] < 0:
+                fail(f"layer {name!r}: {key}={layer[key]!r} is not a non-negative integer")
+        for key in ("probs_w", "probs_a"):
+            probs = layer[key]
+            if not isinstance(probs, list) or not all(_is_number(p) and 0 <= p <= 1 for p in probs):
+                fail(f"layer {name!r}: {key} must be a list of probabilities")
         # A layer whose input arrives quantized (the image) has no activation choice: its
-        # single activation "candidate" is that input's bit-width, which the space need not hold.
-        kinds = ("wbits",) if len(layer["probs_a"]) == 1 else ("wbits", "abits")
-        for kind in kinds:
-            if layer[kind] not in space[kind]:
-                name, bits = layer["name"], layer[kind]
+        # activation bit-width is that input's, which the space need not hold (check_matches
+        # confirms against the model that the layer is such a layer).
+        for kind in ("wbits", "abits"):
+            allowed = [*space[kind], INPUT_BITS] if kind == "abits" else space[kind]
+            if layer[kind] not in allowed:
+                bits = layer[kind]
                 fail(f"layer {name!r}: {kind}={bits} is outside the space {space[kind]}")
     costs = [LayerCost(x["name"], x["type"], x["flops"], x["params"], 0, ()) for x in d["layers"]]
     rest = {k: v for k, v in d.items() if k not in (*DERIVED, "space", "layers", "model")}
@@ -179,8 +187,12 @@ def from_dict(d, source: str = "arch", known_models=None) -> Arch:
     return arch
 
 
-def check_matches(arch: Arch, model_name: str, costs: list[LayerCost], source="arch") -> None:
-    """The file must describe this model's searchable layers, in forward order."""
+def check_matches(
+    arch: Arch, model_name: str, costs: list[LayerCost], source="arch", quantized_inputs=()
+) -> None:
+    """The file must describe this model's searchable layers, in forward order, with the FLOPs
+    measured on the model at its real input size. `quantized_inputs` names the layers whose
+    input arrives quantized (the image): they, and only they, take INPUT_BITS activations."""
     if arch.model != model_name:
         raise ArchError(f"{source}: made for model {arch.model!r}, not {model_name!r}")
     names = [c.name for c in costs]
@@ -189,17 +201,75 @@ def check_matches(arch: Arch, model_name: str, costs: list[LayerCost], source="a
         raise ArchError(
             f"{source}: {len(got)} layers, but {model_name} has {len(names)} searchable layers"
         )
-    for want, have in zip(names, got):
-        if want != have:
-            raise ArchError(f"{source}: layer {have!r} where {model_name} has {want!r}")
+    for cost, layer in zip(costs, arch.layers):
+        if cost.name != layer.name:
+            raise ArchError(f"{source}: layer {layer.name!r} where {model_name} has {cost.name!r}")
+        if (cost.flops, cost.params) != (layer.flops, layer.params):
+            raise ArchError(
+                f"{source}: layer {layer.name!r} has {layer.flops} FLOPs and {layer.params} "
+                f"parameters, the model {cost.flops} and {cost.params} at input {cost.input_shape} "
+                "(searched at another input size?)"
+            )
+        if layer.wbits not in WEIGHT_BITS:
+            raise ArchError(
+                f"{source}: layer {layer.name!r}: wbits={layer.wbits}, but the integer export "
+                f"takes {WEIGHT_BITS}"
+            )
+        image_input = layer.name in quantized_inputs
+        if image_input and layer.abits != INPUT_BITS:
+            raise ArchError(
+                f"{source}: layer {layer.name!r}: its input is the {INPUT_BITS}-bit image, "
+                f"not abits={layer.abits}"
+            )
+        if not image_input and layer.abits not in ACTIVATION_BITS:
+            raise ArchError(
+                f"{source}: layer {layer.name!r}: abits={layer.abits}, but the integer export "
+                f"takes {ACTIVATION_BITS}"
+            )
+        if not image_input and layer.abits not in arch.space["abits"]:
+            raise ArchError(
+                f"{source}: layer {layer.name!r}: abits={layer.abits} is outside the space "
+                f"{arch.space['abits']}"
+            )
 
 
 def _dumps(d: dict) -> str:
     """JSON with one line per field and one line per layer: readable and diff-friendly."""
-    fields = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in d.items() if k != "layers"]
-    layers = [f"  {json.dumps(layer)}" for layer in d["layers"]]
+    dumps = partial(json.dumps, allow_nan=False)  # NaN and Infinity are not JSON
+    fields = [f" {dumps(k)}: {dumps(v)}" for k, v in d.items() if k != "layers"]
+    layers = [f"  {dumps(layer)}" for layer in d["layers"]]
     return "{\n" + ",\n".join(fields) + ',\n "layers": [\n' + ",\n".join(layers) + "\n ]\n}\n"
 
 
 def _int_list(x) -> bool:
-    return isinstance(x, list) and bool(x) and all(isinstance(v, int) and v > 0 for v in x)
+    return isinstance(x, list) and bool(x) and all(_is_int(v) and v > 0 for v in x)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _non_finite(x, where="") -> str | None:
+    """The path of the first non-finite number inside x, or None."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return repr(where or "value")
+    items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
+    for key, value in items:
+        found = _non_finite(value, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a finite number")
+
+
+if __name__ == "__main__":  # python -m edmips.arch: re-discretize a search's selectors
+    from edmips.rediscretize import main
+
+    main()

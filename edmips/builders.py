@@ -5,12 +5,14 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as L
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.callbacks import RichProgressBar
 from torch import nn
 
 from edmips import complexity
+from edmips.divergence import StopOnDivergence
+from edmips.rundir import StoreConfig, epoch_checkpoint
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
@@ -57,6 +59,8 @@ def compile_mode(setting, cfg: DictConfig) -> str | None:
 
 
 def build_trainer(cfg: DictConfig, callbacks=()) -> L.Trainer:
+    """The Trainer of a run: stops on divergence (before the epoch's outputs are written),
+    checkpoints every epoch with the run's configuration inside."""
     out = Path(cfg.output_dir)
     precision = "bf16-mixed" if fast_path(cfg) else cfg.trainer.get("precision", "32-true")
     progress = [RichProgressBar(leave=True)] if cfg.trainer.get("enable_progress_bar", True) else []
@@ -64,13 +68,26 @@ def build_trainer(cfg: DictConfig, callbacks=()) -> L.Trainer:
         cfg.trainer,
         precision=precision,
         default_root_dir=str(out),
-        logger=CSVLogger(str(out), name="", version="logs"),
+        logger=build_logger(cfg),
         callbacks=[
+            StopOnDivergence(cfg.trainer.get("log_every_n_steps", 50)),
             *progress,
-            ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0),
+            epoch_checkpoint(out),
+            StoreConfig(cfg, "search" if "search" in cfg else "retrain"),
             *callbacks,
         ],
     )
+
+
+def build_logger(cfg: DictConfig):
+    """The `logger` group's logger (CSV by default); a missing optional package is one line."""
+    try:
+        return hydra.utils.instantiate(cfg.logger)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ImportError):
+            problem = str(e.__cause__).splitlines()[0]
+            raise ValueError(f"logger {cfg.logger._target_}: {problem}") from None
+        raise
 
 
 def measure(model: nn.Module, datamodule) -> list[complexity.LayerCost]:

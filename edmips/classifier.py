@@ -41,25 +41,34 @@ class Classifier(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = self.train_acc.clone()
         self.test_acc = self.train_acc.clone()
+        top5 = MulticlassAccuracy(
+            num_classes, top_k=min(5, num_classes), average="micro", validate_args=False
+        )
+        self.val_acc5, self.test_acc5 = top5, top5.clone()
 
     def forward(self, x: Tensor) -> Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.forward_fn(x)
 
-    def _eval_step(self, batch, metric, prefix: str) -> None:
+    def _eval_step(self, batch, metric, metric5, prefix: str) -> None:
         x, y = batch
         logits = self(x)
         metric(logits, y)
+        metric5(logits, y)
         self.log_dict(
-            {f"{prefix}/loss": F.cross_entropy(logits, y), f"{prefix}/acc": metric},
+            {
+                f"{prefix}/loss": F.cross_entropy(logits, y),
+                f"{prefix}/acc": metric,
+                f"{prefix}/acc5": metric5,
+            },
             on_epoch=True,
             prog_bar=prefix == "val",
             sync_dist=True,
         )
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_acc, "val")
+        self._eval_step(batch, self.val_acc, self.val_acc5, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_acc, "test")
+        self._eval_step(batch, self.test_acc, self.test_acc5, "test")

@@ -2,15 +2,28 @@
 
 import os
 from contextlib import contextmanager
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
 
 
 @contextmanager
 def one_line_errors():
-    """A bad config value, arch file or dataset path (ValueError, FileNotFoundError) stops the
-    run with `error: <what is wrong>` and exit status 1. HYDRA_FULL_ERROR=1 shows the traceback."""
+    """A bad config value, arch file, dataset or checkpoint (a ValueError or FileNotFoundError
+    raised by this package's own checks) stops the run with `error: <what is wrong>` and exit
+    status 1. The same errors raised inside a library are faults, not bad input: they keep
+    their traceback, as they do everywhere with HYDRA_FULL_ERROR=1."""
     try:
         yield
     except (ValueError, FileNotFoundError) as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not _raised_here(e):
             raise
         raise SystemExit(f"error: {e}") from None
+
+
+def _raised_here(e: BaseException) -> bool:
+    """Whether the innermost Python frame of e's traceback is in this package."""
+    tb, innermost = e.__traceback__, None
+    while tb is not None:
+        innermost, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    return innermost is not None and Path(innermost).resolve().is_relative_to(PACKAGE)

@@ -24,6 +24,8 @@ def _run(script, *args, cwd):
         ("retrain.py", ["arch=missing.json"], "missing.json: no such file"),
         ("search.py", ["data=cifar10", "data.path=nowhere"], "nowhere not found"),
         ("search.py", ["space.abits=[2,7,9]"], "unsupported bit-width 9"),
+        ("search.py", ["mu=abc"], "mu must be a number, got 'abc'"),
+        ("retrain.py", [], "arch is required"),
     ],
 )
 def test_bad_input_ends_with_one_line(tmp_path, script, args, message):
@@ -39,3 +41,19 @@ def test_a_malformed_arch_file_is_named(tmp_path):
     done = _run("retrain.py", "arch=found.json", cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].endswith("found.json: missing 'space'")
+
+
+@pytest.mark.parametrize(
+    "script,knobs",
+    [
+        ("search.py", ["mu=", "target_bits=", "space.wbits=", "search.discretize=", "resume="]),
+        ("retrain.py", ["arch=", "arch=uniform", "experiment=", "resume="]),
+    ],
+)
+def test_help_opens_with_what_the_command_does_and_its_knobs(script, knobs):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.startswith(f"{script}: ")
+    head = done.stdout.split("== Configuration groups ==")[0]
+    assert all(knob in head for knob in knobs)

@@ -3,6 +3,7 @@
 import os
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +50,32 @@ def load_npz(path: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     out = []
     with data:
         for split in ("train", "test"):
-            blob = torch.from_numpy(data[f"{split}_jpeg"])
-            offsets = data[f"{split}_offsets"].tolist()
-            files = [blob[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-            # One batched call: torchvision decodes a list far faster than image by image.
-            images = torch.stack(decode_jpeg(files, mode=ImageReadMode.RGB))
-            out += [images, torch.from_numpy(data[f"{split}_labels"].astype(np.int64))]
+            try:
+                blob = torch.from_numpy(data[f"{split}_jpeg"])
+                offsets = data[f"{split}_offsets"].tolist()
+                labels = torch.from_numpy(data[f"{split}_labels"].astype(np.int64))
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+                problem = f"is damaged ({split}: {str(err).splitlines()[0]})"
+                raise ValueError(_message(path, problem)) from None
+            files = [blob[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=False)]
+            try:
+                # One batched call: torchvision decodes a list far faster than image by image.
+                images = torch.stack(decode_jpeg(files, mode=ImageReadMode.RGB))
+            except RuntimeError as err:
+                problem = f"holds a {split} image that is not a readable 32x32 JPEG ({err})"
+                raise ValueError(_message(path, problem.splitlines()[0])) from None
+            _check_split(path, split, images, labels)
+            out += [images, labels]
     return tuple(out)
+
+
+def _check_split(path: Path, split: str, images: Tensor, labels: Tensor) -> None:
+    if images.shape[1:] != (3, 32, 32) or len(images) != len(labels):
+        problem = f"has {split} images {tuple(images.shape)} for {len(labels)} labels"
+        raise ValueError(_message(path, problem))
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < 10:
+        problem = f"has {split} labels outside 0-9 ({int(labels.min())}..{int(labels.max())})"
+        raise ValueError(_message(path, problem))
 
 
 def load_folder(folder: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -65,7 +65,9 @@ class InMemoryDataModule(pl.LightningDataModule):
         if not self.splits:
             raise RuntimeError(f"{self.name}: call setup() before asking for a dataloader")
         rank, world_size = self._rank()
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        # Epochs already trained: on resume Lightning builds the loaders before it advances
+        # current_epoch past the checkpoint's epoch, but `processed` already counts it.
+        epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer else 0
         return TensorLoader(
             *self.splits[split],
             self.batch_size if train else self.eval_batch_size,

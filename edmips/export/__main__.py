@@ -9,27 +9,20 @@ classes, the data statistics and input size), so the checkpoint alone is enough.
 
 import argparse
 import logging
-import pickle
 from pathlib import Path
 
-import torch
-
 from edmips import arch as arch_file
-from edmips import complexity
+from edmips import complexity, rundir
 from edmips.cli import one_line_errors
 from edmips.export import export
 from edmips.models import create_model
 from edmips.nn import to_fixed
 
 
-def load_retrained(checkpoint: Path):
-    """The trained fixed-bit network of a retrain checkpoint, and its input size."""
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
-    try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, EOFError, RuntimeError) as e:  # not a torch file at all
-        raise ValueError(f"{checkpoint}: not a checkpoint ({e})") from None
+def load_retrained(source: Path):
+    """The trained fixed-bit network of a retrain run dir or checkpoint, and its input size."""
+    checkpoint = rundir.checkpoint_path(source)
+    ckpt = rundir.load_checkpoint(checkpoint)
     spec = ckpt.get("edmips_network")
     if spec is None:
         raise ValueError(f"{checkpoint}: not a retrain checkpoint (no network description)")
@@ -60,10 +53,12 @@ def main(argv=None) -> list[Path]:
     parser.add_argument("--out", type=Path, help="default: the run dir")
     args = parser.parse_args(argv)
     run_dir = args.source if args.source.is_dir() else args.source.parent.parent
-    checkpoint = run_dir / "checkpoints" / "last.ckpt" if args.source.is_dir() else args.source
+    out = args.out or run_dir
     with one_line_errors():
-        model, input_size = load_retrained(checkpoint)
-        paths = export(model, input_size, args.out or run_dir)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out}: a file, not a directory")
+        model, input_size = load_retrained(args.source)
+        paths = export(model, input_size, out)
     for path in paths:
         print(path)
     return paths

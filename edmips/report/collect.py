@@ -7,7 +7,6 @@ over seeds) and pareto.png.
 """
 
 import csv
-import json
 import logging
 import math
 import os
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edmips import arch as arch_file
+from edmips import metrics as metrics_file
 from edmips.report.figures import plot_pareto
 
 log = logging.getLogger(__name__)
@@ -232,33 +232,29 @@ def _search_run(run_dir: Path) -> Run:
 
 
 def _retrain_run(run_dir: Path) -> Run:
-    path = run_dir / "metrics.json"
-    m = json.loads(path.read_text())
-    if not isinstance(m, dict):
-        raise ValueError("not a JSON object")
-    uniform = m.get("uniform")
-    network = m.get("kind") or ("uniform" if uniform else "searched")
+    m = metrics_file.load(run_dir / "metrics.json")
+    network = "uniform" if m.uniform else m.kind  # files older than `kind` name uniform only
     if network not in NETWORKS:
         raise ValueError(f"unknown network kind {network!r}")
-    if uniform:
-        budget = f"uniform W{uniform['wbits']}A{uniform['abits']}"
-        budget_bits = math.sqrt(uniform["wbits"] * uniform["abits"])
+    if m.uniform:
+        budget = f"uniform W{m.uniform['wbits']}A{m.uniform['abits']}"
+        budget_bits = math.sqrt(m.uniform["wbits"] * m.uniform["abits"])
     else:
-        budget = _budget(m.get("target_bits"), m.get("target_bitops"), m.get("mu"))
-        budget_bits = m.get("target_bits")
+        budget = _budget(m.target_bits, None, m.mu)
+        budget_bits = m.target_bits
     return Run(
         "retrain",
-        m["model"],
-        m.get("data"),
+        m.model,
+        m.data,
         budget,
-        m["equivalent_bits"],
-        m["bitops"],
-        m["weight_bits_total"] / MIB,
-        m.get("val_acc"),
-        m.get("test_acc"),
-        m.get("test_acc_integer"),
-        m.get("prediction_agreement"),
-        m.get("wall_time_s"),
+        m.equivalent_bits,
+        m.bitops,
+        m.weight_bits_total / MIB,
+        m.val_acc,
+        m.test_acc,
+        m.test_acc_integer,
+        m.prediction_agreement,
+        m.wall_time_s,
         str(run_dir),
         network=network,
         budget_bits=budget_bits,

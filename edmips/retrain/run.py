@@ -8,7 +8,6 @@ lowered to the integer graph (bundle + QONNX) and the test split is run through 
 float64 fake-quantized reference and the integer runtime.
 """
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ from omegaconf import DictConfig
 from torch import fx
 
 from edmips import arch as arch_file
+from edmips import checks, rundir
+from edmips import metrics as metrics_file
 from edmips.builders import (
     build_datamodule,
     build_model,
@@ -59,7 +60,8 @@ def resolve_arch(cfg: DictConfig, datamodule):
         in_file = {layer.name for layer in found.layers}
         names = default_searched(model, first not in in_file, last not in in_file)
         costs = [c for c in measure(model, datamodule) if c.name in names]
-        arch_file.check_matches(found, found.model, costs, source=str(path))
+        image_input = {n for n in names if model.get_submodule(n).abits is None}
+        arch_file.check_matches(found, found.model, costs, str(path), image_input)
         if cfg.init == "search":
             _load_search_weights(model, found, path)
     to_fixed(model, found.bits())
@@ -112,7 +114,7 @@ def network_spec(found: arch_file.Arch, datamodule) -> dict:
 
 
 def _load_search_weights(model, found: arch_file.Arch, path: Path) -> None:
-    ckpt = path.parent / "checkpoints" / "last.ckpt"
+    ckpt = path.parent / rundir.CHECKPOINT
     if not ckpt.exists():
         raise FileNotFoundError(f"init=search: no search checkpoint at {ckpt}")
     names = [layer.name for layer in found.layers]
@@ -123,7 +125,7 @@ def _load_search_weights(model, found: arch_file.Arch, path: Path) -> None:
         found.space["abits"],
         shared=found.extra.get("shared_weights", True),
     )
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = rundir.load_checkpoint(ckpt)["state_dict"]
     model.load_state_dict(
         {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     )
@@ -134,14 +136,17 @@ def integer_check(model, graph, loader, max_images: int | None = None) -> dict:
     """Accuracy of the float64 fake-quantized reference and of the integer runtime, and how
     often they predict the same class (on the first max_images test images; None: all)."""
     reference, integer = reference_copy(model), IntegerRuntime(graph)
-    correct_ref = correct_int = agree = total = 0
+    correct_ref = correct_ref5 = correct_int = agree = total = 0
     for x, y in loader:
         if max_images is not None:
             x, y = x[: max_images - total], y[: max_images - total]
         x, y = x.cpu(), y.cpu()
-        pred_ref = reference(x.double()).argmax(1)
+        logits = reference(x.double())
+        pred_ref = logits.argmax(1)
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         pred_int = integer(image_codes(x)).argmax(1)
         correct_ref += int((pred_ref == y).sum())
+        correct_ref5 += int((top5 == y[:, None]).any(1).sum())
         correct_int += int((pred_int == y).sum())
         agree += int((pred_ref == pred_int).sum())
         total += len(y)
@@ -149,18 +154,21 @@ def integer_check(model, graph, loader, max_images: int | None = None) -> dict:
             break
     return {
         "test_acc": correct_ref / total,
+        "test_acc_top5": correct_ref5 / total,
         "test_acc_integer": correct_int / total,
         "prediction_agreement": agree / total,
         "test_images": total,
     }
 
 
-def _write_metrics(out: Path, metrics: dict) -> None:
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-
-
 def retrain(cfg: DictConfig) -> dict:
+    """Train, export and check; `resume=<run dir or checkpoint>` continues a run in its
+    directory with its configuration."""
     start = time.perf_counter()
+    cfg, resume_from = rundir.start(cfg, "retrain")
+    checks.check_retrain(cfg)
+    if cfg.arch not in BASELINES:  # absolute in the checkpoint: resume= works from any directory
+        cfg.arch = str(to_absolute_path(str(cfg.arch)))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     model, found = resolve_arch(cfg, datamodule)
@@ -175,41 +183,50 @@ def retrain(cfg: DictConfig) -> dict:
         network=network_spec(found, datamodule),
     )
     trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule)
-    val_acc = trainer.callback_metrics.get("val/acc")
-    metrics = {
+    rundir.fit(trainer, module, datamodule, resume_from)
+    val = {k: _maybe_float(trainer.callback_metrics.get(f"val/{k}")) for k in ("acc", "acc5")}
+    record = {
         "model": found.model,
         "data": datamodule.name,
         "kind": arch_kind(cfg),
         "seed": cfg.seed,
-        "arch": cfg.arch if cfg.arch in BASELINES else str(to_absolute_path(str(cfg.arch))),
+        "arch": str(cfg.arch),  # "uniform", "random" or the absolute path
         "uniform": {"wbits": cfg.wbits, "abits": cfg.abits} if cfg.arch == "uniform" else None,
         "target_bits": found.extra.get("target_bits"),
         "mu": found.mu,
         "equivalent_bits": found.equivalent_bits,
         "bitops": found.bitops,
         "weight_bits_total": found.weight_bits_total,
-        "val_acc": None if val_acc is None else float(val_acc),
+        "val_acc": val["acc"],
+        "val_acc_top5": val["acc5"],
     }
     if trainer.is_global_zero:
         out = Path(cfg.output_dir)
         arch_file.save(found, out / "arch.json")
-        metrics["wall_time_s"] = time.perf_counter() - start
-        _write_metrics(out, metrics)  # the training's figures stand even if export fails
+        record["wall_time_s"] = time.perf_counter() - start
+        # the training's figures stand even if the export fails
+        metrics_file.save(metrics_file.RetrainMetrics(**record), out / "metrics.json")
         export(model, datamodule.input_size, out)
         datamodule.setup("test")
         loader, images = datamodule.test_dataloader(), cfg.integer_check_images
         if isinstance(model, fx.GraphModule):  # exported as ONNX from the traced graph
-            metrics.update(onnx_check(model, out / "model_qdq.onnx", loader, images))
+            record.update(onnx_check(model, out / "model_qdq.onnx", loader, images))
         else:
             graph = load_bundle(out / "integer")  # checked as written
-            metrics.update(integer_check(model, graph, loader, images))
-        metrics["wall_time_s"] = time.perf_counter() - start
-        _write_metrics(out, metrics)
+            record.update(integer_check(model, graph, loader, images))
+        record["wall_time_s"] = time.perf_counter() - start
+    metrics = metrics_file.RetrainMetrics(**record)
+    if trainer.is_global_zero:
+        metrics_file.save(metrics, Path(cfg.output_dir) / "metrics.json")
         log.info(
-            "test acc %.4f, integer %.4f, agreement %.4f",
-            metrics["test_acc"],
-            metrics["test_acc_integer"],
-            metrics["prediction_agreement"],
+            "test acc %.4f (top-5 %.4f), integer %.4f, agreement %.4f",
+            metrics.test_acc,
+            metrics.test_acc_top5,
+            metrics.test_acc_integer,
+            metrics.prediction_agreement,
         )
-    return metrics
+    return metrics.to_dict()
+
+
+def _maybe_float(x) -> float | None:
+    return None if x is None else float(x)

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
 from edmips import arch as arch_file
-from edmips import complexity
+from edmips import checks, complexity, rundir
 from edmips.builders import (
     build_datamodule,
     build_model,
@@ -137,15 +137,22 @@ class ArchSnapshot(Callback):
 
 
 def search(cfg: DictConfig) -> dict:
-    """Run one search; returns its metrics and writes found.json into cfg.output_dir."""
+    """Run one search; returns its metrics and writes found.json into cfg.output_dir.
+    `resume=<run dir or checkpoint>` continues a run, in its directory, with its configuration."""
     start = time.perf_counter()
+    cfg, resume_from = rundir.start(cfg, "search")
+    checks.check_search(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build_search(cfg)
     trainer = build_trainer(cfg, callbacks=[ArchSnapshot(cfg)])
-    trainer.fit(module, datamodule=datamodule)
+    rundir.fit(trainer, module, datamodule, resume_from)
     val_acc = trainer.callback_metrics.get("val/acc")
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-    metrics = {"val_acc": None if val_acc is None else float(val_acc), "test_acc": test["test/acc"]}
+    metrics = {
+        "val_acc": None if val_acc is None else float(val_acc),
+        "test_acc": test["test/acc"],
+        "test_acc_top5": test["test/acc5"],
+    }
     metrics["wall_time_s"] = time.perf_counter() - start
     mode = "budget" if module.budget is not None else cfg.search.discretize
     found = current_arch(module, cfg, mode, **metrics)

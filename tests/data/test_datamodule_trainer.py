@@ -69,8 +69,13 @@ def test_fit_validate_test_on_cpu_trainer(tmp_path):
 
 def fake_trainer(rank, world_size, epoch=0):
     strategy = SimpleNamespace(root_device=torch.device("cpu"))
+    # epochs already trained, as Lightning counts them (also right after a resume)
+    progress = SimpleNamespace(current=SimpleNamespace(processed=epoch))
     return SimpleNamespace(
-        strategy=strategy, global_rank=rank, world_size=world_size, current_epoch=epoch
+        strategy=strategy,
+        global_rank=rank,
+        world_size=world_size,
+        fit_loop=SimpleNamespace(epoch_progress=progress),
     )
 
 

@@ -1,0 +1,93 @@
+"""The configuration values a run depends on, checked before anything is built or trained.
+
+The config stays open (recipes may add keys); these checks cover the values the code reads,
+so a wrong type or range is one line naming the key, never a traceback mid-run.
+"""
+
+import math
+from pathlib import Path
+
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from edmips.quant import GAUSS_STEPS, HWGQ_STEPS
+
+# Bit-widths the whole pipeline takes (search, retrain and the integer export).
+WEIGHT_BITS = sorted(GAUSS_STEPS)
+ACTIVATION_BITS = sorted(HWGQ_STEPS)
+
+
+class ConfigError(ValueError):
+    """A configuration value of the wrong type or outside its range."""
+
+
+def check_search(cfg: DictConfig) -> None:
+    _check_common(cfg)
+    _number(cfg, "mu", minimum=0)
+    _number(cfg, "target_bits", minimum=0, optional=True)
+    _number(cfg, "target_bitops", minimum=0, optional=True)
+    _number(cfg, "search.trials", minimum=1, integer=True)
+    _number(cfg, "search.alpha_init", minimum=0)
+    for kind, supported in (("wbits", WEIGHT_BITS), ("abits", ACTIVATION_BITS)):
+        _bit_list(cfg, f"space.{kind}", supported)
+
+
+def check_retrain(cfg: DictConfig) -> None:
+    _check_common(cfg)
+    if OmegaConf.is_missing(cfg, "arch") or cfg.arch in (None, ""):
+        raise ConfigError(
+            "arch is required: arch=<path to a found.json>, arch=uniform or arch=random"
+        )
+    if cfg.arch == "uniform":
+        _bits(cfg, "wbits", WEIGHT_BITS)
+        _bits(cfg, "abits", ACTIVATION_BITS)
+    elif cfg.arch == "random":
+        if OmegaConf.select(cfg, "target_bits") is None:
+            raise ConfigError("arch=random needs a budget: add target_bits=B")
+        _number(cfg, "target_bits", minimum=0)
+    else:
+        path = Path(to_absolute_path(str(cfg.arch)))
+        if path.is_dir():
+            raise ConfigError(f"arch={cfg.arch}: a directory; name its found.json")
+    _number(cfg, "integer_check_images", minimum=1, integer=True, optional=True)
+
+
+def _check_common(cfg: DictConfig) -> None:
+    _number(cfg, "seed", integer=True)
+    _number(cfg, "trainer.max_epochs", minimum=1, integer=True)
+    for key in ("space.skip_first", "space.skip_last", "fast"):
+        if not isinstance(OmegaConf.select(cfg, key), bool):
+            raise ConfigError(f"{key} must be true or false, got {OmegaConf.select(cfg, key)!r}")
+
+
+def _number(cfg, key, minimum=None, integer=False, optional=False) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None and optional:
+        return
+    kind = "an integer" if integer else "a number"
+    is_number = isinstance(value, int) or (not integer and isinstance(value, float))
+    if isinstance(value, bool) or not is_number or not math.isfinite(value):
+        raise ConfigError(f"{key} must be {kind}, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+
+
+def _bits(cfg, key, supported) -> None:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value not in supported:
+        raise ConfigError(f"{key}: unsupported bit-width {value!r}, choose from {supported}")
+
+
+def _bit_list(cfg, key, supported) -> None:
+    values = OmegaConf.select(cfg, key)
+    values = list(values) if OmegaConf.is_list(values) else values
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{key} must be a non-empty list of bit-widths, got {values!r}")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or value not in supported:
+            raise ConfigError(
+                f"{key}: unsupported bit-width {value!r}, choose from {supported}"
+                + (" (32, full precision, cannot be exported to integers)" if value == 32 else "")
+            )
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{key} lists a bit-width twice: {values}")

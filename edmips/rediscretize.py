@@ -1,0 +1,106 @@
+"""Any epoch's selectors of a finished search, discretized again, as an architecture file.
+
+    python -m edmips.arch <search run dir> --epoch N --discretize MODE [--target-bits B] --out F
+
+The paper takes the architecture of an earlier epoch (its epoch 15) or samples several from
+the same selectors; history.json holds every epoch's selector probabilities, so neither needs a
+new search. MODE: argmax | categorical | multinomial (with --trials) | budget (the most
+probable architecture within 1% of --target-bits, by default the search's own target).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from edmips import arch as arch_file
+from edmips.cli import one_line_errors
+from edmips.complexity import LayerCost
+from edmips.nn.layers import INPUT_BITS
+from edmips.search.budget import closest_to_budget
+from edmips.search.discretize import MODES, discretize
+
+
+def rediscretize(
+    run_dir: Path,
+    epoch: int,
+    mode: str,
+    target_bits: float | None = None,
+    trials: int = 100,
+    seed: int = 0,
+) -> arch_file.Arch:
+    """The architecture `mode` derives from the selectors after `epoch` epochs (0: the start)."""
+    if mode not in (*MODES, "budget"):
+        raise ValueError(f"unknown discretization {mode!r}: choose from {', '.join(MODES)}, budget")
+    found = arch_file.load(run_dir / "found.json")
+    history_path = run_dir / "history.json"
+    if not history_path.is_file():
+        raise FileNotFoundError(f"{history_path}: no such file (not a finished search run?)")
+    history = {entry["epoch"]: entry for entry in json.loads(history_path.read_text())}
+    if epoch not in history:
+        raise ValueError(
+            f"{history_path}: no epoch {epoch} (it has {min(history)}..{max(history)})"
+        )
+    entry = history[epoch]
+    pw = [torch.tensor(p) for p in entry["probs_w"]]
+    pa = [torch.tensor(p) for p in entry["probs_a"]]
+    wspace = [tuple(found.space["wbits"])] * len(pw)
+    # A layer whose input is the image has one activation "candidate": the image's bits.
+    aspace = [tuple(found.space["abits"]) if len(p) > 1 else (INPUT_BITS,) for p in pa]
+    costs = [LayerCost(x.name, x.type, x.flops, x.params, 0, ()) for x in found.layers]
+    target = found.extra.get("target_bits") if target_bits is None else target_bits
+    if mode == "budget":
+        if target is None:
+            raise ValueError("--discretize budget needs --target-bits (the search had no target)")
+        flops = [c.flops for c in costs]
+        wbits, abits = closest_to_budget(pw, pa, wspace, aspace, flops, target)
+    else:
+        wbits = discretize(pw, wspace, mode, trials, seed)
+        abits = discretize(pa, aspace, mode, trials, seed + 1)
+    return arch_file.build(
+        found.model,
+        found.space,
+        costs,
+        wbits,
+        abits,
+        entry["probs_w"],
+        entry["probs_a"],
+        mu=found.mu,
+        final_mu=entry["mu"],
+        data=found.data,
+        val_acc=entry["val_acc"],
+        discretization=mode,
+        epoch=epoch,
+        expected_bits=entry["expected_bits"],
+        target_bits=target if mode == "budget" else None,
+        searched_in=str(run_dir),
+        shared_weights=found.extra.get("shared_weights", True),
+    )
+
+
+def main(argv=None) -> Path:
+    parser = argparse.ArgumentParser(
+        prog="python -m edmips.arch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", type=Path, help="a search run directory")
+    parser.add_argument("--epoch", type=int, required=True, help="epochs trained (0: the start)")
+    parser.add_argument("--discretize", default="argmax", choices=(*MODES, "budget"))
+    parser.add_argument("--target-bits", type=float, help="budget: the equivalent bit-width")
+    parser.add_argument("--trials", type=int, default=100, help="multinomial: draws per layer")
+    parser.add_argument("--seed", type=int, default=0, help="categorical, multinomial")
+    parser.add_argument("--out", type=Path, required=True, help="the architecture file to write")
+    args = parser.parse_args(argv)
+    with one_line_errors():
+        if args.out.exists():
+            raise ValueError(f"--out {args.out}: exists; choose a new file")
+        if args.trials < 1:
+            raise ValueError(f"--trials must be >= 1, got {args.trials}")
+        found = rediscretize(
+            args.run_dir, args.epoch, args.discretize, args.target_bits, args.trials, args.seed
+        )
+        path = arch_file.save(found, args.out)
+    print(f"{path}: {found.equivalent_bits:.3f} equivalent bits")
+    return path

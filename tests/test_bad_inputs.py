@@ -1,0 +1,194 @@
+"""Bad input of every kind (config values, arch files, data files, checkpoints) ends before
+training with one line naming the problem, and writes nothing."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edmips import arch, complexity
+from edmips.data import CIFAR10DataModule
+from edmips.export.__main__ import main as export_main
+from edmips.models import create_model
+from edmips.nn import default_searched
+from edmips.retrain.run import retrain
+from edmips.search.run import search
+
+
+def _files(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("mu=abc", "mu must be a number, got 'abc'"),
+        ("target_bits=[2]", "target_bits must be a number"),
+        ("seed=1.5", "seed must be an integer, got 1.5"),
+        ("trainer.max_epochs=0", "trainer.max_epochs must be >= 1, got 0"),
+        ("search.trials=0", "search.trials must be >= 1, got 0"),
+        ("space.wbits=[]", "space.wbits must be a non-empty list of bit-widths"),
+        ("space.wbits=[2,32]", "unsupported bit-width 32, choose from [1, 2, 3, 4, 5, 6, 7, 8]"),
+        ("space.abits=[2,2.5]", "space.abits: unsupported bit-width 2.5"),
+        ("space.abits=[3,2,3]", "space.abits lists a bit-width twice: [3, 2, 3]"),
+        ("space.skip_first=maybe", "space.skip_first must be true or false"),
+    ],
+)
+def test_bad_search_config(search_cfg, tmp_path, override, message):
+    with pytest.raises(ValueError) as e:
+        search(search_cfg(override))
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert _files(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ((), "arch is required: arch=<path to a found.json>, arch=uniform or arch=random"),
+        (("arch=uniform", "wbits=2.5"), "wbits: unsupported bit-width 2.5"),
+        (("arch=uniform", "abits=true"), "abits: unsupported bit-width True"),
+        (("arch=uniform", "wbits=32"), "wbits: unsupported bit-width 32"),
+        (("arch=uniform", "trainer.max_epochs=0"), "trainer.max_epochs must be >= 1"),
+        (("arch=uniform", "integer_check_images=0"), "integer_check_images must be >= 1"),
+    ],
+)
+def test_bad_retrain_config(retrain_cfg, tmp_path, overrides, message):
+    with pytest.raises(ValueError) as e:
+        retrain(retrain_cfg(*overrides))
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert _files(tmp_path) == []
+
+
+def _tiny_arch(input_size=(3, 32, 32)) -> dict:
+    model = create_model("resnet_tiny", num_classes=10)
+    names = default_searched(model)
+    costs = [c for c in complexity.measure(model, input_size) if c.name in names]
+    probs_w, probs_a = [[0.1, 0.2, 0.3, 0.4]] * len(costs), [[0.2, 0.3, 0.5]] * len(costs)
+    found = arch.build(
+        "resnet_tiny",
+        {"wbits": [1, 2, 3, 4], "abits": [2, 3, 4]},
+        costs,
+        [4] * len(costs),
+        [4] * len(costs),
+        probs_w,
+        probs_a,
+        mu=0.01,
+    )
+    d = found.to_dict()
+    del d["bitops"]  # recomputed on reading; left out so that edits of the layers stay valid
+    return d
+
+
+def _layer(d, **changes) -> dict:
+    d["layers"][1].update(changes)
+    return d
+
+
+def _space(d, wbits) -> dict:
+    d["space"]["wbits"] = wbits
+    return _layer(d, wbits=32)
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (lambda: _layer(_tiny_arch(), wbits=2.5), "wbits=2.5 is not a non-negative integer"),
+        (lambda: _layer(_tiny_arch(), wbits=True), "wbits=True is not a non-negative integer"),
+        (lambda: _layer(_tiny_arch(), flops=-5), "flops=-5 is not a non-negative integer"),
+        (lambda: _layer(_tiny_arch(), flops=float("nan")), "NaN is not a finite number"),
+        (lambda: {**_tiny_arch(), "mu": float("inf")}, "Infinity is not a finite number"),
+        (lambda: _layer(_tiny_arch(), probs_w=[0.5, "x"]), "probs_w must be a list of prob"),
+        (lambda: _layer(_tiny_arch(), abits=7, probs_a=[1.0]), "abits=7 is outside the space"),
+        (lambda: _layer(_tiny_arch(), abits=8), "abits=8 is outside the space [2, 3, 4]"),
+        (lambda: _tiny_arch((3, 16, 16)), "searched at another input size?"),
+        (lambda: _space(_tiny_arch(), [2, 4, 32]), "wbits=32, but the integer export takes"),
+        (lambda: {**_tiny_arch(), "layers": _tiny_arch()["layers"][:2]}, "2 layers, but"),
+    ],
+)
+def test_bad_arch_file(retrain_cfg, tmp_path, content, message):
+    path = tmp_path / "found.json"
+    path.write_text(json.dumps(content()))
+    with pytest.raises(arch.ArchError) as e:
+        retrain(retrain_cfg(f"arch={path}"))
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
+    assert "\n" not in str(e.value) and _files(tmp_path) == ["found.json"]
+
+
+def test_an_arch_path_that_is_a_directory(retrain_cfg, tmp_path):
+    with pytest.raises(ValueError, match=f"arch={tmp_path}: a directory; name its found.json"):
+        retrain(retrain_cfg(f"arch={tmp_path}"))
+    assert _files(tmp_path) == []
+
+
+def test_a_valid_arch_file_passes_these_checks():
+    found = arch.from_dict(_tiny_arch())
+    assert {layer.wbits for layer in found.layers} == {4}
+
+
+def test_damaged_cifar10_files(search_cfg, tmp_path):
+    from data.test_cifar10_data import write_npz
+
+    arrays = write_npz(tmp_path / "good.npz")
+    data = bytearray((tmp_path / "good.npz").read_bytes())
+    data[len(data) // 3 : len(data) // 3 + 64] = bytes(64)  # zeroed inside a member
+    (tmp_path / "flipped.npz").write_bytes(bytes(data))
+    jpeg = arrays["train_jpeg"].copy()
+    jpeg[10:60] = 0
+    np.savez(tmp_path / "jpeg.npz", **{**arrays, "train_jpeg": jpeg})
+    np.savez(tmp_path / "labels.npz", **{**arrays, "test_labels": arrays["test_labels"] + 9})
+    for name, message in [
+        ("flipped.npz", "flipped.npz is "),
+        ("jpeg.npz", "holds a train image that is not a readable 32x32 JPEG"),
+        ("labels.npz", "has test labels outside 0-9 (9..10)"),
+    ]:
+        with pytest.raises(ValueError) as e:
+            CIFAR10DataModule(path=tmp_path / name, val_size=2).setup("fit")
+        assert message in str(e.value) and "\n" not in str(e.value)
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="labels outside 0-9"):
+        search(search_cfg("data=cifar10", f"data.path={tmp_path / 'labels.npz'}"))
+    assert not (tmp_path / "found.json").exists() and not run.exists()
+
+
+def test_bad_checkpoints_for_export(tmp_path):
+    torch.save([1, 2], tmp_path / "list.ckpt")
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, tmp_path / "full.ckpt")
+    data = (tmp_path / "full.ckpt").read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "out").write_text("a file")
+    for args, message in [
+        (["list.ckpt"], r"list\.ckpt: not a checkpoint \(no state_dict\)$"),
+        (["truncated.ckpt"], r"truncated\.ckpt: not a checkpoint \("),
+        (["full.ckpt"], r"full\.ckpt: not a retrain checkpoint \(no network description\)$"),
+        (["full.ckpt", "--out", "out"], r"--out .*out: a file, not a directory$"),
+    ]:
+        paths = [a if a.startswith("--") else str(tmp_path / a) for a in args]
+        with pytest.raises(SystemExit, match=r"^error: .*" + message) as e:
+            export_main(paths)
+        assert "\n" not in str(e.value)
+    assert _files(tmp_path) == ["full.ckpt", "list.ckpt", "out", "truncated.ckpt"]
+
+
+def test_a_logger_whose_package_is_missing(search_cfg, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        pytest.skip("tensorboard is installed")
+    with pytest.raises(ValueError, match=r"TensorBoardLogger: Neither `tensorboard` nor") as e:
+        search(search_cfg("logger=tensorboard"))
+    assert "\n" not in str(e.value) and _files(tmp_path) == []
+
+
+def test_only_this_package_s_own_errors_become_one_line(search_cfg):
+    from edmips.cli import one_line_errors
+
+    with pytest.raises(SystemExit, match="^error: mu must be"):
+        with one_line_errors():
+            search(search_cfg("mu=abc"))  # checks.ConfigError, raised here
+    with pytest.raises(ValueError, match="fieldnames"):  # a library's fault: its traceback stays
+        with one_line_errors():
+            import csv
+            import io
+
+            csv.DictWriter(io.StringIO(), ["a"]).writerow({"b": 1})

@@ -1,0 +1,56 @@
+"""metrics.json's typed form, and the mode of files written atomically."""
+
+import json
+import os
+import stat
+
+import pytest
+
+from edmips import metrics
+from edmips.files import write_text_atomic
+
+
+def _m(**changes):
+    values = dict(model="resnet8", equivalent_bits=2.0, bitops=400, weight_bits_total=800)
+    return metrics.RetrainMetrics(**{**values, **changes})
+
+
+def test_metrics_round_trip_and_older_files_read(tmp_path):
+    m = _m(test_acc=0.5, test_acc_top5=0.9, uniform={"wbits": 2, "abits": 2})
+    assert metrics.load(metrics.save(m, tmp_path / "metrics.json")) == m
+    old = {"model": "resnet8", "equivalent_bits": 2, "bitops": 4, "weight_bits_total": 8, "x": 1}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert metrics.load(tmp_path / "old.json").test_acc_top5 is None
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("[1]", "not a JSON object"),
+        ('{"model": "m"}', "missing equivalent_bits, bitops, weight_bits_total"),
+        ('{"model": "m", "equivalent_bits": NaN, "bitops": 1, "weight_bits_total": 1}', "finite"),
+        ('{"model": "m", "equivalent_bits": "2", "bitops": 1, "weight_bits_total": 1}', "number"),
+        ('{"schema": 7, "model": "m"}', "schema 7 is not supported"),
+    ],
+)
+def test_bad_metrics_files(tmp_path, content, message):
+    (tmp_path / "metrics.json").write_text(content)
+    with pytest.raises(metrics.MetricsError, match=message):
+        metrics.load(tmp_path / "metrics.json")
+
+
+def test_non_finite_metrics_are_not_written(tmp_path):
+    with pytest.raises(ValueError):
+        metrics.save(_m(test_acc=float("nan")), tmp_path / "metrics.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_atomic_writes_keep_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = write_text_atomic(tmp_path / "a" / "f.json", "{}\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode and path.read_text() == "{}\n"
+    assert [p.name for p in path.parent.iterdir()] == ["f.json"]
