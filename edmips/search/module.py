@@ -107,10 +107,10 @@ class SearchModule(Classifier):
 
     def choose(self, mode: str = "argmax", trials: int = 100, seed: int = 0):
         """Discrete (wbits, abits) per searched layer; mode "budget" lands on the target."""
+        self.apply_budget()
         pw, pa = self.probs()
         wspace = [m.wbits for _, m in self.layers]
         aspace = [m.abits_space() for _, m in self.layers]
-        self.apply_budget()
         if mode == "budget":
             flops = [c.flops for c, _ in self.layers]
             return closest_to_budget(pw, pa, wspace, aspace, flops, self.budget.target_bits)
