@@ -3,8 +3,8 @@
 FLOPs of a layer (EdMIPS eq. 8) are measured once from the layer's real input shape:
     conv:   Cin/groups * Cout * kh * kw * Hout * Wout        linear: in * out
 BitOps = FLOPs * a * w (eq. 9). The search penalises the expected BitOps under the selector
-softmaxes (eq. 12-13), normalised by the total FLOPs of the searched layers (EdMIPS divides by
-the first searched layer's FLOPs, which makes the scale of mu depend on the depth). The equivalent
+softmaxes (eq. 12-13), as the expected equivalent bit-width (EdMIPS divides the expected BitOps
+by the first searched layer's FLOPs, which makes the scale of mu depend on the depth). The equivalent
 bit-width sqrt(sum FLOPs*a*w / sum FLOPs) is the number EdMIPS reports ("1.992 bits").
 """
 
@@ -80,10 +80,10 @@ def expected_bitops(layers: list[tuple[LayerCost, nn.Module]]) -> Tensor:
 
 
 def complexity_loss(layers: list[tuple[LayerCost, nn.Module]]) -> Tensor:
-    """Expected BitOps per FLOP, i.e. the expected squared equivalent bit-width: 4 for a W2A2
-    network, 16 for W4A4, whatever the network's size, so mu means the same trade-off
-    (cross-entropy per bit^2) on every model."""
-    return expected_bitops(layers) / total_flops([c for c, _ in layers])
+    """The expected equivalent bit-width, sqrt(expected BitOps / FLOPs): 2 for a W2A2 network,
+    4 for W4A4, whatever the network's size, so mu means the same trade-off on every model:
+    the cross-entropy (nats) given up for one equivalent bit."""
+    return expected_equivalent_bits(layers)
 
 
 def total_flops(costs: list[LayerCost]) -> int:

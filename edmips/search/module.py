@@ -1,7 +1,6 @@
 """SearchModule: EdMIPS's differentiable search as a LightningModule.
 
-Loss = cross-entropy + mu * expected BitOps / FLOPs (the expected squared equivalent
-bit-width). Weights and architecture parameters (the selector logits alpha_w, alpha_a) have
+Loss = cross-entropy + mu * expected equivalent bits, sqrt(expected BitOps / FLOPs). Weights and architecture parameters (the selector logits alpha_w, alpha_a) have
 their own optimizers and, by default, are both updated from one forward/backward pass
 (EdMIPS's single-pass optimization). `alternating=True` alternates instead: even steps update
 the weights on the classification loss, odd steps the architecture on the full loss.
