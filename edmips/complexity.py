@@ -2,10 +2,10 @@
 
 FLOPs of a layer (EdMIPS eq. 8) are measured once from the layer's real input shape:
     conv:   Cin/groups * Cout * kh * kw * Hout * Wout        linear: in * out
-BitOps = FLOPs * a * w (eq. 9). The search penalises the expected BitOps under the selector
-softmaxes (eq. 12-13), as the expected equivalent bit-width (EdMIPS divides the expected BitOps
-by the first searched layer's FLOPs, which makes the scale of mu depend on the depth). The equivalent
-bit-width sqrt(sum FLOPs*a*w / sum FLOPs) is the number EdMIPS reports ("1.992 bits").
+BitOps = FLOPs * a * w (eq. 9). The equivalent bit-width sqrt(sum FLOPs*a*w / sum FLOPs) is the
+number EdMIPS reports ("1.992 bits"). The search penalises its expectation under the selector
+softmaxes (eq. 12-13); EdMIPS divides the expected BitOps by the first searched layer's FLOPs
+instead, which makes the scale of mu depend on the depth.
 """
 
 import math

@@ -1,9 +1,10 @@
 """SearchModule: EdMIPS's differentiable search as a LightningModule.
 
-Loss = cross-entropy + mu * expected equivalent bits, sqrt(expected BitOps / FLOPs). Weights and architecture parameters (the selector logits alpha_w, alpha_a) have
-their own optimizers and, by default, are both updated from one forward/backward pass
-(EdMIPS's single-pass optimization). `alternating=True` alternates instead: even steps update
-the weights on the classification loss, odd steps the architecture on the full loss.
+Loss = cross-entropy + mu * expected equivalent bits, sqrt(expected BitOps / FLOPs). Weights
+and architecture parameters (the selector logits alpha_w, alpha_a) have their own optimizers
+and, by default, are both updated from one forward/backward pass (EdMIPS's single-pass
+optimization). `alternating=True` alternates instead: even steps update the weights on the
+classification loss, odd steps the architecture on the full loss.
 
 The first `warmup_epochs` train the weights only: the selectors start to move once the network
 computes something worth keeping bits for. From then on the selectors' sharpness (inverse
