@@ -31,7 +31,7 @@ from edmips.builders import (
     measure,
 )
 from edmips.export import IntegerRuntime, export, image_codes, load_bundle, reference_copy
-from edmips.export.onnx_run import onnx_check
+from edmips.export.onnx_run import float_reference, qdq_runtime
 from edmips.models import list_models
 from edmips.nn import default_searched, to_fixed, to_search
 from edmips.nn.convert import first_and_last
@@ -131,31 +131,38 @@ def _load_search_weights(model, found: arch_file.Arch, path: Path) -> None:
     )
 
 
+def integer_pair(model, bundle: Path):
+    """The fake-quantized network in float64 and the integer runtime of its bundle (checked as
+    it is read), as functions of a batch of images."""
+    reference, integer = reference_copy(model), IntegerRuntime(load_bundle(bundle))
+    return (lambda x: reference(x.double())), (lambda x: integer(image_codes(x)))
+
+
 @torch.no_grad()
-def integer_check(model, graph, loader, max_images: int | None = None) -> dict:
-    """Accuracy of the float64 fake-quantized reference and of the integer runtime, and how
-    often they predict the same class (on the first max_images test images; None: all)."""
-    reference, integer = reference_copy(model), IntegerRuntime(graph)
-    correct_ref = correct_ref5 = correct_int = agree = total = 0
+def deployment_check(reference, deployed, loader, max_images: int | None = None) -> dict:
+    """Accuracy of the fake-quantized reference and of the deployed model (integer runtime or
+    ONNX), and how often they predict the same class, on the first max_images test images
+    (None: all). Both are functions from a batch of images to logits."""
+    correct_ref = correct_ref5 = correct_deployed = agree = total = 0
     for x, y in loader:
         if max_images is not None:
             x, y = x[: max_images - total], y[: max_images - total]
         x, y = x.cpu(), y.cpu()
-        logits = reference(x.double())
+        logits = reference(x)
         pred_ref = logits.argmax(1)
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        pred_int = integer(image_codes(x)).argmax(1)
+        pred_deployed = deployed(x).argmax(1)
         correct_ref += int((pred_ref == y).sum())
         correct_ref5 += int((top5 == y[:, None]).any(1).sum())
-        correct_int += int((pred_int == y).sum())
-        agree += int((pred_ref == pred_int).sum())
+        correct_deployed += int((pred_deployed == y).sum())
+        agree += int((pred_ref == pred_deployed).sum())
         total += len(y)
         if total == max_images:
             break
     return {
         "test_acc": correct_ref / total,
         "test_acc_top5": correct_ref5 / total,
-        "test_acc_integer": correct_int / total,
+        "test_acc_integer": correct_deployed / total,
         "prediction_agreement": agree / total,
         "test_images": total,
     }
@@ -210,10 +217,10 @@ def retrain(cfg: DictConfig) -> dict:
         datamodule.setup("test")
         loader, images = datamodule.test_dataloader(), cfg.integer_check_images
         if isinstance(model, fx.GraphModule):  # exported as ONNX from the traced graph
-            record.update(onnx_check(model, out / "model_qdq.onnx", loader, images))
+            reference, deployed = float_reference(model), qdq_runtime(out / "model_qdq.onnx")
         else:
-            graph = load_bundle(out / "integer")  # checked as written
-            record.update(integer_check(model, graph, loader, images))
+            reference, deployed = integer_pair(model, out / "integer")
+        record.update(deployment_check(reference, deployed, loader, images))
         record["wall_time_s"] = time.perf_counter() - start
     metrics = metrics_file.RetrainMetrics(**record)
     if trainer.is_global_zero:
