@@ -26,6 +26,13 @@ def check_search(cfg: DictConfig) -> None:
     _number(cfg, "mu", minimum=0)
     _number(cfg, "target_bits", minimum=0, optional=True)
     _number(cfg, "target_bitops", minimum=0, optional=True)
+    _number(cfg, "search.sharpness", minimum=1)
+    _number(cfg, "search.warmup_epochs", minimum=0, integer=True)
+    if cfg.search.warmup_epochs >= cfg.trainer.max_epochs:
+        raise ConfigError(
+            f"search.warmup_epochs={cfg.search.warmup_epochs} leaves the selectors no epoch to "
+            f"train in (trainer.max_epochs={cfg.trainer.max_epochs})"
+        )
     _number(cfg, "search.trials", minimum=1, integer=True)
     _number(cfg, "search.alpha_init", minimum=0)
     for kind, supported in (("wbits", WEIGHT_BITS), ("abits", ACTIVATION_BITS)):

@@ -28,6 +28,8 @@ def _files(path):
         ("seed=1.5", "seed must be an integer, got 1.5"),
         ("trainer.max_epochs=0", "trainer.max_epochs must be >= 1, got 0"),
         ("search.trials=0", "search.trials must be >= 1, got 0"),
+        ("search.sharpness=0.5", "search.sharpness must be >= 1, got 0.5"),
+        ("search.warmup_epochs=2", "search.warmup_epochs=2 leaves the selectors no epoch"),
         ("space.wbits=[]", "space.wbits must be a non-empty list of bit-widths"),
         ("space.wbits=[2,32]", "unsupported bit-width 32, choose from [1, 2, 3, 4, 5, 6, 7, 8]"),
         ("space.abits=[2,2.5]", "space.abits: unsupported bit-width 2.5"),

@@ -33,7 +33,7 @@ def test_a_retrain_refuses_a_directory_holding_another_run(retrain_cfg, tmp_path
 
 
 def test_one_search_one_checkpoint_resume_refusals(search_cfg, retrain_cfg, tmp_path):
-    search(search_cfg("trainer.max_epochs=1"))
+    search(search_cfg("trainer.max_epochs=1", "search.warmup_epochs=0"))
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.ckpt"]
     stored = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert stored["edmips_config"]["program"] == "search"

@@ -16,7 +16,7 @@ pytestmark = [
     "overrides",
     [
         ("search.compile=false",),  # eager: the Triton kernels
-        ("search.compile=false", "target_bits=2.0"),
+        ("search.compile=false", "target_bits=2.0"),  # the budget's price, solved on the device
         ("search.compile=false", "search.alternating=true"),
         ("search.compile=true",),
     ],
@@ -26,6 +26,7 @@ def test_search_training_step_has_no_host_sync(search_cfg, overrides):
         "model=resnet8",
         "trainer.accelerator=gpu",
         "trainer.max_epochs=1",
+        "search.warmup_epochs=0",  # the selectors train from the first step
         "+trainer.limit_train_batches=6",
         "+trainer.limit_val_batches=0",
         *overrides,

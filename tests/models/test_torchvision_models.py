@@ -129,7 +129,7 @@ def test_search_runs_on_a_torchvision_model(search_cfg, tmp_path, model):
     from edmips import arch
     from edmips.search.run import search
 
-    found = search(search_cfg(f"model={model}", *TINY_RUN))["arch"]
+    found = search(search_cfg(f"model={model}", *TINY_RUN, "search.warmup_epochs=0"))["arch"]
     assert found.model == model
     on_disk = arch.load(tmp_path / "found.json", known_models=list_models())
     assert on_disk == found
