@@ -53,6 +53,8 @@ def test_bad_search_config(search_cfg, tmp_path, override, message):
         (("arch=uniform", "wbits=32"), "wbits: unsupported bit-width 32"),
         (("arch=uniform", "trainer.max_epochs=0"), "trainer.max_epochs must be >= 1"),
         (("arch=uniform", "integer_check_images=0"), "integer_check_images must be >= 1"),
+        (("arch=random",), "arch=random needs a budget: add target_bits=B"),
+        (("arch=random", "target_bits=9"), "out of reach: the space spans 1.414 to 4.000"),
     ],
 )
 def test_bad_retrain_config(retrain_cfg, tmp_path, overrides, message):

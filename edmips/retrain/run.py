@@ -36,7 +36,7 @@ from edmips.models import list_models
 from edmips.nn import default_searched, to_fixed, to_search
 from edmips.nn.convert import first_and_last
 from edmips.retrain.module import RetrainModule
-from edmips.search.budget import random_allocation
+from edmips.search.budget import check_reachable, random_allocation
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,8 @@ def baseline_arch(cfg: DictConfig, model_name: str, costs, data: str) -> arch_fi
     allocation from the search space within 1% of `target_bits` (fixed by `seed`)."""
     if cfg.arch == "uniform":
         return arch_file.uniform(model_name, costs, cfg.wbits, cfg.abits, data=data)
-    if cfg.get("target_bits") is None:
-        raise ValueError("arch=random needs a budget: add target_bits=B")
     wspace, aspace = tuple(cfg.space.wbits), tuple(cfg.space.abits)
-    lo, hi = (min(wspace) * min(aspace)) ** 0.5, (max(wspace) * max(aspace)) ** 0.5
-    if not lo <= cfg.target_bits <= hi:
-        raise ValueError(
-            f"target_bits={cfg.target_bits} is out of reach: the space spans {lo:.3f} to {hi:.3f}"
-        )
+    check_reachable(cfg.target_bits, wspace, aspace)  # target_bits is there: checks.py
     wbits, abits = random_allocation(
         [wspace] * len(costs),
         [aspace] * len(costs),

@@ -84,6 +84,16 @@ class BitPrice(nn.Module):
         return (self.share * expected_w * expected_a).sum(-1), tilt_w, tilt_a
 
 
+def check_reachable(target_bits: float, wbits, abits) -> None:
+    """A budget the space can meet: between its lowest and highest equivalent bit-width."""
+    lo, hi = math.sqrt(min(wbits) * min(abits)), math.sqrt(max(wbits) * max(abits))
+    if not lo <= target_bits <= hi:
+        raise ValueError(
+            f"target of {target_bits:.3f} equivalent bits is out of reach: the space "
+            f"spans {lo:.3f} to {hi:.3f}"
+        )
+
+
 def _padded(spaces: list[tuple[int, ...]]) -> Tensor:
     width = max(len(s) for s in spaces)
     return torch.tensor([list(s) + [0] * (width - len(s)) for s in spaces], dtype=torch.float32)

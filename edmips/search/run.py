@@ -24,6 +24,7 @@ from edmips.builders import (
 )
 from edmips.nn import default_searched, to_search
 from edmips.report import write_search_figures
+from edmips.search.budget import check_reachable
 from edmips.search.discretize import MODES
 from edmips.search.module import SearchModule
 
@@ -81,13 +82,7 @@ def budget_target(cfg: DictConfig, costs) -> float | None:
     target = cfg.target_bits
     if cfg.target_bitops is not None:
         target = math.sqrt(cfg.target_bitops / complexity.total_flops(costs))
-    lo = math.sqrt(min(cfg.space.wbits) * min(cfg.space.abits))
-    hi = math.sqrt(max(cfg.space.wbits) * max(cfg.space.abits))
-    if not lo <= target <= hi:
-        raise ValueError(
-            f"target of {target:.3f} equivalent bits is out of reach: the space "
-            f"spans {lo:.3f} to {hi:.3f}"
-        )
+    check_reachable(target, cfg.space.wbits, cfg.space.abits)
     return target
 
 
