@@ -46,24 +46,21 @@ def main() -> int:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
 
-    def run(name: str, argv: list[str]) -> None:
-        if Path(next(a for a in argv if a.startswith("hydra.run.dir="))[14:]).exists():
-            print(f"{name}: already there, skipped", flush=True)  # an interrupted protocol goes on
+    def run(name: str, run_dir: Path, argv: list[str]) -> None:
+        if run_dir.exists():  # a protocol run again goes on where it stopped
+            print(f"{name}: {run_dir} exists, skipped", flush=True)
             return
         with open(out / "logs" / f"{name}.log", "w") as log:
-            code = subprocess.call([sys.executable, *argv], stdout=log, stderr=log, env=env)
+            argv = [sys.executable, *argv, f"hydra.run.dir={run_dir}"]
+            code = subprocess.call(argv, stdout=log, stderr=log, env=env)
         print(f"{name}: exit {code}", flush=True)
 
     searches = {
-        f"search-{s}": [
-            "search.py",
-            *common,
-            *p["search"],
-            f"target_bits={args.bits}",
-            f"seed={s}",
-            f"hydra.run.dir={out}/search/{s}",
-            *args.overrides,
-        ]
+        f"search-{s}": (
+            out / "search" / str(s),
+            ["search.py", *common, *p["search"], f"target_bits={args.bits}", f"seed={s}"]
+            + args.overrides,
+        )
         for s in SEARCH_SEEDS
     }
     retrains = {}
@@ -78,17 +75,13 @@ def main() -> int:
     )
     for kind, seeds, arch in kinds[:1] if args.searched_only else kinds:
         for s in seeds:
-            retrains[f"retrain-{kind}-{s}"] = [
-                "retrain.py",
-                *common,
-                *p["retrain"],
-                *arch(s),
-                f"seed={s}",
-                f"hydra.run.dir={out}/retrain/{kind}-{s}",
-            ]
+            retrains[f"retrain-{kind}-{s}"] = (
+                out / "retrain" / f"{kind}-{s}",
+                ["retrain.py", *common, *p["retrain"], *arch(s), f"seed={s}"],
+            )
     with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(lambda kv: run(*kv), searches.items()))
-        list(pool.map(lambda kv: run(*kv), retrains.items()))
+        list(pool.map(lambda kv: run(kv[0], *kv[1]), searches.items()))
+        list(pool.map(lambda kv: run(kv[0], *kv[1]), retrains.items()))
     return subprocess.call(
         [sys.executable, "-m", "edmips.report", str(out / "retrain"), "--out", str(out / "report")]
     )

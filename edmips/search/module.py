@@ -93,8 +93,7 @@ class SearchModule(Classifier):
 
     def sharpness_at(self, epoch: int) -> float:
         """1 until the selectors start to train, then geometric up to the final sharpness."""
-        max_epochs = self.trainer.max_epochs if self._trainer is not None else epoch + 1
-        span = max_epochs - 1 - self.warmup_epochs
+        span = self.trainer.max_epochs - 1 - self.warmup_epochs
         if epoch <= self.warmup_epochs or span <= 0:
             return 1.0
         return self.final_sharpness ** ((epoch - self.warmup_epochs) / span)
