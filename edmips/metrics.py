@@ -4,10 +4,13 @@
      "seed": ..., "arch": <found.json path, "uniform" or "random">,
      "uniform": {"wbits", "abits"} | null, "target_bits", "mu", "equivalent_bits", "bitops",
      "weight_bits_total", "val_acc", "val_acc_top5", "test_acc", "test_acc_top5",
-     "test_acc_integer", "prediction_agreement", "test_images", "wall_time_s"}
+     "test_acc_integer", "prediction_agreement", "qdq_agreement", "test_images",
+     "wall_time_s"}
 
 Accuracies are fractions; test accuracies are on the test split through the float64
-fake-quantized reference, `test_acc_integer` through the integer runtime. Fields missing
+fake-quantized reference, `test_acc_integer` through the integer runtime;
+`prediction_agreement` is how often the two predict the same class, `qdq_agreement` the same
+for the QDQ ONNX model of a converted network (None for edmips's own). Fields missing
 from an older file read as None; unknown fields are ignored.
 """
 
@@ -44,6 +47,7 @@ class RetrainMetrics:
     test_acc_top5: float | None = None
     test_acc_integer: float | None = None
     prediction_agreement: float | None = None
+    qdq_agreement: float | None = None
     test_images: int | None = None
     wall_time_s: float | None = None
 

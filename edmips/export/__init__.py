@@ -26,22 +26,24 @@ __all__ = [
 
 def export(model, input_size, out) -> list[Path]:
     """Lower a trained fixed-bit network and write `integer/` (the bundle) and `model.onnx`
-    into `out`; returns the paths written. The graph is also returned by `lower` alone.
-    A model converted by `edmips.nn.quantize` gets `model.onnx` (QONNX, MultiThreshold) and
-    `model_qdq.onnx` (QuantizeLinear/DequantizeLinear, for plain onnxruntime)."""
+    (QONNX, written from the bundle) into `out`; returns the paths written. A model converted
+    by `edmips.nn.quantize` is lowered from its traced graph and also gets `model_qdq.onnx`
+    (QuantizeLinear/DequantizeLinear, for plain onnxruntime)."""
     from edmips.export.qonnx import save_qonnx
 
     out = Path(out)
-    if isinstance(model, fx.GraphModule):  # a converted model: ONNX from its traced graph
+    traced = isinstance(model, fx.GraphModule)
+    if traced:
+        from edmips.export.lower_graph import lower_traced
+
+        graph = lower_traced(model, input_size)
+    else:
+        graph = lower(model, input_size)
+    paths = [save_bundle(graph, out / "integer")]
+    if traced:
         from edmips.export.onnx_graph import save_onnx
 
-        out.mkdir(parents=True, exist_ok=True)
-        return [
-            save_onnx(model, input_size, out / "model.onnx", "qonnx"),
-            save_onnx(model, input_size, out / "model_qdq.onnx", "qdq"),
-        ]
-    graph = lower(model, input_size)
-    paths = [save_bundle(graph, out / "integer")]
+        paths.append(save_onnx(model, input_size, out / "model_qdq.onnx"))
     try:
         paths.append(save_qonnx(graph, out / "model.onnx"))
     except ExportError as e:  # the bundle stands; QONNX's float32 cannot hold this graph

@@ -1,5 +1,5 @@
-"""Export a retrained checkpoint: the integer bundle and QONNX (edmips's ResNets), or QONNX
-and QDQ ONNX (models converted by `edmips.nn.quantize`, e.g. tv_mobilenet_v2).
+"""Export a retrained checkpoint: the integer bundle and its QONNX model, and for a model
+converted by `edmips.nn.quantize` (e.g. tv_mobilenet_v2) also the QDQ ONNX model.
 
     python -m edmips.export <retrain run dir or .ckpt> [--out DIR]
 

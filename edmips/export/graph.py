@@ -4,10 +4,16 @@ A bundle is a folder with `manifest.json` (format, model, input, the nodes with 
 attributes, the output) and `arrays.npz` (integer weights, thresholds, biases). Ops:
 
     input      uint8 image codes minus a per-channel integer zero point
-    conv       integer convolution -> accumulator (attrs: stride, padding, groups, acc_bits)
+    conv       integer convolution (+ bias) -> accumulator (attrs: stride, padding, groups,
+               dilation, acc_bits)
     threshold  level = #{k : sign_c * x >= T_ck} + out_bias  (per channel)
     maxpool    max over windows (attrs: kernel, stride, padding)
+    windowmax  sign_c * max of sign_c * x over each output position's input positions
+               (`windows` [outputs, k], index H*W = none; attrs: out_hw): any max pooling
+    windowsum  the sum over the same windows: any average pooling, less its division
     add        a + b, clamped to [lo, hi] (a residual add on one shared grid)
+    concat     the inputs joined along the channels
+    flatten    N x C x H x W -> N x CHW
     sumpool    sum over the spatial positions
     linear     x @ W.T + bias (integer logits)
 

@@ -95,7 +95,7 @@ class _Lowering:
             acc_bits=bits,
             range=[-peak, peak - 1],
             scale=None,
-            arrays={"weight": codes.numpy().astype(_int_dtype(2**layer.wbits))},
+            arrays={"weight": codes.numpy().astype(int_dtype(2**layer.wbits))},
         )
         return _Tensor(name, -peak, peak - 1, x.unit * scale.flatten())
 
@@ -179,7 +179,7 @@ class _Lowering:
             acc_bits=bits,
             scale=unit.tolist(),
             range=[-(2 ** (bits - 1)), 2 ** (bits - 1) - 1],
-            arrays={"weight": codes.numpy().astype(_int_dtype(2**fc.wbits)), "bias": bias.numpy()},
+            arrays={"weight": codes.numpy().astype(int_dtype(2**fc.wbits)), "bias": bias.numpy()},
         )
         return self.graph
 
@@ -192,7 +192,7 @@ def x_channels(block: nn.Module) -> int:
     return getattr(block, block.convs[-1]).out_channels
 
 
-def _int_dtype(magnitude: int):
+def int_dtype(magnitude: int):
     return np.int8 if magnitude < 128 else np.int16 if magnitude < 2**15 else np.int32
 
 

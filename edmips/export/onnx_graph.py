@@ -1,17 +1,13 @@
-"""Export a converted model (`edmips.nn.quantize`) from its traced graph to ONNX.
+"""Export a converted model (`edmips.nn.quantize`) from its traced graph to QDQ ONNX.
 
-Every fx node becomes standard ONNX ops; the two formats differ only in how an activation
-quantizer is written:
-
-- "qdq": Clip, QuantizeLinear, DequantizeLinear. Plain onnxruntime runs it, no custom op.
-- "qonnx": one MultiThreshold node (qonnx's custom op), whose count of thresholds passed,
-  scaled and offset, is the quantizer's value; run by qonnx's execute_onnx.
-
-In both, weights are stored as integers (int8, or int32 where 8-bit codes need 9 bits) with
-a per-output-channel DequantizeLinear, and a layer's bias is the float value the network
-adds. Batch norm, pooling, residual adds and concatenations stay float ops between the
-quantizers, computing what the fake-quantized network computes. Anything without a lowering
-is refused with an ExportError naming the node and its operation.
+Every fx node becomes standard ONNX ops, so plain onnxruntime runs the model, no custom op:
+an activation quantizer is Clip, QuantizeLinear and DequantizeLinear; weights are stored as
+integers (int8, or int32 where 8-bit codes need 9 bits) with a per-output-channel
+DequantizeLinear, and a layer's bias is the float value the network adds. Batch norm,
+pooling, residual adds and concatenations stay float32 ops between the quantizers, computing
+what the fake-quantized network computes (up to float32 rounding; the integer-only forms are
+the bundle and its QONNX model, edmips.export.lower_graph). Anything without a lowering is
+refused with an ExportError naming the node and its operation.
 """
 
 import copy
@@ -29,13 +25,11 @@ from torch.fx.operator_schemas import normalize_function
 from torch.fx.passes.shape_prop import ShapeProp
 
 from edmips.export.lower import ExportError
-from edmips.export.onnx_quant import check_graph_exportable, exact_thresholds
+from edmips.export.lower_graph import check_graph_exportable
 from edmips.nn.layers import QuantConv2d, QuantLinear
-from edmips.quant import HWGQ_STEPS, SignedQuant, hwgq_codes, integer_weight
+from edmips.quant import HWGQ_STEPS, SignedQuant, integer_weight
 
-FORMATS = ("qdq", "qonnx")
 OPSET = 17
-QONNX_DOMAIN = "qonnx.custom_op.general"
 
 _MODULE_OPS = {nn.ReLU: "Relu", nn.Dropout: "Identity", nn.Identity: "Identity"}
 _BINARY_OPS = {
@@ -51,8 +45,8 @@ _IDENTITY_METHODS = {"contiguous", "clone"}
 
 
 class _Builder:
-    def __init__(self, model: fx.GraphModule, fmt: str):
-        self.model, self.fmt = model, fmt
+    def __init__(self, model: fx.GraphModule):
+        self.model = model
         self.modules = dict(model.named_modules())
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
@@ -68,21 +62,8 @@ class _Builder:
 
     # quantizers
 
-    def quantizer(self, x: str, out: str, step: float, lo: int, hi: int, levels) -> str:
-        """The value step * round(clamp(x / step, lo, hi)) (lo = 0 or -hi); `levels` is the
-        quantizer's own float32 arithmetic, x -> its integer level."""
-        if self.fmt == "qonnx":
-            thresholds = exact_thresholds(levels, step, lo, hi).numpy().reshape(1, -1)
-            bits = int(hi - lo).bit_length()
-            return self.add(
-                "MultiThreshold",
-                [x, self.const(f"{out}/thresholds", thresholds)],
-                out,
-                domain=QONNX_DOMAIN,
-                out_dtype=f"UINT{bits}" if lo == 0 else f"INT{bits}",
-                out_scale=float(step),
-                out_bias=float(lo * step),
-            )
+    def quantizer(self, x: str, out: str, step: float, lo: int, hi: int) -> str:
+        """The value step * round(clamp(x / step, lo, hi)) (lo = 0 or -hi)."""
         scale = self.const(f"{out}/scale", np.float32(step))
         zero = self.const(f"{out}/zero", np.uint8(0) if lo == 0 else np.int8(0))
         clipped = self.clip(x, f"{out}/clipped", lo * step, hi * step)  # HWGQ's clip at lo = 0
@@ -118,14 +99,21 @@ class _Builder:
         if isinstance(m, (QuantConv2d, QuantLinear)):
             if m.abits is not None:
                 step, top = HWGQ_STEPS[m.abits], 2**m.abits - 1
-                levels = functools.partial(hwgq_codes, bits=m.abits)
-                x = self.quantizer(x, f"{name}/input", step, 0, top, levels)
+                x = self.quantizer(x, f"{name}/input", step, 0, top)
+            if isinstance(m, QuantConv2d) and m.input_pool is not None:  # quantized, then pooled
+                if not isinstance(m.input_pool, nn.AvgPool2d):
+                    raise ExportError(f"layer {node.target}: an adaptive input pool is not lowered")
+                x = self.pool(f"{name}/pooled", "Avg", x, vars(m.input_pool))
+            pool = 1
+            if isinstance(m, QuantLinear) and m.pool_input:  # quantized, then averaged
+                _, _, height, width = node.all_input_nodes[0].meta["tensor_meta"].shape
+                pool = height * width
+                x = self.add("GlobalAveragePool", [x], f"{name}/pooled")
+                x = self.add("Flatten", [x], f"{name}/flat", axis=1)
             inputs = [x, self.weight(m, f"{name}/weight")]
             if m.bias is not None:
-                inputs.append(self.const(f"{name}/bias", m.quant_bias().detach().numpy()))
+                inputs.append(self.const(f"{name}/bias", m.quant_bias(pool).detach().numpy()))
             if isinstance(m, QuantLinear):
-                if m.pool_input:
-                    raise ExportError(f"layer {node.target}: pool_input has no ONNX lowering")
                 return self.add("Gemm", inputs, name, transB=1)
             if isinstance(m.padding, str):
                 raise ExportError(f"layer {node.target}: padding={m.padding!r} not lowered")
@@ -139,7 +127,7 @@ class _Builder:
                 group=m.groups,
             )
         if isinstance(m, SignedQuant):
-            return self.quantizer(x, name, float(m.scale()), -m.qmax, m.qmax, m.codes)
+            return self.quantizer(x, name, float(m.scale()), -m.qmax, m.qmax)
         if isinstance(m, nn.BatchNorm2d):
             params = [m.weight, m.bias, m.running_mean, m.running_var]
             inputs = [
@@ -151,7 +139,7 @@ class _Builder:
         if type(m) in _MODULE_OPS:
             return self.add(_MODULE_OPS[type(m)], [x], name)
         if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-            return self.pool(node, type(m).__name__[:3], x, vars(m))
+            return self.pool(node.name, type(m).__name__[:3], x, vars(m))
         if isinstance(m, nn.AdaptiveAvgPool2d):
             return self.adaptive_avg_pool(node, x)
         if isinstance(m, nn.Flatten) and m.end_dim == -1:
@@ -180,7 +168,7 @@ class _Builder:
             return self.adaptive_avg_pool(node, args[0])
         if target in (F.max_pool2d, F.avg_pool2d):
             kind = "Max" if target is F.max_pool2d else "Avg"
-            return self.pool(node, kind, args[0], kw)
+            return self.pool(node.name, kind, args[0], kw)
         raise ExportError(f"node {name}: no ONNX lowering for {_describe(target)}")
 
     def call_method(self, node: fx.Node, args: list) -> str | None:
@@ -205,7 +193,7 @@ class _Builder:
         ]
         return self.add("Clip", [x, *bounds], name)
 
-    def pool(self, node: fx.Node, kind: str, x: str, kw: dict) -> str:
+    def pool(self, name: str, kind: str, x: str, kw: dict) -> str:
         def pair(v):
             return list(v) if isinstance(v, (tuple, list)) else [v, v]
 
@@ -220,12 +208,12 @@ class _Builder:
         )
         if kind == "Max":
             if pair(kw.get("dilation", 1)) != [1, 1]:
-                raise ExportError(f"node {node.name}: dilated max pooling is not lowered")
-            return self.add("MaxPool", [x], node.name, **attrs)
+                raise ExportError(f"node {name}: dilated max pooling is not lowered")
+            return self.add("MaxPool", [x], name, **attrs)
         if kw.get("divisor_override") is not None:
-            raise ExportError(f"node {node.name}: avg pooling divisor_override is not lowered")
+            raise ExportError(f"node {name}: avg pooling divisor_override is not lowered")
         include = int(kw.get("count_include_pad", True))
-        return self.add("AveragePool", [x], node.name, count_include_pad=include, **attrs)
+        return self.add("AveragePool", [x], name, count_include_pad=include, **attrs)
 
     def adaptive_avg_pool(self, node: fx.Node, x: str) -> str:
         """Global pooling, or the general case as a matrix of averaging weights."""
@@ -269,17 +257,15 @@ def _describe(target) -> str:
 
 
 @torch.no_grad()
-def to_onnx(model: fx.GraphModule, input_size, fmt: str = "qdq") -> onnx.ModelProto:
-    """The ONNX model ("qdq" or "qonnx") of a fixed-bit converted network, input `image`
-    (N x input_size, images in [0, 1]) and output `logits`."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown ONNX format {fmt!r}: choose from {', '.join(FORMATS)}")
+def to_onnx(model: fx.GraphModule, input_size) -> onnx.ModelProto:
+    """The QDQ ONNX model of a fixed-bit converted network, input `image` (N x input_size,
+    images in [0, 1]) and output `logits`."""
     if not isinstance(model, fx.GraphModule):
         raise ExportError(f"model {type(model).__name__}: not a traced (quantize'd) model")
     check_graph_exportable(model)
     model = _eval_copy(model)
     ShapeProp(model).propagate(torch.zeros(1, *input_size))
-    builder = _Builder(model, fmt)
+    builder = _Builder(model)
     inputs, outputs = [], []
     for node in model.graph.nodes:
         if node.op == "placeholder":
@@ -299,8 +285,6 @@ def to_onnx(model: fx.GraphModule, input_size, fmt: str = "qdq") -> onnx.ModelPr
         else:
             builder.env[node] = builder.lower(node)
     opsets = [helper.make_opsetid("", OPSET)]
-    if fmt == "qonnx":
-        opsets.append(helper.make_opsetid(QONNX_DOMAIN, 1))
     graph = helper.make_graph(
         builder.nodes, getattr(model, "name", "model"), inputs, outputs, builder.inits
     )
@@ -311,8 +295,8 @@ def _eval_copy(model: fx.GraphModule) -> fx.GraphModule:
     return copy.deepcopy(model).cpu().float().eval()
 
 
-def save_onnx(model: fx.GraphModule, input_size, path, fmt: str = "qdq") -> Path:
-    proto = to_onnx(model, input_size, fmt)
+def save_onnx(model: fx.GraphModule, input_size, path) -> Path:
+    proto = to_onnx(model, input_size)
     onnx.checker.check_model(proto)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")

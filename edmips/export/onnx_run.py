@@ -1,11 +1,9 @@
-"""Run an exported traced-graph model, and the fake-quantized network it is compared with."""
+"""Run the QDQ ONNX model of a converted network under plain onnxruntime."""
 
-import copy
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 
 def run_qdq(path: str | Path, images: np.ndarray) -> np.ndarray:
@@ -19,9 +17,3 @@ def qdq_runtime(path: str | Path):
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(["logits"], {"image": x.float().numpy()})[0])
-
-
-def float_reference(model: nn.Module):
-    """The fake-quantized network in float32 on the CPU, in eval mode, as a function."""
-    reference = copy.deepcopy(model).cpu().float().eval()
-    return lambda x: reference(x.float())

@@ -27,8 +27,52 @@ def _datatype(lo: int, hi: int) -> DataType:
     return DataType[f"INT{bits}"] if bits <= 32 else DataType["FLOAT32"]
 
 
+def _windows(node, const) -> list[onnx.NodeProto]:
+    """windowsum / windowmax: gather each output's input positions, then sum or max them.
+    The index H*W reads one extra position holding what a missing position adds."""
+    out, a = node.name, node.arrays
+    ops = []
+
+    def op(kind: str, inputs: list[str], name: str, **attrs) -> str:
+        ops.append(helper.make_node(kind, inputs, [f"{out}/{name}"], **attrs))
+        return f"{out}/{name}"
+
+    flat = op("Reshape", [node.inputs[0], const(f"{out}/flat_shape", np.array([0, 0, -1]))], "flat")
+    sign = None
+    if node.op == "windowmax" and (a["sign"] < 0).any():
+        sign = const(f"{out}/sign", a["sign"].astype(np.float32).reshape(1, -1, 1))
+        flat = op("Mul", [flat, sign], "signed")
+    empty = np.float32(0.0 if node.op == "windowsum" else -(2.0**30))
+    first = op(
+        "Slice", [flat, *(const(f"{out}/slice{i}", np.array([i])) for i in (0, 1, 2))], "first"
+    )
+    extra = op(
+        "Add",
+        [
+            op("Mul", [first, const(f"{out}/zero", np.float32(0))], "zeros"),
+            const(f"{out}/empty", empty),
+        ],
+        "extra",
+    )
+    padded = op("Concat", [flat, extra], "padded", axis=2)
+    windows = const(f"{out}/windows", a["windows"].astype(np.int64))
+    gathered = op("Gather", [padded, windows], "gathered", axis=2)
+    if node.op == "windowsum":
+        reduced = op(
+            "ReduceSum", [gathered, const(f"{out}/axes", np.array([3]))], "reduced", keepdims=0
+        )
+    else:  # ReduceMax takes its axes as an attribute before opset 18
+        reduced = op("ReduceMax", [gathered], "reduced", axes=[3], keepdims=0)
+    if sign is not None:
+        reduced = op("Mul", [reduced, sign], "unsigned")
+    h_out, w_out = node.attrs["out_hw"]
+    shape = const(f"{out}/shape", np.array([0, 0, h_out, w_out]))
+    ops.append(helper.make_node("Reshape", [reduced, shape], [out]))
+    return ops
+
+
 def to_qonnx(graph: Graph) -> ModelWrapper:
-    nodes, inits, ranges = [], [], {}
+    nodes, inits, ranges, ranks = [], [], {}, {}
 
     def const(name: str, array: np.ndarray) -> str:
         inits.append(numpy_helper.from_array(array, name))
@@ -38,6 +82,8 @@ def to_qonnx(graph: Graph) -> ModelWrapper:
     for node in graph.nodes:
         a, attrs, out = node.arrays, node.attrs, node.name
         x = node.inputs[0] if node.inputs else None
+        rank = ranks[node.name] = 2 if node.op in ("flatten", "linear") else ranks.get(x, 4)
+        channel_shape = (1, -1, 1, 1) if rank == 4 else (1, -1)
         if node.op == "input":
             zp = a["zero_point"].astype(np.float32).reshape(1, -1, 1, 1)
             nodes.append(helper.make_node("Sub", ["image", const(f"{out}/zp", zp)], [out]))
@@ -48,19 +94,29 @@ def to_qonnx(graph: Graph) -> ModelWrapper:
                     "in the float32 of ONNX Conv (at most 25 bits)"
                 )
             pads = list(attrs["padding"]) * 2
+            inputs = [x, const(f"{out}/w", a["weight"].astype(np.float32))]
+            if "bias" in a:
+                inputs.append(const(f"{out}/b", a["bias"].astype(np.float32)))
             nodes.append(
                 helper.make_node(
                     "Conv",
-                    [x, const(f"{out}/w", a["weight"].astype(np.float32))],
+                    inputs,
                     [out],
                     strides=list(attrs["stride"]),
                     pads=pads,
+                    dilations=list(attrs.get("dilation", (1, 1))),
                     group=attrs["groups"],
                 )
             )
+        elif node.op in ("windowsum", "windowmax"):
+            nodes.extend(_windows(node, const))
+        elif node.op == "concat":
+            nodes.append(helper.make_node("Concat", node.inputs, [out], axis=1))
+        elif node.op == "flatten":
+            nodes.append(helper.make_node("Flatten", [x], [out], axis=1))
         elif node.op == "threshold":
             if (a["sign"] < 0).any():
-                sign = a["sign"].astype(np.float32).reshape(1, -1, 1, 1)  # inputs are NCHW
+                sign = a["sign"].astype(np.float32).reshape(channel_shape)
                 nodes.append(
                     helper.make_node("Mul", [x, const(f"{out}/sign", sign)], [f"{out}/signed"])
                 )
@@ -104,7 +160,7 @@ def to_qonnx(graph: Graph) -> ModelWrapper:
                     "ReduceSum", [x, const(f"{out}/axes", np.array([2, 3]))], [out], keepdims=0
                 )
             )
-        elif node.op == "linear":
+        elif node.op == "linear":  # in float64: the logits' accumulator can be wide
             nodes.append(helper.make_node("Cast", [x], [f"{out}/x64"], to=TensorProto.DOUBLE))
             weight = a["weight"].astype(np.float64).T.copy()
             classes = weight.shape[1]
@@ -113,13 +169,17 @@ def to_qonnx(graph: Graph) -> ModelWrapper:
                     "MatMul", [f"{out}/x64", const(f"{out}/w", weight)], [f"{out}/acc"]
                 )
             )
+            last = node is graph.nodes[-1]
+            sum_name = "logits" if last else f"{out}/sum"
             nodes.append(
                 helper.make_node(
                     "Add",
                     [f"{out}/acc", const(f"{out}/b", a["bias"].astype(np.float64))],
-                    ["logits"],
+                    [sum_name],
                 )
             )
+            if not last:  # integers held in float32 again, for the MultiThreshold after it
+                nodes.append(helper.make_node("Cast", [sum_name], [out], to=TensorProto.FLOAT))
         else:
             raise ExportError(f"node {out}: op {node.op!r} has no QONNX form")
         ranges[out] = attrs.get("range")

@@ -19,12 +19,14 @@ def image_codes(images: Tensor) -> Tensor:
     return torch.round(images.detach().double().clamp(0, 1) * 255).to(torch.uint8)
 
 
-def _conv(x: Tensor, weight: Tensor, stride, padding, groups: int) -> Tensor:
+def _conv(x: Tensor, weight: Tensor, stride, padding, groups: int, dilation=(1, 1)) -> Tensor:
     """Integer convolution as im2col and an integer matrix product (in x's dtype)."""
     n = x.shape[0]
     cout, cin_g, kh, kw = weight.shape
     x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
-    patches = x.unfold(2, kh, stride[0]).unfold(3, kw, stride[1])  # n, cin, ho, wo, kh, kw
+    span_h, span_w = dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1
+    patches = x.unfold(2, span_h, stride[0]).unfold(3, span_w, stride[1])
+    patches = patches[..., :: dilation[0], :: dilation[1]]  # n, cin, ho, wo, kh, kw
     ho, wo = patches.shape[2:4]
     cout_g = cout // groups
     outs = []
@@ -33,6 +35,19 @@ def _conv(x: Tensor, weight: Tensor, stride, padding, groups: int) -> Tensor:
         cols = p.reshape(n * ho * wo, cin_g * kh * kw)
         outs.append(cols @ weight[g * cout_g : (g + 1) * cout_g].reshape(cout_g, -1).t())
     return torch.cat(outs, 1).view(n, ho, wo, cout).permute(0, 3, 1, 2)
+
+
+def _windows(x: Tensor, windows: Tensor, out_hw, reduce: str) -> Tensor:
+    """Sum or max of x [N, C, H, W] over each output position's input positions (`windows`
+    [outputs, k]; the index H * W marks no position), one window slot at a time."""
+    n, c = x.shape[:2]
+    flat = x.reshape(n, c, -1)
+    empty = 0 if reduce == "sum" else torch.iinfo(x.dtype).min
+    flat = torch.cat([flat, flat.new_full((n, c, 1), empty)], 2)
+    out = flat[:, :, windows[:, 0]]
+    for slot in windows[:, 1:].t():
+        out = out + flat[:, :, slot] if reduce == "sum" else torch.maximum(out, flat[:, :, slot])
+    return out.view(n, c, *out_hw)
 
 
 def _dtype(lo: int, hi: int):
@@ -52,7 +67,7 @@ class IntegerRuntime:
 
     def __call__(self, codes: Tensor) -> Tensor:
         """Integer logits [N, classes] (int64) for uint8 image codes [N, C, H, W]."""
-        return self.run_all(codes)[self.graph.output]
+        return self.run_all(codes)[self.graph.output].to(torch.int64)
 
     def run_all(self, codes: Tensor) -> dict[str, Tensor]:
         """Every tensor of the graph, by node name."""
@@ -71,7 +86,10 @@ class IntegerRuntime:
                     node.attrs["stride"],
                     node.attrs["padding"],
                     node.attrs["groups"],
+                    node.attrs.get("dilation", (1, 1)),
                 )
+                if "bias" in a:
+                    out = out + a["bias"].view(1, -1, 1, 1).to(out_dtype)
             elif node.op == "threshold":
                 thresholds = a["thresholds"].to(x[0].dtype)
                 out = apply_thresholds(x[0], thresholds, a["sign"].to(x[0].dtype))
@@ -83,6 +101,16 @@ class IntegerRuntime:
                     node.attrs["stride"],
                     node.attrs["padding"],
                 ).to(out_dtype)
+            elif node.op == "windowsum":
+                out = _windows(x[0].to(out_dtype), a["windows"], node.attrs["out_hw"], "sum")
+            elif node.op == "windowmax":  # max of sign * x, where the value falls with x
+                sign = a["sign"].view(1, -1, 1, 1).to(out_dtype)
+                windows, hw = a["windows"], node.attrs["out_hw"]
+                out = sign * _windows(sign * x[0].to(out_dtype), windows, hw, "max")
+            elif node.op == "concat":
+                out = torch.cat([t.to(out_dtype) for t in x], 1)
+            elif node.op == "flatten":
+                out = x[0].to(out_dtype).flatten(1)
             elif node.op == "add":
                 lo, hi = node.attrs["range"]
                 out = (x[0].to(out_dtype) + x[1].to(out_dtype)).clamp(lo, hi)
@@ -98,7 +126,7 @@ class IntegerRuntime:
 
 def run(graph: Graph, codes: Tensor) -> Tensor:
     """Integer logits [N, classes] (int64) for uint8 image codes [N, C, H, W]."""
-    return IntegerRuntime(graph)(codes).to(torch.int64)
+    return IntegerRuntime(graph)(codes)
 
 
 def run_all(graph: Graph, codes: Tensor) -> dict[str, Tensor]:

@@ -47,7 +47,11 @@ def _rebuild(layer: nn.Module, cls: type, **bits) -> nn.Module:
     if isinstance(layer, nn.Conv2d):
         args = (layer.in_channels, layer.out_channels, layer.kernel_size)
         kw.update(
-            stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            input_pool=layer.input_pool,
         )
     else:
         args = (layer.in_features, layer.out_features)

@@ -12,15 +12,27 @@ quantizer keeps the float network's meaning:
   input as it comes (`abits=None`) and a SignedQuant module, one per producing tensor and
   shared by all its consumers, is put in front of it.
 
+Two more rewrites make the network computable with integers only (edmips.export.lower_graph):
+
+- both operands of a residual add pass through one SignedQuant, so they meet on one grid;
+- a layer takes over the average pool in front of it: a conv as its `input_pool`, a linear
+  after a global pool (through flatten and dropout) as `pool_input=True`. It quantizes first
+  and averages after, so the pool sums integers (edmips's own ResNet classifier does the same).
+
+At 32 bits all of these are the identity, so the converted network is the float one.
+
 The result is a fixed-bit network; `to_search` / `to_fixed` turn it into the search network
 or retrain bit-widths exactly as for edmips's own models.
 """
 
+import copy
+import operator
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.fx.operator_schemas import normalize_function
 
 from edmips.nn.layers import QuantConv2d, QuantLinear
 from edmips.quant import FULL_PRECISION, SignedQuant
@@ -116,6 +128,7 @@ def quantize(
     """The model traced, with every conv/linear (those `filter(name, layer)` accepts) made a
     fixed-bit quantized layer; layer names stay those of the model."""
     gm = fx.symbolic_trace(model)
+    _quantize_adds(gm, signed_bits)
     modules = dict(gm.named_modules())
     signed: dict[fx.Node, fx.Node] = {}  # producer -> its SignedQuant node
     for node in list(gm.graph.nodes):
@@ -126,9 +139,15 @@ def quantize(
             continue
         if filter is not None and not filter(node.target, layer):
             continue
+        pool = _fold_pool(node, layer, modules)
         source = node.args[0]
         nonneg = is_nonnegative(source, modules)
-        _replace(gm, node.target, quant_layer(layer, wbits, abits if nonneg else None))
+        new = quant_layer(layer, wbits, abits if nonneg else None)
+        if isinstance(new, QuantLinear):
+            new.pool_input = pool is not None
+        else:
+            new.input_pool = pool
+        _replace(gm, node.target, new)
         if not nonneg:
             if source not in signed:
                 name = f"{SIGNED_PREFIX}.{node.target.replace('.', '_')}"
@@ -136,9 +155,90 @@ def quantize(
                 with gm.graph.inserting_after(source):
                     signed[source] = gm.graph.call_module(name, (source,))
             node.replace_input_with(source, signed[source])
+    gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()
     return gm.train(model.training)
+
+
+_PASS_MODULES = (nn.Dropout, nn.Flatten, nn.Identity)
+_PASS_FUNCTIONS = {F.dropout, torch.flatten}
+_PASS_METHODS = {"view", "reshape", "flatten", "contiguous"}
+
+
+def _passes_through(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Flatten, reshape, dropout and identity: what may sit between a pool and a linear."""
+    if node.op == "call_module":
+        return isinstance(modules[node.target], _PASS_MODULES)
+    if node.op == "call_function":
+        return node.target in _PASS_FUNCTIONS
+    return node.op == "call_method" and node.target in _PASS_METHODS
+
+
+def _avg_pool(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:
+    """The average pool a node computes, as a module, if it is one and has no other reader."""
+    if len(node.users) != 1:
+        return None
+    if node.op == "call_module" and isinstance(
+        modules[node.target], (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+    ):
+        return copy.deepcopy(modules[node.target])
+    if node.op == "call_function" and node.target in (F.avg_pool2d, F.adaptive_avg_pool2d):
+        call = normalize_function(
+            node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True
+        )
+        if call is None:
+            return None
+        kw = {k: v for k, v in call.kwargs.items() if k != "input"}
+        if node.target is F.avg_pool2d:
+            return nn.AvgPool2d(**kw)
+        return nn.AdaptiveAvgPool2d(**kw)
+    return None
+
+
+def _fold_pool(node: fx.Node, layer: nn.Module, modules: dict[str, nn.Module]) -> nn.Module | None:
+    """Let the layer take over an average pool in front of it, so that it quantizes before
+    pooling: conv(avg_pool(x)) -> conv(x) with the pool as its `input_pool`, and
+    linear(dropout(flatten(global_avg_pool(x)))) -> linear(dropout(x)) with `pool_input`.
+    Returns the pool taken over (rewiring the graph), or None."""
+    if isinstance(layer, nn.Conv2d):
+        pool = _avg_pool(node.args[0], modules)
+        if pool is not None:
+            node.args = (node.args[0].args[0],)
+        return pool
+    chain, source = [], node.args[0]
+    while _passes_through(source, modules) and len(source.users) == 1:
+        chain.append(source)
+        source = source.args[0]
+    pool = _avg_pool(source, modules)
+    if not isinstance(pool, nn.AdaptiveAvgPool2d) or pool.output_size not in (1, (1, 1)):
+        return None
+    x = source.args[0]
+    for n in reversed(chain):  # dropouts stay: elementwise, they act as well on the map
+        if n.target is F.dropout or isinstance(modules.get(n.target), nn.Dropout):
+            n.args = (x, *n.args[1:])
+            x = n
+    node.args = (x,)
+    return pool
+
+
+ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+
+
+def _quantize_adds(gm: fx.GraphModule, bits: int) -> None:
+    """Both operands of every tensor + tensor add through one SignedQuant (one grid)."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in ADD_FUNCTIONS:
+            continue
+        operands = node.args[:2]
+        if node.kwargs or len(node.args) != 2:
+            continue
+        if not all(isinstance(a, fx.Node) and a.op != "get_attr" for a in operands):
+            continue  # a constant added: no grid to share
+        name = f"{SIGNED_PREFIX}.{node.name}"
+        gm.add_submodule(name, SignedQuant(bits))
+        with gm.graph.inserting_before(node):
+            node.args = tuple(gm.graph.call_module(name, (a,)) for a in operands)
 
 
 def _replace(gm: fx.GraphModule, name: str, new: nn.Module) -> None:

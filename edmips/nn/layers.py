@@ -9,6 +9,8 @@ Every layer quantizes its own input with HWGQ (the pre-activation position), exc
 built with `abits=None`, whose input arrives already quantized (the image, 8-bit codes).
 A linear layer with `pool_input=True` quantizes a feature map, averages it over space and
 then applies the linear map: the classifier of a ResNet, with its quantizer before the pool.
+A conv with an `input_pool` (an average pool) likewise quantizes, pools, then convolves, so
+integer inference pools integers.
 """
 
 import torch
@@ -132,7 +134,10 @@ class _MixedBits:
 
 class _ConvForward:
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.quant_input(x), self.quant_weight(), self.quant_bias())
+        x = self.quant_input(x)
+        if self.input_pool is not None:
+            x = self.input_pool(x)
+        return self._conv_forward(x, self.quant_weight(), self.quant_bias())
 
 
 class _LinearForward:
@@ -146,8 +151,17 @@ class _LinearForward:
 
 
 class QuantConv2d(_FixedBits, _ConvForward, nn.Conv2d):
-    def __init__(self, *args, wbits=FULL_PRECISION, abits=FULL_PRECISION, per_channel=True, **kw):
+    def __init__(
+        self,
+        *args,
+        wbits=FULL_PRECISION,
+        abits=FULL_PRECISION,
+        per_channel=True,
+        input_pool: nn.Module | None = None,
+        **kw,
+    ):
         super().__init__(*args, **kw)
+        self.input_pool = input_pool
         self._init_bits(wbits, abits, per_channel)
 
 
@@ -175,9 +189,11 @@ class MixedConv2d(_MixedBits, _ConvForward, nn.Conv2d):
         per_channel=True,
         shared=True,
         alpha_init=0.01,
+        input_pool: nn.Module | None = None,
         **kw,
     ):
         super().__init__(*args, **kw)
+        self.input_pool = input_pool
         self._init_bits(wbits, abits, per_channel, shared, alpha_init)
 
 

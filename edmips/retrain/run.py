@@ -31,7 +31,7 @@ from edmips.builders import (
     measure,
 )
 from edmips.export import IntegerRuntime, export, image_codes, load_bundle, reference_copy
-from edmips.export.onnx_run import float_reference, qdq_runtime
+from edmips.export.onnx_run import qdq_runtime
 from edmips.models import list_models
 from edmips.nn import default_searched, to_fixed, to_search
 from edmips.nn.convert import first_and_last
@@ -127,17 +127,21 @@ def _load_search_weights(model, found: arch_file.Arch, path: Path) -> None:
 
 def integer_pair(model, bundle: Path):
     """The fake-quantized network in float64 and the integer runtime of its bundle (checked as
-    it is read), as functions of a batch of images."""
-    reference, integer = reference_copy(model), IntegerRuntime(load_bundle(bundle))
-    return (lambda x: reference(x.double())), (lambda x: integer(image_codes(x)))
+    it is read), as functions of a batch of images; the integer logits are scaled by their
+    per-class units, which argmax needs when the classes' weight scales differ."""
+    reference, graph = reference_copy(model), load_bundle(bundle)
+    integer = IntegerRuntime(graph)
+    unit = torch.as_tensor(graph.node(graph.output).attrs["scale"], dtype=torch.float64)
+    return (lambda x: reference(x.double())), (lambda x: integer(image_codes(x)) * unit)
 
 
 @torch.no_grad()
-def deployment_check(reference, deployed, loader, max_images: int | None = None) -> dict:
-    """Accuracy of the fake-quantized reference and of the deployed model (integer runtime or
-    ONNX), and how often they predict the same class, on the first max_images test images
-    (None: all). Both are functions from a batch of images to logits."""
-    correct_ref = correct_ref5 = correct_deployed = agree = total = 0
+def deployment_check(reference, deployed, loader, max_images: int | None = None, qdq=None) -> dict:
+    """Accuracy of the fake-quantized reference and of the integer runtime (`deployed`), and how
+    often they predict the same class, on the first max_images test images (None: all); with
+    `qdq`, also how often the QDQ ONNX model agrees with the reference. Each is a function
+    from a batch of images to logits."""
+    correct_ref = correct_ref5 = correct_deployed = agree = agree_qdq = total = 0
     for x, y in loader:
         if max_images is not None:
             x, y = x[: max_images - total], y[: max_images - total]
@@ -150,6 +154,8 @@ def deployment_check(reference, deployed, loader, max_images: int | None = None)
         correct_ref5 += int((top5 == y[:, None]).any(1).sum())
         correct_deployed += int((pred_deployed == y).sum())
         agree += int((pred_ref == pred_deployed).sum())
+        if qdq is not None:
+            agree_qdq += int((pred_ref == qdq(x).argmax(1)).sum())
         total += len(y)
         if total == max_images:
             break
@@ -158,6 +164,7 @@ def deployment_check(reference, deployed, loader, max_images: int | None = None)
         "test_acc_top5": correct_ref5 / total,
         "test_acc_integer": correct_deployed / total,
         "prediction_agreement": agree / total,
+        "qdq_agreement": agree_qdq / total if qdq is not None else None,
         "test_images": total,
     }
 
@@ -210,21 +217,20 @@ def retrain(cfg: DictConfig) -> dict:
         export(model, datamodule.input_size, out)
         datamodule.setup("test")
         loader, images = datamodule.test_dataloader(), cfg.integer_check_images
-        if isinstance(model, fx.GraphModule):  # exported as ONNX from the traced graph
-            reference, deployed = float_reference(model), qdq_runtime(out / "model_qdq.onnx")
-        else:
-            reference, deployed = integer_pair(model, out / "integer")
-        record.update(deployment_check(reference, deployed, loader, images))
+        reference, deployed = integer_pair(model, out / "integer")
+        qdq = qdq_runtime(out / "model_qdq.onnx") if isinstance(model, fx.GraphModule) else None
+        record.update(deployment_check(reference, deployed, loader, images, qdq))
         record["wall_time_s"] = time.perf_counter() - start
     metrics = metrics_file.RetrainMetrics(**record)
     if trainer.is_global_zero:
         metrics_file.save(metrics, Path(cfg.output_dir) / "metrics.json")
         log.info(
-            "test acc %.4f (top-5 %.4f), integer %.4f, agreement %.4f",
+            "test acc %.4f (top-5 %.4f), integer %.4f, agreement %.4f%s",
             metrics.test_acc,
             metrics.test_acc_top5,
             metrics.test_acc_integer,
             metrics.prediction_agreement,
+            "" if metrics.qdq_agreement is None else f", QDQ ONNX {metrics.qdq_agreement:.4f}",
         )
     return metrics.to_dict()
 
