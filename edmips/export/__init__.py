@@ -27,20 +27,14 @@ __all__ = [
 def export(model, input_size, out) -> list[Path]:
     """Lower a trained fixed-bit network and write `integer/` (the bundle) and `model.onnx`
     (QONNX, written from the bundle) into `out`; returns the paths written. A model converted
-    by `edmips.nn.quantize` is lowered from its traced graph and also gets `model_qdq.onnx`
-    (QuantizeLinear/DequantizeLinear, for plain onnxruntime)."""
+    by `edmips.nn.quantize` also gets `model_qdq.onnx` (QuantizeLinear/DequantizeLinear, for
+    plain onnxruntime)."""
     from edmips.export.qonnx import save_qonnx
 
     out = Path(out)
-    traced = isinstance(model, fx.GraphModule)
-    if traced:
-        from edmips.export.lower_graph import lower_traced
-
-        graph = lower_traced(model, input_size)
-    else:
-        graph = lower(model, input_size)
+    graph = lower(model, input_size)
     paths = [save_bundle(graph, out / "integer")]
-    if traced:
+    if isinstance(model, fx.GraphModule):
         from edmips.export.onnx_graph import save_onnx
 
         paths.append(save_onnx(model, input_size, out / "model_qdq.onnx"))

@@ -24,8 +24,7 @@ from torch import fx, nn
 from torch.fx.operator_schemas import normalize_function
 from torch.fx.passes.shape_prop import ShapeProp
 
-from edmips.export.lower import ExportError
-from edmips.export.lower_graph import check_graph_exportable
+from edmips.export.lower import ExportError, check_exportable
 from edmips.nn.layers import QuantConv2d, QuantLinear
 from edmips.quant import HWGQ_STEPS, SignedQuant, integer_weight
 
@@ -262,7 +261,7 @@ def to_onnx(model: fx.GraphModule, input_size) -> onnx.ModelProto:
     images in [0, 1]) and output `logits`."""
     if not isinstance(model, fx.GraphModule):
         raise ExportError(f"model {type(model).__name__}: not a traced (quantize'd) model")
-    check_graph_exportable(model)
+    check_exportable(model)
     model = _eval_copy(model)
     ShapeProp(model).propagate(torch.zeros(1, *input_size))
     builder = _Builder(model)

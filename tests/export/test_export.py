@@ -108,7 +108,7 @@ def test_uncalibrated_stream_and_foreign_models_are_refused():
     complexity.measure(model, (3, 32, 32))
     with pytest.raises(ExportError, match=r"quantizer stages\.0\.quant: range never calibrated"):
         lower(model, (3, 32, 32))
-    with pytest.raises(ExportError, match="model Sequential: the integer exporter knows"):
+    with pytest.raises(ExportError, match="layer 0: a float Conv2d; convert the model with edmips"):
         lower(nn.Sequential(nn.Conv2d(3, 3, 3)), (3, 32, 32))
 
 

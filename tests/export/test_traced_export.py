@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edmips.export import ExportError, IntegerRuntime, export, load_bundle
-from edmips.export.lower_graph import lower_traced
+from edmips.export.lower import lower
 from edmips.export.onnx_graph import to_onnx
 from edmips.export.onnx_run import run_qdq
 from edmips.export.qonnx import run_qonnx
@@ -155,7 +155,7 @@ def test_what_cannot_be_lowered_is_named():
     with pytest.raises(ExportError, match=r"^node sigmoid: no ONNX lowering for sigmoid$"):
         to_onnx(model, (3, 8, 8))
     with pytest.raises(ExportError, match=r"^node sigmoid: no integer lowering for sigmoid$"):
-        lower_traced(model, (3, 8, 8))
+        lower(model, (3, 8, 8))
 
     class PoolThenReLU(nn.Module):  # averages a float value before any quantizer rounds it
         def __init__(self):
@@ -168,18 +168,18 @@ def test_what_cannot_be_lowered_is_named():
 
     model = calibrated(quantize(PoolThenReLU(), wbits=4, abits=4), 8)
     with pytest.raises(ExportError, match=r"^node avg_pool2d: average pooling needs an integer"):
-        lower_traced(model, (3, 8, 8))
+        lower(model, (3, 8, 8))
 
 
 def test_unquantized_uncalibrated_and_search_layers_are_refused_by_name():
     model = trained_like("tv_resnet18", 32)
     model.get_submodule("body.layer2.0.conv1").wbits = 32
-    for export_form in (to_onnx, lower_traced):
+    for export_form in (to_onnx, lower):
         with pytest.raises(ExportError, match=r"layer body\.layer2\.0\.conv1: weights are not"):
             export_form(model, (3, 32, 32))
     model = create_model("tv_resnet18", num_classes=10)
     to_fixed(model, {n: (2, 2) for n in default_searched(model)})
     with pytest.raises(ExportError, match=r"quantizer signed_quant\.\w+: range never"):
-        lower_traced(model, (3, 32, 32))
+        lower(model, (3, 32, 32))
     with pytest.raises(ExportError, match="not a traced"):
         to_onnx(nn.Sequential(nn.Conv2d(3, 3, 3)), (3, 8, 8))
