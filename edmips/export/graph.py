@@ -7,7 +7,6 @@ attributes, the output) and `arrays.npz` (integer weights, thresholds, biases). 
     conv       integer convolution (+ bias) -> accumulator (attrs: stride, padding, groups,
                dilation, acc_bits)
     threshold  level = #{k : sign_c * x >= T_ck} + out_bias  (per channel)
-    maxpool    max over windows (attrs: kernel, stride, padding)
     windowmax  sign_c * max of sign_c * x over each output position's input positions
                (`windows` [outputs, k], index H*W = none; attrs: out_hw): any max pooling
     windowsum  the sum over the same windows: any average pooling, less its division
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT, VERSION = "edmips-integer", 1
+FORMAT, VERSION = "edmips-integer", 2  # 2: windowed pools, concat, flatten, conv bias
 
 
 @dataclass
@@ -103,7 +102,10 @@ def load_bundle(path: str | Path) -> Graph:
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not an integer bundle ({e})") from None
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise ValueError(f"{path}: not an {FORMAT} v{VERSION} bundle")
+        raise ValueError(
+            f"{path}: not an {FORMAT} v{VERSION} bundle "
+            "(export the checkpoint again: python -m edmips.export <run dir>)"
+        )
     graph = Graph(manifest["model"], manifest["input_shape"])
     for spec in manifest["nodes"]:
         spec = dict(spec)

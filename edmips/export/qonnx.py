@@ -133,13 +133,6 @@ def to_qonnx(graph: Graph) -> ModelWrapper:
                     out_scale=1.0,
                 )
             )
-        elif node.op == "maxpool":
-            k, s, p = attrs["kernel"], attrs["stride"], attrs["padding"]
-            nodes.append(
-                helper.make_node(
-                    "MaxPool", [x], [out], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4
-                )
-            )
         elif node.op == "add":
             lo, hi = attrs["range"]
             nodes.append(helper.make_node("Add", node.inputs, [f"{out}/sum"]))

@@ -94,13 +94,6 @@ class IntegerRuntime:
                 thresholds = a["thresholds"].to(x[0].dtype)
                 out = apply_thresholds(x[0], thresholds, a["sign"].to(x[0].dtype))
                 out = out.to(out_dtype) + node.attrs["out_bias"]
-            elif node.op == "maxpool":
-                out = F.max_pool2d(
-                    x[0].to(torch.int64),
-                    node.attrs["kernel"],
-                    node.attrs["stride"],
-                    node.attrs["padding"],
-                ).to(out_dtype)
             elif node.op == "windowsum":
                 out = _windows(x[0].to(out_dtype), a["windows"], node.attrs["out_hw"], "sum")
             elif node.op == "windowmax":  # max of sign * x, where the value falls with x
