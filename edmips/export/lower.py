@@ -323,28 +323,18 @@ class _GraphLowering:
         return arg
 
     def window(self, name: str, x: _Value, pool, in_shape, op: str) -> _Value:
-        """A pool as the input positions of each output position, found by running the pool
-        itself on one-hot maps: every option (padding, ceil mode, adaptive) is torch's own."""
+        """A pool as the input positions of each output position (`_windows`)."""
         _, channels, height, width = in_shape
-        basis = torch.eye(height * width, dtype=torch.float64).view(-1, 1, height, width)
-        pooled = pool(basis)
-        out_h, out_w = pooled.shape[-2:]
-        weights = pooled.reshape(height * width, out_h * out_w).t()  # [out, in]
-        taken = weights != 0
-        count = int(taken.sum(1).max())
-        windows = torch.full((out_h * out_w, count), height * width, dtype=torch.int64)
-        for j, row in enumerate(taken):
-            idx = row.nonzero().flatten()
-            windows[j, : len(idx)] = idx
-        divisors = 1.0 / weights[taken]
+        windows, divisors, (out_h, out_w) = _windows(pool, height, width)
+        count = windows.shape[1]
         if op == "windowmax":
             sign = self.direction(x, channels)
             lo, hi, f, unit = x.lo, x.hi, x.f, x.unit
             arrays = {"windows": windows.numpy().astype(np.int32), "sign": sign}
         else:
-            divisor = float(divisors[0])
-            if not bool((divisors == divisor).all()):
-                raise ExportError(f"node {name}: average pooling with unequal windows")
+            divisor = round(float(divisors[0]))
+            if not bool(((divisors - divisor).abs() < 1e-9).all()):
+                raise ExportError(f"node {name}: average pooling with unequal divisors")
             if count == 1 and divisor == 1:  # each window one position: a gather, f unchanged
                 f, unit = x.f, x.unit
             else:
@@ -400,6 +390,28 @@ class _GraphLowering:
         units = [p.unit for p in parts]
         unit = None if any(u is None for u in units) else torch.cat(units)
         return _Value(node.name, min(p.lo for p in parts), max(p.hi for p in parts), f, unit)
+
+
+def _windows(pool, height: int, width: int) -> tuple[Tensor, Tensor, tuple[int, int]]:
+    """The input positions of each output position of a 2-D pool ([outputs, k], the index
+    height * width where a window has fewer than k), each window's divisor (for an average)
+    and the output size. Found by running the pool itself on one-hot rows and columns, so
+    every option (padding, dilation, ceil mode, adaptive) is torch's own: a 2-D pool's window
+    is its rows times its columns."""
+    f64 = dict(dtype=torch.float64)
+    one_row = torch.eye(height, **f64)[:, None, :, None].expand(-1, 1, -1, width).contiguous()
+    one_col = torch.eye(width, **f64)[:, None, None, :].expand(-1, 1, height, -1).contiguous()
+    rows = [r.nonzero().flatten() for r in (pool(one_row)[:, 0] != 0).any(2).t()]
+    cols = [c.nonzero().flatten() for c in (pool(one_col)[:, 0] != 0).any(1).t()]
+    count = max(len(r) for r in rows) * max(len(c) for c in cols)
+    windows = torch.full((len(rows) * len(cols), count), height * width, dtype=torch.int64)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            idx = (r[:, None] * width + c[None, :]).flatten()
+            windows[i * len(cols) + j, : len(idx)] = idx
+    sizes = torch.tensor([len(r) * len(c) for r in rows for c in cols], **f64)
+    divisors = sizes / pool(torch.ones(1, 1, height, width, **f64)).flatten()  # mean = sum / d
+    return windows, divisors, (len(rows), len(cols))
 
 
 def int_dtype(magnitude: int):
