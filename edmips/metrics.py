@@ -10,7 +10,7 @@
 Accuracies are fractions; test accuracies are on the test split through the float64
 fake-quantized reference, `test_acc_integer` through the integer runtime;
 `prediction_agreement` is how often the two predict the same class, `qdq_agreement` the same
-for the QDQ ONNX model of a converted network (None for edmips's own). Fields missing
+for `model_qdq.onnx` under onnxruntime (None where no ONNX model was written). Fields missing
 from an older file read as None; unknown fields are ignored.
 """
 

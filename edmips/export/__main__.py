@@ -1,5 +1,5 @@
-"""Export a retrained checkpoint: the integer bundle and its QONNX model, and for a model
-converted by `edmips.nn.quantize` (e.g. tv_mobilenet_v2) also the QDQ ONNX model.
+"""Export a retrained checkpoint: the integer bundle and its two ONNX models (QONNX, and
+standard ops for onnxruntime), for edmips's ResNets and converted models (tv_mobilenet_v2) alike.
 
     python -m edmips.export <retrain run dir or .ckpt> [--out DIR]
 

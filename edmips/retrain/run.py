@@ -4,8 +4,8 @@ The architecture is a found.json (any model in the registry), `uniform` (every s
 layer at `wbits`/`abits`) or `random` (a seeded random allocation within 1% of `target_bits`),
 so searched networks and their baselines go through one recipe. The file is
 loaded and matched against the model before anything trains. At the end the network is
-lowered to the integer graph (bundle + QONNX) and the test split is run through both the
-float64 fake-quantized reference and the integer runtime.
+lowered to the integer graph (bundle and two ONNX models) and the test split is run through
+the float64 fake-quantized reference, the integer runtime and `model_qdq.onnx`.
 """
 
 import logging
@@ -17,7 +17,6 @@ import pytorch_lightning as L
 import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
-from torch import fx
 
 from edmips import arch as arch_file
 from edmips import checks, rundir
@@ -31,7 +30,7 @@ from edmips.builders import (
     measure,
 )
 from edmips.export import IntegerRuntime, export, image_codes, load_bundle, reference_copy
-from edmips.export.onnx_run import qdq_runtime
+from edmips.export.onnx_files import qdq_runtime
 from edmips.models import list_models
 from edmips.nn import default_searched, to_fixed, to_search
 from edmips.nn.convert import first_and_last
@@ -139,7 +138,7 @@ def integer_pair(model, bundle: Path):
 def deployment_check(reference, deployed, loader, max_images: int | None = None, qdq=None) -> dict:
     """Accuracy of the fake-quantized reference and of the integer runtime (`deployed`), and how
     often they predict the same class, on the first max_images test images (None: all); with
-    `qdq`, also how often the QDQ ONNX model agrees with the reference. Each is a function
+    `qdq`, also how often `model_qdq.onnx` agrees with the reference. Each is a function
     from a batch of images to logits."""
     correct_ref = correct_ref5 = correct_deployed = agree = agree_qdq = total = 0
     for x, y in loader:
@@ -218,7 +217,7 @@ def retrain(cfg: DictConfig) -> dict:
         datamodule.setup("test")
         loader, images = datamodule.test_dataloader(), cfg.integer_check_images
         reference, deployed = integer_pair(model, out / "integer")
-        qdq = qdq_runtime(out / "model_qdq.onnx") if isinstance(model, fx.GraphModule) else None
+        qdq = qdq_runtime(out / "model_qdq.onnx") if (out / "model_qdq.onnx").exists() else None
         record.update(deployment_check(reference, deployed, loader, images, qdq))
         record["wall_time_s"] = time.perf_counter() - start
     metrics = metrics_file.RetrainMetrics(**record)
@@ -230,7 +229,7 @@ def retrain(cfg: DictConfig) -> dict:
             metrics.test_acc_top5,
             metrics.test_acc_integer,
             metrics.prediction_agreement,
-            "" if metrics.qdq_agreement is None else f", QDQ ONNX {metrics.qdq_agreement:.4f}",
+            "" if metrics.qdq_agreement is None else f", ONNX {metrics.qdq_agreement:.4f}",
         )
     return metrics.to_dict()
 

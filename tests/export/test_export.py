@@ -15,7 +15,7 @@ from edmips.export import (
     run,
     save_bundle,
 )
-from edmips.export.qonnx import run_qonnx, save_qonnx
+from edmips.export.onnx_files import run_qonnx, save_onnx
 from edmips.export.runtime import run_all
 from edmips.models import create_model
 from edmips.nn import default_searched, to_fixed, to_search
@@ -73,7 +73,7 @@ def test_every_tensor_of_the_graph_is_integer_and_within_its_range():
 def test_qonnx_model_executed_by_qonnx_gives_the_runtime_integers(tmp_path):
     model = trained_like("resnet_tiny", 32, seed=2)
     graph = lower(model, (3, 32, 32))
-    path = save_qonnx(graph, tmp_path / "model.onnx")
+    path = save_onnx(graph, tmp_path / "model.onnx")
     import onnx
 
     onnx.checker.check_model(str(path), full_check=True)  # logits have a shape
@@ -117,7 +117,7 @@ def test_qonnx_refuses_accumulators_float32_cannot_hold():
     graph = lower(model, (3, 32, 32))
     graph.node("stages.0.0.conv1").attrs["acc_bits"] = 30
     with pytest.raises(ExportError, match=r"layer stages\.0\.0\.conv1: a 30-bit accumulator"):
-        save_qonnx(graph, "/nonexistent/model.onnx")
+        save_onnx(graph, "/nonexistent/model.onnx")
 
 
 def test_the_runtime_refuses_float_input():
