@@ -169,12 +169,13 @@ class _GraphLowering:
             "input", "input", [], range=[0, 255], scale=1 / 255, arrays={"zero_point": zero}
         )
         # The reference reads images as float32 k / 255, so f rounds to float32 as they do.
-        return _Value("input", 0, 255, lambda v: (v.float() / 255).double(), None)
+        self.image = _Value("input", 0, 255, lambda v: (v.float() / 255).double(), None)
+        return self.image
 
     def input_codes(self, x: _Value, m: InputQuant) -> _Value:
         """edmips's ResNets read the image as codes minus a zero point: the input node's own."""
-        if x.name != "input":
-            raise ExportError("InputQuant: only on the image")
+        if x is not self.image:
+            raise ExportError("InputQuant: only on the image itself")
         zero_point = m.zero_point.flatten().round().long()
         lo, hi = -int(zero_point.max()), 255 - int(zero_point.min())
         node = self.graph.node("input")
@@ -195,7 +196,7 @@ class _GraphLowering:
                 return self.threshold(x, node.name, self.shape(node)[1], m.bits)
             if isinstance(m, InputQuant):
                 return self.input_codes(x, m)
-            if isinstance(m, _ELEMENTWISE_MODULES) or _is_normalize(m):
+            if isinstance(m, _ELEMENTWISE_MODULES):
                 return x.then(_per_channel(m, len(self.shape(node))))
             if isinstance(m, (*_MAX_POOLS, *_AVG_POOLS)):
                 op = "windowmax" if isinstance(m, _MAX_POOLS) else "windowsum"
@@ -421,12 +422,6 @@ def int_dtype(magnitude: int):
 
 def _is_constant(arg) -> bool:
     return isinstance(arg, (int, float)) or (isinstance(arg, fx.Node) and arg.op == "get_attr")
-
-
-def _is_normalize(m: nn.Module) -> bool:
-    from edmips.models.tv import Normalize
-
-    return isinstance(m, Normalize)
 
 
 def _bound(node: fx.Node) -> Callable[[Tensor], Tensor]:
