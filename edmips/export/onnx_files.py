@@ -84,11 +84,11 @@ def _binary_search(node, x: str, channel_shape, const) -> list[onnx.NodeProto]:
     """A threshold node in standard ops: level = #{k : u >= T_k}, u = sign * x, found by
     testing T at lo + 2^j - 1 for j from high to low (thresholds rise with k)."""
     out, a = node.name, node.arrays
-    thresholds = a["thresholds"].astype(np.float64)
+    thresholds = a["thresholds"].astype(np.float32)  # integers within 2^24: exact
     channels, count = thresholds.shape
     steps = max(1, int(count).bit_length())  # 2^steps - 1 >= count
     width = 2**steps - 1
-    table = np.full((channels, width), 2.0**40)  # past the last threshold: never reached
+    table = np.full((channels, width), 2.0**30, np.float32)  # past the last: never reached
     table[:, :count] = thresholds
     ops = []
 
@@ -99,7 +99,6 @@ def _binary_search(node, x: str, channel_shape, const) -> list[onnx.NodeProto]:
     u = op(
         "Mul", [x, const(f"{out}/sign", a["sign"].astype(np.float32).reshape(channel_shape))], "u"
     )
-    u = op("Cast", [u], "u64", to=TensorProto.DOUBLE)
     table = const(f"{out}/table", table.reshape(-1))
     rows = (np.arange(channels) * width).reshape(channel_shape)  # where each channel's T start
     zero = helper.make_tensor(f"{out}/zero", TensorProto.INT64, [1], [0])
