@@ -248,7 +248,9 @@ class _GraphLowering:
         raise ExportError(f"node {node.name}: no integer lowering for {_describe(target)}")
 
     def layer(self, node: fx.Node, m: nn.Module, x: _Value) -> _Value:
-        name = node.target  # the layer's own name, "stages.0.0.conv1" (once per layer)
+        name = node.target  # the layer's own name, "stages.0.0.conv1"
+        if any(n.name == name for n in self.graph.nodes):
+            raise ExportError(f"layer {name}: used twice; the integer graph names a layer once")
         channels = self.shape(node.args[0])[1]
         if m.abits is not None:
             x = self.threshold(x, f"{name}.input", channels, m.abits)
