@@ -12,7 +12,7 @@ quantizer keeps the float network's meaning:
   input as it comes (`abits=None`) and a SignedQuant module, one per producing tensor and
   shared by all its consumers, is put in front of it.
 
-Two more rewrites make the network computable with integers only (edmips.export.lower_graph):
+Two more rewrites make the network computable with integers only (edmips.export.lower):
 
 - both operands of a residual add pass through one SignedQuant, so they meet on one grid;
 - a layer takes over the average pool in front of it: a conv as its `input_pool`, a linear
