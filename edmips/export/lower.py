@@ -1,9 +1,7 @@
-"""Lower a trained fixed-bit network to the integer graph, from its torch.fx graph: a model
-converted by `edmips.nn.quantize` is traced already, edmips's own ResNets are traced here with
-their quantized layers and quantizers kept whole.
+"""Lower a trained fixed-bit network to the integer graph, from its torch.fx graph.
 
-The model is copied to float64 on the CPU: that copy is the fake-quantized reference the
-integer graph must reproduce. Its graph is walked in order, and every value the network
+The network's float64 copy, traced (edmips.export.prepare), is the fake-quantized reference
+the integer graph must reproduce. Its graph is walked in order, and every value the network
 computes is held as a function of one integer tensor of the integer graph:
 
     value = f_c(v)    v an integer tensor, f_c a monotonic float64 function per channel
@@ -17,7 +15,6 @@ falls); concatenation joins the channels' functions. What needs v * unit itself 
 add, an average pool, the logits) refuses any other f, naming the node.
 """
 
-import copy
 import functools
 import operator
 from collections.abc import Callable
@@ -30,20 +27,15 @@ from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from edmips.export.graph import Graph
+from edmips.export.prepare import ExportError, check_exportable, reference_copy, traced
 from edmips.export.thresholds import accumulator_bits, compute_thresholds
 from edmips.models.resnet import InputQuant
 from edmips.nn.graph import ADD_FUNCTIONS
-from edmips.nn.layers import MIXED_LAYERS, QuantConv2d, QuantLinear
-from edmips.quant import FULL_PRECISION, HWGQ_STEPS, hwgq_codes, integer_weight
+from edmips.nn.layers import QuantConv2d, QuantLinear
+from edmips.quant import HWGQ_STEPS, hwgq_codes, integer_weight
 from edmips.quant.activation import HWGQ, StreamQuant
 
 MAX_ACC_BITS = 62  # int64 arithmetic in the runtime
-# Kept whole when a model is traced here: what the lowering reads as one operation.
-_LEAVES = (QuantConv2d, QuantLinear, *MIXED_LAYERS, InputQuant, HWGQ, StreamQuant)
-
-
-class ExportError(ValueError):
-    """The network cannot be made integer-only; the message names the layer and the reason."""
 
 
 # Per-channel elementwise steps, run by the reference's own module or function.
@@ -433,52 +425,6 @@ def _bound(node: fx.Node) -> Callable[[Tensor], Tensor]:
 
 def _describe(target) -> str:
     return getattr(target, "__name__", None) or str(target)
-
-
-def check_exportable(model: nn.Module) -> None:
-    """Refuse, by name, a layer that is not a fixed integer one, then a quantizer that is not
-    calibrated."""
-    modules = list(model.named_modules())
-    for name, layer in modules:
-        if isinstance(layer, MIXED_LAYERS):
-            raise ExportError(
-                f"layer {name}: a composite search layer; give it fixed bit-widths "
-                "(retrain the found architecture) before export"
-            )
-        if isinstance(layer, (QuantConv2d, QuantLinear)):
-            if layer.wbits >= FULL_PRECISION:
-                raise ExportError(f"layer {name}: weights are not quantized (32 bits)")
-            if layer.abits == FULL_PRECISION:
-                raise ExportError(f"layer {name}: input activations are not quantized (32 bits)")
-    for name, quantizer in modules:
-        if isinstance(quantizer, StreamQuant):
-            if quantizer.bits >= FULL_PRECISION:
-                raise ExportError(f"quantizer {name}: signed values not quantized (32 bits)")
-            if not bool(quantizer.initialized):
-                raise ExportError(f"quantizer {name}: range never calibrated (train first)")
-
-
-def reference_copy(model: nn.Module) -> nn.Module:
-    """The float64 CPU copy, in eval mode, that the integer graph reproduces."""
-    return copy.deepcopy(model).cpu().double().eval()
-
-
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
-
-
-def traced(model: nn.Module) -> fx.GraphModule:
-    """The model as a torch.fx graph (itself, if it is one already)."""
-    if isinstance(model, fx.GraphModule):
-        return model
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as e:  # noqa: BLE001 - any tracing failure is the same refusal
-        raise ExportError(f"model {type(model).__name__}: torch.fx cannot trace it ({e})") from None
-    gm = fx.GraphModule(model, graph)
-    gm.name = getattr(model, "name", type(model).__name__)
-    return gm
 
 
 @torch.no_grad()

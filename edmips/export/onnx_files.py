@@ -23,7 +23,7 @@ from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
 
 from edmips.export.graph import Graph
-from edmips.export.lower import ExportError
+from edmips.export.prepare import ExportError
 
 FLOAT32_EXACT_BITS = 25  # signed: |x| <= 2^24
 FORMS = ("qonnx", "qdq")
