@@ -10,7 +10,7 @@ attributes, the output) and `arrays.npz` (integer weights, thresholds, biases). 
     windowmax  sign_c * max of sign_c * x over each output position's input positions
                (`windows` [outputs, k], index H*W = none; attrs: out_hw): any max pooling
     windowsum  the sum over the same windows: any average pooling, less its division
-    add        a + b, clamped to [lo, hi] (a residual add on one shared grid)
+    add        a + b (a residual add on one shared grid)
     concat     the inputs joined along the channels
     flatten    N x C x H x W -> N x CHW
     sumpool    sum over the spatial positions

@@ -271,11 +271,8 @@ class _GraphLowering:
         if bias is not None and bool(((bias / unit) - (bias / unit).round()).abs().max() < 1e-6):
             int_bias, bias = torch.round(bias / unit).long(), None
         weight = codes.numpy().astype(int_dtype(weight_max + 1))
-        if isinstance(m, QuantLinear):
-            fan_in, bias_max = m.in_features, int(int_bias.abs().max())
-        else:
-            fan_in, bias_max = m.weight[0].numel(), int(int_bias.abs().max())
-        bits = accumulator_bits(fan_in, x.lo, x.hi, weight_max, bias_max)
+        fan_in = m.weight[0].numel()  # per output: in_features, or Cin/groups * kh * kw
+        bits = accumulator_bits(fan_in, x.lo, x.hi, weight_max, int(int_bias.abs().max()))
         if bits > MAX_ACC_BITS:
             raise ExportError(f"layer {name}: a {bits}-bit accumulator exceeds {MAX_ACC_BITS} bits")
         peak = 2 ** (bits - 1)

@@ -36,15 +36,22 @@ def _datatype(lo: int, hi: int) -> DataType:
     return DataType[f"INT{bits}"] if bits <= 32 else DataType["FLOAT32"]
 
 
-def _windows(node, const) -> list[onnx.NodeProto]:
-    """windowsum / windowmax: gather each output's input positions, then sum or max them.
-    The index H*W reads one extra position holding what a missing position adds."""
-    out, a = node.name, node.arrays
-    ops = []
+def _scoped(out: str):
+    """A list of nodes and a maker that appends one, its output named `out/name`."""
+    ops: list[onnx.NodeProto] = []
 
     def op(kind: str, inputs: list[str], name: str, **attrs) -> str:
         ops.append(helper.make_node(kind, inputs, [f"{out}/{name}"], **attrs))
         return f"{out}/{name}"
+
+    return ops, op
+
+
+def _windows(node, const) -> list[onnx.NodeProto]:
+    """windowsum / windowmax: gather each output's input positions, then sum or max them.
+    The index H*W reads one extra position holding what a missing position adds."""
+    out, a = node.name, node.arrays
+    ops, op = _scoped(out)
 
     flat = op("Reshape", [node.inputs[0], const(f"{out}/flat_shape", np.array([0, 0, -1]))], "flat")
     sign = None
@@ -90,11 +97,7 @@ def _binary_search(node, x: str, channel_shape, const) -> list[onnx.NodeProto]:
     width = 2**steps - 1
     table = np.full((channels, width), 2.0**30, np.float32)  # past the last: never reached
     table[:, :count] = thresholds
-    ops = []
-
-    def op(kind: str, inputs: list[str], name: str, **attrs) -> str:
-        ops.append(helper.make_node(kind, inputs, [f"{out}/{name}"], **attrs))
-        return f"{out}/{name}"
+    ops, op = _scoped(out)
 
     u = op(
         "Mul", [x, const(f"{out}/sign", a["sign"].astype(np.float32).reshape(channel_shape))], "u"
@@ -202,19 +205,7 @@ def to_onnx(graph: Graph, form: str = "qonnx") -> onnx.ModelProto:
                 )
             )
         elif node.op == "add":
-            lo, hi = attrs["range"]
-            nodes.append(helper.make_node("Add", node.inputs, [f"{out}/sum"]))
-            nodes.append(
-                helper.make_node(
-                    "Clip",
-                    [
-                        f"{out}/sum",
-                        const(f"{out}/lo", np.float32(lo)),
-                        const(f"{out}/hi", np.float32(hi)),
-                    ],
-                    [out],
-                )
-            )
+            nodes.append(helper.make_node("Add", node.inputs, [out]))
         elif node.op == "sumpool":
             nodes.append(
                 helper.make_node(

@@ -105,8 +105,7 @@ class IntegerRuntime:
             elif node.op == "flatten":
                 out = x[0].to(out_dtype).flatten(1)
             elif node.op == "add":
-                lo, hi = node.attrs["range"]
-                out = (x[0].to(out_dtype) + x[1].to(out_dtype)).clamp(lo, hi)
+                out = x[0].to(out_dtype) + x[1].to(out_dtype)
             elif node.op == "sumpool":
                 out = x[0].to(out_dtype).sum(dim=(2, 3), dtype=out_dtype)
             elif node.op == "linear":
