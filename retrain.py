@@ -7,8 +7,8 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path="conf", config_name="retrain")
 def main(cfg: DictConfig) -> float | None:
     # Imported here, after Hydra has parsed the command line: --help answers at once.
-    from edmips.cli import one_line_errors
-    from edmips.retrain.run import retrain
+    from edmips.core.cli import one_line_errors
+    from edmips.programs.retrain import retrain
 
     with one_line_errors():
         return retrain(cfg).get("test_acc")

@@ -83,7 +83,15 @@ def main() -> int:
         list(pool.map(lambda kv: run(kv[0], *kv[1]), searches.items()))
         list(pool.map(lambda kv: run(kv[0], *kv[1]), retrains.items()))
     return subprocess.call(
-        [sys.executable, "-m", "edmips.report", str(out / "retrain"), "--out", str(out / "report")]
+        [
+            sys.executable,
+            "-m",
+            "edmips",
+            "report",
+            str(out / "retrain"),
+            "--out",
+            str(out / "report"),
+        ]
     )
 
 

@@ -54,11 +54,11 @@ from torch import nn
 from torch.optim import SGD
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `edmips`
-from edmips import complexity  # noqa: E402
-from edmips.classifier import make_optimizer  # noqa: E402
+from edmips.core.classifier import make_optimizer  # noqa: E402
+from edmips.cost import complexity  # noqa: E402
 from edmips.models import create_model  # noqa: E402
 from edmips.nn.convert import default_searched, quantizable_names, to_fixed, to_search  # noqa: E402
-from edmips.nn.layers import MixedConv2d  # noqa: E402
+from edmips.nn.layers import MixedConv2d, is_selector  # noqa: E402
 from edmips.quant import GAUSS_STEPS, HWGQ_STEPS, StreamQuant  # noqa: E402
 from edmips.quant.activation import HWGQ, hwgq_clip  # noqa: E402
 
@@ -70,7 +70,6 @@ FP_NOTE = (
     "stem HWGQ -> ReLU (a plain float pre-activation ResNet of the same shape)"
 )
 MIB = 2**20
-ARCH_PARAMS = ("alpha_w", "alpha_a")  # as edmips.search.module, whose import pulls in Lightning
 
 
 # -- the naive composite layer (published EdMIPS style) ----------------------------------------
@@ -194,8 +193,8 @@ def make_step(model, layers, args, device, compile_mode=None):
     """One training step `step(x, y)`: forward, loss, backward, optimizer step(s), all fused
     optimizers on CUDA (as the search and retrain modules build them)."""
     named = list(model.named_parameters())
-    weights = [p for n, p in named if n.rsplit(".", 1)[-1] not in ARCH_PARAMS]
-    arch = [p for n, p in named if n.rsplit(".", 1)[-1] in ARCH_PARAMS]
+    weights = [p for n, p in named if not is_selector(n)]
+    arch = [p for n, p in named if is_selector(n)]
     optimizers = [make_optimizer(partial(SGD, lr=0.1, momentum=0.9, weight_decay=1e-4), weights)]
     if arch:
         optimizers.append(make_optimizer(partial(SGD, lr=0.01, momentum=0.9), arch))

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from edmips import arch, complexity
+from edmips.cost import complexity
 from edmips.data import CIFAR10DataModule
-from edmips.export.__main__ import main as export_main
+from edmips.export.cli import main as export_main
 from edmips.models import create_model
 from edmips.nn import default_searched
-from edmips.retrain.run import retrain
-from edmips.search.run import search
+from edmips.programs.retrain import retrain
+from edmips.programs.search import search
+from edmips.records import arch
 
 
 def _files(path):
@@ -185,7 +186,7 @@ def test_a_logger_whose_package_is_missing(search_cfg, tmp_path):
 
 
 def test_only_this_package_s_own_errors_become_one_line(search_cfg):
-    from edmips.cli import one_line_errors
+    from edmips.core.cli import one_line_errors
 
     with pytest.raises(SystemExit, match="^error: mu must be"):
         with one_line_errors():

@@ -4,7 +4,7 @@ two ONNX forms. Nothing here is used in training."""
 import logging
 from pathlib import Path
 
-from edmips.export.graph import Graph, load_bundle, save_bundle
+from edmips.export.ir import Graph, load_bundle, save_bundle
 from edmips.export.lower import lower
 from edmips.export.prepare import ExportError, reference_copy
 from edmips.export.runtime import IntegerRuntime, image_codes, run, run_bundle

@@ -26,14 +26,14 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from edmips.export.graph import Graph
+from edmips.export.ir import Graph
 from edmips.export.prepare import ExportError, check_exportable, reference_copy, traced
 from edmips.export.thresholds import accumulator_bits, compute_thresholds
-from edmips.models.resnet import InputQuant
-from edmips.nn.graph import ADD_FUNCTIONS
+from edmips.nn.fx_quantize import ADD_FUNCTIONS
 from edmips.nn.layers import QuantConv2d, QuantLinear
 from edmips.quant import HWGQ_STEPS, hwgq_codes, integer_weight
 from edmips.quant.activation import HWGQ, StreamQuant
+from edmips.quant.input import InputQuant
 
 MAX_ACC_BITS = 62  # int64 arithmetic in the runtime
 

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
 
-from edmips.export.graph import Graph
+from edmips.export.ir import Graph
 from edmips.export.prepare import ExportError
 
 FLOAT32_EXACT_BITS = 25  # signed: |x| <= 2^24

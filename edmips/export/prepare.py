@@ -6,10 +6,10 @@ import copy
 
 from torch import fx, nn
 
-from edmips.models.resnet import InputQuant
 from edmips.nn.layers import MIXED_LAYERS, QuantConv2d, QuantLinear
 from edmips.quant import FULL_PRECISION
 from edmips.quant.activation import HWGQ, StreamQuant
+from edmips.quant.input import InputQuant
 
 # Kept whole when a model is traced here: what the lowering reads as one operation.
 _LEAVES = (QuantConv2d, QuantLinear, *MIXED_LAYERS, InputQuant, HWGQ, StreamQuant)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from edmips.export.graph import Graph, load_bundle
+from edmips.export.ir import Graph, load_bundle
 from edmips.export.thresholds import apply_thresholds
 
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from edmips.models.registry import register_model
 from edmips.nn.convert import first_and_last, to_fixed
-from edmips.nn.graph import quantize
+from edmips.nn.fx_quantize import quantize
 
 FIXED_BITS = 8  # the unsearched first conv and last linear, as in edmips's ResNets
 # Networks whose auxiliary classifiers and input transform are off here: one output, the image

@@ -1,7 +1,7 @@
 """Quantized layers and the conversions between search and fixed-bit networks."""
 
 from edmips.nn.convert import default_searched, quantizable_names, to_fixed, to_search
-from edmips.nn.graph import quantize
+from edmips.nn.fx_quantize import quantize
 from edmips.nn.layers import (
     MIXED_LAYERS,
     QUANT_LAYERS,

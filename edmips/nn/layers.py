@@ -19,9 +19,16 @@ from torch import Tensor, nn
 
 from edmips.quant import FULL_PRECISION, GAUSS_STEPS, HWGQ_STEPS, hwgq, mixed_hwgq, mixed_weight
 from edmips.quant.activation import round_ste
-from edmips.quant.weight import check_bits, quantize_weight, weight_std
+from edmips.quant.primitives import check_bits
+from edmips.quant.weight import quantize_weight, weight_std
 
 INPUT_BITS = 8  # bit-width of a layer input that arrives quantized (the image)
+SELECTORS = ("alpha_w", "alpha_a")  # the composite layers' architecture parameters
+
+
+def is_selector(name: str) -> bool:
+    """Whether a parameter name (`layer.alpha_w`) is a selector's logits."""
+    return name.rsplit(".", 1)[-1] in SELECTORS
 
 
 class _FixedBits:

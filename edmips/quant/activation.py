@@ -11,15 +11,14 @@ normalized; its scale follows the running maximum of |x| (exponential moving ave
 import torch
 from torch import Tensor, nn
 
-from edmips.quant.weight import FULL_PRECISION
-
-# Uniform steps for the positive half of a unit Gaussian (Lloyd-optimal, then made uniform).
-# 1-4 bits are EdMIPS's constants; 5-8 bits were computed the same way.
-HWGQ_STEPS = {1: 0.799, 2: 0.538, 3: 0.3217, 4: 0.185, 5: 0.103, 6: 0.0566, 7: 0.0307, 8: 0.0165}
-
-
-def hwgq_clip(bits: int) -> float:
-    return HWGQ_STEPS[bits] * (2**bits - 1)
+from edmips.quant.primitives import (
+    FULL_PRECISION,
+    HWGQ_STEPS,
+    hwgq_codes,
+    hwgq_passes,
+    stream_codes,
+    stream_passes,
+)
 
 
 class _RoundSTE(torch.autograd.Function):
@@ -43,22 +42,6 @@ def use_kernels(t: Tensor) -> bool:
     """Eager CUDA tensors go through the fused Triton kernels (edmips.quant.kernels); the CPU and
     torch.compile, which fuses these formulas by itself, use the PyTorch reference."""
     return t.is_cuda and not torch.compiler.is_compiling()
-
-
-def hwgq_codes(x: Tensor, bits: int) -> Tensor:
-    """Integer levels round(clamp(x / step, 0, 2^b - 1)) (same dtype as x).
-
-    The one definition of HWGQ's arithmetic: the quantizers, the CUDA kernels and the export
-    all compute these levels. Written as x * (1 / step) with the factor in float32, because a
-    multiplication rounds the same in eager mode, in compiled code (which turns a division by a
-    constant into this multiplication) and in a kernel.
-    """
-    return (x * (1.0 / HWGQ_STEPS[bits])).clamp_(0, 2**bits - 1).round_()
-
-
-def hwgq_passes(x: Tensor, bits: int) -> Tensor:
-    """Where HWGQ's straight-through gradient passes: 0 <= x <= clip (the clip in x's dtype)."""
-    return (x >= 0) & (x <= hwgq_clip(bits))
 
 
 class _HWGQ(torch.autograd.Function):
@@ -108,16 +91,6 @@ class _StreamSTE(torch.autograd.Function):
 
             return kernels.stream_backward(x, grad, scale, ctx.qmax), None, None
         return grad * stream_passes(x, scale, ctx.qmax), None, None
-
-
-def stream_codes(x: Tensor, scale: Tensor, qmax: int) -> Tensor:
-    """StreamQuant's integer levels round(clamp(x / scale, -qmax, qmax)) (same dtype as x)."""
-    return (x / scale).clamp_(-qmax, qmax).round_()
-
-
-def stream_passes(x: Tensor, scale: Tensor, qmax: int) -> Tensor:
-    """Where StreamQuant's straight-through gradient passes: |x / scale| <= qmax."""
-    return (x / scale).abs_() <= qmax
 
 
 class StreamQuant(nn.Module):

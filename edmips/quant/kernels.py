@@ -16,8 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from edmips.quant.activation import HWGQ_STEPS, hwgq_clip
-from edmips.quant.weight import GAUSS_STEPS
+from edmips.quant.primitives import GAUSS_STEPS, HWGQ_STEPS, hwgq_clip
 
 BLOCK = 1024  # elements per program of the elementwise kernels
 MAX_ROW = 16384  # largest output channel (in elements) the weight kernels hold in registers

@@ -16,8 +16,9 @@ fuses by itself.
 import torch
 from torch import Tensor
 
-from edmips.quant.activation import HWGQ_STEPS, hwgq_clip, hwgq_codes, use_kernels
-from edmips.quant.weight import GAUSS_STEPS, weight_levels, weight_std
+from edmips.quant.activation import use_kernels
+from edmips.quant.primitives import GAUSS_STEPS, HWGQ_STEPS, hwgq_clip, hwgq_codes, weight_levels
+from edmips.quant.weight import weight_std
 
 
 def _weight_candidates(weight: Tensor, std: Tensor, bits: tuple[int, ...]):

@@ -10,7 +10,7 @@ so a converted network at 32 bits is exactly the float one.
 from torch import Tensor
 
 from edmips.quant.activation import StreamQuant
-from edmips.quant.weight import FULL_PRECISION
+from edmips.quant.primitives import FULL_PRECISION
 
 
 class SignedQuant(StreamQuant):

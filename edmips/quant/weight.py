@@ -10,16 +10,7 @@ The standard deviation is taken per output channel.
 import torch
 from torch import Tensor
 
-FULL_PRECISION = 32
-
-# Uniform steps minimising the squared error for a unit Gaussian. 1-4 bits are EdMIPS's
-# constants; 5-8 bits were computed the same way (numerical minimisation of the MSE).
-GAUSS_STEPS = {1: 1.596, 2: 0.996, 3: 0.586, 4: 0.336, 5: 0.1881, 6: 0.1041, 7: 0.0569, 8: 0.0308}
-
-
-def check_bits(bits: int, table: dict) -> None:
-    if bits != FULL_PRECISION and bits not in table:
-        raise ValueError(f"unsupported bit-width {bits}: choose from {sorted(table)} or 32")
+from edmips.quant.primitives import FULL_PRECISION, GAUSS_STEPS, weight_levels
 
 
 def weight_std(weight: Tensor, per_channel: bool = True) -> Tensor:
@@ -38,12 +29,6 @@ def weight_std(weight: Tensor, per_channel: bool = True) -> Tensor:
 
 def weight_step(weight: Tensor, bits: int, per_channel: bool = True) -> Tensor:
     return GAUSS_STEPS[bits] * weight_std(weight, per_channel)
-
-
-def weight_levels(weight: Tensor, step: Tensor, bits: int) -> Tensor:
-    """Level index `k + 1/2` (a half-integer, |.| <= 2^(b-1) - 1/2): the value is `level * step`."""
-    limit = 2 ** (bits - 1) - 0.5
-    return (torch.round(weight / step + 0.5) - 0.5).clamp(-limit, limit)
 
 
 class _QuantizeWeight(torch.autograd.Function):

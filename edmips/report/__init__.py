@@ -1,6 +1,6 @@
 """Reports: figures of one search, and a table + Pareto plot over many runs.
 
-python -m edmips.report multirun/search/2026-01-01_12-00-00 outputs/retrain --out report/
+python -m edmips report multirun/search/2026-01-01_12-00-00 outputs/retrain --out report/
 """
 
 from edmips.report.collect import ReportError, Run, collect, write_report

@@ -14,8 +14,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from edmips import arch as arch_file
-from edmips import metrics as metrics_file
+from edmips.records import arch as arch_file
+from edmips.records import metrics as metrics_file
 from edmips.report.figures import plot_pareto
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
-from edmips import arch as arch_file
+from edmips.records import arch as arch_file
 from edmips.search.budget import BitPrice
 
 log = logging.getLogger(__name__)

@@ -1,1 +1,1 @@
-"""Retraining the found network with fixed bit-widths, then integer export."""
+"""Retraining with fixed bit-widths: the RetrainModule."""

@@ -3,7 +3,7 @@
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edmips.classifier import Classifier, make_optimizer
+from edmips.core.classifier import Classifier, make_optimizer
 
 
 class RetrainModule(Classifier):

@@ -21,17 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
-from edmips import complexity
-from edmips.classifier import Classifier, make_optimizer
-from edmips.complexity import LayerCost
+from edmips.core.classifier import Classifier, make_optimizer
+from edmips.cost import complexity
+from edmips.cost.complexity import LayerCost
+from edmips.nn.layers import is_selector
 from edmips.search.budget import BitPrice, closest_to_budget
 from edmips.search.discretize import discretize
-
-ARCH_PARAMS = ("alpha_w", "alpha_a")
-
-
-def is_arch_param(name: str) -> bool:
-    return name.rsplit(".", 1)[-1] in ARCH_PARAMS
 
 
 class SearchModule(Classifier):
@@ -206,7 +201,7 @@ class SearchModule(Classifier):
         if self.trainer.world_size == 1:
             return
         alphas = torch.cat(
-            [p.detach().flatten() for n, p in self.model.named_parameters() if is_arch_param(n)]
+            [p.detach().flatten() for n, p in self.model.named_parameters() if is_selector(n)]
         )
         gathered = self.all_gather(alphas)
         if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
@@ -216,8 +211,8 @@ class SearchModule(Classifier):
 
     def configure_optimizers(self):
         named = list(self.model.named_parameters())
-        weights = [p for n, p in named if not is_arch_param(n)]
-        arch = [p for n, p in named if is_arch_param(n)]
+        weights = [p for n, p in named if not is_selector(n)]
+        arch = [p for n, p in named if is_selector(n)]
         optimizers = [
             make_optimizer(self.optimizer, weights),
             make_optimizer(self.arch_optimizer, arch),

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from edmips import complexity
+from edmips.cost import complexity
 from edmips.export import (
     ExportError,
     image_codes,

@@ -14,7 +14,7 @@ from edmips.export.lower import lower
 from edmips.export.onnx_files import qdq_runtime, run_qonnx
 from edmips.models import create_model
 from edmips.nn import default_searched, quantize, to_fixed
-from edmips.retrain.run import integer_pair
+from edmips.programs.retrain import integer_pair
 
 BITS = [(2, 2), (3, 4), (4, 3), (1, 2)]  # (wbits, abits), cycled over the searched layers
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from edmips.builders import build_trainer
-from edmips.search.run import build_search
+from edmips.core.builders import build_trainer
+from edmips.programs.search import build_search
 
 pytestmark = [
     pytest.mark.gpu,

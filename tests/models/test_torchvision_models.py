@@ -155,8 +155,8 @@ TINY_RUN = [
     "model", [pytest.param("tv_mobilenet_v2", marks=pytest.mark.slow), "tv_resnet18"]
 )
 def test_search_runs_on_a_torchvision_model(search_cfg, tmp_path, model):
-    from edmips import arch
-    from edmips.search.run import search
+    from edmips.programs.search import search
+    from edmips.records import arch
 
     found = search(search_cfg(f"model={model}", *TINY_RUN, "search.warmup_epochs=0"))["arch"]
     assert found.model == model
@@ -168,7 +168,7 @@ def test_search_runs_on_a_torchvision_model(search_cfg, tmp_path, model):
 
 
 def test_retrain_exports_a_torchvision_model_that_predicts_as_the_network(retrain_cfg):
-    from edmips.retrain.run import retrain
+    from edmips.programs.retrain import retrain
 
     cfg = retrain_cfg("model=tv_mobilenet_v2", "arch=uniform", "wbits=4", "abits=4", *TINY_RUN)
     metrics = retrain(cfg)
@@ -181,7 +181,7 @@ def test_retrain_exports_a_torchvision_model_that_predicts_as_the_network(retrai
     assert (out / "model.onnx").exists() and (out / "model_qdq.onnx").exists()
 
     from edmips.export import load_bundle
-    from edmips.export.__main__ import main as export_main  # from the checkpoint alone
+    from edmips.export.cli import main as export_main  # from the checkpoint alone
 
     again = export_main([str(out / "checkpoints" / "last.ckpt"), "--out", str(out / "again")])
     assert [p.name for p in again] == ["integer", "model.onnx", "model_qdq.onnx"]
@@ -192,7 +192,7 @@ def test_retrain_exports_a_torchvision_model_that_predicts_as_the_network(retrai
 
 
 def test_metrics_are_written_before_an_export_that_fails(retrain_cfg, monkeypatch):
-    import edmips.retrain.run as run
+    import edmips.programs.retrain as run
 
     def refuse(model, input_size, out):
         raise ExportError("node sigmoid: no ONNX lowering for sigmoid")
@@ -211,7 +211,7 @@ def test_metrics_are_written_before_an_export_that_fails(retrain_cfg, monkeypatc
     [*MODELS[:3], *(pytest.param(*m, marks=pytest.mark.slow) for m in MODELS[3:])],
 )
 def test_a_search_step_and_a_retrain_step_train_every_layer(arch, size):
-    from edmips import complexity
+    from edmips.cost import complexity
     from edmips.nn import MIXED_LAYERS, default_searched, to_fixed, to_search
 
     torch.manual_seed(0)

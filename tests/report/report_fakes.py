@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from edmips import arch
-from edmips.complexity import LayerCost
+from edmips.cost.complexity import LayerCost
+from edmips.records import arch
 
 FLOPS = [2_000_000, 2_000_000, 1_000_000, 1_000_000, 500_000]
 COSTS = [

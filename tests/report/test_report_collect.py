@@ -9,7 +9,7 @@ from matplotlib.image import imread
 from report_fakes import make_retrain_run, make_search_run
 
 from edmips.report import ReportError, collect, write_report
-from edmips.report.__main__ import main
+from edmips.report.cli import main
 from edmips.report.collect import COLUMNS, MIB, pareto_points, summarize
 
 SEARCHES = [  # (wbits, abits, meta)
@@ -157,7 +157,7 @@ def test_nothing_to_report_is_a_one_line_error(tmp_path, make, message):
 
 def test_module_entry_point(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "edmips.report", str(tmp_path / "nowhere")],
+        [sys.executable, "-m", "edmips", "report", str(tmp_path / "nowhere")],
         capture_output=True,
         text=True,
         timeout=120,

@@ -6,7 +6,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 from report_fakes import COSTS, SPACE, history, make_search_run, search_arch
 
-from edmips import arch
+from edmips.records import arch
 from edmips.report import figures, write_search_figures
 
 NAMES = ["bit_allocation.png", "sensitivity.png", "selector_evolution.png", "complexity.png"]

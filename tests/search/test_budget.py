@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from edmips import complexity
+from edmips.cost import complexity
 from edmips.nn.layers import MixedLinear
+from edmips.programs.retrain import retrain
+from edmips.programs.search import search
 from edmips.report import collect, write_report
-from edmips.retrain.run import retrain
 from edmips.search.budget import closest_to_budget, random_allocation
 from edmips.search.module import SearchModule
-from edmips.search.run import search
 
 SPACE_W, SPACE_A = (1, 2, 3, 4), (2, 3, 4)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from edmips.builders import compile_mode
+from edmips.core.builders import compile_mode
 from edmips.nn import MixedConv2d
 from edmips.quant import hwgq_codes, mixed_hwgq
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from edmips import complexity
+from edmips.cost import complexity
 from edmips.models import create_model
 from edmips.nn import default_searched, to_search
 

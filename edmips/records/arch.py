@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
-from edmips import complexity
-from edmips.checks import ACTIVATION_BITS, WEIGHT_BITS
-from edmips.complexity import LayerCost
-from edmips.files import write_text_atomic
+from edmips.cost import complexity
+from edmips.cost.complexity import LayerCost
 from edmips.nn.layers import INPUT_BITS
+from edmips.quant import ACTIVATION_BITS, WEIGHT_BITS
+from edmips.records.files import write_text_atomic
 
 SCHEMA = 1
 LAYER_KEYS = ("name", "type", "flops", "params", "wbits", "abits", "probs_w", "probs_a")
@@ -267,9 +267,3 @@ def _non_finite(x, where="") -> str | None:
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not a finite number")
-
-
-if __name__ == "__main__":  # python -m edmips.arch: re-discretize a search's selectors
-    from edmips.rediscretize import main
-
-    main()

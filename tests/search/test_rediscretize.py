@@ -1,12 +1,12 @@
-"""python -m edmips.arch: any epoch of a finished search, discretized again, without searching."""
+"""python -m edmips rediscretize: any epoch of a finished search, discretized again."""
 
 import json
 
 import pytest
 
-from edmips import arch
-from edmips.rediscretize import main
-from edmips.search.run import search
+from edmips.programs.search import search
+from edmips.records import arch
+from edmips.search.rediscretize import main
 
 
 def test_rediscretize_any_epoch_of_a_search(search_cfg, tmp_path):

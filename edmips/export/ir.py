@@ -104,7 +104,7 @@ def load_bundle(path: str | Path) -> Graph:
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise ValueError(
             f"{path}: not an {FORMAT} v{VERSION} bundle "
-            "(export the checkpoint again: python -m edmips.export <run dir>)"
+            "(export the checkpoint again: python -m edmips export <run dir>)"
         )
     graph = Graph(manifest["model"], manifest["input_shape"])
     for spec in manifest["nodes"]:

@@ -19,7 +19,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from edmips.files import write_text_atomic
+from edmips.records.files import write_text_atomic
 
 SCHEMA = 1
 

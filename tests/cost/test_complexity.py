@@ -3,7 +3,7 @@ import math
 import torch
 from torch import nn
 
-from edmips import complexity
+from edmips.cost import complexity
 from edmips.nn import MixedConv2d, MixedLinear, QuantConv2d
 
 

@@ -12,9 +12,8 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
-from edmips import arch as arch_file
-from edmips import checks, complexity, rundir
-from edmips.builders import (
+from edmips.core import checks, rundir
+from edmips.core.builders import (
     build_datamodule,
     build_model,
     build_trainer,
@@ -22,7 +21,9 @@ from edmips.builders import (
     fast_path,
     measure,
 )
+from edmips.cost import complexity
 from edmips.nn import default_searched, to_search
+from edmips.records import arch as arch_file
 from edmips.report import write_search_figures
 from edmips.search.budget import check_reachable
 from edmips.search.discretize import MODES

@@ -1,4 +1,4 @@
-"""python -m edmips.report <sweep or run dirs...> [--out DIR] [--figures]"""
+"""python -m edmips report <sweep or run dirs...> [--out DIR] [--figures]"""
 
 import argparse
 import logging
@@ -31,7 +31,7 @@ TEXT = {"kind", "network", "model", "data", "budget", "run_dir"}
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m edmips.report",
+        prog="python -m edmips report",
         description="Table (report.csv, report.md) and Pareto plot of search and retrain runs.",
     )
     parser.add_argument(
@@ -91,7 +91,3 @@ def _rich_table(columns, rows: list[dict], dim=None):
         style = "dim" if dim and dim[i] else None
         table.add_row(*[fmt(c, row[c]) for c in columns], style=style)
     return table
-
-
-if __name__ == "__main__":
-    sys.exit(main())

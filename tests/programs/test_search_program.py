@@ -5,9 +5,9 @@ import json
 import pytest
 from conftest import make_config
 
-from edmips import arch
 from edmips.models import create_model, list_models
-from edmips.search.run import search
+from edmips.programs.search import search
+from edmips.records import arch
 
 
 def test_search_writes_a_valid_found_json_and_its_records(search_cfg, tmp_path):
@@ -15,7 +15,7 @@ def test_search_writes_a_valid_found_json_and_its_records(search_cfg, tmp_path):
     found = arch.load(tmp_path / "found.json", known_models=list_models())
     assert found == result["arch"] and found.model == "resnet_tiny" and found.data == "synthetic"
     model = create_model("resnet_tiny", num_classes=10)
-    from edmips import complexity
+    from edmips.cost import complexity
     from edmips.nn import default_searched
 
     names = default_searched(model)

@@ -18,10 +18,8 @@ import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from edmips import arch as arch_file
-from edmips import checks, rundir
-from edmips import metrics as metrics_file
-from edmips.builders import (
+from edmips.core import checks, rundir
+from edmips.core.builders import (
     build_datamodule,
     build_model,
     build_trainer,
@@ -34,6 +32,8 @@ from edmips.export.onnx_files import qdq_runtime
 from edmips.models import list_models
 from edmips.nn import default_searched, to_fixed, to_search
 from edmips.nn.convert import first_and_last
+from edmips.records import arch as arch_file
+from edmips.records import metrics as metrics_file
 from edmips.retrain.module import RetrainModule
 from edmips.search.budget import check_reachable, random_allocation
 

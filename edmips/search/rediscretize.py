@@ -1,6 +1,6 @@
 """Any epoch's selectors of a finished search, discretized again, as an architecture file.
 
-    python -m edmips.arch <search run dir> --epoch N --discretize MODE [--target-bits B] --out F
+    python -m edmips rediscretize <search run> --epoch N --discretize MODE [--target-bits B] --out F
 
 The paper takes the architecture of an earlier epoch (its epoch 15) or samples several from
 the same selectors; history.json holds every epoch's selector probabilities, so neither needs a
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from edmips import arch as arch_file
-from edmips.cli import one_line_errors
-from edmips.complexity import LayerCost
+from edmips.core.cli import one_line_errors
+from edmips.cost.complexity import LayerCost
 from edmips.nn.layers import INPUT_BITS
+from edmips.records import arch as arch_file
 from edmips.search.budget import closest_to_budget
 from edmips.search.discretize import MODES, discretize
 
@@ -81,7 +81,7 @@ def rediscretize(
 
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(
-        prog="python -m edmips.arch",
+        prog="python -m edmips rediscretize",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

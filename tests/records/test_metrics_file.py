@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from edmips import metrics
-from edmips.files import write_text_atomic
+from edmips.records import metrics
+from edmips.records.files import write_text_atomic
 
 
 def _m(**changes):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import ROOT
 
-from edmips.divergence import Diverged
-from edmips.retrain.run import retrain
-from edmips.search.run import search
+from edmips.core.divergence import Diverged
+from edmips.programs.retrain import retrain
+from edmips.programs.search import search
 
 
 @pytest.mark.parametrize("result", ["found.json", "history.json", "checkpoints/last.ckpt"])

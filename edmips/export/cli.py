@@ -1,7 +1,7 @@
 """Export a retrained checkpoint: the integer bundle and its two ONNX models (QONNX, and
 standard ops for onnxruntime), for edmips's ResNets and converted models (tv_mobilenet_v2) alike.
 
-    python -m edmips.export <retrain run dir or .ckpt> [--out DIR]
+    python -m edmips export <retrain run dir or .ckpt> [--out DIR]
 
 retrain.py stores in its checkpoints what rebuilds the network (the arch, the number of
 classes, the data statistics and input size), so the checkpoint alone is enough.
@@ -11,12 +11,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from edmips import arch as arch_file
-from edmips import complexity, rundir
-from edmips.cli import one_line_errors
+from edmips.core import rundir
+from edmips.core.cli import one_line_errors
+from edmips.cost import complexity
 from edmips.export import export
 from edmips.models import create_model
 from edmips.nn import to_fixed
+from edmips.records import arch as arch_file
 
 
 def load_retrained(source: Path):
@@ -45,7 +46,7 @@ def load_retrained(source: Path):
 def main(argv=None) -> list[Path]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(
-        prog="python -m edmips.export",
+        prog="python -m edmips export",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -62,7 +63,3 @@ def main(argv=None) -> list[Path]:
     for path in paths:
         print(path)
     return paths
-
-
-if __name__ == "__main__":
-    main()

@@ -10,11 +10,7 @@ from pathlib import Path
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from edmips.quant import GAUSS_STEPS, HWGQ_STEPS
-
-# Bit-widths the whole pipeline takes (search, retrain and the integer export).
-WEIGHT_BITS = sorted(GAUSS_STEPS)
-ACTIVATION_BITS = sorted(HWGQ_STEPS)
+from edmips.quant import ACTIVATION_BITS, WEIGHT_BITS
 
 
 class ConfigError(ValueError):

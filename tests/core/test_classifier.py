@@ -5,7 +5,7 @@ import functools
 import pytest
 import torch
 
-from edmips.classifier import make_optimizer
+from edmips.core.classifier import make_optimizer
 
 SGD = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)
 
@@ -33,7 +33,7 @@ def test_gpu_parameters_get_the_fused_step_unless_configured_otherwise():
 
 @pytest.mark.parametrize("compile", [None, "default"])
 def test_the_state_dict_holds_the_network_once_compiled_or_not(compile):
-    from edmips.classifier import Classifier
+    from edmips.core.classifier import Classifier
 
     module = Classifier(torch.nn.Linear(2, 3), 3, compile=compile)
     assert sorted(module.state_dict()) == ["model.bias", "model.weight"]

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from edmips import arch
-from edmips.complexity import LayerCost
+from edmips.cost.complexity import LayerCost
+from edmips.records import arch
 
 COSTS = [
     LayerCost("l1", "conv", 1000, 90, 100, ()),

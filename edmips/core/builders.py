@@ -10,9 +10,9 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import RichProgressBar
 from torch import nn
 
-from edmips import complexity
-from edmips.divergence import StopOnDivergence
-from edmips.rundir import StoreConfig, epoch_checkpoint
+from edmips.core.divergence import StopOnDivergence
+from edmips.core.rundir import StoreConfig, epoch_checkpoint
+from edmips.cost import complexity
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:

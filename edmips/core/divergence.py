@@ -5,7 +5,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 
-from edmips.search.module import is_arch_param
+from edmips.nn.layers import is_selector
 
 WATCHED = ("loss", "selectors", "multiplier")
 
@@ -64,5 +64,5 @@ class StopOnDivergence(Callback):
 
 
 def _selectors(module) -> Tensor | None:
-    alphas = [p.detach().flatten() for n, p in module.named_parameters() if is_arch_param(n)]
+    alphas = [p.detach().flatten() for n, p in module.named_parameters() if is_selector(n)]
     return torch.cat(alphas) if alphas else None

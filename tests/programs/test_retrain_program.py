@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from conftest import CIFAR10_NPZ
 
-from edmips import arch
-from edmips.arch import ArchError
-from edmips.builders import build_datamodule
-from edmips.retrain.run import resolve_arch, retrain
+from edmips.core.builders import build_datamodule
+from edmips.programs.retrain import resolve_arch, retrain
+from edmips.records import arch
+from edmips.records.arch import ArchError
 
 KEYS = {
     "test_acc",
@@ -43,7 +43,7 @@ def test_uniform_retrain_exports_and_the_integer_network_agrees_exactly(retrain_
     assert (out / "integer" / "manifest.json").exists() and (out / "model.onnx").exists()
 
     # The export is callable on the checkpoint alone and rebuilds the same integer network.
-    from edmips.export.__main__ import main as export_main
+    from edmips.export.cli import main as export_main
 
     export_main([str(out / "checkpoints" / "last.ckpt"), "--out", str(out / "again")])
     first = np.load(out / "integer" / "arrays.npz")
@@ -121,7 +121,7 @@ def cfg_path(cfg):
 
 def _found_for_tiny(tmp_path):
     """A found.json for resnet_tiny's five searched layers, as a search would write it."""
-    from edmips import complexity
+    from edmips.cost import complexity
     from edmips.models import create_model
     from edmips.nn import default_searched
 

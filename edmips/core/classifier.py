@@ -33,7 +33,7 @@ class Classifier(L.LightningModule):
         super().__init__()
         self.model = model
         self.channels_last = channels_last
-        # compile: a torch.compile mode, None for eager (edmips.builders.compile_mode decides).
+        # compile: a torch.compile mode, None for eager (edmips.core.builders.compile_mode decides).
         # A bound method rather than a submodule: the state dict holds the network once, under
         # "model.", compiled or not, so a checkpoint loads whatever either run chose.
         self.forward_fn = (torch.compile(model, mode=compile) if compile else model).__call__
