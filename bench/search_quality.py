@@ -27,7 +27,7 @@ PROTOCOLS = {
 SEARCH_SEEDS, UNIFORM_SEEDS, RANDOM_SEEDS = (0, 1), (0, 1), (0, 1, 2)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--bits", type=int, default=2)
@@ -38,10 +38,44 @@ def main() -> int:
         "--searched-only", action="store_true", help="skip the baselines (another run has them)"
     )
     parser.add_argument("overrides", nargs="*", help="extra search.py overrides")
-    args = parser.parse_intermixed_args()
+    return parser.parse_intermixed_args()
+
+
+def jobs(args: argparse.Namespace, out: Path) -> tuple[dict, dict]:
+    """The searches, then the retrains: {name: (run dir, argv)}."""
     p = PROTOCOLS[args.protocol]
     common = ["experiment=cifar10_resnet20", f"data.path={args.data}", *p["common"]]
     common += ["trainer.enable_progress_bar=false"]
+    searches = {
+        f"search-{s}": (
+            out / "search" / str(s),
+            ["search.py", *common, *p["search"], f"target_bits={args.bits}", f"seed={s}"]
+            + args.overrides,
+        )
+        for s in SEARCH_SEEDS
+    }
+    kinds = (
+        ("searched", SEARCH_SEEDS, lambda s: [f"arch={out}/search/{s}/found.json"]),
+        (
+            "uniform",
+            UNIFORM_SEEDS,
+            lambda s: ["arch=uniform", f"wbits={args.bits}", f"abits={args.bits}"],
+        ),
+        ("random", RANDOM_SEEDS, lambda s: ["arch=random", f"target_bits={args.bits}"]),
+    )
+    retrains = {
+        f"retrain-{kind}-{s}": (
+            out / "retrain" / f"{kind}-{s}",
+            ["retrain.py", *common, *p["retrain"], *arch(s), f"seed={s}"],
+        )
+        for kind, seeds, arch in (kinds[:1] if args.searched_only else kinds)
+        for s in seeds
+    }
+    return searches, retrains
+
+
+def main() -> int:
+    args = parse_args()
     out = args.out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
@@ -55,30 +89,7 @@ def main() -> int:
             code = subprocess.call(argv, stdout=log, stderr=log, env=env)
         print(f"{name}: exit {code}", flush=True)
 
-    searches = {
-        f"search-{s}": (
-            out / "search" / str(s),
-            ["search.py", *common, *p["search"], f"target_bits={args.bits}", f"seed={s}"]
-            + args.overrides,
-        )
-        for s in SEARCH_SEEDS
-    }
-    retrains = {}
-    kinds = (
-        ("searched", SEARCH_SEEDS, lambda s: [f"arch={out}/search/{s}/found.json"]),
-        (
-            "uniform",
-            UNIFORM_SEEDS,
-            lambda s: ["arch=uniform", f"wbits={args.bits}", f"abits={args.bits}"],
-        ),
-        ("random", RANDOM_SEEDS, lambda s: ["arch=random", f"target_bits={args.bits}"]),
-    )
-    for kind, seeds, arch in kinds[:1] if args.searched_only else kinds:
-        for s in seeds:
-            retrains[f"retrain-{kind}-{s}"] = (
-                out / "retrain" / f"{kind}-{s}",
-                ["retrain.py", *common, *p["retrain"], *arch(s), f"seed={s}"],
-            )
+    searches, retrains = jobs(args, out)
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda kv: run(kv[0], *kv[1]), searches.items()))
         list(pool.map(lambda kv: run(kv[0], *kv[1]), retrains.items()))
