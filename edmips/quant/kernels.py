@@ -7,6 +7,9 @@ reductions differ from it by float rounding. An elementwise kernel reads a tenso
 memory, so any dense layout (contiguous, channels_last) works; a gradient of another layout
 is first copied into the input's. The backward kernels that produce selector gradients write
 one partial sum per block and candidate, summed by one small torch reduction.
+
+One module although it is over 300 lines: the kernels share the jit helpers (`_rint`,
+`_rounded`, `_sum`) and the step tables, and apart they would each need the whole set.
 """
 
 import functools
