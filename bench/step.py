@@ -12,7 +12,7 @@ after `--warmup` untimed ones and prints one JSON line:
                  weights, ReLU inputs), residual-stream quantizers -> identity, stem HWGQ -> ReLU
   uniform_w2a2   QAT with fixed W2A2 on every searched layer (`to_fixed`)
   search_single  the edmips search with one candidate each, W{2} A{2}
-  search_full    the edmips search over W{1,2,3,4} A{2,3,4}: loss = CE + mu * complexity_loss,
+  search_full    the edmips search over W{1,2,3,4} A{2,3,4}: loss = CE + mu * expected bits,
                  weight SGD (lr 0.1) and architecture SGD (lr 0.01) both stepped (single pass),
                  as SearchModule.training_step does
   naive_single,  the same search with NaiveMixedConv2d below in place of MixedConv2d: written
@@ -55,7 +55,8 @@ from torch.optim import SGD
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `edmips`
 from edmips.core.classifier import make_optimizer  # noqa: E402
-from edmips.cost import complexity  # noqa: E402
+from edmips.cost import layers as cost_layers  # noqa: E402
+from edmips.cost.bitops import expected_equivalent_bits  # noqa: E402
 from edmips.models import create_model  # noqa: E402
 from edmips.nn.convert import default_searched, quantizable_names, to_fixed, to_search  # noqa: E402
 from edmips.nn.layers import MixedConv2d, is_selector  # noqa: E402
@@ -183,10 +184,10 @@ def build(name, args, device):
         if name.startswith("naive"):
             to_naive(model)
     model.to(device).train()
-    costs = complexity.measure(model, (3, args.image_size, args.image_size))
+    costs = cost_layers.measure(model, (3, args.image_size, args.image_size))
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    return model, complexity.searched(model, costs)
+    return model, cost_layers.searched(model, costs)
 
 
 def make_step(model, layers, args, device, compile_mode=None):
@@ -205,7 +206,7 @@ def make_step(model, layers, args, device, compile_mode=None):
         with autocast:
             loss = F.cross_entropy(fn(x), y)
             if layers:
-                loss = loss + args.mu * complexity.complexity_loss(layers)
+                loss = loss + args.mu * expected_equivalent_bits(layers)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from edmips.cost import complexity
+from edmips.cost import layers as cost_layers
 from edmips.data import CIFAR10DataModule
 from edmips.export.cli import main as export_main
 from edmips.models import create_model
@@ -68,7 +68,7 @@ def test_bad_retrain_config(retrain_cfg, tmp_path, overrides, message):
 def _tiny_arch(input_size=(3, 32, 32)) -> dict:
     model = create_model("resnet_tiny", num_classes=10)
     names = default_searched(model)
-    costs = [c for c in complexity.measure(model, input_size) if c.name in names]
+    costs = [c for c in cost_layers.measure(model, input_size) if c.name in names]
     probs_w, probs_a = [[0.1, 0.2, 0.3, 0.4]] * len(costs), [[0.2, 0.3, 0.5]] * len(costs)
     found = arch.build(
         "resnet_tiny",

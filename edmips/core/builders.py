@@ -12,7 +12,8 @@ from torch import nn
 
 from edmips.core.divergence import StopOnDivergence
 from edmips.core.rundir import StoreConfig, epoch_checkpoint
-from edmips.cost import complexity
+from edmips.cost import layers as cost_layers
+from edmips.cost import model as cost_models
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
@@ -90,5 +91,10 @@ def build_logger(cfg: DictConfig):
         raise
 
 
-def measure(model: nn.Module, datamodule) -> list[complexity.LayerCost]:
-    return complexity.measure(model, tuple(datamodule.input_size))
+def measure(model: nn.Module, datamodule) -> list[cost_layers.LayerCost]:
+    return cost_layers.measure(model, tuple(datamodule.input_size))
+
+
+def build_cost(cfg: DictConfig) -> cost_models.CostModel:
+    """The `cost` group's cost model: what a budget counts."""
+    return cost_models.get(cfg.cost.name)

@@ -10,6 +10,7 @@ from pathlib import Path
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from edmips.cost import model as cost_models
 from edmips.quant import ACTIVATION_BITS, WEIGHT_BITS
 
 
@@ -56,6 +57,11 @@ def check_retrain(cfg: DictConfig) -> None:
 
 
 def _check_common(cfg: DictConfig) -> None:
+    cost = OmegaConf.select(cfg, "cost.name")
+    if cost not in cost_models.names():
+        raise ConfigError(
+            f"cost={cost}: unknown cost; choose from {', '.join(cost_models.names())}"
+        )
     _number(cfg, "seed", integer=True)
     _number(cfg, "trainer.max_epochs", minimum=1, integer=True)
     for key in ("space.skip_first", "space.skip_last", "fast"):

@@ -1,2 +1,2 @@
-"""What a network costs: per-layer FLOPs, parameters and activations, and the totals budgets
-are stated in."""
+"""What a network costs: per-layer FLOPs, parameters and activations (layers), and the cost
+models budgets are stated in (model: the protocol and its registry; one module per cost)."""

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from edmips.core import rundir
 from edmips.core.cli import one_line_errors
-from edmips.cost import complexity
 from edmips.export import export
 from edmips.models import create_model
 from edmips.nn import to_fixed
@@ -32,7 +31,6 @@ def load_retrained(source: Path):
         found.model, num_classes=spec["num_classes"], mean=spec["mean"], std=spec["std"]
     )
     to_fixed(model, found.bits())
-    complexity.measure(model, tuple(spec["input_size"]))
     model.load_state_dict(
         {
             k.removeprefix("model."): v

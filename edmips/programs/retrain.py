@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from edmips.core import checks, rundir
 from edmips.core.builders import (
+    build_cost,
     build_datamodule,
     build_model,
     build_trainer,
@@ -35,7 +36,7 @@ from edmips.nn.convert import first_and_last
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
 from edmips.retrain.module import RetrainModule
-from edmips.search.budget import check_reachable, random_allocation
+from edmips.search.budget import Budget, check_reachable, random_allocation
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,6 @@ def resolve_arch(cfg: DictConfig, datamodule):
         if cfg.init == "search":
             _load_search_weights(model, found, path)
     to_fixed(model, found.bits())
-    measure(model, datamodule)  # fixed layers keep their costs; re-measured for new modules
     return model, found
 
 
@@ -73,21 +73,26 @@ BASELINES = ("uniform", "random")
 
 def baseline_arch(cfg: DictConfig, model_name: str, costs, data: str) -> arch_file.Arch:
     """What a search must beat at the same cost: one bit-width everywhere, or a random
-    allocation from the search space within 1% of `target_bits` (fixed by `seed`)."""
+    allocation from the search space within 1% of `target_bits`, in the cost's unit (fixed by
+    `seed`)."""
     if cfg.arch == "uniform":
         return arch_file.uniform(model_name, costs, cfg.wbits, cfg.abits, data=data)
     wspace, aspace = tuple(cfg.space.wbits), tuple(cfg.space.abits)
-    check_reachable(cfg.target_bits, wspace, aspace)  # target_bits is there: checks.py
-    wbits, abits = random_allocation(
-        [wspace] * len(costs),
-        [aspace] * len(costs),
-        [c.flops for c in costs],
-        cfg.target_bits,
-        cfg.seed,
-    )
+    cost = build_cost(cfg)
+    # target_bits is there: checks.py
+    budget = Budget(cost, costs, [wspace] * len(costs), [aspace] * len(costs), cfg.target_bits)
+    check_reachable(budget)
+    wbits, abits = random_allocation(budget, cfg.seed)
     space = {"wbits": list(wspace), "abits": list(aspace)}
     return arch_file.build(
-        model_name, space, costs, wbits, abits, data=data, target_bits=cfg.target_bits
+        model_name,
+        space,
+        costs,
+        wbits,
+        abits,
+        data=data,
+        target_bits=cfg.target_bits,
+        cost=cost.name,
     )
 
 

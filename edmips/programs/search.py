@@ -2,7 +2,6 @@
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from pytorch_lightning.callbacks import Callback
 
 from edmips.core import checks, rundir
 from edmips.core.builders import (
+    build_cost,
     build_datamodule,
     build_model,
     build_trainer,
@@ -21,11 +21,10 @@ from edmips.core.builders import (
     fast_path,
     measure,
 )
-from edmips.cost import complexity
 from edmips.nn import default_searched, to_search
 from edmips.records import arch as arch_file
 from edmips.report import write_search_figures
-from edmips.search.budget import check_reachable
+from edmips.search.budget import Budget, check_reachable
 from edmips.search.discretize import MODES
 from edmips.search.module import SearchModule
 
@@ -68,22 +67,28 @@ def build_search(cfg: DictConfig):
         sharpness=cfg.search.sharpness,
         channels_last=fast,
         compile=compile_mode(cfg.search.compile, cfg),
+        cost=cfg.cost.name,
     )
     return datamodule, module
 
 
 def budget_target(cfg: DictConfig, costs) -> float | None:
-    """The target equivalent bit-width of budget mode (from target_bits or target_bitops)."""
+    """The target of budget mode in the cost's stated unit (from target_bits, or for BitOps
+    from target_bitops)."""
     if cfg.mu < 0:
         raise ValueError(f"mu must be >= 0, got {cfg.mu}")
     if cfg.target_bits is not None and cfg.target_bitops is not None:
         raise ValueError("set target_bits or target_bitops, not both")
     if cfg.target_bitops is None and cfg.target_bits is None:
         return None
+    cost = build_cost(cfg)
     target = cfg.target_bits
     if cfg.target_bitops is not None:
-        target = math.sqrt(cfg.target_bitops / complexity.total_flops(costs))
-    check_reachable(target, cfg.space.wbits, cfg.space.abits)
+        if cost.name != "bitops":
+            raise ValueError(f"target_bitops is a BitOps budget, not {cost.name}: set target_bits")
+        target = cost.stated_total(cfg.target_bitops, costs)
+    space = [tuple(cfg.space.wbits)] * len(costs), [tuple(cfg.space.abits)] * len(costs)
+    check_reachable(Budget(cost, costs, *space, target))
     return target
 
 
@@ -104,8 +109,9 @@ def current_arch(module: SearchModule, cfg: DictConfig, mode="argmax", **meta) -
         data=module.trainer.datamodule.name,
         discretization=mode,
         expected_bits=float(module.expected_bits().detach()),
-        target_bits=None if module.budget is None else module.budget.target_bits,
+        target_bits=None if module.budget is None else module.budget.target,
         target_bitops=cfg.target_bitops,
+        cost=module.cost.name,
         shared_weights=cfg.search.shared_weights,
         world_size=module.trainer.world_size,
         **meta,

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
-from edmips.cost import complexity
-from edmips.cost.complexity import LayerCost
+from edmips.cost import model as cost_models
+from edmips.cost.layers import LayerCost
 from edmips.nn.layers import INPUT_BITS
 from edmips.quant import ACTIVATION_BITS, WEIGHT_BITS
 from edmips.records.files import write_text_atomic
@@ -58,6 +58,10 @@ class Arch:
     def bits(self) -> dict[str, tuple[int, int]]:
         return {layer.name: (layer.wbits, layer.abits) for layer in self.layers}
 
+    def costs(self) -> list[LayerCost]:
+        """The layers' measured costs, as far as the file records them."""
+        return _costs(self.layers)
+
     def to_dict(self) -> dict:
         d = {"schema": SCHEMA, **asdict(self)}
         d.update(d.pop("extra"))
@@ -81,15 +85,16 @@ def build(
         LayerArch(c.name, c.type, c.flops, c.params, int(w), int(a), list(pw), list(pa))
         for c, w, a, pw, pa in zip(costs, wbits, abits, probs_w, probs_a, strict=True)
     ]
-    ops = complexity.bitops(costs, wbits, abits)
+    bitops = cost_models.get("bitops")
+    ops = bitops.total(costs, wbits, abits)
     known = {k: meta.pop(k) for k in ("mu", "data", "val_acc") if k in meta}
     return Arch(
         model=model,
         space={"wbits": list(space["wbits"]), "abits": list(space["abits"])},
         layers=layers,
         bitops=ops,
-        equivalent_bits=complexity.equivalent_bits(ops, complexity.total_flops(costs)),
-        weight_bits_total=complexity.weight_bits(costs, wbits),
+        equivalent_bits=bitops.stated_total(ops, costs),
+        weight_bits_total=cost_models.get("weight_size").total(costs, wbits, abits),
         **known,
         extra=meta,
     )
@@ -231,6 +236,10 @@ def check_matches(
                 f"{source}: layer {layer.name!r}: abits={layer.abits} is outside the space "
                 f"{arch.space['abits']}"
             )
+
+
+def _costs(layers: list[LayerArch]) -> list[LayerCost]:
+    return [LayerCost(x.name, x.type, x.flops, x.params, 0, ()) for x in layers]
 
 
 def _dumps(d: dict) -> str:

@@ -8,15 +8,15 @@ over seeds) and pareto.png.
 
 import csv
 import logging
-import math
 import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from edmips.cost import model as cost_models
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
-from edmips.report.figures import plot_pareto
+from edmips.report.pareto import plot_pareto
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,9 @@ def _search_run(run_dir: Path) -> Run:
         "search",
         a.model,
         a.data,
-        _budget(a.extra.get("target_bits"), a.extra.get("target_bitops"), a.mu),
+        _budget(
+            a.extra.get("target_bits"), a.extra.get("target_bitops"), a.mu, a.extra.get("cost")
+        ),
         a.equivalent_bits,
         a.bitops,
         a.weight_bits_total / MIB,
@@ -238,7 +240,8 @@ def _retrain_run(run_dir: Path) -> Run:
         raise ValueError(f"unknown network kind {network!r}")
     if m.uniform:
         budget = f"uniform W{m.uniform['wbits']}A{m.uniform['abits']}"
-        budget_bits = math.sqrt(m.uniform["wbits"] * m.uniform["abits"])
+        bitops = cost_models.get("bitops")
+        budget_bits = float(bitops.stated(m.uniform["wbits"] * m.uniform["abits"]))
     else:
         budget = _budget(m.target_bits, None, m.mu)
         budget_bits = m.target_bits
@@ -261,8 +264,10 @@ def _retrain_run(run_dir: Path) -> Run:
     )
 
 
-def _budget(target_bits, target_bitops, mu) -> str:
+def _budget(target_bits, target_bitops, mu, cost=None) -> str:
     # in budget mode mu is the multiplier the search ended with, not what the user asked for
+    if target_bits is not None and cost not in (None, "bitops"):
+        return f"{target_bits:g} {cost_models.get(cost).unit}"
     if target_bits is not None:
         return f"{target_bits:g} bits"
     if target_bitops is not None:

@@ -1,7 +1,7 @@
-"""Figures of one search (EdMIPS figs. 4, 6, 7b) and the accuracy/bits Pareto plot of a sweep.
+"""Figures of one search (EdMIPS figs. 4, 6, 7b), and its sensitivity: what it learned.
 
-Every function writes one PNG and returns its path. Figures are made with `Figure` rather than
-pyplot: that needs no screen and leaves the backend of whoever imports this module alone.
+Every function writes one PNG and returns its path (edmips/report/plotting.py: what they share;
+edmips/report/pareto.py: the Pareto plot of a sweep).
 """
 
 import json
@@ -9,18 +9,28 @@ import logging
 import math
 from pathlib import Path
 
-from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
+from edmips.cost import model as cost_models
 from edmips.records import arch as arch_file
-from edmips.search.budget import BitPrice
+from edmips.report.plotting import (
+    allocation_title,
+    bit_colors,
+    candidates,
+    check_history,
+    epoch_axis,
+    present,
+    run_name,
+    save,
+    short,
+)
+from edmips.search.budget import Budget, BudgetPrice
 
 log = logging.getLogger(__name__)
 
 W_COLOR, A_COLOR, MU_COLOR = "tab:blue", "tab:orange", "tab:gray"
-_NETWORK_STYLE = {"searched": ("o", "-"), "uniform": ("s", "--"), "random": ("^", ":")}
 # searched bits above / below / about the FLOPs-only ones
 _MORE = {True: "tab:green", False: "tab:red", None: "tab:olive"}
 _MORE_LABEL = {True: "more bits", False: "fewer bits", None: "as many"}
@@ -57,7 +67,7 @@ def plot_bit_allocation(arch: arch_file.Arch, path) -> Path:
     bits_ax.set_ylabel("bits")
     bits_ax.grid(axis="y", alpha=0.3)
     bits_ax.legend(loc="upper left", ncols=2, fontsize="small", frameon=False)
-    bits_ax.set_title(_title(arch), fontsize="medium")
+    bits_ax.set_title(allocation_title(arch), fontsize="medium")
 
     # FLOPs explain the allocation: expensive layers are pushed to fewer bits
     flops_ax.bar(list(x), [la.flops for la in arch.layers], 0.8, color="0.6")
@@ -69,7 +79,7 @@ def plot_bit_allocation(arch: arch_file.Arch, path) -> Path:
         [f"{i} {la.name}" for i, la in enumerate(arch.layers)], rotation=90, fontsize="x-small"
     )
     flops_ax.set_xlim(-0.6, n - 0.4)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_sensitivity(arch: arch_file.Arch, path) -> Path:
@@ -77,15 +87,17 @@ def plot_sensitivity(arch: arch_file.Arch, path) -> Path:
     final selectors, beside what the same budget gives it from its FLOPs alone (selectors that
     learned nothing, tilted by the price that meets the budget). Bars above their grey twin are
     layers the loss made worth more bits than their cost alone would grant."""
-    spaces_w = [_candidates(arch.space["wbits"], len(la.probs_w), la.wbits) for la in arch.layers]
-    spaces_a = [_candidates(arch.space["abits"], len(la.probs_a), la.abits) for la in arch.layers]
+    spaces_w = [candidates(arch.space["wbits"], len(la.probs_w), la.wbits) for la in arch.layers]
+    spaces_a = [candidates(arch.space["abits"], len(la.probs_a), la.abits) for la in arch.layers]
     searched = [
         sum(p * b for p, b in zip(la.probs_w, sw)) * sum(p * b for p, b in zip(la.probs_a, sa))
         for la, sw, sa in zip(arch.layers, spaces_w, spaces_a)
     ]
-    flops = [la.flops for la in arch.layers]
-    expected = math.sqrt(sum(f * s for f, s in zip(flops, searched)) / sum(flops))
-    w, a = BitPrice(expected, flops, spaces_w, spaces_a).flops_only()
+    bitops, costs = cost_models.get("bitops"), arch.costs()
+    flops = [bitops.size(c) for c in costs]
+    expected = float(bitops.stated(sum(f * s for f, s in zip(flops, searched)) / sum(flops)))
+    budget = Budget(bitops, costs, spaces_w, spaces_a, expected)
+    w, a = BudgetPrice(budget).cost_only()
     baseline = (w * a).tolist()
     n = len(arch.layers)
     x = list(range(n))
@@ -113,17 +125,17 @@ def plot_sensitivity(arch: arch_file.Arch, path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(handles=handles, loc="upper left", ncols=2, fontsize="small", frameon=False)
     ax.set_title(
-        f"What the search learned: {_name(arch)}, {expected:.3f} expected bits\n"
+        f"What the search learned: {run_name(arch)}, {expected:.3f} expected bits\n"
         "expected w x a per layer, against what its FLOPs alone would give it",
         fontsize="medium",
     )
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_selector_evolution(history: list[dict], arch: arch_file.Arch, path) -> Path:
     """Each layer's selector probabilities against epoch (fig. 4): one small panel per layer,
     weights in the upper block, activations in the lower one."""
-    _check_history(history, len(arch.layers))
+    check_history(history, len(arch.layers))
     n = len(arch.layers)
     cols = min(n, max(6, math.ceil(1.5 * math.sqrt(n))))
     rows = math.ceil(n / cols)
@@ -133,7 +145,7 @@ def plot_selector_evolution(history: list[dict], arch: arch_file.Arch, path) -> 
         fig.subfigures(2, 1), ("w", "a"), ("Weights", "Activations"), strict=True
     ):
         space = arch.space[f"{kind}bits"]
-        colors = _bit_colors(space)
+        colors = bit_colors(space)
         axes = sub.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
         lines = {}
         for i, ax in enumerate(axes.flat):
@@ -143,7 +155,7 @@ def plot_selector_evolution(history: list[dict], arch: arch_file.Arch, path) -> 
             layer = arch.layers[i]
             series = list(zip(*(h[f"probs_{kind}"][i] for h in history), strict=True))
             chosen = layer.wbits if kind == "w" else layer.abits
-            for bits, probs in zip(_candidates(space, len(series), chosen), series, strict=True):
+            for bits, probs in zip(candidates(space, len(series), chosen), series, strict=True):
                 (lines[bits],) = ax.plot(
                     epochs,
                     probs,
@@ -152,10 +164,10 @@ def plot_selector_evolution(history: list[dict], arch: arch_file.Arch, path) -> 
                     marker="o" if len(epochs) < 12 else None,
                     ms=3,
                 )
-            ax.set_title(f"{i} {_short(layer.name)}: {chosen}b", fontsize=6.5, pad=2)
+            ax.set_title(f"{i} {short(layer.name)}: {chosen}b", fontsize=6.5, pad=2)
             ax.set_ylim(-0.05, 1.05)
             ax.tick_params(labelsize=6, length=2)
-            _epoch_axis(ax, epochs, nbins=3)
+            epoch_axis(ax, epochs, nbins=3)
         for ax in axes[:, 0]:
             ax.set_ylabel("prob.", fontsize=7)
         for c in range(cols):
@@ -172,7 +184,7 @@ def plot_selector_evolution(history: list[dict], arch: arch_file.Arch, path) -> 
             fontsize="small",
             frameon=False,
         )
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_complexity(
@@ -182,20 +194,20 @@ def plot_complexity(
     title: str = "Complexity during search",
 ) -> Path:
     """Expected and discrete equivalent bits against epoch (fig. 7b), mu on a second axis."""
-    _check_history(history)
+    check_history(history)
     epochs = [h["epoch"] for h in history]
     marker = "o" if len(epochs) < 12 else None
     fig = Figure(figsize=(6.5, 4), layout="constrained")
     ax = fig.subplots()
     handles = [
         ax.plot(
-            *_present(epochs, history, "expected_bits"),
+            *present(epochs, history, "expected_bits"),
             color=W_COLOR,
             marker=marker,
             label="expected bits",
         )[0],
         ax.plot(
-            *_present(epochs, history, "discrete_bits"),
+            *present(epochs, history, "discrete_bits"),
             color=W_COLOR,
             ls="--",
             marker=marker,
@@ -206,9 +218,9 @@ def plot_complexity(
         handles.append(ax.axhline(target_bits, color="tab:red", ls=":", label="target"))
     ax.set_xlabel("epochs trained")
     ax.set_ylabel("equivalent bits")
-    _epoch_axis(ax, epochs)
+    epoch_axis(ax, epochs)
     ax.grid(alpha=0.3)
-    mu_epochs, mu = _present(epochs, history, "mu")
+    mu_epochs, mu = present(epochs, history, "mu")
     if mu:
         mu_ax = ax.twinx()
         handles.append(
@@ -228,63 +240,7 @@ def plot_complexity(
         frameon=False,
     )
     ax.set_title(title, fontsize="medium")
-    return _save(fig, path)
-
-
-def plot_pareto(points: list[dict], path, ylabel: str = "test accuracy") -> Path:
-    """Accuracy against equivalent bits, one line per group.
-
-    `points`: dicts with "group" (line label), "bits", "acc", "label" (point annotation) and
-    optionally "network": searched (solid, circles), uniform (dashed, squares) or random
-    (dotted, triangles).
-    """
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.subplots()
-    groups: dict[str, list[dict]] = {}
-    for p in points:
-        groups.setdefault(p["group"], []).append(p)
-    for k, (group, members) in enumerate(sorted(groups.items())):
-        members.sort(key=lambda p: p["bits"])
-        marker, ls = _NETWORK_STYLE[members[0].get("network", "searched")]
-        ax.plot(
-            [p["bits"] for p in members],
-            [p["acc"] for p in members],
-            marker=marker,
-            ls=ls,
-            color=f"C{k}",
-            label=group,
-        )
-        for j, p in enumerate(members):
-            # a Pareto line rises to the right, so below-right and above-left of a point are
-            # free; alternating them keeps the labels of close points apart
-            right = j % 2 == 0
-            ax.annotate(
-                p["label"],
-                (p["bits"], p["acc"]),
-                textcoords="offset points",
-                xytext=(5, -5) if right else (-5, 5),
-                ha="left" if right else "right",
-                va="top" if right else "bottom",
-                fontsize=7,
-                color=f"C{k}",
-            )
-    if not points:
-        ax.text(
-            0.5,
-            0.5,
-            "no run recorded an accuracy",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-        )
-    else:
-        ax.legend(fontsize="small", loc="lower right")  # Pareto lines leave that corner empty
-        ax.margins(x=0.12, y=0.12)  # room for the annotations at the ends
-    ax.set_xlabel("equivalent bits  sqrt(BitOps / FLOPs)")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.set_title(f"{ylabel.capitalize()} against complexity", fontsize="medium")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def write_search_figures(run_dir) -> list[Path]:
@@ -313,7 +269,7 @@ def write_search_figures(run_dir) -> list[Path]:
             history,
             run_dir / "complexity.png",
             target_bits=arch.extra.get("target_bits"),
-            title=f"Complexity during search: {_name(arch)}\n"
+            title=f"Complexity during search: {run_name(arch)}\n"
             f"found arch: {arch.equivalent_bits:.3f} equivalent bits",
         )
     )
@@ -325,71 +281,3 @@ def load_history(path) -> list[dict]:
     if not isinstance(history, list):
         raise ValueError(f"{path}: expected a JSON list of epochs")
     return history
-
-
-# -- helpers ---------------------------------------------------------------------------------
-def _name(arch: arch_file.Arch) -> str:
-    return f"{arch.model} on {arch.data}" if arch.data else arch.model
-
-
-def _title(arch: arch_file.Arch) -> str:
-    return (
-        f"{_name(arch)}: {arch.equivalent_bits:.3f} equivalent bits, "
-        f"{arch.weight_bits_total / 8 / 2**20:.3g} MiB of weights"
-    )
-
-
-def _check_history(history: list[dict], n_layers: int | None = None) -> None:
-    if not history:
-        raise ValueError("history is empty: the search recorded no epoch")
-    if n_layers is None:
-        return
-    for h in history:
-        for kind in ("probs_w", "probs_a"):
-            if len(h.get(kind, ())) != n_layers:
-                raise ValueError(
-                    f"history epoch {h.get('epoch')}: {kind} has "
-                    f"{len(h.get(kind, ()))} layers, the arch has {n_layers}"
-                )
-
-
-def _epoch_axis(ax, epochs: list, nbins: int | str = "auto") -> None:
-    ax.xaxis.set_major_locator(MaxNLocator(nbins, integer=True))
-    if min(epochs) == max(epochs):  # one epoch: a unit-wide axis, not matplotlib's ±0.05
-        ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
-        ax.set_xticks([epochs[0]])
-
-
-def _present(epochs: list, history: list[dict], key: str) -> tuple[list, list]:
-    """(epochs, values) where the value was recorded and is a number."""
-    pairs = [
-        (e, h[key])
-        for e, h in zip(epochs, history, strict=True)
-        if isinstance(h.get(key), (int, float)) and math.isfinite(h[key])
-    ]
-    return [e for e, _ in pairs], [v for _, v in pairs]
-
-
-def _candidates(space: list[int], n: int, chosen: int) -> list[int]:
-    """Bit-widths behind a layer's n probabilities (a layer fed the image has one: its own)."""
-    if len(space) == n:
-        return list(space)
-    return [chosen] if n == 1 else list(range(n))
-
-
-def _bit_colors(space: list[int]) -> dict[int, tuple]:
-    cmap = colormaps["viridis"]
-    bits = sorted(space)
-    # stop at 0.85: the yellow end of viridis is unreadable on white
-    return {b: cmap(0.85 * k / max(1, len(bits) - 1)) for k, b in enumerate(bits)}
-
-
-def _short(name: str, limit: int = 24) -> str:
-    return name if len(name) <= limit else "…" + name[-(limit - 1) :]
-
-
-def _save(fig: Figure, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path

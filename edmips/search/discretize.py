@@ -3,10 +3,13 @@
 argmax       winner-take-all: the most probable candidate (default, eq. 18)
 categorical  one draw from each selector's categorical distribution (eq. 19, one trial)
 multinomial  `trials` draws; the most frequent candidate wins (ties go to the more probable)
+budget       the most probable architecture within 1% of a budget (edmips/search/budget.py)
 """
 
 import torch
 from torch import Tensor
+
+from edmips.search.budget import Budget, closest_to_budget
 
 MODES = ("argmax", "categorical", "multinomial")
 
@@ -37,3 +40,25 @@ def discretize(
     """One bit-width per selector; seeded, so a run is reproducible."""
     generator = torch.Generator().manual_seed(seed)
     return [c[choose(p, mode, trials, generator)] for p, c in zip(probs, candidates, strict=True)]
+
+
+def choose_bits(
+    probs_w: list[Tensor],
+    probs_a: list[Tensor],
+    wspaces: list[tuple[int, ...]],
+    aspaces: list[tuple[int, ...]],
+    mode: str = "argmax",
+    trials: int = 100,
+    seed: int = 0,
+    budget: Budget | None = None,
+) -> tuple[list[int], list[int]]:
+    """(wbits, abits) per searched layer: mode "budget" lands on the budget's target, the
+    others discretize each selector by itself."""
+    if mode == "budget":
+        if budget is None:
+            raise ValueError("the budget discretization needs a target")
+        return closest_to_budget(probs_w, probs_a, budget)
+    return (
+        discretize(probs_w, wspaces, mode, trials, seed),
+        discretize(probs_a, aspaces, mode, trials, seed + 1),
+    )

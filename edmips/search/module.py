@@ -1,6 +1,7 @@
 """SearchModule: EdMIPS's differentiable search as a LightningModule.
 
-Loss = cross-entropy + mu * expected equivalent bits, sqrt(expected BitOps / FLOPs). Weights
+Loss = cross-entropy + mu * the expected cost in its stated unit (edmips/cost/model.py; for
+BitOps, the default, the expected equivalent bits sqrt(expected BitOps / FLOPs)). Weights
 and architecture parameters (the selector logits alpha_w, alpha_a) have their own optimizers
 and, by default, are both updated from one forward/backward pass (EdMIPS's single-pass
 optimization). `alternating=True` alternates instead: even steps update the weights on the
@@ -11,9 +12,9 @@ computes something worth keeping bits for. From then on the selectors' sharpness
 temperature) rises geometrically to `sharpness` at the last epoch, so the distributions the
 network trains under end close to the winner-take-all network that is kept.
 
-With a budget (`target_bits`) there is no penalty weight: a price per bit, solved for before
-every forward pass (edmips/search/budget.py), tilts the selectors so that the expected
-equivalent bit-width is the target; `mu` then records that price.
+With a budget (`target_bits`, in the cost's stated unit) there is no penalty weight: a price,
+solved for before every forward pass (edmips/search/budget.py), tilts the selectors so that the
+expected cost is the target; `mu` then records that price.
 """
 
 import torch
@@ -22,11 +23,11 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from edmips.core.classifier import Classifier, make_optimizer
-from edmips.cost import complexity
-from edmips.cost.complexity import LayerCost
+from edmips.cost import model as cost_models
+from edmips.cost.layers import LayerCost, searched
 from edmips.nn.layers import is_selector
-from edmips.search.budget import BitPrice, closest_to_budget
-from edmips.search.discretize import discretize
+from edmips.search.budget import Budget, BudgetPrice
+from edmips.search.discretize import choose_bits
 
 
 class SearchModule(Classifier):
@@ -45,23 +46,24 @@ class SearchModule(Classifier):
         sharpness: float = 1.0,
         channels_last: bool = False,
         compile: str | None = None,
+        cost: str = "bitops",
     ):
         super().__init__(model, num_classes, channels_last, compile)
         self.automatic_optimization = False
-        self.layers = complexity.searched(model, costs)
+        self.layers = searched(model, costs)
+        self.cost = cost_models.get(cost)
         if not self.layers:
             raise ValueError("the model has no searched layers: nothing to search")
         self.register_buffer("mu", torch.tensor(float(mu)))
         self.optimizer, self.arch_optimizer, self.scheduler = optimizer, arch_optimizer, scheduler
         self.alternating = alternating
+        self.wspaces = [m.wbits for _, m in self.layers]
+        self.aspaces = [m.abits_space() for _, m in self.layers]
         self.budget = None
         if target_bits is not None:
-            self.budget = BitPrice(
-                target_bits,
-                [c.flops for c, _ in self.layers],
-                [m.wbits for _, m in self.layers],
-                [m.abits_space() for _, m in self.layers],
-            )
+            layer_costs = [c for c, _ in self.layers]
+            budget = Budget(self.cost, layer_costs, self.wspaces, self.aspaces, target_bits)
+            self.budget = BudgetPrice(budget)
         self.warmup_epochs, self.final_sharpness = warmup_epochs, sharpness
         # for the figures: the selectors at the start, then after each epoch ("epoch" counts
         # the epochs trained)
@@ -93,32 +95,23 @@ class SearchModule(Classifier):
             return 1.0
         return self.final_sharpness ** ((epoch - self.warmup_epochs) / span)
 
-    def complexity_loss(self) -> Tensor:
-        return complexity.complexity_loss(self.layers)
-
     def expected_bits(self) -> Tensor:
-        return complexity.expected_equivalent_bits(self.layers)
+        """The expected cost in its stated unit (equivalent bits for BitOps), differentiable:
+        the penalty of mu mode."""
+        return self.cost.expected(self.layers)
 
     def choose(self, mode: str = "argmax", trials: int = 100, seed: int = 0):
         """Discrete (wbits, abits) per searched layer; mode "budget" lands on the target."""
         self.apply_budget()
         pw, pa = self.probs()
-        wspace = [m.wbits for _, m in self.layers]
-        aspace = [m.abits_space() for _, m in self.layers]
-        if mode == "budget":
-            flops = [c.flops for c, _ in self.layers]
-            return closest_to_budget(pw, pa, wspace, aspace, flops, self.budget.target_bits)
-        return (
-            discretize(pw, wspace, mode, trials, seed),
-            discretize(pa, aspace, mode, trials, seed + 1),
-        )
+        budget = None if self.budget is None else self.budget.budget
+        return choose_bits(pw, pa, self.wspaces, self.aspaces, mode, trials, seed, budget)
 
     def discrete_bits(self) -> float:
+        """The stated cost of the winner-take-all architecture."""
         wbits, abits = self.choose()
         costs = [c for c, _ in self.layers]
-        return complexity.equivalent_bits(
-            complexity.bitops(costs, wbits, abits), complexity.total_flops(costs)
-        )
+        return self.cost.stated_total(self.cost.total(costs, wbits, abits), costs)
 
     # -- training ----------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> Tensor:
@@ -132,7 +125,7 @@ class SearchModule(Classifier):
         update_a = searching and (not self.alternating or batch_idx % 2 == 1)
         # under a budget the price already holds the bits on the target: no penalty term
         penalised = update_a and self.budget is None
-        loss = ce + self.mu * self.complexity_loss() if penalised else ce
+        loss = ce + self.mu * self.expected_bits() if penalised else ce
         opt_w.zero_grad(set_to_none=True)
         opt_a.zero_grad(set_to_none=True)
         self.manual_backward(loss)

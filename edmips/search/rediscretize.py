@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from edmips.core.cli import one_line_errors
-from edmips.cost.complexity import LayerCost
+from edmips.cost import model as cost_models
 from edmips.nn.layers import INPUT_BITS
 from edmips.records import arch as arch_file
-from edmips.search.budget import closest_to_budget
-from edmips.search.discretize import MODES, discretize
+from edmips.search.budget import Budget
+from edmips.search.discretize import MODES, choose_bits
 
 
 def rediscretize(
@@ -48,16 +48,15 @@ def rediscretize(
     wspace = [tuple(found.space["wbits"])] * len(pw)
     # A layer whose input is the image has one activation "candidate": the image's bits.
     aspace = [tuple(found.space["abits"]) if len(p) > 1 else (INPUT_BITS,) for p in pa]
-    costs = [LayerCost(x.name, x.type, x.flops, x.params, 0, ()) for x in found.layers]
+    costs = found.costs()
     target = found.extra.get("target_bits") if target_bits is None else target_bits
+    budget = None
     if mode == "budget":
         if target is None:
             raise ValueError("--discretize budget needs --target-bits (the search had no target)")
-        flops = [c.flops for c in costs]
-        wbits, abits = closest_to_budget(pw, pa, wspace, aspace, flops, target)
-    else:
-        wbits = discretize(pw, wspace, mode, trials, seed)
-        abits = discretize(pa, aspace, mode, trials, seed + 1)
+        cost = cost_models.get(found.extra.get("cost", "bitops"))
+        budget = Budget(cost, costs, wspace, aspace, target)
+    wbits, abits = choose_bits(pw, pa, wspace, aspace, mode, trials, seed, budget)
     return arch_file.build(
         found.model,
         found.space,
@@ -74,6 +73,7 @@ def rediscretize(
         epoch=epoch,
         expected_bits=entry["expected_bits"],
         target_bits=target if mode == "budget" else None,
+        cost=found.extra.get("cost", "bitops"),
         searched_in=str(run_dir),
         shared_weights=found.extra.get("shared_weights", True),
     )
@@ -88,7 +88,7 @@ def main(argv=None) -> Path:
     parser.add_argument("run_dir", type=Path, help="a search run directory")
     parser.add_argument("--epoch", type=int, required=True, help="epochs trained (0: the start)")
     parser.add_argument("--discretize", default="argmax", choices=(*MODES, "budget"))
-    parser.add_argument("--target-bits", type=float, help="budget: the equivalent bit-width")
+    parser.add_argument("--target-bits", type=float, help="budget: the target in the cost's unit")
     parser.add_argument("--trials", type=int, default=100, help="multinomial: draws per layer")
     parser.add_argument("--seed", type=int, default=0, help="categorical, multinomial")
     parser.add_argument("--out", type=Path, required=True, help="the architecture file to write")

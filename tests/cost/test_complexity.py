@@ -3,7 +3,10 @@ import math
 import torch
 from torch import nn
 
-from edmips.cost import complexity
+from edmips.cost import bitops as complexity
+from edmips.cost import layers as cost_layers
+from edmips.cost.layers import activation_bits, measure
+from edmips.cost.weight_size import weight_bits
 from edmips.nn import MixedConv2d, MixedLinear, QuantConv2d
 
 
@@ -24,13 +27,13 @@ class SmallNet(nn.Module):
 
 def test_flops_and_bitops_match_a_hand_count():
     net = SmallNet()
-    costs = complexity.measure(net, (3, 10, 10))
+    costs = measure(net, (3, 10, 10))
     assert [c.name for c in costs] == ["a", "b", "c", "d"]
     # Cin/groups * Cout * kh * kw * Hout * Wout
     assert [c.flops for c in costs] == [3 * 8 * 9 * 100, 8 * 16 * 9 * 25, 4 * 16 * 9 * 25, 16 * 4]
     assert [c.params for c in costs] == [216, 1152, 576, 64]
     assert [c.input_numel for c in costs] == [300, 800, 400, 400]
-    layers = complexity.searched(net, costs)
+    layers = cost_layers.searched(net, costs)
     assert [c.name for c, _ in layers] == ["b", "c", "d"]
     wbits, abits = [1, 2, 4], [2, 3, 4]
     hand = 28800 * 1 * 2 + 14400 * 2 * 3 + 64 * 4 * 4
@@ -39,13 +42,13 @@ def test_flops_and_bitops_match_a_hand_count():
     assert math.isclose(
         complexity.equivalent_bits(hand, 28800 + 14400 + 64), math.sqrt(hand / 43264)
     )
-    assert complexity.weight_bits(searched, wbits) == 1152 * 1 + 576 * 2 + 64 * 4
-    assert complexity.activation_bits(searched, abits) == 800 * 2 + 400 * 3 + 400 * 4
+    assert weight_bits(searched, wbits) == 1152 * 1 + 576 * 2 + 64 * 4
+    assert activation_bits(searched, abits) == 800 * 2 + 400 * 3 + 400 * 4
 
 
 def test_expected_bitops_uses_the_softmax_expectations():
     net = SmallNet()
-    layers = complexity.searched(net, complexity.measure(net, (3, 10, 10)))
+    layers = cost_layers.searched(net, measure(net, (3, 10, 10)))
     with torch.no_grad():
         for _, m in layers:
             m.alpha_w.copy_(torch.tensor([0.0, 1.0, 2.0, 3.0]))
@@ -54,19 +57,19 @@ def test_expected_bitops_uses_the_softmax_expectations():
     expected = sum(c.flops * ew * 3.0 for c, _ in layers)  # uniform over {2,3,4} -> 3
     assert math.isclose(float(complexity.expected_bitops(layers)), expected, rel_tol=1e-5)
     # the expected equivalent bits, over the FLOPs of the searched layers (28800 + 14400 + 64)
-    loss = float(complexity.complexity_loss(layers))
+    loss = float(complexity.expected_equivalent_bits(layers))
     assert math.isclose(loss, math.sqrt(expected / 43264), rel_tol=1e-5)
 
 
 def test_descending_the_complexity_gradient_lowers_the_expected_bits():
     net = SmallNet()
-    layers = complexity.searched(net, complexity.measure(net, (3, 10, 10)))
+    layers = cost_layers.searched(net, measure(net, (3, 10, 10)))
     arch = [p for n, p in net.named_parameters() if n.endswith(("alpha_w", "alpha_a"))]
     opt = torch.optim.SGD(arch, lr=1.0)  # the loss is in bits, not BitOps
     before = float(complexity.expected_equivalent_bits(layers))
     for _ in range(5):
         opt.zero_grad()
-        complexity.complexity_loss(layers).backward()
+        complexity.expected_equivalent_bits(layers).backward()
         opt.step()
     after = float(complexity.expected_equivalent_bits(layers))
     assert after < before - 0.05

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from edmips.cost import complexity
+from edmips.cost import layers as cost_layers
 from edmips.export import (
     ExportError,
     image_codes,
@@ -30,7 +30,7 @@ def trained_like(name: str, size: int, seed: int = 0, bits=None) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     choice = lambda options: options[int(torch.randint(len(options), (1,), generator=g))]  # noqa: E731
     to_fixed(model, bits or {n: (choice([1, 2, 3, 4]), choice([2, 3, 4])) for n in names})
-    complexity.measure(model, (3, size, size))
+    cost_layers.measure(model, (3, size, size))
     model.train()
     with torch.no_grad():
         for _ in range(3):
@@ -105,7 +105,7 @@ def test_unquantized_layers_are_refused_by_name():
 def test_uncalibrated_stream_and_foreign_models_are_refused():
     model = create_model("resnet_tiny", num_classes=10)
     to_fixed(model, {n: (2, 2) for n in default_searched(model)})
-    complexity.measure(model, (3, 32, 32))
+    cost_layers.measure(model, (3, 32, 32))
     with pytest.raises(ExportError, match=r"quantizer stages\.0\.quant: range never calibrated"):
         lower(model, (3, 32, 32))
     with pytest.raises(ExportError, match="layer 0: a float Conv2d; convert the model with edmips"):

@@ -211,7 +211,8 @@ def test_metrics_are_written_before_an_export_that_fails(retrain_cfg, monkeypatc
     [*MODELS[:3], *(pytest.param(*m, marks=pytest.mark.slow) for m in MODELS[3:])],
 )
 def test_a_search_step_and_a_retrain_step_train_every_layer(arch, size):
-    from edmips.cost import complexity
+    from edmips.cost import layers as cost_layers
+    from edmips.cost.bitops import expected_equivalent_bits
     from edmips.nn import MIXED_LAYERS, default_searched, to_fixed, to_search
 
     torch.manual_seed(0)
@@ -226,10 +227,10 @@ def test_a_search_step_and_a_retrain_step_train_every_layer(arch, size):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     names = default_searched(model)
     to_search(model, names, (1, 2, 4), (2, 4))
-    costs = complexity.measure(model, (3, size, size))
+    costs = cost_layers.measure(model, (3, size, size))
     x, y = torch.rand(4, 3, size, size), torch.randint(0, 10, (4,))
     loss = nn.functional.cross_entropy(model(x), y)
-    loss = loss + 1e-3 * complexity.complexity_loss(complexity.searched(model, costs))
+    loss = loss + 1e-3 * expected_equivalent_bits(cost_layers.searched(model, costs))
     loss.backward()
     layers = [model.get_submodule(n) for n in names]
     assert all(isinstance(m, MIXED_LAYERS) for m in layers)

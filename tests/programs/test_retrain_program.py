@@ -121,13 +121,13 @@ def cfg_path(cfg):
 
 def _found_for_tiny(tmp_path):
     """A found.json for resnet_tiny's five searched layers, as a search would write it."""
-    from edmips.cost import complexity
+    from edmips.cost import layers as cost_layers
     from edmips.models import create_model
     from edmips.nn import default_searched
 
     model = create_model("resnet_tiny", num_classes=10)
     names = default_searched(model)
-    costs = [c for c in complexity.measure(model, (3, 32, 32)) if c.name in names]
+    costs = [c for c in cost_layers.measure(model, (3, 32, 32)) if c.name in names]
     found = arch.build(
         "resnet_tiny",
         {"wbits": [1, 2, 3, 4], "abits": [2, 3, 4]},

@@ -15,11 +15,11 @@ def test_search_writes_a_valid_found_json_and_its_records(search_cfg, tmp_path):
     found = arch.load(tmp_path / "found.json", known_models=list_models())
     assert found == result["arch"] and found.model == "resnet_tiny" and found.data == "synthetic"
     model = create_model("resnet_tiny", num_classes=10)
-    from edmips.cost import complexity
+    from edmips.cost import layers as cost_layers
     from edmips.nn import default_searched
 
     names = default_searched(model)
-    costs = [c for c in complexity.measure(model, (3, 32, 32)) if c.name in names]
+    costs = [c for c in cost_layers.measure(model, (3, 32, 32)) if c.name in names]
     arch.check_matches(found, "resnet_tiny", costs)
     for layer in found.layers:
         assert len(layer.probs_w) == 4 and len(layer.probs_a) == 3

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from edmips.cost.complexity import LayerCost
+from edmips.cost.layers import LayerCost
 from edmips.records import arch
 
 COSTS = [

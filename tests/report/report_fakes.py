@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from edmips.cost.complexity import LayerCost
+from edmips.cost.layers import LayerCost
 from edmips.records import arch
 
 FLOPS = [2_000_000, 2_000_000, 1_000_000, 1_000_000, 500_000]

@@ -8,12 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from edmips.cost import complexity
+from edmips.cost import layers as cost_layers
+from edmips.cost import model as cost_models
+from edmips.cost.layers import LayerCost
 from edmips.nn.layers import MixedLinear
 from edmips.programs.retrain import retrain
 from edmips.programs.search import search
 from edmips.report import collect, write_report
-from edmips.search.budget import closest_to_budget, random_allocation
+from edmips.search.budget import Budget, closest_to_budget, random_allocation
 from edmips.search.module import SearchModule
 
 SPACE_W, SPACE_A = (1, 2, 3, 4), (2, 3, 4)
@@ -33,7 +35,7 @@ class Branches(nn.Module):
 def _search_module(model, features=16, target_bits=None, sharpness=1.0):
     return SearchModule(
         model,
-        complexity.measure(model, (features,)),
+        cost_layers.measure(model, (features,)),
         num_classes=2,
         mu=0.0,
         optimizer=torch.optim.SGD,
@@ -97,6 +99,13 @@ def _arch_params(model):
     return [p for n, p in model.named_parameters() if n.endswith(("alpha_w", "alpha_a"))]
 
 
+def _budget(flops, target):
+    """A BitOps budget over layers of these FLOPs, each with the whole space."""
+    layers = [LayerCost(f"l{i}", "linear", f, 0, 0, ()) for i, f in enumerate(flops)]
+    n = len(flops)
+    return Budget(cost_models.get("bitops"), layers, [SPACE_W] * n, [SPACE_A] * n, target)
+
+
 def _bits(flops, w, a):
     return math.sqrt(sum(f * x * y for f, x, y in zip(flops, w, a)) / sum(flops))
 
@@ -107,8 +116,7 @@ def test_budget_discretization_lands_within_one_percent(target):
     flops = [2_359_296] * 6 + [1_179_648, 131_072] + [2_359_296] * 5 + [1_179_648, 131_072]
     pw = [torch.softmax(torch.randn(4) * 0.1, 0) for _ in flops]
     pa = [torch.softmax(torch.randn(3) * 0.1, 0) for _ in flops]
-    n = len(flops)
-    w, a = closest_to_budget(pw, pa, [SPACE_W] * n, [SPACE_A] * n, flops, target)
+    w, a = closest_to_budget(pw, pa, _budget(flops, target))
     assert abs(_bits(flops, w, a) - target) <= 0.01 * target
 
 
@@ -119,9 +127,8 @@ def test_budget_discretization_keeps_winner_take_all_when_it_fits():
     pa = [torch.softmax(torch.randn(3) * 4, 0) for _ in flops]
     w0 = [SPACE_W[int(p.argmax())] for p in pw]
     a0 = [SPACE_A[int(p.argmax())] for p in pa]
-    n = len(flops)
     target = _bits(flops, w0, a0)
-    assert closest_to_budget(pw, pa, [SPACE_W] * n, [SPACE_A] * n, flops, target) == (w0, a0)
+    assert closest_to_budget(pw, pa, _budget(flops, target)) == (w0, a0)
 
 
 @pytest.mark.slow
@@ -155,8 +162,7 @@ def test_two_budgets_land_within_two_percent_and_the_sweep_reports(
 @pytest.mark.parametrize("target", [1.8, 2.6, 3.3])
 def test_a_random_allocation_lands_within_one_percent_and_is_fixed_by_its_seed(target):
     flops = [2_359_296] * 6 + [1_179_648, 131_072] + [2_359_296] * 5 + [1_179_648, 131_072]
-    n = len(flops)
-    draw = [random_allocation([SPACE_W] * n, [SPACE_A] * n, flops, target, s) for s in (0, 0, 1)]
+    draw = [random_allocation(_budget(flops, target), s) for s in (0, 0, 1)]
     for w, a in draw:
         assert abs(_bits(flops, w, a) - target) <= 0.01 * target
     assert draw[0] == draw[1] and draw[0] != draw[2]

@@ -2,7 +2,7 @@
 
 import torch
 
-from edmips.cost import complexity
+from edmips.cost import layers as cost_layers
 from edmips.models import create_model
 from edmips.nn import default_searched, to_search
 
@@ -11,7 +11,7 @@ def _search_net(seed=0):
     torch.manual_seed(seed)
     model = create_model("resnet8", num_classes=10)
     to_search(model, default_searched(model), (1, 2, 3, 4), (2, 3, 4))
-    layers = complexity.searched(model, complexity.measure(model, (3, 32, 32)))
+    layers = cost_layers.searched(model, cost_layers.measure(model, (3, 32, 32)))
     return model.eval(), layers
 
 
