@@ -40,8 +40,8 @@ def load_data(args, device):
 
 
 def time_epoch(name, args, device, data):
-    model, layers = step_bench.build(CONFIGS[name], args, device)
-    step = step_bench.make_step(model, layers, args, device, args.compile_mode)
+    model, costs = step_bench.build(CONFIGS[name], args, device)
+    step = step_bench.make_step(model, costs, args, device, args.compile_mode)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def batches():
@@ -96,7 +96,7 @@ def parse_args(argv):
         args.compile_mode = "default"
     # what step.build and step.make_step read
     args.bf16 = args.channels_last = cuda
-    args.num_classes, args.image_size, args.mu = 10, 32, 0.01
+    args.num_classes, args.image_size, args.mu = 10, 32, None  # mu: conf/search.yaml's
     return args
 
 

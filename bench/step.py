@@ -10,11 +10,12 @@ after `--warmup` untimed ones and prints one JSON line:
 
   fp             plain float network of the same shape: every conv/linear at 32 bits (float
                  weights, ReLU inputs), residual-stream quantizers -> identity, stem HWGQ -> ReLU
-  uniform_w2a2   QAT with fixed W2A2 on every searched layer (`to_fixed`)
+  uniform_w2a2   QAT with fixed W2A2 on every searched layer (`to_fixed`): the retrain's step
+                 (cross-entropy, conf/retrain.yaml's optimizer), as is fp's
   search_single  the edmips search with one candidate each, W{2} A{2}
-  search_full    the edmips search over W{1,2,3,4} A{2,3,4}: loss = CE + mu * expected bits,
-                 weight SGD (lr 0.1) and architecture SGD (lr 0.01) both stepped (single pass),
-                 as SearchModule.training_step does
+  search_full    the edmips search over W{1,2,3,4} A{2,3,4}: SearchModule.update, the step of
+                 SearchModule.training_step (loss = CE + mu * expected bits, the weights' and
+                 the selectors' optimizers of conf/search.yaml both stepped, single pass)
   naive_single,  the same search with NaiveMixedConv2d below in place of MixedConv2d: written
   naive_full     like the published EdMIPS code (the weight std read on the host per layer, one
                  quantized weight and one HWGQ output per candidate kept by autograd)
@@ -50,18 +51,22 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
-from torch.optim import SGD
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `edmips`
-from edmips.core.classifier import make_optimizer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+sys.path.insert(0, str(ROOT))  # the repo root, for `edmips`
 from edmips.cost import layers as cost_layers  # noqa: E402
-from edmips.cost.bitops import expected_equivalent_bits  # noqa: E402
 from edmips.models import create_model  # noqa: E402
 from edmips.nn.convert import default_searched, quantizable_names, to_fixed, to_search  # noqa: E402
-from edmips.nn.layers import MixedConv2d, is_selector  # noqa: E402
+from edmips.nn.layers import MixedConv2d  # noqa: E402
 from edmips.quant import GAUSS_STEPS, HWGQ_STEPS, StreamQuant  # noqa: E402
-from edmips.quant.activation import HWGQ, hwgq_clip  # noqa: E402
+from edmips.quant.activation import HWGQ  # noqa: E402
+from edmips.quant.primitives import hwgq_clip  # noqa: E402
+from edmips.retrain.module import RetrainModule  # noqa: E402
+from edmips.search.module import SearchModule  # noqa: E402
 
 CONFIGS = ("fp", "uniform_w2a2", "search_single", "search_full", "naive_single", "naive_full")
 COMPILED = ("fp", "uniform_w2a2", "search_full")  # also timed compiled by default on CUDA
@@ -153,8 +158,6 @@ def to_naive(model):
                 per_channel=m.per_channel,
             ).to(m.weight.device)
             new.load_state_dict(m.state_dict())
-            if hasattr(m, "cost"):
-                new.cost = m.cost
             _swap(model, name, new)
     return model
 
@@ -172,6 +175,7 @@ def to_float(model):
 
 # -- one configuration --------------------------------------------------------------------------
 def build(name, args, device):
+    """The configuration's network on `device`, in training mode, and its layer costs."""
     torch.manual_seed(args.seed)
     model = create_model(args.model, num_classes=args.num_classes)
     names = default_searched(model)
@@ -187,31 +191,39 @@ def build(name, args, device):
     costs = cost_layers.measure(model, (3, args.image_size, args.image_size))
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    return model, cost_layers.searched(model, costs)
+    return model, costs
 
 
-def make_step(model, layers, args, device, compile_mode=None):
-    """One training step `step(x, y)`: forward, loss, backward, optimizer step(s), all fused
-    optimizers on CUDA (as the search and retrain modules build them)."""
-    named = list(model.named_parameters())
-    weights = [p for n, p in named if not is_selector(n)]
-    arch = [p for n, p in named if is_selector(n)]
-    optimizers = [make_optimizer(partial(SGD, lr=0.1, momentum=0.9, weight_decay=1e-4), weights)]
-    if arch:
-        optimizers.append(make_optimizer(partial(SGD, lr=0.01, momentum=0.9), arch))
-    forward = torch.compile(model, mode=compile_mode) if compile_mode else model
+def make_step(model, costs, args, device, compile_mode=None):
+    """One training step `step(x, y)` as the programs take it, with the optimizers of their
+    configuration (fused on CUDA): a searched network's is SearchModule.update (the loss, the
+    weights' and the selectors' optimizer both stepped, single pass) with conf/search.yaml's
+    optimizers and mu (or --mu); any other network's is the retrain's (cross-entropy and
+    conf/retrain.yaml's optimizer). `step(x, y, eager=True)` runs the network uncompiled."""
+    searched = bool(cost_layers.searched(model, costs))
+    cfg = OmegaConf.load(CONF / ("search.yaml" if searched else "retrain.yaml"))
+    if searched:
+        mu = cfg.mu if args.mu is None else args.mu
+        optimizers = (instantiate(cfg.search.optimizer), instantiate(cfg.search.arch_optimizer))
+        module = partial(SearchModule, model, costs, args.num_classes, mu, *optimizers)
+    else:
+        module = partial(RetrainModule, model, args.num_classes, instantiate(cfg.optimizer))
+    modules = {
+        eager: module(channels_last=args.channels_last, compile=None if eager else compile_mode)
+        for eager in (False, True)
+    }
+    optimizers = modules[False].configure_optimizers()  # the search's two, the retrain's one
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else nullcontext()
 
-    def step(x, y, fn=forward):
-        with autocast:
-            loss = F.cross_entropy(fn(x), y)
-            if layers:
-                loss = loss + args.mu * expected_equivalent_bits(layers)
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
+    def step(x, y, eager=False):
+        with autocast:  # as Lightning's bf16-mixed wraps the whole training step
+            if searched:
+                modules[eager].update(x, y, *optimizers, True, True, torch.Tensor.backward)
+                return
+            loss = F.cross_entropy(modules[eager](x), y)
+            optimizers.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers.step()
 
     return step
 
@@ -235,8 +247,8 @@ def saved_for_backward_bytes(step, params):
 
 
 def run_config(name, args, device, x, y, compile_mode=None):
-    model, layers = build(name, args, device)
-    step = partial(make_step(model, layers, args, device, compile_mode), x, y)
+    model, costs = build(name, args, device)
+    step = partial(make_step(model, costs, args, device, compile_mode), x, y)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(args.warmup):
@@ -254,7 +266,7 @@ def run_config(name, args, device, x, y, compile_mode=None):
     peak = torch.cuda.max_memory_allocated() if cuda else None
     params = list(model.parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in params)
-    saved = saved_for_backward_bytes(lambda: step(fn=model), params) + 2 * param_bytes
+    saved = saved_for_backward_bytes(lambda: step(eager=True), params) + 2 * param_bytes
     line = {
         "name": f"{name}_compiled" if compile_mode else name,
         "compile": compile_mode or False,
@@ -263,7 +275,7 @@ def run_config(name, args, device, x, y, compile_mode=None):
         "memory": "allocator-peak" if cuda else "saved-for-backward",
         "saved_mib": round(saved / MIB, 2),
         "ms_min": round(min(times), 3),
-        "searched_layers": len(layers),
+        "searched_layers": len(cost_layers.searched(model, costs)),
     }
     if name == "fp":
         line["note"] = FP_NOTE
@@ -327,7 +339,9 @@ def parse_args(argv):
         default=list(CONFIGS),
         help="run only these configurations",
     )
-    p.add_argument("--mu", type=float, default=0.01, help="complexity weight of the search loss")
+    p.add_argument(
+        "--mu", type=float, help="the search's complexity weight (default: conf/search.yaml's)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", help="also write the JSON lines to this file")

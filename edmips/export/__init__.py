@@ -24,17 +24,17 @@ __all__ = [
 
 
 def export(model, input_size, out) -> list[Path]:
-    """Lower a trained fixed-bit network and write into `out` the bundle (`integer/`), its
-    QONNX model (`model.onnx`) and its standard-ops model for onnxruntime (`model_qdq.onnx`);
+    """Lower a trained fixed-bit network and write into `out` the bundle (`integer/`) and every
+    ONNX form (edmips/export/onnx/: `model.onnx` for qonnx, `model_qdq.onnx` for onnxruntime);
     returns the paths written. The graph alone comes from `lower`."""
-    from edmips.export.onnx_files import save_onnx
+    from edmips.export import onnx as onnx_forms
 
     out = Path(out)
     graph = lower(model, input_size)
     paths = [save_bundle(graph, out / "integer")]
-    try:
-        for name, form in (("model.onnx", "qonnx"), ("model_qdq.onnx", "qdq")):
-            paths.append(save_onnx(graph, out / name, form))
-    except ExportError as e:  # the bundle stands; float32 ONNX cannot hold this graph
-        logging.getLogger(__name__).warning("no ONNX models: %s", e)
+    for form in onnx_forms.forms():
+        try:
+            paths.append(onnx_forms.save_onnx(graph, out / form.file_name, form.name))
+        except ExportError as e:  # the bundle stands; this form cannot hold the graph
+            logging.getLogger(__name__).warning("no %s: %s", form.file_name, e)
     return paths

@@ -15,6 +15,7 @@ from edmips.core import rundir
 from edmips.core.cli import one_line_errors
 from edmips.export import export
 from edmips.models import create_model
+from edmips.models.weights import network_state
 from edmips.nn import to_fixed
 from edmips.records import arch as arch_file
 
@@ -31,13 +32,7 @@ def load_retrained(source: Path):
         found.model, num_classes=spec["num_classes"], mean=spec["mean"], std=spec["std"]
     )
     to_fixed(model, found.bits())
-    model.load_state_dict(
-        {
-            k.removeprefix("model."): v
-            for k, v in ckpt["state_dict"].items()
-            if k.startswith("model.")
-        }
-    )
+    model.load_state_dict(network_state(ckpt["state_dict"]))
     return model, tuple(spec["input_size"])
 
 

@@ -21,13 +21,12 @@ information, `scale`: the float value of one integer unit in the fake-quantized 
 """
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from edmips.records.files import write_dir_atomic
 
 FORMAT, VERSION = "edmips-integer", 2  # 2: windowed pools, concat, flatten, conv bias
 
@@ -61,37 +60,24 @@ class Graph:
 
 def save_bundle(graph: Graph, path: str | Path) -> Path:
     """Write the bundle folder atomically (built beside it, then renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
-        manifest = {
-            "format": FORMAT,
-            "version": VERSION,
-            "model": graph.model,
-            "input_shape": graph.input_shape,
-            "output": graph.output,
-            "nodes": [
-                {
-                    "op": n.op,
-                    "name": n.name,
-                    "inputs": n.inputs,
-                    **n.attrs,
-                    "arrays": sorted(n.arrays),
-                }
-                for n in graph.nodes
-            ],
-        }
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": graph.model,
+        "input_shape": graph.input_shape,
+        "output": graph.output,
+        "nodes": [
+            {"op": n.op, "name": n.name, "inputs": n.inputs, **n.attrs, "arrays": sorted(n.arrays)}
+            for n in graph.nodes
+        ],
+    }
+    arrays = {f"{n.name}/{k}": v for n in graph.nodes for k, v in n.arrays.items()}
+
+    def write(tmp: Path) -> None:
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        arrays = {f"{n.name}/{k}": v for n in graph.nodes for k, v in n.arrays.items()}
         np.savez_compressed(tmp / "arrays.npz", **arrays)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+
+    return write_dir_atomic(path, write)
 
 
 def load_bundle(path: str | Path) -> Graph:

@@ -11,6 +11,7 @@ Global average pooling makes any input size work.
 from torch import Tensor, nn
 
 from edmips.models.registry import register_model
+from edmips.models.weights import load_weights
 from edmips.nn.layers import QuantConv2d, QuantLinear
 from edmips.quant.activation import HWGQ, StreamQuant
 from edmips.quant.input import InputQuant
@@ -131,28 +132,46 @@ class PreActResNet(nn.Module):
         return self.fc(self.bn_final(x))
 
 
+def _build(block, depths, widths, weights: str | None = None, **kw) -> PreActResNet:
+    """The network; `weights`: a local state-dict file of it (models/weights.py), float-trained
+    or not: the quantizers' entries (the image's zero point, the residual streams' ranges) are
+    optional, as a float-trained copy of the network has none."""
+    model = PreActResNet(block, depths, widths, **kw)
+    if weights is not None:
+        layers = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+        float_entries = {
+            f"{name}.{k}"
+            for name, m in model.named_modules()
+            if isinstance(m, layers)
+            for k in m.state_dict()
+        }
+        quantizers = [k for k in model.state_dict() if k not in float_entries]
+        load_weights(model, weights, optional=quantizers)
+    return model
+
+
 @register_model
 def resnet18(**kw) -> PreActResNet:
-    return PreActResNet(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), **kw)
+    return _build(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), **kw)
 
 
 @register_model
 def resnet50(**kw) -> PreActResNet:
-    return PreActResNet(Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), **kw)
+    return _build(Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), **kw)
 
 
 @register_model
 def resnet20(**kw) -> PreActResNet:
-    return PreActResNet(BasicBlock, (3, 3, 3), (16, 32, 64), imagenet_stem=False, **kw)
+    return _build(BasicBlock, (3, 3, 3), (16, 32, 64), imagenet_stem=False, **kw)
 
 
 @register_model
 def resnet8(**kw) -> PreActResNet:
     """ResNet-20's shape with one block per stage: the quick demo and test network."""
-    return PreActResNet(BasicBlock, (1, 1, 1), (16, 32, 64), imagenet_stem=False, **kw)
+    return _build(BasicBlock, (1, 1, 1), (16, 32, 64), imagenet_stem=False, **kw)
 
 
 @register_model
 def resnet_tiny(**kw) -> PreActResNet:
     """Two narrow stages, for unit tests that run in a second."""
-    return PreActResNet(BasicBlock, (1, 1), (8, 16), imagenet_stem=False, **kw)
+    return _build(BasicBlock, (1, 1), (8, 16), imagenet_stem=False, **kw)

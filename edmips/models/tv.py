@@ -7,13 +7,12 @@ and the last linear get 8-bit weights (and 8-bit inputs where these are non-nega
 rest 32 bits until a search or a retrain sets them.
 """
 
-from pathlib import Path
-
 import torch
 import torchvision
 from torch import Tensor, nn
 
 from edmips.models.registry import register_model
+from edmips.models.weights import load_weights
 from edmips.nn.convert import first_and_last, to_fixed
 from edmips.nn.fx_quantize import quantize
 
@@ -58,11 +57,7 @@ def float_model(
         kw = {"aux_logits": False, "init_weights": True, "transform_input": False, **kw}
     body = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kw)
     if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"model weights {path}: no such file")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        body.load_state_dict(state.get("state_dict", state))
+        load_weights(body, weights)
     return NormalizedNet(body, mean, std)
 
 

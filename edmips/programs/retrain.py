@@ -28,9 +28,10 @@ from edmips.core.builders import (
     fast_path,
     measure,
 )
-from edmips.export import IntegerRuntime, export, image_codes, load_bundle, reference_copy
-from edmips.export.onnx_files import qdq_runtime
+from edmips.export import export
+from edmips.export.verify import verify
 from edmips.models import list_models
+from edmips.models.weights import network_state
 from edmips.nn import default_searched, to_fixed, to_search
 from edmips.nn.convert import first_and_last
 from edmips.records import arch as arch_file
@@ -124,53 +125,7 @@ def _load_search_weights(model, found: arch_file.Arch, path: Path) -> None:
         shared=found.extra.get("shared_weights", True),
     )
     state = rundir.load_checkpoint(ckpt)["state_dict"]
-    model.load_state_dict(
-        {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-    )
-
-
-def integer_pair(model, bundle: Path):
-    """The fake-quantized network in float64 and the integer runtime of its bundle (checked as
-    it is read), as functions of a batch of images; the integer logits are scaled by their
-    per-class units, which argmax needs when the classes' weight scales differ."""
-    reference, graph = reference_copy(model), load_bundle(bundle)
-    integer = IntegerRuntime(graph)
-    unit = torch.as_tensor(graph.node(graph.output).attrs["scale"], dtype=torch.float64)
-    return (lambda x: reference(x.double())), (lambda x: integer(image_codes(x)) * unit)
-
-
-@torch.no_grad()
-def deployment_check(reference, deployed, loader, max_images: int | None = None, qdq=None) -> dict:
-    """Accuracy of the fake-quantized reference and of the integer runtime (`deployed`), and how
-    often they predict the same class, on the first max_images test images (None: all); with
-    `qdq`, also how often `model_qdq.onnx` agrees with the reference. Each is a function
-    from a batch of images to logits."""
-    correct_ref = correct_ref5 = correct_deployed = agree = agree_qdq = total = 0
-    for x, y in loader:
-        if max_images is not None:
-            x, y = x[: max_images - total], y[: max_images - total]
-        x, y = x.cpu(), y.cpu()
-        logits = reference(x)
-        pred_ref = logits.argmax(1)
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        pred_deployed = deployed(x).argmax(1)
-        correct_ref += int((pred_ref == y).sum())
-        correct_ref5 += int((top5 == y[:, None]).any(1).sum())
-        correct_deployed += int((pred_deployed == y).sum())
-        agree += int((pred_ref == pred_deployed).sum())
-        if qdq is not None:
-            agree_qdq += int((pred_ref == qdq(x).argmax(1)).sum())
-        total += len(y)
-        if total == max_images:
-            break
-    return {
-        "test_acc": correct_ref / total,
-        "test_acc_top5": correct_ref5 / total,
-        "test_acc_integer": correct_deployed / total,
-        "prediction_agreement": agree / total,
-        "qdq_agreement": agree_qdq / total if qdq is not None else None,
-        "test_images": total,
-    }
+    model.load_state_dict(network_state(state))
 
 
 def retrain(cfg: DictConfig) -> dict:
@@ -220,10 +175,7 @@ def retrain(cfg: DictConfig) -> dict:
         metrics_file.save(metrics_file.RetrainMetrics(**record), out / "metrics.json")
         export(model, datamodule.input_size, out)
         datamodule.setup("test")
-        loader, images = datamodule.test_dataloader(), cfg.integer_check_images
-        reference, deployed = integer_pair(model, out / "integer")
-        qdq = qdq_runtime(out / "model_qdq.onnx") if (out / "model_qdq.onnx").exists() else None
-        record.update(deployment_check(reference, deployed, loader, images, qdq))
+        record.update(verify(model, out, datamodule.test_dataloader(), cfg.integer_check_images))
         record["wall_time_s"] = time.perf_counter() - start
     metrics = metrics_file.RetrainMetrics(**record)
     if trainer.is_global_zero:

@@ -1,6 +1,5 @@
 """search(cfg): build, run and record one search. search.py is a thin Hydra wrapper over it."""
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from edmips.core.builders import (
 )
 from edmips.nn import default_searched, to_search
 from edmips.records import arch as arch_file
+from edmips.records import history as history_file
 from edmips.report import write_search_figures
 from edmips.search.budget import Budget, check_reachable
 from edmips.search.discretize import MODES
@@ -160,7 +160,7 @@ def search(cfg: DictConfig) -> dict:
     found = current_arch(module, cfg, mode, **metrics)
     if trainer.is_global_zero:
         out = Path(cfg.output_dir)
-        (out / "history.json").write_text(json.dumps(module.history) + "\n")
+        history_file.save(module.history, out / "history.json")
         path = arch_file.save(found, out / "found.json")
         write_search_figures(out)
         log.info(

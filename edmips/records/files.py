@@ -1,23 +1,49 @@
-"""Writing an output file so that a reader never sees half of it."""
+"""Writing an output file or folder so that a reader never sees half of it."""
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write to a temporary file beside `path`, then rename it into place. The file gets the
-    mode every other output has (0666 less the umask), not mkstemp's 0600."""
+    """Write `text` to `path` atomically (see write_file_atomic)."""
+    return write_file_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_file_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """`write(tmp)` writes a temporary file beside `path`, which is then renamed into place. The
+    file gets the mode every other output has (0666 less the umask), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
         os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_dir_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """`write(tmp)` fills a temporary folder beside `path`, which then replaces `path`. The folder
+    gets the mode every other output has (0777 less the umask), not mkdtemp's 0700."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        write(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
 

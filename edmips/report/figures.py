@@ -4,7 +4,6 @@ Every function writes one PNG and returns its path (edmips/report/plotting.py: w
 edmips/report/pareto.py: the Pareto plot of a sweep).
 """
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -15,6 +14,7 @@ from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from edmips.cost import model as cost_models
 from edmips.records import arch as arch_file
+from edmips.records import history as history_file
 from edmips.report.plotting import (
     allocation_title,
     bit_colors,
@@ -256,7 +256,7 @@ def write_search_figures(run_dir) -> list[Path]:
     if all(la.probs_w and la.probs_a for la in arch.layers):
         paths.append(plot_sensitivity(arch, run_dir / "sensitivity.png"))
     history_path = run_dir / "history.json"
-    history = load_history(history_path) if history_path.exists() else []
+    history = history_file.load(history_path) if history_path.exists() else []
     if not history:
         log.warning(
             "%s: no epoch in history.json, only the bit allocation and sensitivity are drawn",
@@ -274,10 +274,3 @@ def write_search_figures(run_dir) -> list[Path]:
         )
     )
     return paths
-
-
-def load_history(path) -> list[dict]:
-    history = json.loads(Path(path).read_text())
-    if not isinstance(history, list):
-        raise ValueError(f"{path}: expected a JSON list of epochs")
-    return history

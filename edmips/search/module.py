@@ -117,22 +117,10 @@ class SearchModule(Classifier):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         opt_w, opt_a = self.optimizers()
         x, y = batch
-        self.apply_budget()
-        logits = self(x)
-        ce = F.cross_entropy(logits, y)
         searching = self.current_epoch >= self.warmup_epochs
         update_w = not self.alternating or batch_idx % 2 == 0 or not searching
         update_a = searching and (not self.alternating or batch_idx % 2 == 1)
-        # under a budget the price already holds the bits on the target: no penalty term
-        penalised = update_a and self.budget is None
-        loss = ce + self.mu * self.expected_bits() if penalised else ce
-        opt_w.zero_grad(set_to_none=True)
-        opt_a.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        if update_w:
-            opt_w.step()
-        if update_a:
-            opt_a.step()
+        loss, ce, logits = self.update(x, y, opt_w, opt_a, update_w, update_a, self.manual_backward)
         self.train_acc(logits.detach(), y)
         self.log_dict(
             {"train/loss": loss.detach(), "train/ce": ce.detach(), "train/acc": self.train_acc},
@@ -142,6 +130,25 @@ class SearchModule(Classifier):
             sync_dist=True,  # at epoch end only: no per-step communication
         )
         return loss
+
+    def update(self, x, y, opt_w, opt_a, update_w: bool, update_a: bool, backward):
+        """One step of the search on a batch: forward, loss, `backward(loss)`, then the weights'
+        and / or the selectors' optimizer step; returns the loss, its cross-entropy and the
+        logits. Outside a Trainer (bench/step.py), `backward` is Tensor.backward."""
+        self.apply_budget()
+        logits = self(x)
+        ce = F.cross_entropy(logits, y)
+        # under a budget the price already holds the bits on the target: no penalty term
+        penalised = update_a and self.budget is None
+        loss = ce + self.mu * self.expected_bits() if penalised else ce
+        opt_w.zero_grad(set_to_none=True)
+        opt_a.zero_grad(set_to_none=True)
+        backward(loss)
+        if update_w:
+            opt_w.step()
+        if update_a:
+            opt_a.step()
+        return loss, ce, logits
 
     def on_train_epoch_start(self) -> None:
         sharpness = self.sharpness_at(self.current_epoch)

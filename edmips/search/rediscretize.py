@@ -9,7 +9,6 @@ probable architecture within 1% of --target-bits, by default the search's own ta
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from edmips.core.cli import one_line_errors
 from edmips.cost import model as cost_models
 from edmips.nn.layers import INPUT_BITS
 from edmips.records import arch as arch_file
+from edmips.records import history as history_file
 from edmips.search.budget import Budget
 from edmips.search.discretize import MODES, choose_bits
 
@@ -37,7 +37,7 @@ def rediscretize(
     history_path = run_dir / "history.json"
     if not history_path.is_file():
         raise FileNotFoundError(f"{history_path}: no such file (not a finished search run?)")
-    history = {entry["epoch"]: entry for entry in json.loads(history_path.read_text())}
+    history = {entry["epoch"]: entry for entry in history_file.load(history_path)}
     if epoch not in history:
         raise ValueError(
             f"{history_path}: no epoch {epoch} (it has {min(history)}..{max(history)})"

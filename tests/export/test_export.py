@@ -15,7 +15,8 @@ from edmips.export import (
     run,
     save_bundle,
 )
-from edmips.export.onnx_files import run_qonnx, save_onnx
+from edmips.export.onnx import save_onnx
+from edmips.export.onnx.qonnx import run_qonnx
 from edmips.export.runtime import run_all
 from edmips.models import create_model
 from edmips.nn import default_searched, to_fixed, to_search

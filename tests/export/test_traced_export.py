@@ -11,10 +11,11 @@ from torch import nn
 
 from edmips.export import ExportError, IntegerRuntime, export, load_bundle
 from edmips.export.lower import lower
-from edmips.export.onnx_files import qdq_runtime, run_qonnx
+from edmips.export.onnx.qdq import qdq_runtime
+from edmips.export.onnx.qonnx import run_qonnx
+from edmips.export.verify import integer_pair
 from edmips.models import create_model
 from edmips.nn import default_searched, quantize, to_fixed
-from edmips.programs.retrain import integer_pair
 
 BITS = [(2, 2), (3, 4), (4, 3), (1, 2)]  # (wbits, abits), cycled over the searched layers
 

@@ -1,0 +1,71 @@
+"""The ONNX forms of the integer graph, one module each, which all compute the same integers.
+
+A form registers itself: its name, its file, the writer of its model from the integer graph
+and, where it has one, a runner (the model under its runtime, a function from a batch of
+images in [0, 1] to logits) that the check of an export uses. `forms()` imports every module
+of this package on first use, so a new form is a new module here.
+"""
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from torch import Tensor
+
+from edmips.export.ir import Graph
+from edmips.records.files import write_file_atomic
+
+
+@dataclass(frozen=True)
+class Form:
+    name: str
+    file_name: str
+    write: Callable[[Graph], onnx.ModelProto]
+    runner: Callable[[Path], Callable[[Tensor], Tensor]] | None = None
+
+
+_FORMS: dict[str, Form] = {}
+_found = False
+
+
+def register(form: Form) -> Form:
+    if form.name in _FORMS:
+        raise ValueError(f"ONNX form {form.name!r} is registered twice")
+    _FORMS[form.name] = form
+    return form
+
+
+def unregister(name: str) -> None:
+    _FORMS.pop(name)
+
+
+def forms() -> list[Form]:
+    """Every registered form, by file name (model.onnx first)."""
+    global _found
+    if not _found:
+        for module in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{module.name}")
+        _found = True
+    return sorted(_FORMS.values(), key=lambda form: form.file_name)
+
+
+def form(name: str) -> Form:
+    found = {f.name: f for f in forms()}
+    if name not in found:
+        raise ValueError(f"unknown ONNX form {name!r}: choose from {', '.join(found)}")
+    return found[name]
+
+
+def to_onnx(graph: Graph, name: str = "qonnx") -> onnx.ModelProto:
+    """The ONNX model of an integer graph in the form `name`."""
+    return form(name).write(graph)
+
+
+def save_onnx(graph: Graph, path: str | Path, name: str = "qonnx") -> Path:
+    """Write the graph's ONNX model in the form `name` (checked first) atomically."""
+    model = to_onnx(graph, name)
+    onnx.checker.check_model(model)
+    return write_file_atomic(path, lambda tmp: onnx.save(model, str(tmp)))

@@ -1,0 +1,195 @@
+"""What the ONNX forms share: the walk over the integer graph and the ops every form writes
+the same way. A form subclasses `Writer` for what it writes its own way: the weights, the
+image's codes, the threshold nodes, the logits and the model around the graph.
+
+Tensors hold integer values in float32 (onnxruntime's Conv is float32-only), which is exact
+while every accumulator stays within 2^24: a graph that would exceed it is refused, naming
+the layer. A linear layer's accumulator can be wider, so it runs in float64 (MatMul, Add).
+"""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edmips.export.ir import Graph, Node
+from edmips.export.prepare import ExportError
+
+FLOAT32_EXACT_BITS = 25  # signed: |x| <= 2^24
+OPSET = 17
+
+
+def scoped(out: str):
+    """A list of nodes and a maker that appends one, its output named `out/name`."""
+    ops: list[onnx.NodeProto] = []
+
+    def op(kind: str, inputs: list[str], name: str, **attrs) -> str:
+        ops.append(helper.make_node(kind, inputs, [f"{out}/{name}"], **attrs))
+        return f"{out}/{name}"
+
+    return ops, op
+
+
+class Writer:
+    """One ONNX model of an integer graph: `Form(graph).model()` in a subclass."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.ranges: dict[str, list | None] = {}  # each node's integer range, for annotations
+        self.ranks: dict[str, int] = {}
+        self.classes = 0
+
+    # -- what each form writes its own way ---------------------------------------------------
+    def weight(self, name: str, codes: np.ndarray, dtype) -> str:
+        """The tensor of integer weights `codes`, as `dtype` (float32 or float64)."""
+        raise NotImplementedError
+
+    def image_codes(self) -> str:
+        """The image's uint8 codes as a float32 tensor, from the model input `image`."""
+        raise NotImplementedError
+
+    def op_threshold(self, node: Node, x: str) -> None:
+        raise NotImplementedError
+
+    def logits(self, acc: str, node: Node) -> None:
+        """The model output `logits` from the last linear layer's float64 accumulator."""
+        raise NotImplementedError
+
+    def finish(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        return model
+
+    # -- the walk ----------------------------------------------------------------------------
+    def model(self) -> onnx.ModelProto:
+        for node in self.graph.nodes:
+            x = node.inputs[0] if node.inputs else None
+            flat = node.op in ("flatten", "linear")
+            self.ranks[node.name] = 2 if flat else self.ranks.get(x, 4)
+            write = getattr(self, f"op_{node.op}", None)
+            if write is None:
+                raise ExportError(f"node {node.name}: op {node.op!r} has no ONNX form")
+            write(node, x)
+            self.ranges[node.name] = node.attrs.get("range")
+        c, h, w = self.graph.input_shape
+        image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", c, h, w])
+        logits = helper.make_tensor_value_info("logits", TensorProto.DOUBLE, ["N", self.classes])
+        graph = helper.make_graph(self.nodes, self.graph.model, [image], [logits], self.inits)
+        return self.finish(helper.make_model(graph, opset_imports=self.opsets()))
+
+    def opsets(self) -> list:
+        return [helper.make_opsetid("", OPSET)]
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def add(self, kind: str, inputs: list[str], output: str, **attrs) -> str:
+        self.nodes.append(helper.make_node(kind, inputs, [output], **attrs))
+        return output
+
+    def channel_shape(self, x: str) -> tuple:
+        """The shape that broadcasts a per-channel array over the tensor `x`."""
+        return (1, -1, 1, 1) if self.ranks.get(x, 4) == 4 else (1, -1)
+
+    # -- the ops every form writes the same way ----------------------------------------------
+    def op_input(self, node: Node, x) -> None:
+        zp = node.arrays["zero_point"].astype(np.float32).reshape(1, -1, 1, 1)
+        self.add("Sub", [self.image_codes(), self.const(f"{node.name}/zp", zp)], node.name)
+
+    def op_conv(self, node: Node, x: str) -> None:
+        a, attrs, out = node.arrays, node.attrs, node.name
+        if attrs["acc_bits"] > FLOAT32_EXACT_BITS:
+            raise ExportError(
+                f"layer {out}: a {attrs['acc_bits']}-bit accumulator is not exact "
+                "in the float32 of ONNX Conv (at most 25 bits)"
+            )
+        inputs = [x, self.weight(f"{out}/w", a["weight"], np.float32)]
+        if "bias" in a:
+            inputs.append(self.const(f"{out}/b", a["bias"].astype(np.float32)))
+        self.add(
+            "Conv",
+            inputs,
+            out,
+            strides=list(attrs["stride"]),
+            pads=list(attrs["padding"]) * 2,
+            dilations=list(attrs.get("dilation", (1, 1))),
+            group=attrs["groups"],
+        )
+
+    def op_windowsum(self, node: Node, x: str) -> None:
+        self.nodes.extend(_windows(node, self.const))
+
+    op_windowmax = op_windowsum
+
+    def op_concat(self, node: Node, x: str) -> None:
+        self.add("Concat", node.inputs, node.name, axis=1)
+
+    def op_flatten(self, node: Node, x: str) -> None:
+        self.add("Flatten", [x], node.name, axis=1)
+
+    def op_add(self, node: Node, x: str) -> None:
+        self.add("Add", node.inputs, node.name)
+
+    def op_sumpool(self, node: Node, x: str) -> None:
+        axes = self.const(f"{node.name}/axes", np.array([2, 3]))
+        self.add("ReduceSum", [x, axes], node.name, keepdims=0)
+
+    def op_linear(self, node: Node, x: str) -> None:
+        """In float64: the logits' accumulator can be wide."""
+        a, attrs, out = node.arrays, node.attrs, node.name
+        last = node is self.graph.nodes[-1]
+        if not last and attrs["acc_bits"] > FLOAT32_EXACT_BITS:
+            raise ExportError(
+                f"layer {out}: a {attrs['acc_bits']}-bit accumulator is not exact "
+                "in float32 (at most 25 bits)"
+            )
+        self.add("Cast", [x], f"{out}/x64", to=TensorProto.DOUBLE)
+        self.classes = a["weight"].shape[0]
+        w = self.weight(f"{out}/w", a["weight"].T.copy(), np.float64)
+        self.add("MatMul", [f"{out}/x64", w], f"{out}/acc")
+        b = self.const(f"{out}/b", a["bias"].astype(np.float64))
+        self.add("Add", [f"{out}/acc", b], f"{out}/sum")
+        if last:
+            self.logits(f"{out}/sum", node)
+        else:  # integers held in float32 again, for the threshold after it
+            self.add("Cast", [f"{out}/sum"], out, to=TensorProto.FLOAT)
+
+
+def _windows(node: Node, const) -> list[onnx.NodeProto]:
+    """windowsum / windowmax: gather each output's input positions, then sum or max them.
+    The index H*W reads one extra position holding what a missing position adds."""
+    out, a = node.name, node.arrays
+    ops, op = scoped(out)
+
+    flat = op("Reshape", [node.inputs[0], const(f"{out}/flat_shape", np.array([0, 0, -1]))], "flat")
+    sign = None
+    if node.op == "windowmax" and (a["sign"] < 0).any():
+        sign = const(f"{out}/sign", a["sign"].astype(np.float32).reshape(1, -1, 1))
+        flat = op("Mul", [flat, sign], "signed")
+    empty = np.float32(0.0 if node.op == "windowsum" else -(2.0**30))
+    first = op(
+        "Slice", [flat, *(const(f"{out}/slice{i}", np.array([i])) for i in (0, 1, 2))], "first"
+    )
+    extra = op(
+        "Add",
+        [
+            op("Mul", [first, const(f"{out}/zero", np.float32(0))], "zeros"),
+            const(f"{out}/empty", empty),
+        ],
+        "extra",
+    )
+    padded = op("Concat", [flat, extra], "padded", axis=2)
+    windows = const(f"{out}/windows", a["windows"].astype(np.int64))
+    gathered = op("Gather", [padded, windows], "gathered", axis=2)
+    if node.op == "windowsum":
+        reduced = op(
+            "ReduceSum", [gathered, const(f"{out}/axes", np.array([3]))], "reduced", keepdims=0
+        )
+    else:  # ReduceMax takes its axes as an attribute before opset 18
+        reduced = op("ReduceMax", [gathered], "reduced", axes=[3], keepdims=0)
+    if sign is not None:
+        reduced = op("Mul", [reduced, sign], "unsigned")
+    h_out, w_out = node.attrs["out_hw"]
+    shape = const(f"{out}/shape", np.array([0, 0, h_out, w_out]))
+    ops.append(helper.make_node("Reshape", [reduced, shape], [out]))
+    return ops

@@ -1,0 +1,63 @@
+"""Float weights from a local state-dict file, for any model of the registry.
+
+The file holds a state dict, a dict with one under "state_dict", or a Lightning checkpoint
+(whose network's entries carry the "model." prefix of edmips's modules). A file that is not a
+state dict, or is one of another network, is refused in one line naming the file.
+"""
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+PREFIX = "model."  # where edmips's LightningModules keep the network
+
+
+def network_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The network's entries of a LightningModule's state dict, the "model." prefix stripped
+    (the module's own entries, like the search's mu, dropped)."""
+    return {k.removeprefix(PREFIX): v for k, v in state.items() if k.startswith(PREFIX)}
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The state dict a file holds (see the module's docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model weights {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling raises many kinds; one line says which file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"model weights {path}: not a state dict ({reason})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"model weights {path}: not a state dict (names to tensors)")
+    if any(k.startswith(PREFIX) for k in state):
+        state = network_state(state)
+    return state
+
+
+def load_weights(model: nn.Module, path: str | Path, optional: Iterable[str] = ()) -> nn.Module:
+    """Load the state dict of `path` into `model`, which must have every entry of the file, of
+    the same shape, and find in it each of its own entries but those named in `optional`."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state and k not in set(optional)]
+    shape = [k for k in state if k in own and state[k].shape != own[k].shape]
+    problem = None
+    if unexpected:
+        problem = f"unexpected entry {unexpected[0]!r} ({len(unexpected)} in all)"
+    elif missing:
+        problem = f"missing entry {missing[0]!r} ({len(missing)} in all)"
+    elif shape:
+        k = shape[0]
+        problem = f"{k!r} has shape {list(state[k].shape)}, the model {list(own[k].shape)}"
+    if problem:
+        raise ValueError(f"model weights {path}: not a state dict of this model: {problem}")
+    model.load_state_dict(state, strict=False)
+    return model
