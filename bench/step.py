@@ -62,8 +62,7 @@ from edmips.cost import layers as cost_layers  # noqa: E402
 from edmips.models import create_model  # noqa: E402
 from edmips.nn.convert import default_searched, quantizable_names, to_fixed, to_search  # noqa: E402
 from edmips.nn.layers import MixedConv2d  # noqa: E402
-from edmips.quant import GAUSS_STEPS, HWGQ_STEPS, StreamQuant  # noqa: E402
-from edmips.quant.activation import HWGQ  # noqa: E402
+from edmips.quant import GAUSS_STEPS, HWGQ, HWGQ_STEPS, StreamQuant  # noqa: E402
 from edmips.quant.primitives import hwgq_clip  # noqa: E402
 from edmips.retrain.module import RetrainModule  # noqa: E402
 from edmips.search.module import SearchModule  # noqa: E402
@@ -135,11 +134,6 @@ class NaiveMixedConv2d(MixedConv2d):
         return sum(outs)
 
 
-def _swap(model, name, new):
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, new)
-
-
 def to_naive(model):
     """Replace every MixedConv2d by a NaiveMixedConv2d with the same weights and selectors."""
     for name, m in list(model.named_modules()):
@@ -158,18 +152,21 @@ def to_naive(model):
                 per_channel=m.per_channel,
             ).to(m.weight.device)
             new.load_state_dict(m.state_dict())
-            _swap(model, name, new)
+            model.set_submodule(name, new)
     return model
 
 
 def to_float(model):
     """Every quantizer off: 32-bit conv/linear, identity residual quantizers, ReLU stem."""
     to_fixed(model, {n: (32, 32) for n in quantizable_names(model)})
+    layers = set(quantizable_names(model))
     for name, m in list(model.named_modules()):
+        if name.rpartition(".")[0] in layers:
+            continue  # a layer's own quantizer, at 32 bits already
         if isinstance(m, StreamQuant):
-            _swap(model, name, nn.Identity())
+            model.set_submodule(name, nn.Identity())
         elif isinstance(m, HWGQ):
-            _swap(model, name, nn.ReLU())
+            model.set_submodule(name, nn.ReLU())
     return model
 
 

@@ -16,7 +16,11 @@ def test_the_default_search_is_the_paper_space_on_built_in_data():
     cfg = _compose("search")
     assert list(cfg.space.wbits) == [1, 2, 3, 4] and list(cfg.space.abits) == [2, 3, 4]
     assert cfg.data._target_.endswith("SyntheticDataModule")
-    assert cfg.search.optimizer.lr == 0.1 and cfg.search.alpha_init == 0.01
+    assert cfg.search.optimizer.lr == 0.1 and dict(cfg.quant) == {
+        "activation": "hwgq",
+        "weight": "gauss",
+        "signed": "ema",
+    }
 
 
 def test_paper_recipes_keep_the_paper_architecture_step():

@@ -11,7 +11,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from edmips.cost import model as cost_models
-from edmips.quant import ACTIVATION_BITS, WEIGHT_BITS
+from edmips.quant import registry
 
 
 class ConfigError(ValueError):
@@ -31,9 +31,9 @@ def check_search(cfg: DictConfig) -> None:
             f"train in (trainer.max_epochs={cfg.trainer.max_epochs})"
         )
     _number(cfg, "search.trials", minimum=1, integer=True)
-    _number(cfg, "search.alpha_init", minimum=0)
-    for kind, supported in (("wbits", WEIGHT_BITS), ("abits", ACTIVATION_BITS)):
-        _bit_list(cfg, f"space.{kind}", supported)
+    family = _family(cfg)
+    for kind, supported in (("wbits", family.weight_bits), ("abits", family.activation_bits)):
+        _bit_list(cfg, f"space.{kind}", list(supported))
 
 
 def check_retrain(cfg: DictConfig) -> None:
@@ -43,8 +43,9 @@ def check_retrain(cfg: DictConfig) -> None:
             "arch is required: arch=<path to a found.json>, arch=uniform or arch=random"
         )
     if cfg.arch == "uniform":
-        _bits(cfg, "wbits", WEIGHT_BITS)
-        _bits(cfg, "abits", ACTIVATION_BITS)
+        family = _family(cfg)
+        _bits(cfg, "wbits", list(family.weight_bits))
+        _bits(cfg, "abits", list(family.activation_bits))
     elif cfg.arch == "random":
         if OmegaConf.select(cfg, "target_bits") is None:
             raise ConfigError("arch=random needs a budget: add target_bits=B")
@@ -67,6 +68,16 @@ def _check_common(cfg: DictConfig) -> None:
     for key in ("space.skip_first", "space.skip_last", "fast"):
         if not isinstance(OmegaConf.select(cfg, key), bool):
             raise ConfigError(f"{key} must be true or false, got {OmegaConf.select(cfg, key)!r}")
+
+
+def _family(cfg) -> registry.Family:
+    """The quantizers `quant` names, each of its kind."""
+    try:
+        family = registry.family(cfg)
+        family.check()
+    except (ValueError, AttributeError) as e:
+        raise ConfigError(f"quant: {e}") from None
+    return family
 
 
 def _number(cfg, key, minimum=None, integer=False, optional=False) -> None:

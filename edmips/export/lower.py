@@ -17,23 +17,28 @@ add, an average pool, the logits) refuses any other f, naming the node.
 
 import functools
 import operator
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, fx, nn
+from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from edmips.export.ir import Graph
 from edmips.export.prepare import ExportError, check_exportable, reference_copy, traced
 from edmips.export.thresholds import accumulator_bits, compute_thresholds
+from edmips.export.values import (
+    ShapeSteps,
+    Value,
+    bound,
+    describe,
+    int_dtype,
+    is_constant,
+    per_channel,
+)
 from edmips.nn.fx_quantize import ADD_FUNCTIONS
 from edmips.nn.layers import QuantConv2d, QuantLinear
-from edmips.quant import HWGQ_STEPS, hwgq_codes, integer_weight
-from edmips.quant.activation import HWGQ, StreamQuant
-from edmips.quant.input import InputQuant
+from edmips.quant import ActivationQuantizer
 
 MAX_ACC_BITS = 62  # int64 arithmetic in the runtime
 
@@ -49,45 +54,19 @@ _AVG_POOLS = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 _AVG_POOL_FUNCTIONS = {F.avg_pool2d, F.adaptive_avg_pool2d}
 
 
-@dataclass
-class _Value:
-    """f(v) for the graph's integer tensor `name` with values in [lo, hi]."""
-
-    name: str
-    lo: int
-    hi: int
-    f: Callable[[Tensor], Tensor]  # float64 [channels, n] -> [channels, n]
-    unit: Tensor | None  # [channels] where f is exactly v * unit, else None
-
-    def then(self, step: Callable[[Tensor], Tensor]) -> "_Value":
-        f = self.f
-        return _Value(self.name, self.lo, self.hi, lambda v: step(f(v)), None)
-
-
-def _per_channel(module_or_fn, rank: int) -> Callable[[Tensor], Tensor]:
-    """An elementwise step on [channels, n] values, run as the network runs it (on N x C x 1 x 1
-    for a feature map, N x C for features)."""
-
-    def step(y: Tensor) -> Tensor:
-        shaped = y.t().reshape(y.shape[1], y.shape[0], *[1] * (rank - 2))
-        return module_or_fn(shaped).reshape(y.shape[1], y.shape[0]).t()
-
-    return step
-
-
-class _GraphLowering:
+class _GraphLowering(ShapeSteps):
     def __init__(self, model: fx.GraphModule, input_size):
         self.model = model
         self.modules = dict(model.named_modules())
         self.graph = Graph(getattr(model, "name", type(model).__name__), list(input_size))
-        self.values: dict[fx.Node, _Value] = {}
-        self.requantized: dict[tuple, _Value] = {}  # (value, quantizer) -> threshold node
+        self.values: dict[fx.Node, Value] = {}
+        self.requantized: dict[tuple, Value] = {}  # (value, quantizer) -> threshold node
 
     # -- helpers -------------------------------------------------------------------------------
     def shape(self, node: fx.Node) -> tuple[int, ...]:
         return tuple(node.meta["tensor_meta"].shape)
 
-    def exact(self, name: str, x: _Value, what: str) -> _Value:
+    def exact(self, name: str, x: Value, what: str) -> Value:
         if x.unit is None:
             raise ExportError(
                 f"node {name}: {what} needs an integer tensor, but its input "
@@ -95,22 +74,16 @@ class _GraphLowering:
             )
         return x
 
-    def threshold(self, x: _Value, name: str, channels: int, quantizer) -> _Value:
-        """A threshold node: quantizer (HWGQ bits, or a StreamQuant) applied to f(v)."""
-        key = (x.name, id(x.f), quantizer)
+    def threshold(self, x: Value, name: str, channels: int, q: ActivationQuantizer) -> Value:
+        """A threshold node: the quantizer q applied to f(v), its codes shifted to start at 0."""
+        key = (x.name, id(x.f), q.grid())
         if key in self.requantized:
             return self.requantized[key]
-        if isinstance(quantizer, StreamQuant):
-            qmax = quantizer.qmax
-            num_levels, out_bias, unit = 2 * qmax + 1, -qmax, quantizer.scale().double()
+        num_levels, out_bias = q.num_levels, q.lowest
+        unit = torch.as_tensor(q.unit(), dtype=torch.float64)
 
-            def levels(v):
-                return quantizer.codes(x.f(v)) + qmax
-        else:
-            num_levels, out_bias, unit = 2**quantizer, 0, HWGQ_STEPS[quantizer]
-
-            def levels(v):
-                return hwgq_codes(x.f(v), quantizer)
+        def levels(v):
+            return q.codes(x.f(v)) - out_bias
 
         thresholds, sign = compute_thresholds(levels, channels, num_levels, x.lo, x.hi)
         dtype = np.int32 if max(abs(x.lo), abs(x.hi)) < 2**31 - 1 else np.int64
@@ -127,8 +100,8 @@ class _GraphLowering:
                 "sign": sign.numpy().astype(np.int8),
             },
         )
-        unit = torch.as_tensor(unit, dtype=torch.float64).expand(channels)
-        out = _Value(name, out_bias, hi, lambda v: v * unit[:, None], unit)
+        unit = unit.expand(channels)
+        out = Value(name, out_bias, hi, lambda v: v * unit[:, None], unit)
         self.requantized[key] = out
         return out
 
@@ -154,42 +127,40 @@ class _GraphLowering:
             )
         return self.graph
 
-    def image(self, node: fx.Node) -> _Value:
+    def image(self, node: fx.Node) -> Value:
         channels = self.shape(node)[1]
         zero = np.zeros(channels, dtype=np.int16)
         self.graph.add(
             "input", "input", [], range=[0, 255], scale=1 / 255, arrays={"zero_point": zero}
         )
         # The reference reads images as float32 k / 255, so f rounds to float32 as they do.
-        self.image = _Value("input", 0, 255, lambda v: (v.float() / 255).double(), None)
+        self.image = Value("input", 0, 255, lambda v: (v.float() / 255).double(), None)
         return self.image
 
-    def input_codes(self, x: _Value, m: InputQuant) -> _Value:
+    def input_codes(self, x: Value, m: ActivationQuantizer) -> Value:
         """edmips's ResNets read the image as codes minus a zero point: the input node's own."""
         if x is not self.image:
-            raise ExportError("InputQuant: only on the image itself")
+            raise ExportError(f"{type(m).__name__}: only on the image itself")
         zero_point = m.zero_point.flatten().round().long()
         lo, hi = -int(zero_point.max()), 255 - int(zero_point.min())
         node = self.graph.node("input")
         node.arrays["zero_point"] = zero_point.numpy().astype(np.int16)
         node.attrs.update(range=[lo, hi], scale=m.scale)
         unit = torch.full((len(zero_point),), m.scale, dtype=torch.float64)
-        return _Value("input", lo, hi, lambda v: v * unit[:, None], unit)
+        return Value("input", lo, hi, lambda v: v * unit[:, None], unit)
 
-    def node(self, node: fx.Node) -> _Value:
+    def node(self, node: fx.Node) -> Value:
         if node.op == "call_module":
             m = self.modules[node.target]
             x = self.values[node.args[0]]
             if isinstance(m, (QuantConv2d, QuantLinear)):
                 return self.layer(node, m, x)
-            if isinstance(m, StreamQuant):
+            if isinstance(m, ActivationQuantizer):
+                if m.defines_input:
+                    return self.input_codes(x, m)
                 return self.threshold(x, node.name, self.shape(node)[1], m)
-            if isinstance(m, HWGQ):
-                return self.threshold(x, node.name, self.shape(node)[1], m.bits)
-            if isinstance(m, InputQuant):
-                return self.input_codes(x, m)
             if isinstance(m, _ELEMENTWISE_MODULES):
-                return x.then(_per_channel(m, len(self.shape(node))))
+                return x.then(per_channel(m, len(self.shape(node))))
             if isinstance(m, (*_MAX_POOLS, *_AVG_POOLS)):
                 op = "windowmax" if isinstance(m, _MAX_POOLS) else "windowsum"
                 return self.window(node.name, x, m, self.shape(node.args[0]), op)
@@ -206,67 +177,68 @@ class _GraphLowering:
         if node.op == "call_method":
             x = self.values[node.args[0]]
             if node.target in _ELEMENTWISE_METHODS:  # shape-blind: any rank will do
-                return x.then(_per_channel(lambda t: getattr(t, node.target)(), 2))
+                return x.then(per_channel(lambda t: getattr(t, node.target)(), 2))
             if node.target in ("view", "reshape", "flatten"):
                 return self.flatten(node, x)
-        raise ExportError(f"node {node.name}: no integer lowering for {_describe(node.target)}")
+        raise ExportError(f"node {node.name}: no integer lowering for {describe(node.target)}")
 
-    def function(self, node: fx.Node) -> _Value:
+    def function(self, node: fx.Node) -> Value:
         target, args = node.target, node.args
         rank = len(self.shape(node))
         if target in _ELEMENTWISE_FUNCTIONS:
             x = self.values[args[0]]
-            return x.then(_per_channel(lambda t: target(t, *args[1:], **node.kwargs), rank))
+            return x.then(per_channel(lambda t: target(t, *args[1:], **node.kwargs), rank))
         if target in ADD_FUNCTIONS and len(args) == 2 and not node.kwargs:
             if all(a in self.values for a in args):
                 return self.add(node, *(self.values[a] for a in args))
         if target in _AFFINE_FUNCTIONS and len(args) == 2 and not node.kwargs:
             # x and a constant (a number, or a buffer such as the normalization's mean)
-            if args[0] in self.values and _is_constant(args[1]):
+            if args[0] in self.values and is_constant(args[1]):
                 c = self.constant(args[1])
-                return self.values[args[0]].then(_per_channel(lambda t: target(t, c), rank))
-            if args[1] in self.values and _is_constant(args[0]) and target is not operator.truediv:
+                return self.values[args[0]].then(per_channel(lambda t: target(t, c), rank))
+            if args[1] in self.values and is_constant(args[0]) and target is not operator.truediv:
                 c = self.constant(args[0])
-                return self.values[args[1]].then(_per_channel(lambda t: target(c, t), rank))
+                return self.values[args[1]].then(per_channel(lambda t: target(c, t), rank))
         if target in _MAX_POOL_FUNCTIONS or target in _AVG_POOL_FUNCTIONS:
             op = "windowmax" if target in _MAX_POOL_FUNCTIONS else "windowsum"
             return self.window(
-                node.name, self.values[args[0]], _bound(node), self.shape(args[0]), op
+                node.name, self.values[args[0]], bound(node), self.shape(args[0]), op
             )
         if target is torch.flatten:
             return self.flatten(node, self.values[args[0]])
         if target is torch.cat:
             return self.concat(node)
-        raise ExportError(f"node {node.name}: no integer lowering for {_describe(target)}")
+        raise ExportError(f"node {node.name}: no integer lowering for {describe(target)}")
 
-    def layer(self, node: fx.Node, m: nn.Module, x: _Value) -> _Value:
+    def layer(self, node: fx.Node, m: nn.Module, x: Value) -> Value:
         name = node.target  # the layer's own name, "stages.0.0.conv1"
         if any(n.name == name for n in self.graph.nodes):
             raise ExportError(f"layer {name}: used twice; the integer graph names a layer once")
-        channels = self.shape(node.args[0])[1]
-        if m.abits is not None:
-            x = self.threshold(x, f"{name}.input", channels, m.abits)
+        in_shape = self.shape(node.args[0])
+        if m.input_quant is not None:
+            x = self.threshold(x, f"{name}.input", in_shape[1], m.input_quant)
         x = self.exact(node.name, x, "a quantized layer")
         if not bool((x.unit == x.unit[0]).all()):
             raise ExportError(f"layer {name}: its input channels are on different grids")
-        unit = x.unit[0]
-        codes, scale = integer_weight(m.weight.detach(), m.wbits, m.per_channel)
-        weight_max = 2**m.wbits - 1
-        if isinstance(m, QuantConv2d) and m.input_pool is not None:
-            x = self.window(f"{name}.pool", x, m.input_pool, self.shape(node.args[0]), "windowsum")
-            unit = x.unit[0]
         pool = 1
+        if isinstance(m, QuantConv2d) and m.input_pool is not None:
+            x = self.window(f"{name}.pool", x, m.input_pool, in_shape, "windowsum")
         if isinstance(m, QuantLinear) and m.pool_input:
-            _, _, height, width = self.shape(node.args[0])
-            pool = height * width
+            pool = in_shape[2] * in_shape[3]
             self.graph.add(
                 "sumpool", f"{name}.pool", [x.name], range=[x.lo * pool, x.hi * pool], scale=None
             )
-            x = _Value(f"{name}.pool", x.lo * pool, x.hi * pool, None, None)
-        unit = (unit / pool * scale.flatten()).expand(codes.shape[0])
+            x = Value(f"{name}.pool", x.lo * pool, x.hi * pool, None, x.unit)
+        return self.accumulate(name, m, x, pool)
+
+    def accumulate(self, name: str, m: nn.Module, x: Value, pool: int) -> Value:
+        """The layer's integer dot products on x's codes (summed over `pool` positions)."""
+        codes, scale = m.weight_quant.integer(m.weight.detach())
+        weight_max = m.weight_quant.max_code
+        unit = (x.unit[0] / pool * scale.flatten()).expand(codes.shape[0])
         bias = None if m.bias is None else m.quant_bias(pool).detach().double()
-        # A bias on the accumulator's grid (an HWGQ input) is added in the integers; any other
-        # is a float step of f, which only a quantizer after the layer can absorb.
+        # A bias on the accumulator's grid (its input's unit x the weight scale) is added in the
+        # integers; any other is a float step of f, which only a quantizer after it can absorb.
         int_bias = torch.zeros(codes.shape[0], dtype=torch.int64)
         if bias is not None and bool(((bias / unit) - (bias / unit).round()).abs().max() < 1e-6):
             int_bias, bias = torch.round(bias / unit).long(), None
@@ -283,30 +255,21 @@ class _GraphLowering:
         else:
             if isinstance(m.padding, str):
                 raise ExportError(f"layer {name}: padding={m.padding!r} is not lowered")
-            self.graph.add(
-                "conv",
-                name,
-                [x.name],
-                stride=list(m.stride),
-                padding=list(m.padding),
-                dilation=list(m.dilation),
-                groups=m.groups,
-                arrays=arrays,
-                **common,
-            )
-        out = _Value(name, -peak, peak - 1, lambda v: v * unit[:, None], unit)
+            conv = dict(stride=list(m.stride), padding=list(m.padding), dilation=list(m.dilation))
+            self.graph.add("conv", name, [x.name], **conv, groups=m.groups, arrays=arrays, **common)
+        out = Value(name, -peak, peak - 1, lambda v: v * unit[:, None], unit)
         if bias is None:
             return out
         return out.then(lambda y: y + bias[:, None])
 
-    def add(self, node: fx.Node, a: _Value, b: _Value) -> _Value:
+    def add(self, node: fx.Node, a: Value, b: Value) -> Value:
         a, b = self.exact(node.name, a, "an add"), self.exact(node.name, b, "an add")
         if not torch.equal(a.unit, b.unit):
             raise ExportError(f"node {node.name}: an add of operands on different grids")
         lo, hi = a.lo + b.lo, a.hi + b.hi
         self.graph.add("add", node.name, [a.name, b.name], range=[lo, hi], scale=None)
         unit = a.unit
-        return _Value(node.name, lo, hi, lambda v: v * unit[:, None], unit)
+        return Value(node.name, lo, hi, lambda v: v * unit[:, None], unit)
 
     def constant(self, arg):
         """A number, or a tensor the model holds (a get_attr node)."""
@@ -314,117 +277,7 @@ class _GraphLowering:
             return functools.reduce(getattr, arg.target.split("."), self.model)
         return arg
 
-    def window(self, name: str, x: _Value, pool, in_shape, op: str) -> _Value:
-        """A pool as the input positions of each output position (`_windows`)."""
-        _, channels, height, width = in_shape
-        windows, divisors, (out_h, out_w) = _windows(pool, height, width)
-        count = windows.shape[1]
-        if op == "windowmax":
-            sign = self.direction(x, channels)
-            lo, hi, f, unit = x.lo, x.hi, x.f, x.unit
-            arrays = {"windows": windows.numpy().astype(np.int32), "sign": sign}
-        else:
-            divisor = round(float(divisors[0]))
-            if not bool(((divisors - divisor).abs() < 1e-9).all()):
-                raise ExportError(f"node {name}: average pooling with unequal divisors")
-            if count == 1 and divisor == 1:  # each window one position: a gather, f unchanged
-                f, unit = x.f, x.unit
-            else:
-                x = self.exact(name, x, "average pooling")
-                unit = x.unit / divisor
-                f = lambda v, unit=unit: v * unit[:, None]  # noqa: E731
-            lo, hi = min(x.lo, 0) * count, max(x.hi, 0) * count
-            arrays = {"windows": windows.numpy().astype(np.int32)}
-        self.graph.add(op, name, [x.name], out_hw=[out_h, out_w], range=[lo, hi], arrays=arrays)
-        return _Value(name, lo, hi, f, unit)
 
-    def direction(self, x: _Value, channels: int) -> np.ndarray:
-        """+1 where f rises with v, -1 where it falls (max pooling takes the max of sign * v)."""
-        ends = x.f(torch.tensor([[x.lo, x.hi]], dtype=torch.float64).expand(channels, 2))
-        return np.where((ends[:, 1] >= ends[:, 0]).numpy(), 1, -1).astype(np.int8)
-
-    def flatten(self, node: fx.Node, x: _Value) -> _Value:
-        shape_in, shape_out = self.shape(node.args[0]), self.shape(node)
-        if len(shape_out) != 2 or shape_out[0] != shape_in[0]:
-            raise ExportError(f"node {node.name}: only flattening to N x features is lowered")
-        channels, spatial = shape_in[1], int(np.prod(shape_in[2:], dtype=np.int64))
-        self.graph.add("flatten", node.name, [x.name], range=[x.lo, x.hi], scale=None)
-        if spatial == 1:
-            return _Value(node.name, x.lo, x.hi, x.f, x.unit)
-        f = x.f
-
-        def per_feature(v: Tensor) -> Tensor:  # feature c * spatial + p belongs to channel c
-            n = v.shape[1]
-            return f(v.reshape(channels, spatial * n)).reshape(channels * spatial, n)
-
-        unit = None if x.unit is None else x.unit.repeat_interleave(spatial)
-        return _Value(node.name, x.lo, x.hi, per_feature, unit)
-
-    def concat(self, node: fx.Node) -> _Value:
-        tensors = node.args[0]
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        if dim % len(self.shape(node)) != 1:
-            raise ExportError(f"node {node.name}: concatenation along dim {dim} is not lowered")
-        parts = [self.values[t] for t in tensors]
-        sizes = [self.shape(t)[1] for t in tensors]
-        self.graph.add(
-            "concat",
-            node.name,
-            [p.name for p in parts],
-            range=[min(p.lo for p in parts), max(p.hi for p in parts)],
-            scale=None,
-        )
-        fs = [p.f for p in parts]
-
-        def f(v: Tensor) -> Tensor:
-            return torch.cat([g(c) for g, c in zip(fs, v.split(sizes))])
-
-        units = [p.unit for p in parts]
-        unit = None if any(u is None for u in units) else torch.cat(units)
-        return _Value(node.name, min(p.lo for p in parts), max(p.hi for p in parts), f, unit)
-
-
-def _windows(pool, height: int, width: int) -> tuple[Tensor, Tensor, tuple[int, int]]:
-    """The input positions of each output position of a 2-D pool ([outputs, k], the index
-    height * width where a window has fewer than k), each window's divisor (for an average)
-    and the output size. Found by running the pool itself on one-hot rows and columns, so
-    every option (padding, dilation, ceil mode, adaptive) is torch's own: a 2-D pool's window
-    is its rows times its columns."""
-    f64 = dict(dtype=torch.float64)
-    one_row = torch.eye(height, **f64)[:, None, :, None].expand(-1, 1, -1, width).contiguous()
-    one_col = torch.eye(width, **f64)[:, None, None, :].expand(-1, 1, height, -1).contiguous()
-    rows = [r.nonzero().flatten() for r in (pool(one_row)[:, 0] != 0).any(2).t()]
-    cols = [c.nonzero().flatten() for c in (pool(one_col)[:, 0] != 0).any(1).t()]
-    count = max(len(r) for r in rows) * max(len(c) for c in cols)
-    windows = torch.full((len(rows) * len(cols), count), height * width, dtype=torch.int64)
-    for i, r in enumerate(rows):
-        for j, c in enumerate(cols):
-            idx = (r[:, None] * width + c[None, :]).flatten()
-            windows[i * len(cols) + j, : len(idx)] = idx
-    sizes = torch.tensor([len(r) * len(c) for r in rows for c in cols], **f64)
-    divisors = sizes / pool(torch.ones(1, 1, height, width, **f64)).flatten()  # mean = sum / d
-    return windows, divisors, (len(rows), len(cols))
-
-
-def int_dtype(magnitude: int):
-    """The narrowest numpy integer type for weights of magnitude below `magnitude`."""
-    return np.int8 if magnitude < 128 else np.int16 if magnitude < 2**15 else np.int32
-
-
-def _is_constant(arg) -> bool:
-    return isinstance(arg, (int, float)) or (isinstance(arg, fx.Node) and arg.op == "get_attr")
-
-
-def _bound(node: fx.Node) -> Callable[[Tensor], Tensor]:
-    """A pooling call with its tensor argument left open."""
-    return lambda t: node.target(t, *node.args[1:], **node.kwargs)
-
-
-def _describe(target) -> str:
-    return getattr(target, "__name__", None) or str(target)
-
-
-@torch.no_grad()
 def lower(model: nn.Module, input_size) -> Graph:
     """The integer graph of a fixed-bit network: one converted by edmips.nn.quantize, or one
     of edmips's own."""

@@ -7,12 +7,11 @@ import copy
 from torch import fx, nn
 
 from edmips.nn.layers import MIXED_LAYERS, QuantConv2d, QuantLinear
-from edmips.quant import FULL_PRECISION
-from edmips.quant.activation import HWGQ, StreamQuant
-from edmips.quant.input import InputQuant
+from edmips.quant import FULL_PRECISION, Quantizer
+from edmips.quant.protocol import quantizers
 
 # Kept whole when a model is traced here: what the lowering reads as one operation.
-_LEAVES = (QuantConv2d, QuantLinear, *MIXED_LAYERS, InputQuant, HWGQ, StreamQuant)
+_LEAVES = (QuantConv2d, QuantLinear, *MIXED_LAYERS, Quantizer)
 
 
 class ExportError(ValueError):
@@ -34,12 +33,11 @@ def check_exportable(model: nn.Module) -> None:
                 raise ExportError(f"layer {name}: weights are not quantized (32 bits)")
             if layer.abits == FULL_PRECISION:
                 raise ExportError(f"layer {name}: input activations are not quantized (32 bits)")
-    for name, quantizer in modules:
-        if isinstance(quantizer, StreamQuant):
-            if quantizer.bits >= FULL_PRECISION:
-                raise ExportError(f"quantizer {name}: signed values not quantized (32 bits)")
-            if not bool(quantizer.initialized):
-                raise ExportError(f"quantizer {name}: range never calibrated (train first)")
+    for name, quantizer in quantizers(model):
+        if quantizer.bits >= FULL_PRECISION:
+            raise ExportError(f"quantizer {name}: values not quantized (32 bits)")
+        if not quantizer.is_calibrated():
+            raise ExportError(f"quantizer {name}: range never calibrated (train first)")
 
 
 def reference_copy(model: nn.Module) -> nn.Module:

@@ -13,8 +13,7 @@ from torch import Tensor, nn
 from edmips.models.registry import register_model
 from edmips.models.weights import load_weights
 from edmips.nn.layers import QuantConv2d, QuantLinear
-from edmips.quant.activation import HWGQ, StreamQuant
-from edmips.quant.input import InputQuant
+from edmips.quant import HWGQ, InputQuant, StreamQuant
 
 FIXED_BITS = 8  # the unsearched first conv, its output, and the classifier
 
@@ -108,7 +107,7 @@ class PreActResNet(nn.Module):
         super().__init__()
         self.input_quant = InputQuant(mean, std)
         k, stride = (7, 2) if imagenet_stem else (3, 1)
-        self.conv1 = conv(3, widths[0], k, stride, wbits=FIXED_BITS, abits=None)
+        self.conv1 = conv(3, widths[0], k, stride, wbits=FIXED_BITS, abits=None, aquant="image")
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.act1 = HWGQ(FIXED_BITS)
         self.maxpool = nn.MaxPool2d(3, 2, 1) if imagenet_stem else nn.Identity()

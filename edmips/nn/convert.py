@@ -2,7 +2,8 @@
 
 Model definitions use QuantConv2d / QuantLinear throughout; `to_search` swaps the chosen ones
 for their composite counterparts, `to_fixed` gives every named layer fixed bit-widths. The
-layer keeps its weights across a swap, so a search network can be retrained in place.
+layer keeps its weights and its quantizers' names across a swap (a family given replaces
+them), so a search network can be retrained in place.
 """
 
 from torch import nn
@@ -15,6 +16,7 @@ from edmips.nn.layers import (
     QuantConv2d,
     QuantLinear,
 )
+from edmips.quant.registry import Family, get
 
 SEARCH_TABLE = {QuantConv2d: MixedConv2d, QuantLinear: MixedLinear}
 FIXED_TABLE = {mixed: fixed for fixed, mixed in SEARCH_TABLE.items()}
@@ -42,8 +44,28 @@ def default_searched(
     return [n for n in quantizable_names(model) if n not in skipped]
 
 
-def _rebuild(layer: nn.Module, cls: type, **bits) -> nn.Module:
+def quantizer_names(model: nn.Module, names: list[str], family: Family | None = None):
+    """(wquant, aquant) of each named layer, as `to_fixed` with the family would make it."""
+    found = []
+    for name in names:
+        layer = model.get_submodule(name)
+        if family is None:
+            found.append((layer.wquant, layer.aquant))
+        else:
+            keeps = layer.abits is None
+            found.append((family.weight, layer.aquant if keeps else family.activation))
+    return found
+
+
+def _rebuild(layer: nn.Module, cls: type, family: Family | None, **bits) -> nn.Module:
+    """The layer as `cls` with its shape and weights; its quantizers' names kept unless a family
+    names others (an input that arrives quantized keeps the name of what quantized it)."""
+    wquant, aquant = layer.wquant, layer.aquant
+    if family is not None:
+        wquant = family.weight
+        aquant = aquant if layer.abits is None else family.activation
     kw = dict(bias=layer.bias is not None, per_channel=layer.per_channel)
+    kw.update(wquant=wquant, aquant=aquant)
     if isinstance(layer, nn.Conv2d):
         args = (layer.in_channels, layer.out_channels, layer.kernel_size)
         kw.update(
@@ -60,47 +82,74 @@ def _rebuild(layer: nn.Module, cls: type, **bits) -> nn.Module:
     new.weight.data.copy_(layer.weight.data)
     if layer.bias is not None:
         new.bias.data.copy_(layer.bias.data)
-    if hasattr(layer, "cost"):
-        new.cost = layer.cost
     return new
 
 
-def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, new)
+def _at_bits(quantizers, bits: int):
+    """The candidate quantizer of that bit-width (its state kept), or the first one at it."""
+    for q in quantizers:
+        if q.bits == bits:
+            return q
+    return quantizers[0].with_bits(bits)
 
 
-def to_search(model: nn.Module, names: list[str], wbits, abits, shared=True, alpha_init=0.01):
-    """Make the named layers composite over the candidate bit-widths (in place)."""
+def to_search(model: nn.Module, names: list[str], wbits, abits, shared=True, family=None):
+    """Make the named layers composite over the candidate bit-widths (in place). With a family
+    the candidates are its quantizers; without, the layer's own, their state kept."""
     for name in names:
         layer = model.get_submodule(name)
         keep_input = layer.abits is None  # an input that arrives quantized stays as it is
         new = _rebuild(
             layer,
             SEARCH_TABLE[type(layer)],
+            family,
             wbits=tuple(wbits),
             abits=None if keep_input else tuple(abits),
             shared=shared,
-            alpha_init=alpha_init,
         )
-        _swap(model, name, new)
+        if family is None:
+            new.weight_quants = nn.ModuleList(layer.weight_quant.with_bits(b) for b in wbits)
+            if not keep_input:
+                new.input_quants = nn.ModuleList(layer.input_quant.with_bits(b) for b in abits)
+        model.set_submodule(name, new)
     return model
 
 
-def to_fixed(model: nn.Module, bits: dict[str, tuple[int, int]]):
+def to_fixed(model: nn.Module, bits: dict[str, tuple[int, int]], family=None):
     """Give each named layer fixed (wbits, abits) (in place); composite layers become fixed.
 
-    A non-shared composite layer keeps the weights of the chosen weight candidate.
+    Without a family a layer keeps its quantizers (a composite one, the chosen candidates),
+    their state kept; with one it gets the family's. A non-shared composite layer keeps the
+    weights of the chosen weight candidate.
     """
     for name, (wbits, abits) in bits.items():
         layer = model.get_submodule(name)
         abits = None if layer.abits is None else abits
         if isinstance(layer, MIXED_LAYERS):
-            new = _rebuild(layer, FIXED_TABLE[type(layer)], wbits=wbits, abits=abits)
+            new = _rebuild(layer, FIXED_TABLE[type(layer)], family, wbits=wbits, abits=abits)
+            if family is None:
+                new.weight_quant = _at_bits(layer.weight_quants, wbits)
+                if abits is not None:
+                    new.input_quant = _at_bits(layer.input_quants, abits)
             if not layer.shared:
                 chosen = [layer.weight, *layer.extra_weights][layer.wbits.index(wbits)]
                 new.weight.data.copy_(chosen.data)
-            _swap(model, name, new)
+            model.set_submodule(name, new)
         else:
-            layer._init_bits(wbits, abits, layer.per_channel)  # checks the bit-widths
+            _requantize(layer, wbits, abits, family)
     return model
+
+
+def _requantize(layer: nn.Module, wbits: int, abits: int | None, family: Family | None) -> None:
+    """A fixed layer's quantizers at new bit-widths, in place (its parameters stay the ones an
+    optimizer may hold)."""
+    if family is None:
+        layer.wbits = wbits
+        if abits is not None:
+            layer.abits = abits
+        return
+    layer.wquant = family.weight
+    layer.weight_quant = get(family.weight)(wbits, layer.per_channel)
+    if abits is not None:
+        layer.aquant = family.activation
+        layer.input_quant = get(family.activation)(abits)

@@ -9,12 +9,13 @@ quantizer keeps the float network's meaning:
   ReLU at 32 bits and so changes nothing there. After a ReLU6 HWGQ's clip (below 6 at every
   bit-width up to 8) is the tighter one, so it alone clips;
 - elsewhere (a normalized image, a linear bottleneck, a residual sum) the layer takes its
-  input as it comes (`abits=None`) and a SignedQuant module, one per producing tensor and
-  shared by all its consumers, is put in front of it.
+  input as it comes (`abits=None`) and the family's signed quantizer (edmips's: a moving
+  range, edmips.quant.ema), one per producing tensor and shared by all its consumers, is put
+  in front of it.
 
 Two more rewrites make the network computable with integers only (edmips.export.lower):
 
-- both operands of a residual add pass through one SignedQuant, so they meet on one grid;
+- both operands of a residual add pass through one signed quantizer, so they meet on one grid;
 - a layer takes over the average pool in front of it: a conv as its `input_pool`, a linear
   after a global pool (through flatten and dropout) as `pool_input=True`. It quantizes first
   and averages after, so the pool sums integers (edmips's own ResNet classifier does the same).
@@ -35,10 +36,11 @@ from torch import fx, nn
 from torch.fx.operator_schemas import normalize_function
 
 from edmips.nn.layers import QuantConv2d, QuantLinear
-from edmips.quant import FULL_PRECISION, SignedQuant
+from edmips.quant import EDMIPS, FULL_PRECISION, Family
+from edmips.quant.registry import get
 
 SIGNED_BITS = 8  # signed layer inputs (their bit-width is not searched)
-SIGNED_PREFIX = "signed_quant"  # where the SignedQuant modules live in the converted model
+SIGNED_PREFIX = "signed_quant"  # where the signed quantizers live in the converted model
 
 _NONNEG_MODULES = (nn.ReLU, nn.ReLU6)
 _NONNEG_FUNCTIONS = {F.relu, torch.relu, F.relu6}
@@ -92,9 +94,14 @@ def is_nonnegative(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return keeps and bool(inputs) and all(is_nonnegative(n, modules) for n in inputs)
 
 
-def quant_layer(layer: nn.Module, wbits: int, abits: int | None) -> nn.Module:
-    """A QuantConv2d / QuantLinear with the layer's shape, weights and bias."""
+def quant_layer(
+    layer: nn.Module, wbits: int, abits: int | None, family: Family = EDMIPS
+) -> nn.Module:
+    """A QuantConv2d / QuantLinear with the layer's shape, weights and bias, quantized by the
+    family (an input that arrives quantized, `abits=None`, by its signed quantizer)."""
+    aquant = family.activation if abits is not None else family.signed
     kw = dict(bias=layer.bias is not None, wbits=wbits, abits=abits)
+    kw.update(wquant=family.weight, aquant=aquant)
     if isinstance(layer, nn.Conv2d):
         if layer.padding_mode != "zeros":
             raise ValueError(f"conv padding_mode {layer.padding_mode!r} is not supported")
@@ -124,13 +131,15 @@ def quantize(
     abits: int = FULL_PRECISION,
     signed_bits: int = SIGNED_BITS,
     filter: Callable[[str, nn.Module], bool] | None = None,
+    family: Family = EDMIPS,
 ) -> fx.GraphModule:
     """The model traced, with every conv/linear (those `filter(name, layer)` accepts) made a
-    fixed-bit quantized layer; layer names stay those of the model."""
+    fixed-bit quantized layer of the family; layer names stay those of the model."""
     gm = fx.symbolic_trace(model)
-    _quantize_adds(gm, signed_bits)
+    signed_quant = get(family.signed)
+    _quantize_adds(gm, lambda: signed_quant(signed_bits))
     modules = dict(gm.named_modules())
-    signed: dict[fx.Node, fx.Node] = {}  # producer -> its SignedQuant node
+    signed: dict[fx.Node, fx.Node] = {}  # producer -> its signed quantizer's node
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
             continue
@@ -142,16 +151,16 @@ def quantize(
         pool = _fold_pool(node, layer, modules)
         source = node.args[0]
         nonneg = is_nonnegative(source, modules)
-        new = quant_layer(layer, wbits, abits if nonneg else None)
+        new = quant_layer(layer, wbits, abits if nonneg else None, family)
         if isinstance(new, QuantLinear):
             new.pool_input = pool is not None
         else:
             new.input_pool = pool
-        _replace(gm, node.target, new)
+        gm.set_submodule(node.target, new)
         if not nonneg:
             if source not in signed:
                 name = f"{SIGNED_PREFIX}.{node.target.replace('.', '_')}"
-                gm.add_submodule(name, SignedQuant(signed_bits))
+                gm.add_submodule(name, signed_quant(signed_bits))
                 with gm.graph.inserting_after(source):
                     signed[source] = gm.graph.call_module(name, (source,))
             node.replace_input_with(source, signed[source])
@@ -225,8 +234,8 @@ def _fold_pool(node: fx.Node, layer: nn.Module, modules: dict[str, nn.Module]) -
 ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 
 
-def _quantize_adds(gm: fx.GraphModule, bits: int) -> None:
-    """Both operands of every tensor + tensor add through one SignedQuant (one grid)."""
+def _quantize_adds(gm: fx.GraphModule, make_quantizer: Callable[[], nn.Module]) -> None:
+    """Both operands of every tensor + tensor add through one signed quantizer (one grid)."""
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in ADD_FUNCTIONS:
             continue
@@ -236,11 +245,6 @@ def _quantize_adds(gm: fx.GraphModule, bits: int) -> None:
         if not all(isinstance(a, fx.Node) and a.op != "get_attr" for a in operands):
             continue  # a constant added: no grid to share
         name = f"{SIGNED_PREFIX}.{node.name}"
-        gm.add_submodule(name, SignedQuant(bits))
+        gm.add_submodule(name, make_quantizer())
         with gm.graph.inserting_before(node):
             node.args = tuple(gm.graph.call_module(name, (a,)) for a in operands)
-
-
-def _replace(gm: fx.GraphModule, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(gm.get_submodule(parent), child, new)

@@ -5,22 +5,24 @@ layers). MixedConv2d / MixedLinear are EdMIPS's composite layers (search): a sof
 over weight bit-widths and a separate one over activation bit-widths, and exactly one
 convolution per forward with the composite weight and the composite activation.
 
-Every layer quantizes its own input with HWGQ (the pre-activation position), except a layer
-built with `abits=None`, whose input arrives already quantized (the image, 8-bit codes).
-A linear layer with `pool_input=True` quantizes a feature map, averages it over space and
-then applies the linear map: the classifier of a ResNet, with its quantizer before the pool.
-A conv with an `input_pool` (an average pool) likewise quantizes, pools, then convolves, so
-integer inference pools integers.
+A layer holds its quantizers as modules made from registry names (edmips.quant.registry):
+`weight_quant` and `input_quant` (the pre-activation position), or one per candidate bit-width
+(`weight_quants`, `input_quants`) in a composite layer, which mixes them with the quantizer's
+own `mix`. A layer built with `abits=None` has no input quantizer: its input arrives quantized
+(the image, 8-bit codes, or a signed quantizer in front of it), and `aquant` names the quantizer
+it arrives through. A linear layer with `pool_input=True` quantizes a feature map, averages it
+over space and then applies the linear map: the classifier of a ResNet, with its quantizer
+before the pool. A conv with an `input_pool` (an average pool) likewise quantizes, pools, then
+convolves, so integer inference pools integers.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edmips.quant import FULL_PRECISION, GAUSS_STEPS, HWGQ_STEPS, hwgq, mixed_hwgq, mixed_weight
+from edmips.quant import EDMIPS, FULL_PRECISION
 from edmips.quant.activation import round_ste
-from edmips.quant.primitives import check_bits
-from edmips.quant.weight import quantize_weight, weight_std
+from edmips.quant.registry import get
 
 INPUT_BITS = 8  # bit-width of a layer input that arrives quantized (the image)
 SELECTORS = ("alpha_w", "alpha_a")  # the composite layers' architecture parameters
@@ -32,19 +34,38 @@ def is_selector(name: str) -> bool:
 
 
 class _FixedBits:
-    """Fixed weight and activation bit-widths."""
+    """One weight quantizer and one input quantizer (None: the input arrives quantized)."""
 
-    def _init_bits(self, wbits: int, abits: int | None, per_channel: bool) -> None:
-        check_bits(wbits, GAUSS_STEPS)
-        if abits is not None:
-            check_bits(abits, HWGQ_STEPS)
-        self.wbits, self.abits, self.per_channel = wbits, abits, per_channel
+    def _init_quantizers(self, wbits, abits, per_channel: bool, wquant: str, aquant: str):
+        self.wquant, self.aquant = wquant, aquant
+        self.weight_quant = get(wquant)(wbits, per_channel)
+        self.input_quant = None if abits is None else get(aquant)(abits)
+
+    @property
+    def wbits(self) -> int:
+        return self.weight_quant.bits
+
+    @wbits.setter
+    def wbits(self, bits: int) -> None:
+        self.weight_quant = self.weight_quant.with_bits(bits)
+
+    @property
+    def abits(self) -> int | None:
+        return None if self.input_quant is None else self.input_quant.bits
+
+    @abits.setter
+    def abits(self, bits: int) -> None:
+        self.input_quant = self.input_quant.with_bits(bits)
+
+    @property
+    def per_channel(self) -> bool:
+        return self.weight_quant.per_channel
 
     def quant_input(self, x: Tensor) -> Tensor:
-        return x if self.abits is None else hwgq(x, self.abits)
+        return x if self.input_quant is None else self.input_quant(x)
 
     def quant_weight(self) -> Tensor:
-        return quantize_weight(self.weight, self.wbits, self.per_channel)
+        return self.weight_quant(self.weight)
 
     def quant_bias(self, pool_size: int = 1) -> Tensor | None:
         """The bias on the accumulator grid (input step x weight scale), so integer inference
@@ -55,8 +76,7 @@ class _FixedBits:
             or self.wbits >= FULL_PRECISION
         ):
             return self.bias
-        unit = HWGQ_STEPS[self.abits] / pool_size * GAUSS_STEPS[self.wbits] / 2
-        unit = unit * weight_std(self.weight, self.per_channel).flatten()
+        unit = self.weight_quant.scale(self.weight, self.input_quant.unit() / pool_size)
         return round_ste(self.bias / unit) * unit
 
     def bit_config(self) -> tuple[int, int]:
@@ -67,19 +87,20 @@ class _FixedBits:
 
 
 class _MixedBits:
-    """Selectors over candidate bit-widths (architecture parameters alpha_w, alpha_a)."""
+    """Selectors over candidate bit-widths (architecture parameters alpha_w, alpha_a), one
+    quantizer per candidate."""
 
-    def _init_bits(self, wbits, abits, per_channel: bool, shared: bool, alpha_init: float):
-        for b in wbits:
-            check_bits(b, GAUSS_STEPS)
-        for b in abits or ():
-            check_bits(b, HWGQ_STEPS)
-        self.wbits = tuple(wbits)
-        self.abits = None if abits is None else tuple(abits)
-        self.per_channel, self.shared = per_channel, shared
-        self.alpha_w = nn.Parameter(torch.full((len(self.wbits),), alpha_init))
-        if self.abits is not None:
-            self.alpha_a = nn.Parameter(torch.full((len(self.abits),), alpha_init))
+    def _init_quantizers(self, wbits, abits, per_channel, shared, wquant: str, aquant: str):
+        self.wquant, self.aquant = wquant, aquant
+        self.shared = shared
+        # Selectors start at 0: equal probabilities (softmax ignores a common shift).
+        self.alpha_w = nn.Parameter(torch.zeros(len(wbits)))
+        if abits is not None:
+            self.alpha_a = nn.Parameter(torch.zeros(len(abits)))
+        self.weight_quants = nn.ModuleList(get(wquant)(b, per_channel) for b in wbits)
+        self.input_quants = None
+        if abits is not None:
+            self.input_quants = nn.ModuleList(get(aquant)(b) for b in abits)
         # Candidate bit-widths as device tensors: expectations never copy from the host.
         self.register_buffer("wbits_tensor", torch.tensor(self.wbits, dtype=torch.float32), False)
         self.register_buffer(
@@ -94,6 +115,18 @@ class _MixedBits:
             self.extra_weights = nn.ParameterList(
                 nn.Parameter(self.weight.detach().clone()) for _ in self.wbits[1:]
             )
+
+    @property
+    def wbits(self) -> tuple[int, ...]:
+        return tuple(q.bits for q in self.weight_quants)
+
+    @property
+    def abits(self) -> tuple[int, ...] | None:
+        return None if self.input_quants is None else tuple(q.bits for q in self.input_quants)
+
+    @property
+    def per_channel(self) -> bool:
+        return self.weight_quants[0].per_channel
 
     def logits_w(self) -> Tensor:
         return self.alpha_w * self.sharpness
@@ -119,16 +152,15 @@ class _MixedBits:
         ).sum()
 
     def quant_input(self, x: Tensor) -> Tensor:
-        return x if self.abits is None else mixed_hwgq(x, self.probs_a(), self.abits)
+        if self.input_quants is None:
+            return x
+        return type(self.input_quants[0]).mix(x, self.probs_a(), self.input_quants)
 
     def quant_weight(self) -> Tensor:
         if self.shared:
-            return mixed_weight(self.weight, self.probs_w(), self.wbits, self.per_channel)
+            return type(self.weight_quants[0]).mix(self.weight, self.probs_w(), self.weight_quants)
         weights = [self.weight, *self.extra_weights]
-        return sum(
-            p * quantize_weight(w, b, self.per_channel)
-            for p, w, b in zip(self.probs_w(), weights, self.wbits)
-        )
+        return sum(p * q(w) for p, w, q in zip(self.probs_w(), weights, self.weight_quants))
 
     def quant_bias(self, pool_size: int = 1) -> Tensor | None:
         return self.bias
@@ -157,34 +189,30 @@ class _LinearForward:
         return F.linear(x, self.quant_weight(), self.quant_bias(pool_size))
 
 
+_QUANT_DEFAULTS = dict(per_channel=True, wquant=EDMIPS.weight, aquant=EDMIPS.activation)
+
+
 class QuantConv2d(_FixedBits, _ConvForward, nn.Conv2d):
     def __init__(
         self,
         *args,
         wbits=FULL_PRECISION,
         abits=FULL_PRECISION,
-        per_channel=True,
         input_pool: nn.Module | None = None,
         **kw,
     ):
+        quant = {k: kw.pop(k, v) for k, v in _QUANT_DEFAULTS.items()}
         super().__init__(*args, **kw)
         self.input_pool = input_pool
-        self._init_bits(wbits, abits, per_channel)
+        self._init_quantizers(wbits, abits, **quant)
 
 
 class QuantLinear(_FixedBits, _LinearForward, nn.Linear):
-    def __init__(
-        self,
-        *args,
-        wbits=FULL_PRECISION,
-        abits=FULL_PRECISION,
-        per_channel=True,
-        pool_input=False,
-        **kw,
-    ):
+    def __init__(self, *args, wbits=FULL_PRECISION, abits=FULL_PRECISION, pool_input=False, **kw):
+        quant = {k: kw.pop(k, v) for k, v in _QUANT_DEFAULTS.items()}
         super().__init__(*args, **kw)
         self.pool_input = pool_input
-        self._init_bits(wbits, abits, per_channel)
+        self._init_quantizers(wbits, abits, **quant)
 
 
 class MixedConv2d(_MixedBits, _ConvForward, nn.Conv2d):
@@ -193,32 +221,24 @@ class MixedConv2d(_MixedBits, _ConvForward, nn.Conv2d):
         *args,
         wbits=(1, 2, 3, 4),
         abits=(2, 3, 4),
-        per_channel=True,
         shared=True,
-        alpha_init=0.01,
         input_pool: nn.Module | None = None,
         **kw,
     ):
+        quant = {k: kw.pop(k, v) for k, v in _QUANT_DEFAULTS.items()}
         super().__init__(*args, **kw)
         self.input_pool = input_pool
-        self._init_bits(wbits, abits, per_channel, shared, alpha_init)
+        self._init_quantizers(wbits, abits, shared=shared, **quant)
 
 
 class MixedLinear(_MixedBits, _LinearForward, nn.Linear):
     def __init__(
-        self,
-        *args,
-        wbits=(1, 2, 3, 4),
-        abits=(2, 3, 4),
-        per_channel=True,
-        shared=True,
-        alpha_init=0.01,
-        pool_input=False,
-        **kw,
+        self, *args, wbits=(1, 2, 3, 4), abits=(2, 3, 4), shared=True, pool_input=False, **kw
     ):
+        quant = {k: kw.pop(k, v) for k, v in _QUANT_DEFAULTS.items()}
         super().__init__(*args, **kw)
         self.pool_input = pool_input
-        self._init_bits(wbits, abits, per_channel, shared, alpha_init)
+        self._init_quantizers(wbits, abits, shared=shared, **quant)
 
 
 QUANT_LAYERS = (QuantConv2d, QuantLinear)

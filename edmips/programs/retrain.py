@@ -33,7 +33,8 @@ from edmips.export.verify import verify
 from edmips.models import list_models
 from edmips.models.weights import network_state
 from edmips.nn import default_searched, to_fixed, to_search
-from edmips.nn.convert import first_and_last
+from edmips.nn.convert import first_and_last, quantizer_names
+from edmips.quant import registry
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
 from edmips.retrain.module import RetrainModule
@@ -52,7 +53,8 @@ def resolve_arch(cfg: DictConfig, datamodule):
         model = build_model(cfg, datamodule)
         names = default_searched(model, cfg.space.skip_first, cfg.space.skip_last)
         costs = [c for c in measure(model, datamodule) if c.name in names]
-        found = baseline_arch(cfg, model.name, costs, datamodule.name)
+        quantizers = quantizer_names(model, [c.name for c in costs], registry.family(cfg))
+        found = baseline_arch(cfg, model.name, costs, datamodule.name, quantizers)
     else:
         path = Path(to_absolute_path(str(cfg.arch)))
         found = arch_file.load(path, known_models=list_models())
@@ -65,19 +67,23 @@ def resolve_arch(cfg: DictConfig, datamodule):
         arch_file.check_matches(found, found.model, costs, str(path), image_input)
         if cfg.init == "search":
             _load_search_weights(model, found, path)
-    to_fixed(model, found.bits())
+    to_fixed(model, found.bits(), registry.family(cfg))
     return model, found
 
 
 BASELINES = ("uniform", "random")
 
 
-def baseline_arch(cfg: DictConfig, model_name: str, costs, data: str) -> arch_file.Arch:
+def baseline_arch(cfg: DictConfig, model_name: str, costs, data: str, quantizers=None):
     """What a search must beat at the same cost: one bit-width everywhere, or a random
     allocation from the search space within 1% of `target_bits`, in the cost's unit (fixed by
     `seed`)."""
     if cfg.arch == "uniform":
-        return arch_file.uniform(model_name, costs, cfg.wbits, cfg.abits, data=data)
+        wbits, abits = [cfg.wbits] * len(costs), [cfg.abits] * len(costs)
+        space = {"wbits": [cfg.wbits], "abits": [cfg.abits]}
+        return arch_file.build(
+            model_name, space, costs, wbits, abits, None, None, quantizers, data=data
+        )
     wspace, aspace = tuple(cfg.space.wbits), tuple(cfg.space.abits)
     cost = build_cost(cfg)
     # target_bits is there: checks.py
@@ -91,6 +97,9 @@ def baseline_arch(cfg: DictConfig, model_name: str, costs, data: str) -> arch_fi
         costs,
         wbits,
         abits,
+        None,
+        None,
+        quantizers,
         data=data,
         target_bits=cfg.target_bits,
         cost=cost.name,

@@ -21,6 +21,7 @@ from edmips.core.builders import (
     measure,
 )
 from edmips.nn import default_searched, to_search
+from edmips.quant import registry
 from edmips.records import arch as arch_file
 from edmips.records import history as history_file
 from edmips.report import write_search_figures
@@ -41,12 +42,7 @@ def build_search(cfg: DictConfig):
     space = cfg.space
     names = default_searched(model, space.skip_first, space.skip_last)
     to_search(
-        model,
-        names,
-        space.wbits,
-        space.abits,
-        shared=cfg.search.shared_weights,
-        alpha_init=cfg.search.alpha_init,
+        model, names, space.wbits, space.abits, cfg.search.shared_weights, registry.family(cfg)
     )
     costs = measure(model, datamodule)
     fast = fast_path(cfg)
@@ -104,6 +100,7 @@ def current_arch(module: SearchModule, cfg: DictConfig, mode="argmax", **meta) -
         abits,
         [p.tolist() for p in pw],
         [p.tolist() for p in pa],
+        [(m.wquant, m.aquant) for _, m in module.layers],
         mu=cfg.mu,
         final_mu=float(module.mu),
         data=module.trainer.datamodule.name,

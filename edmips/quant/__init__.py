@@ -1,26 +1,37 @@
-"""Quantizers: functional forms with straight-through gradients, and their composite mixes."""
+"""Quantizers: the protocol they follow, their registry, the functional forms with
+straight-through gradients and their composite mixes."""
 
-from edmips.quant.activation import HWGQ_STEPS, StreamQuant, hwgq, hwgq_codes
+from edmips.quant.activation import hwgq, hwgq_codes
+from edmips.quant.calibrate import calibration
+from edmips.quant.ema import StreamQuant
+from edmips.quant.gaussian import GaussWeight
+from edmips.quant.halfwave import HWGQ
+from edmips.quant.input import InputQuant
 from edmips.quant.mixed import mixed_hwgq, mixed_weight
-from edmips.quant.signed import SignedQuant
-from edmips.quant.weight import FULL_PRECISION, GAUSS_STEPS, integer_weight, quantize_weight
-
-# Bit-widths the whole pipeline takes (search, retrain and the integer export).
-WEIGHT_BITS = sorted(GAUSS_STEPS)
-ACTIVATION_BITS = sorted(HWGQ_STEPS)
+from edmips.quant.primitives import FULL_PRECISION, GAUSS_STEPS, HWGQ_STEPS
+from edmips.quant.protocol import ActivationQuantizer, Quantizer, WeightQuantizer
+from edmips.quant.registry import EDMIPS, Family, register
+from edmips.quant.weight import integer_weight, quantize_weight
 
 __all__ = [
-    "ACTIVATION_BITS",
-    "WEIGHT_BITS",
+    "EDMIPS",
     "FULL_PRECISION",
     "GAUSS_STEPS",
+    "HWGQ",
     "HWGQ_STEPS",
-    "SignedQuant",
+    "ActivationQuantizer",
+    "Family",
+    "GaussWeight",
+    "InputQuant",
+    "Quantizer",
     "StreamQuant",
+    "WeightQuantizer",
+    "calibration",
     "hwgq",
     "hwgq_codes",
     "integer_weight",
     "mixed_hwgq",
     "mixed_weight",
     "quantize_weight",
+    "register",
 ]

@@ -1,21 +1,40 @@
 """The image's quantizer: [0, 1] images to 8-bit codes with the normalization folded in."""
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from edmips.quant.protocol import ActivationQuantizer
+from edmips.quant.registry import register
 
 
-class InputQuant(nn.Module):
+@register("image")
+class InputQuant(ActivationQuantizer):
     """Images in [0, 1] to centred 8-bit codes: (round(255 x) - zero_point_c) * scale.
 
     The per-channel mean becomes an integer zero point and the std one scalar scale, so the
     normalization needs no arithmetic beyond an integer subtraction at inference.
     """
 
+    supported_bits = (8,)
+    signed = True
+    defines_input = True
+
     def __init__(self, mean, std):
-        super().__init__()
+        super().__init__(8)
         mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std)
         self.register_buffer("zero_point", torch.round(255 * mean).view(1, -1, 1, 1))
         self.scale = 1.0 / (255.0 * float(std.mean()))
+
+    @property
+    def lowest(self) -> int:
+        return -int(self.zero_point.max())
+
+    @property
+    def num_levels(self) -> int:
+        return 256 + int(self.zero_point.max() - self.zero_point.min())
+
+    def unit(self) -> float:
+        return self.scale
 
     def codes(self, x: Tensor) -> Tensor:
         return torch.round(x.clamp(0, 1) * 255) - self.zero_point.to(x.dtype)

@@ -1,13 +1,18 @@
 """The architecture file (`found.json`): the one module that writes, reads and validates it.
 
-    {"schema": 1, "model": "resnet20", "space": {"wbits": [...], "abits": [...]},
-     "layers": [{"name", "type", "flops", "params", "wbits", "abits", "probs_w", "probs_a"}, ...],
+    {"schema": 2, "model": "resnet20", "space": {"wbits": [...], "abits": [...]},
+     "layers": [{"name", "type", "flops", "params", "wbits", "abits", "probs_w", "probs_a",
+                 "wquant", "aquant"}, ...],
      "bitops": ..., "equivalent_bits": ..., "weight_bits_total": ..., "mu": ..., "data": ...,
      "val_acc": ..., ...}
 
-Layers are listed in forward order. Totals are recomputed from the layers when a file is
-built, so they always agree with them. Every problem with a file is an ArchError whose
-message is one line naming the file and the problem.
+Layers are listed in forward order; `wquant` / `aquant` name each layer's weight and input
+quantizers in edmips.quant.registry (`aquant` of a layer whose input arrives quantized names
+what quantized it: "image" for the image). A schema-1 file, which has no names, is read as
+edmips's family (gauss weights, hwgq activations).
+Totals are recomputed from the layers when a file is built, so they always agree with them.
+Every problem with a file is an ArchError whose message is one line naming the file and the
+problem.
 """
 
 import json
@@ -19,11 +24,24 @@ from pathlib import Path
 from edmips.cost import model as cost_models
 from edmips.cost.layers import LayerCost
 from edmips.nn.layers import INPUT_BITS
-from edmips.quant import ACTIVATION_BITS, WEIGHT_BITS
+from edmips.quant import EDMIPS
+from edmips.quant.registry import get
 from edmips.records.files import write_text_atomic
 
-SCHEMA = 1
-LAYER_KEYS = ("name", "type", "flops", "params", "wbits", "abits", "probs_w", "probs_a")
+SCHEMA = 2
+READS = (1, 2)  # schemas read; 1 lacks the quantizer names
+QUANT_KEYS = ("wquant", "aquant")
+LAYER_KEYS = (
+    "name",
+    "type",
+    "flops",
+    "params",
+    "wbits",
+    "abits",
+    "probs_w",
+    "probs_a",
+    *QUANT_KEYS,
+)
 
 
 class ArchError(ValueError):
@@ -40,6 +58,8 @@ class LayerArch:
     abits: int
     probs_w: list[float] = field(default_factory=list)
     probs_a: list[float] = field(default_factory=list)
+    wquant: str = EDMIPS.weight
+    aquant: str = EDMIPS.activation
 
 
 @dataclass(frozen=True)
@@ -76,14 +96,19 @@ def build(
     abits: list[int],
     probs_w=None,
     probs_a=None,
+    quantizers=None,
     **meta,
 ) -> Arch:
-    """An Arch for layers with the given costs and choices; totals are computed here."""
+    """An Arch for layers with the given costs and choices; totals are computed here.
+    `quantizers`: (wquant, aquant) per layer, edmips's by default."""
     probs_w = probs_w or [[] for _ in costs]
     probs_a = probs_a or [[] for _ in costs]
+    quantizers = quantizers or [(EDMIPS.weight, EDMIPS.activation) for _ in costs]
     layers = [
-        LayerArch(c.name, c.type, c.flops, c.params, int(w), int(a), list(pw), list(pa))
-        for c, w, a, pw, pa in zip(costs, wbits, abits, probs_w, probs_a, strict=True)
+        LayerArch(c.name, c.type, c.flops, c.params, int(w), int(a), list(pw), list(pa), *q)
+        for c, w, a, pw, pa, q in zip(
+            costs, wbits, abits, probs_w, probs_a, quantizers, strict=True
+        )
     ]
     bitops = cost_models.get("bitops")
     ops = bitops.total(costs, wbits, abits)
@@ -103,7 +128,8 @@ def build(
 def uniform(model: str, costs: list[LayerCost], wbits: int, abits: int, **meta) -> Arch:
     """Every searchable layer at the same bit-widths: the baseline an arch is compared with."""
     space = {"wbits": [wbits], "abits": [abits]}
-    return build(model, space, costs, [wbits] * len(costs), [abits] * len(costs), **meta)
+    n = len(costs)
+    return build(model, space, costs, [wbits] * n, [abits] * n, None, None, **meta)
 
 
 def save(arch: Arch, path: str | Path) -> Path:
@@ -138,8 +164,9 @@ def from_dict(d, source: str = "arch", known_models=None) -> Arch:
 
     if not isinstance(d, dict):
         fail("not a JSON object")
-    if d.get("schema") != SCHEMA:
-        fail(f"schema {d.get('schema')!r} is not supported (expected {SCHEMA})")
+    if d.get("schema") not in READS:
+        fail(f"schema {d.get('schema')!r} is not supported (expected one of {list(READS)})")
+    keys = LAYER_KEYS[: -len(QUANT_KEYS)] if d["schema"] == 1 else LAYER_KEYS
     for key in ("model", "space", "layers"):
         if key not in d:
             fail(f"missing {key!r}")
@@ -156,25 +183,7 @@ def from_dict(d, source: str = "arch", known_models=None) -> Arch:
     if bad:
         fail(f"{bad} is not a finite number")
     for i, layer in enumerate(d["layers"]):
-        missing = [k for k in LAYER_KEYS if not isinstance(layer, dict) or k not in layer]
-        if missing:
-            fail(f"layer {i} lacks {', '.join(missing)}")
-        name = layer["name"]
-        for key in ("wbits", "abits", "flops", "params"):
-            if not _is_int(layer[key]) or layer[key] < 0:
-                fail(f"layer {name!r}: {key}={layer[key]!r} is not a non-negative integer")
-        for key in ("probs_w", "probs_a"):
-            probs = layer[key]
-            if not isinstance(probs, list) or not all(_is_number(p) and 0 <= p <= 1 for p in probs):
-                fail(f"layer {name!r}: {key} must be a list of probabilities")
-        # A layer whose input arrives quantized (the image) has no activation choice: its
-        # activation bit-width is that input's, which the space need not hold (check_matches
-        # confirms against the model that the layer is such a layer).
-        for kind in ("wbits", "abits"):
-            allowed = [*space[kind], INPUT_BITS] if kind == "abits" else space[kind]
-            if layer[kind] not in allowed:
-                bits = layer[kind]
-                fail(f"layer {name!r}: {kind}={bits} is outside the space {space[kind]}")
+        _check_layer(i, layer, keys, space, fail)
     costs = [LayerCost(x["name"], x["type"], x["flops"], x["params"], 0, ()) for x in d["layers"]]
     rest = {k: v for k, v in d.items() if k not in (*DERIVED, "space", "layers", "model")}
     arch = build(
@@ -185,11 +194,40 @@ def from_dict(d, source: str = "arch", known_models=None) -> Arch:
         [x["abits"] for x in d["layers"]],
         [x["probs_w"] for x in d["layers"]],
         [x["probs_a"] for x in d["layers"]],
+        [tuple(x.get(k, getattr(LayerArch, k)) for k in QUANT_KEYS) for x in d["layers"]],
         **rest,
     )
     if "bitops" in d and not math.isclose(d["bitops"], arch.bitops, rel_tol=1e-9):
         fail(f"'bitops' {d['bitops']} does not match its layers ({arch.bitops})")
     return arch
+
+
+def _check_layer(i: int, layer, keys, space: dict, fail) -> None:
+    """One layer entry of a file: its keys, numbers, probabilities and quantizer names."""
+    missing = [k for k in keys if not isinstance(layer, dict) or k not in layer]
+    if missing:
+        fail(f"layer {i} lacks {', '.join(missing)}")
+    name = layer["name"]
+    for key in ("wbits", "abits", "flops", "params"):
+        if not _is_int(layer[key]) or layer[key] < 0:
+            fail(f"layer {name!r}: {key}={layer[key]!r} is not a non-negative integer")
+    for key in ("probs_w", "probs_a"):
+        probs = layer[key]
+        if not isinstance(probs, list) or not all(_is_number(p) and 0 <= p <= 1 for p in probs):
+            fail(f"layer {name!r}: {key} must be a list of probabilities")
+    for key in QUANT_KEYS:
+        try:
+            get(layer.get(key, getattr(LayerArch, key)))
+        except (ValueError, TypeError):
+            fail(f"layer {name!r}: {key}={layer[key]!r} is not a registered quantizer")
+    # A layer whose input arrives quantized (the image) has no activation choice: its
+    # activation bit-width is that input's, which the space need not hold (check_matches
+    # confirms against the model that the layer is such a layer).
+    for kind in ("wbits", "abits"):
+        allowed = [*space[kind], INPUT_BITS] if kind == "abits" else space[kind]
+        if layer[kind] not in allowed:
+            bits = layer[kind]
+            fail(f"layer {name!r}: {kind}={bits} is outside the space {space[kind]}")
 
 
 def check_matches(
@@ -215,10 +253,11 @@ def check_matches(
                 f"parameters, the model {cost.flops} and {cost.params} at input {cost.input_shape} "
                 "(searched at another input size?)"
             )
-        if layer.wbits not in WEIGHT_BITS:
+        weight_bits = get(layer.wquant).supported_bits
+        if layer.wbits not in weight_bits:
             raise ArchError(
                 f"{source}: layer {layer.name!r}: wbits={layer.wbits}, but the integer export "
-                f"takes {WEIGHT_BITS}"
+                f"takes {list(weight_bits)} ({layer.wquant})"
             )
         image_input = layer.name in quantized_inputs
         if image_input and layer.abits != INPUT_BITS:
@@ -226,10 +265,11 @@ def check_matches(
                 f"{source}: layer {layer.name!r}: its input is the {INPUT_BITS}-bit image, "
                 f"not abits={layer.abits}"
             )
-        if not image_input and layer.abits not in ACTIVATION_BITS:
+        activation_bits = get(layer.aquant).supported_bits
+        if not image_input and layer.abits not in activation_bits:
             raise ArchError(
                 f"{source}: layer {layer.name!r}: abits={layer.abits}, but the integer export "
-                f"takes {ACTIVATION_BITS}"
+                f"takes {list(activation_bits)} ({layer.aquant})"
             )
         if not image_input and layer.abits not in arch.space["abits"]:
             raise ArchError(

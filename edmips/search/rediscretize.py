@@ -65,6 +65,7 @@ def rediscretize(
         abits,
         entry["probs_w"],
         entry["probs_a"],
+        [(x.wquant, x.aquant) for x in found.layers],
         mu=found.mu,
         final_mu=entry["mu"],
         data=found.data,

@@ -10,8 +10,7 @@ from edmips.export.thresholds import (
     bits_for_range,
     compute_thresholds,
 )
-from edmips.quant import HWGQ_STEPS
-from edmips.quant.activation import StreamQuant, hwgq_codes
+from edmips.quant import HWGQ_STEPS, StreamQuant, hwgq_codes
 
 
 def _random_bn(channels: int, seed: int) -> nn.BatchNorm2d:

@@ -13,7 +13,7 @@ from edmips.export import ExportError
 from edmips.models import create_model, list_models
 from edmips.models.tv import float_model
 from edmips.nn import QUANT_LAYERS, QuantConv2d, quantize
-from edmips.quant import SignedQuant
+from edmips.quant import StreamQuant
 
 # (torchvision name, smallest square input it takes here)
 MODELS = [
@@ -64,7 +64,7 @@ def test_relu_outputs_get_hwgq_and_signed_inputs_a_signed_quantizer():
     assert layer("body.features.2.conv.0.0").abits is None  # after a linear bottleneck
     assert layer("body.features.2.conv.1.0").abits == 32
     assert layer("body.classifier.1").abits == 32  # pooled, flattened ReLU6 output
-    signed = [m for m in model.modules() if isinstance(m, SignedQuant)]
+    signed = [m for m in model.modules() if isinstance(m, StreamQuant)]
     adds = [n for n in model.graph.nodes if n.target is operator.add]
     assert len(adds) == 10  # the inverted residuals: one quantizer each, for both operands
     assert len(signed) == len(adds) + sum(
@@ -86,14 +86,14 @@ def test_one_signed_quantizer_serves_every_layer_reading_the_same_tensor():
             return torch.cat([self.a(x), self.b(x)], 1)
 
     model = quantize(TwoHeads())
-    assert sum(isinstance(m, SignedQuant) for m in model.modules()) == 1
+    assert sum(isinstance(m, StreamQuant) for m in model.modules()) == 1
 
 
 def test_adds_share_one_quantizer_and_layers_take_over_the_average_pools_before_them():
     model = quantize(float_model("resnet18", num_classes=10))
     add = next(n for n in model.graph.nodes if n.name == "add")
     assert [a.op for a in add.args] == ["call_module", "call_module"]
-    assert add.args[0].target == add.args[1].target  # one SignedQuant, one grid
+    assert add.args[0].target == add.args[1].target  # one StreamQuant, one grid
     assert model.body.fc.pool_input and model.body.fc.abits == 32  # quantized, then pooled
     assert not any(n.name.startswith(("avgpool", "body_avgpool")) for n in model.graph.nodes)
 

@@ -30,7 +30,7 @@ def test_search_writes_a_valid_found_json_and_its_records(search_cfg, tmp_path):
     history = json.loads((tmp_path / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1, 2]  # the start, then each epoch trained
     assert history[0]["val_acc"] is None and history[0]["discrete_bits"] is None
-    assert all(p == pytest.approx(1 / 4) for p in history[0]["probs_w"][0])  # alpha_init alike
+    assert all(p == pytest.approx(1 / 4) for p in history[0]["probs_w"][0])  # selectors start at 0
     assert history[-1]["probs_w"] == [layer.probs_w for layer in found.layers]
     assert arch.load(tmp_path / "last.json").extra["epoch"] == 2
     for png in ("bit_allocation.png", "selector_evolution.png", "complexity.png"):

@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from edmips.quant import GAUSS_STEPS, HWGQ_STEPS, hwgq, integer_weight, quantize_weight
-from edmips.quant.activation import StreamQuant
+from edmips.quant import GAUSS_STEPS, HWGQ_STEPS, StreamQuant, hwgq, integer_weight, quantize_weight
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])

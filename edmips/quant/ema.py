@@ -1,0 +1,71 @@
+"""Signed quantizer whose range follows the running maximum of |x| (an exponential moving
+average, momentum 0.95 as in QAT practice), for tensors that can be negative.
+
+HWGQ is a ReLU: in front of a layer whose input is signed (a normalized image, a linear
+bottleneck, a residual sum) it would change what the network computes. There the tensor gets
+this symmetric, narrow-range quantizer. One instance is shared by every tensor that meets at a
+residual add (both inputs and the sum), so the add happens on one integer grid and the sum
+needs only a clamp. At 32 bits it passes x through unchanged, so a converted network at 32 bits
+is exactly the float one.
+"""
+
+import torch
+from torch import Tensor
+
+from edmips.quant.activation import StreamSTE
+from edmips.quant.primitives import FULL_PRECISION, stream_codes
+from edmips.quant.protocol import ActivationQuantizer
+from edmips.quant.registry import register
+
+
+@register("ema")
+class StreamQuant(ActivationQuantizer):
+    supported_bits = tuple(range(2, 17))
+    signed = True
+    calibrates = True
+
+    def __init__(self, bits: int = 8, momentum: float = 0.95):
+        super().__init__(bits)
+        self.momentum = momentum
+        self.register_buffer("running_max", torch.ones(()))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1
+
+    @property
+    def lowest(self) -> int:
+        return -self.qmax
+
+    @property
+    def num_levels(self) -> int:
+        return 2 * self.qmax + 1
+
+    def scale(self) -> Tensor:
+        return self.running_max / self.qmax
+
+    def unit(self) -> Tensor:
+        return self.scale()
+
+    def is_calibrated(self) -> bool:
+        return bool(self.initialized)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.bits >= FULL_PRECISION:
+            return x
+        if self.updates_range():
+            with torch.no_grad():
+                batch_max = x.detach().abs().amax().float().clamp_min(1e-8)
+                # torch.where rather than `if`: the flag stays on the device (no host sync).
+                ema = self.momentum * self.running_max + (1 - self.momentum) * batch_max
+                self.running_max.copy_(torch.where(self.initialized, ema, batch_max))
+                self.initialized.fill_(True)
+        return StreamSTE.apply(x, self.scale().to(x.dtype), self.qmax)
+
+    def codes(self, x: Tensor) -> Tensor:
+        """Integer levels in [-qmax, qmax] (same dtype as x): the forward's arithmetic."""
+        return stream_codes(x, self.scale().to(x.dtype), self.qmax)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, momentum={self.momentum}"
