@@ -26,6 +26,9 @@ from edmips.quant.registry import get
 
 INPUT_BITS = 8  # bit-width of a layer input that arrives quantized (the image)
 SELECTORS = ("alpha_w", "alpha_a")  # the composite layers' architecture parameters
+# The selectors' first logits, EdMIPS's: equal logits give the uniform softmax whatever their
+# value, but float32 rounds the later updates differently from another start.
+SELECTOR_INIT = 0.01
 
 
 def is_selector(name: str) -> bool:
@@ -94,9 +97,9 @@ class _MixedBits:
         self.wquant, self.aquant = wquant, aquant
         self.shared = shared
         # Selectors start at 0: equal probabilities (softmax ignores a common shift).
-        self.alpha_w = nn.Parameter(torch.zeros(len(wbits)))
+        self.alpha_w = nn.Parameter(torch.full((len(wbits),), SELECTOR_INIT))
         if abits is not None:
-            self.alpha_a = nn.Parameter(torch.zeros(len(abits)))
+            self.alpha_a = nn.Parameter(torch.full((len(abits),), SELECTOR_INIT))
         self.weight_quants = nn.ModuleList(get(wquant)(b, per_channel) for b in wbits)
         self.input_quants = None
         if abits is not None:

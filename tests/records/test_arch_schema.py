@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from edmips.cost.complexity import LayerCost
 
+from edmips.cost.layers import LayerCost
 from edmips.quant import ActivationQuantizer, register
 from edmips.records import arch
 
