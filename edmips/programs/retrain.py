@@ -181,12 +181,12 @@ def retrain(cfg: DictConfig) -> dict:
         arch_file.save(found, out / "arch.json")
         record["wall_time_s"] = time.perf_counter() - start
         # the training's figures stand even if the export fails
-        metrics_file.save(metrics_file.RetrainMetrics(**record), out / "metrics.json")
+        metrics_file.save(metrics_file.RetrainMetrics.from_record(record), out / "metrics.json")
         export(model, datamodule.input_size, out)
         datamodule.setup("test")
         record.update(verify(model, out, datamodule.test_dataloader(), cfg.integer_check_images))
         record["wall_time_s"] = time.perf_counter() - start
-    metrics = metrics_file.RetrainMetrics(**record)
+    metrics = metrics_file.RetrainMetrics.from_record(record)
     if trainer.is_global_zero:
         metrics_file.save(metrics, Path(cfg.output_dir) / "metrics.json")
         log.info(

@@ -10,13 +10,14 @@
 Accuracies are fractions; test accuracies are on the test split through the float64
 fake-quantized reference, `test_acc_integer` through the integer runtime;
 `prediction_agreement` is how often the two predict the same class, `qdq_agreement` the same
-for `model_qdq.onnx` under onnxruntime (None where no ONNX model was written). Fields missing
-from an older file read as None; unknown fields are ignored.
+for `model_qdq.onnx` under onnxruntime (None where no ONNX model was written); every other
+ONNX form with a runner adds its own `<form>_agreement`. Fields missing from an older file read
+as None; other unknown fields are ignored.
 """
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from edmips.records.files import write_text_atomic
@@ -50,9 +51,21 @@ class RetrainMetrics:
     qdq_agreement: float | None = None
     test_images: int | None = None
     wall_time_s: float | None = None
+    other_agreements: dict = field(default_factory=dict)  # "<form>_agreement" of other forms
+
+    @classmethod
+    def from_record(cls, record: dict) -> "RetrainMetrics":
+        """The metrics of a record whose unknown keys are other forms' agreements (or, from a
+        file, fields this version does not know, which are dropped)."""
+        known = {f.name for f in fields(cls)} - {"other_agreements"}
+        others = {k: v for k, v in record.items() if k not in known and k.endswith("_agreement")}
+        return cls(**{k: v for k, v in record.items() if k in known}, other_agreements=others)
 
     def to_dict(self) -> dict:
-        return {"schema": SCHEMA, **asdict(self)}
+        d = {"schema": SCHEMA, **asdict(self)}
+        others = d.pop("other_agreements")
+        d.update(others)
+        return d
 
 
 REQUIRED = ("model", "equivalent_bits", "bitops", "weight_bits_total")
@@ -83,5 +96,4 @@ def load(path: str | Path) -> RetrainMetrics:
             raise MetricsError(f"{path}: {key} must be a number, got {value!r}")
         if not math.isfinite(value):
             raise MetricsError(f"{path}: {key} is not finite")
-    known = {f.name for f in fields(RetrainMetrics)}
-    return RetrainMetrics(**{k: v for k, v in d.items() if k in known})
+    return RetrainMetrics.from_record(d)

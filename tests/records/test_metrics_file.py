@@ -23,6 +23,16 @@ def test_metrics_round_trip_and_older_files_read(tmp_path):
     assert metrics.load(tmp_path / "old.json").test_acc_top5 is None
 
 
+def test_another_export_form_keeps_its_agreement_in_the_file(tmp_path):
+    record = dict(model="m", equivalent_bits=2.0, bitops=4, weight_bits_total=8, x=1)
+    m = metrics.RetrainMetrics.from_record({**record, "qdq_agreement": 1.0, "int8_agreement": 0.5})
+    assert m.qdq_agreement == 1.0 and m.other_agreements == {"int8_agreement": 0.5}
+    written = json.loads(metrics.save(m, tmp_path / "metrics.json").read_text())
+    assert written["int8_agreement"] == 0.5 and "x" not in written
+    assert "other_agreements" not in written
+    assert metrics.load(tmp_path / "metrics.json") == m
+
+
 @pytest.mark.parametrize(
     "content,message",
     [
