@@ -57,3 +57,27 @@ def test_help_opens_with_what_the_command_does_and_its_knobs(script, knobs):
     assert done.returncode == 0 and done.stdout.startswith(f"{script}: ")
     head = done.stdout.split("== Configuration groups ==")[0]
     assert all(knob in head for knob in knobs)
+
+
+def _tool(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "edmips", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_tools_are_verbs_of_one_program():
+    listing = _tool("--help")
+    assert listing.returncode == 0
+    assert all(verb in listing.stdout for verb in ("rediscretize", "export", "report"))
+    for verb in ("rediscretize", "export", "report"):
+        done = _tool(verb, "--help")
+        assert done.returncode == 0 and f"python -m edmips {verb}" in done.stdout
+    unknown = _tool("arch")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == (
+        "error: unknown verb 'arch': choose from rediscretize, export, report"
+    )
