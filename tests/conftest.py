@@ -43,3 +43,12 @@ def search_cfg(tmp_path):
 @pytest.fixture
 def retrain_cfg(tmp_path):
     return lambda *overrides: make_config("retrain", tmp_path / "retrain", overrides)
+
+
+@pytest.fixture(autouse=True)
+def no_hydra_state_between_tests():
+    """What make_config sets up for a test (Hydra's run config, relative paths resolved
+    against its start directory) ends with it."""
+    yield
+    HydraConfig.instance().cfg = None
+    GlobalHydra.instance().clear()
