@@ -96,7 +96,6 @@ class _MixedBits:
     def _init_quantizers(self, wbits, abits, per_channel, shared, wquant: str, aquant: str):
         self.wquant, self.aquant = wquant, aquant
         self.shared = shared
-        # Selectors start at 0: equal probabilities (softmax ignores a common shift).
         self.alpha_w = nn.Parameter(torch.full((len(wbits),), SELECTOR_INIT))
         if abits is not None:
             self.alpha_a = nn.Parameter(torch.full((len(abits),), SELECTOR_INIT))

@@ -27,6 +27,7 @@ from edmips.nn.layers import INPUT_BITS
 from edmips.quant import EDMIPS
 from edmips.quant.registry import get
 from edmips.records.files import write_text_atomic
+from edmips.records.json_values import int_list, is_int, is_number, non_finite, reject_constant
 
 SCHEMA = 2
 READS = (1, 2)  # schemas read; 1 lacks the quantizer names
@@ -141,7 +142,7 @@ def load(path: str | Path, known_models=None) -> Arch:
     """Read and validate a file; `known_models` (names) rejects a model that does not exist."""
     path = Path(path)
     try:
-        d = json.loads(path.read_text(), parse_constant=_reject_constant)
+        d = json.loads(path.read_text(), parse_constant=reject_constant)
     except FileNotFoundError:
         raise ArchError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -174,12 +175,12 @@ def from_dict(d, source: str = "arch", known_models=None) -> Arch:
         fail(f"unknown model {d['model']!r}")
     space = d["space"]
     if not (
-        isinstance(space, dict) and _int_list(space.get("wbits")) and _int_list(space.get("abits"))
+        isinstance(space, dict) and int_list(space.get("wbits")) and int_list(space.get("abits"))
     ):
         fail('\'space\' must be {"wbits": [ints], "abits": [ints]}')
     if not isinstance(d["layers"], list) or not d["layers"]:
         fail("'layers' must be a non-empty list")
-    bad = _non_finite(d)
+    bad = non_finite(d)
     if bad:
         fail(f"{bad} is not a finite number")
     for i, layer in enumerate(d["layers"]):
@@ -209,11 +210,11 @@ def _check_layer(i: int, layer, keys, space: dict, fail) -> None:
         fail(f"layer {i} lacks {', '.join(missing)}")
     name = layer["name"]
     for key in ("wbits", "abits", "flops", "params"):
-        if not _is_int(layer[key]) or layer[key] < 0:
+        if not is_int(layer[key]) or layer[key] < 0:
             fail(f"layer {name!r}: {key}={layer[key]!r} is not a non-negative integer")
     for key in ("probs_w", "probs_a"):
         probs = layer[key]
-        if not isinstance(probs, list) or not all(_is_number(p) and 0 <= p <= 1 for p in probs):
+        if not isinstance(probs, list) or not all(is_number(p) and 0 <= p <= 1 for p in probs):
             fail(f"layer {name!r}: {key} must be a list of probabilities")
     for key in QUANT_KEYS:
         try:
@@ -288,31 +289,3 @@ def _dumps(d: dict) -> str:
     fields = [f" {dumps(k)}: {dumps(v)}" for k, v in d.items() if k != "layers"]
     layers = [f"  {dumps(layer)}" for layer in d["layers"]]
     return "{\n" + ",\n".join(fields) + ',\n "layers": [\n' + ",\n".join(layers) + "\n ]\n}\n"
-
-
-def _int_list(x) -> bool:
-    return isinstance(x, list) and bool(x) and all(_is_int(v) and v > 0 for v in x)
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _non_finite(x, where="") -> str | None:
-    """The path of the first non-finite number inside x, or None."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return repr(where or "value")
-    items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
-    for key, value in items:
-        found = _non_finite(value, f"{where}.{key}" if where else str(key))
-        if found:
-            return found
-    return None
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a finite number")

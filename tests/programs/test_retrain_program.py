@@ -34,7 +34,7 @@ def test_uniform_retrain_exports_and_the_integer_network_agrees_exactly(retrain_
     written = json.loads((out / "metrics.json").read_text())
     assert KEYS <= set(written) and written == metrics
     assert written["prediction_agreement"] == written["qdq_agreement"] == 1.0
-    assert written["test_acc"] <= written["test_acc_top5"] <= 1 and written["schema"] == 2
+    assert written["test_acc"] <= written["test_acc_top5"] <= 1 and written["schema"] == 1
     assert written["test_acc_integer"] == written["test_acc"]
     assert written["uniform"] == {"wbits": 2, "abits": 3}
     assert written["equivalent_bits"] == pytest.approx(6**0.5)
