@@ -48,10 +48,12 @@ def test_bad_search_config(search_cfg, tmp_path, override, message):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        ((), "arch is required: arch=<path to a found.json>, arch=uniform or arch=random"),
+        ((), "arch is required: arch=<path to a found.json>, arch=uniform, arch=random or arch"),
+        (("arch=uniform", "init=float"), "init=float starts from float weights: add model.weig"),
+        (("arch=float", "init=search"), "init=search needs an arch file from a search, not arch"),
         (("arch=uniform", "wbits=2.5"), "wbits: unsupported bit-width 2.5"),
         (("arch=uniform", "abits=true"), "abits: unsupported bit-width True"),
-        (("arch=uniform", "wbits=32"), "wbits: unsupported bit-width 32"),
+        (("arch=uniform", "wbits=32"), "bit-width 32, choose from [1, 2, 3, 4, 5, 6, 7, 8] (32 is"),
         (("arch=uniform", "trainer.max_epochs=0"), "trainer.max_epochs must be >= 1"),
         (("arch=uniform", "integer_check_images=0"), "integer_check_images must be >= 1"),
         (("arch=random",), "arch=random needs a budget: add target_bits=B"),

@@ -36,16 +36,23 @@ def check_search(cfg: DictConfig) -> None:
         _bit_list(cfg, f"space.{kind}", list(supported))
 
 
+INITS = ("scratch", "search", "float")  # where a retrain's weights start
+FLOAT = "float"  # arch=float: the float network, every layer and quantizer at 32 bits
+
+
 def check_retrain(cfg: DictConfig) -> None:
     _check_common(cfg)
     if OmegaConf.is_missing(cfg, "arch") or cfg.arch in (None, ""):
         raise ConfigError(
-            "arch is required: arch=<path to a found.json>, arch=uniform or arch=random"
+            "arch is required: arch=<path to a found.json>, arch=uniform, arch=random or arch=float"
         )
+    _check_init(cfg)
     if cfg.arch == "uniform":
         family = _family(cfg)
         _bits(cfg, "wbits", list(family.weight_bits))
         _bits(cfg, "abits", list(family.activation_bits))
+    elif cfg.arch == FLOAT:
+        pass  # nothing to choose: every layer at 32 bits
     elif cfg.arch == "random":
         if OmegaConf.select(cfg, "target_bits") is None:
             raise ConfigError("arch=random needs a budget: add target_bits=B")
@@ -55,6 +62,19 @@ def check_retrain(cfg: DictConfig) -> None:
         if path.is_dir():
             raise ConfigError(f"arch={cfg.arch}: a directory; name its found.json")
     _number(cfg, "integer_check_images", minimum=1, integer=True, optional=True)
+
+
+def _check_init(cfg: DictConfig) -> None:
+    """init=search needs a search's arch file; init=float the float weights it starts from."""
+    if cfg.init not in INITS:
+        raise ConfigError(f"init must be one of {', '.join(INITS)}; got {cfg.init!r}")
+    if cfg.init == "search" and cfg.arch in ("uniform", "random", FLOAT):
+        raise ConfigError(f"init=search needs an arch file from a search, not arch={cfg.arch}")
+    if cfg.init == "float" and OmegaConf.select(cfg, "model.weights") in (None, ""):
+        raise ConfigError(
+            "init=float starts from float weights: add model.weights=<file> (a float run's "
+            "weights.pt, from retrain.py arch=float)"
+        )
 
 
 def _check_common(cfg: DictConfig) -> None:
@@ -95,7 +115,10 @@ def _number(cfg, key, minimum=None, integer=False, optional=False) -> None:
 def _bits(cfg, key, supported) -> None:
     value = OmegaConf.select(cfg, key)
     if isinstance(value, bool) or not isinstance(value, int) or value not in supported:
-        raise ConfigError(f"{key}: unsupported bit-width {value!r}, choose from {supported}")
+        raise ConfigError(
+            f"{key}: unsupported bit-width {value!r}, choose from {supported}"
+            + (" (32 is full precision: the float network is arch=float)" if value == 32 else "")
+        )
 
 
 def _bit_list(cfg, key, supported) -> None:

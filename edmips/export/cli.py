@@ -17,6 +17,7 @@ from edmips.export import export
 from edmips.models import create_model
 from edmips.models.weights import network_state
 from edmips.nn import to_fixed
+from edmips.quant import FULL_PRECISION
 from edmips.records import arch as arch_file
 
 
@@ -28,6 +29,8 @@ def load_retrained(source: Path):
     if spec is None:
         raise ValueError(f"{checkpoint}: not a retrain checkpoint (no network description)")
     found = arch_file.from_dict(spec["arch"], source=str(checkpoint))
+    if all(layer.wbits >= FULL_PRECISION for layer in found.layers):
+        raise ValueError(f"{checkpoint}: the float network (arch=float): nothing to export")
     model = create_model(
         found.model, num_classes=spec["num_classes"], mean=spec["mean"], std=spec["std"]
     )

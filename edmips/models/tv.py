@@ -12,7 +12,7 @@ import torchvision
 from torch import Tensor, nn
 
 from edmips.models.registry import register_model
-from edmips.models.weights import load_weights
+from edmips.models.weights import WEIGHTS_MODULE, load_weights
 from edmips.nn.convert import first_and_last, to_fixed
 from edmips.nn.fx_quantize import quantize
 
@@ -63,6 +63,7 @@ def float_model(
 
 def quantized_model(arch: str, **kw) -> nn.Module:
     model = quantize(float_model(arch, **kw))
+    setattr(model, WEIGHTS_MODULE, "body")  # a weights file holds the torchvision network's
     first, last = first_and_last(model)
     return to_fixed(model, {first: (FIXED_BITS, FIXED_BITS), last: (FIXED_BITS, FIXED_BITS)})
 

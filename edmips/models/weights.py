@@ -3,6 +3,8 @@
 The file holds a state dict, a dict with one under "state_dict", or a Lightning checkpoint
 (whose network's entries carry the "model." prefix of edmips's modules). A file that is not a
 state dict, or is one of another network, is refused in one line naming the file.
+`float_state(model)` is what such a file of a model holds, so the float network's weights load
+back into the model they came from.
 """
 
 from collections.abc import Iterable
@@ -11,7 +13,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from edmips.quant.protocol import quantizers
+
 PREFIX = "model."  # where edmips's LightningModules keep the network
+# A builder whose file holds one submodule's state dict (a converted torchvision model: the
+# torchvision network's) names it in this attribute of the model.
+WEIGHTS_MODULE = "weights_module"
 
 
 def network_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -61,3 +68,16 @@ def load_weights(model: nn.Module, path: str | Path, optional: Iterable[str] = (
         raise ValueError(f"model weights {path}: not a state dict of this model: {problem}")
     model.load_state_dict(state, strict=False)
     return model
+
+
+def float_state(model: nn.Module) -> dict[str, Tensor]:
+    """The state dict `model.weights=` reads back into this model (on the CPU): the network's
+    (or the submodule's its builder names in WEIGHTS_MODULE) without the quantizers' entries,
+    which a float network has no use for and which the builders take as optional."""
+    root = model.get_submodule(getattr(model, WEIGHTS_MODULE, ""))
+    skipped = {f"{name}." for name, _ in quantizers(root)}
+    return {
+        k: v.detach().cpu().contiguous()
+        for k, v in root.state_dict().items()
+        if not any(k.startswith(prefix) for prefix in skipped)
+    }

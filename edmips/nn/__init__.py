@@ -1,6 +1,12 @@
 """Quantized layers and the conversions between search and fixed-bit networks."""
 
-from edmips.nn.convert import default_searched, quantizable_names, to_fixed, to_search
+from edmips.nn.convert import (
+    default_searched,
+    quantizable_names,
+    to_fixed,
+    to_float,
+    to_search,
+)
 from edmips.nn.fx_quantize import quantize
 from edmips.nn.layers import (
     MIXED_LAYERS,
@@ -22,5 +28,6 @@ __all__ = [
     "quantizable_names",
     "quantize",
     "to_fixed",
+    "to_float",
     "to_search",
 ]

@@ -16,6 +16,8 @@ from edmips.nn.layers import (
     QuantConv2d,
     QuantLinear,
 )
+from edmips.quant import FULL_PRECISION
+from edmips.quant.protocol import check_bits, quantizers
 from edmips.quant.registry import Family, get
 
 SEARCH_TABLE = {QuantConv2d: MixedConv2d, QuantLinear: MixedLinear}
@@ -137,6 +139,18 @@ def to_fixed(model: nn.Module, bits: dict[str, tuple[int, int]], family=None):
             model.set_submodule(name, new)
         else:
             _requantize(layer, wbits, abits, family)
+    return model
+
+
+def to_float(model: nn.Module, family: Family | None = None) -> nn.Module:
+    """The float network (in place): every conv/linear at 32-bit weights and inputs, and every
+    other quantizer (the image's, the residual streams') at full precision. The quantizers stay
+    modules, set in place (a shared one stays shared), so the state dict keeps the quantized
+    network's keys and its file loads into it."""
+    to_fixed(model, {n: (FULL_PRECISION, FULL_PRECISION) for n in quantizable_names(model)}, family)
+    for _, quantizer in quantizers(model):
+        check_bits(type(quantizer), FULL_PRECISION)
+        quantizer.bits = FULL_PRECISION
     return model
 
 

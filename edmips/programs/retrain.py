@@ -6,6 +6,8 @@ so searched networks and their baselines go through one recipe. The file is
 loaded and matched against the model before anything trains. At the end the network is
 lowered to the integer graph (bundle and two ONNX models) and the test split is run through
 the float64 fake-quantized reference, the integer runtime and `model_qdq.onnx`.
+`arch=float` trains the float network instead (edmips.retrain.float_net): nothing to export,
+its weights file and its test accuracy.
 """
 
 import logging
@@ -32,11 +34,12 @@ from edmips.export import export
 from edmips.export.verify import verify
 from edmips.models import list_models
 from edmips.models.weights import network_state
-from edmips.nn import default_searched, to_fixed, to_search
+from edmips.nn import default_searched, quantizable_names, to_fixed, to_float, to_search
 from edmips.nn.convert import first_and_last, quantizer_names
 from edmips.quant import registry
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
+from edmips.retrain import float_net
 from edmips.retrain.module import RetrainModule
 from edmips.search.budget import Budget, check_reachable, random_allocation
 
@@ -45,11 +48,14 @@ log = logging.getLogger(__name__)
 
 def resolve_arch(cfg: DictConfig, datamodule):
     """The model with the architecture's bit-widths, and the architecture; fails early."""
-    if cfg.init not in ("scratch", "search"):
-        raise ValueError(f"init must be scratch or search, got {cfg.init!r}")
+    if cfg.arch == float_net.KIND:
+        model = build_model(cfg, datamodule)
+        names = quantizable_names(model)
+        costs = [c for c in measure(model, datamodule) if c.name in names]
+        quantizers = quantizer_names(model, names, registry.family(cfg))
+        found = float_net.float_arch(model.name, costs, quantizers, datamodule.name)
+        return to_float(model, registry.family(cfg)), found
     if cfg.arch in BASELINES:
-        if cfg.init == "search":
-            raise ValueError(f"init=search needs an arch file from a search, not arch={cfg.arch}")
         model = build_model(cfg, datamodule)
         names = default_searched(model, cfg.space.skip_first, cfg.space.skip_last)
         costs = [c for c in measure(model, datamodule) if c.name in names]
@@ -107,7 +113,7 @@ def baseline_arch(cfg: DictConfig, model_name: str, costs, data: str, quantizers
 
 
 def arch_kind(cfg: DictConfig) -> str:
-    return cfg.arch if cfg.arch in BASELINES else "searched"
+    return cfg.arch if cfg.arch in (*BASELINES, float_net.KIND) else "searched"
 
 
 def network_spec(found: arch_file.Arch, datamodule) -> dict:
@@ -143,13 +149,30 @@ def retrain(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     cfg, resume_from = rundir.start(cfg, "retrain")
     checks.check_retrain(cfg)
-    if cfg.arch not in BASELINES:  # absolute in the checkpoint: resume= works from any directory
+    if cfg.arch not in (*BASELINES, float_net.KIND):  # absolute: resume= works from anywhere
         cfg.arch = str(to_absolute_path(str(cfg.arch)))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     model, found = resolve_arch(cfg, datamodule)
+    module = _module(cfg, model, found, datamodule)
+    trainer = build_trainer(cfg)
+    rundir.fit(trainer, module, datamodule, resume_from)
+    record = _record(cfg, found, datamodule, trainer)
+    if trainer.is_global_zero:
+        out = Path(cfg.output_dir)
+        arch_file.save(found, out / "arch.json")
+        if cfg.arch == float_net.KIND:
+            record.update(_finish_float(model, out, datamodule))
+        else:
+            record.update(_export_and_verify(cfg, model, out, datamodule, record, start))
+        record["wall_time_s"] = time.perf_counter() - start
+        metrics_file.save(metrics_file.RetrainMetrics.from_record(record), out / "metrics.json")
+    return metrics_file.RetrainMetrics.from_record(record).to_dict()
+
+
+def _module(cfg: DictConfig, model, found: arch_file.Arch, datamodule) -> RetrainModule:
     fast = fast_path(cfg)
-    module = RetrainModule(
+    return RetrainModule(
         model.to(memory_format=torch.channels_last) if fast else model,
         datamodule.num_classes,
         optimizer=hydra.utils.instantiate(cfg.optimizer),
@@ -158,15 +181,17 @@ def retrain(cfg: DictConfig) -> dict:
         compile=compile_mode(cfg.compile, cfg),
         network=network_spec(found, datamodule),
     )
-    trainer = build_trainer(cfg)
-    rundir.fit(trainer, module, datamodule, resume_from)
+
+
+def _record(cfg: DictConfig, found: arch_file.Arch, datamodule, trainer) -> dict:
+    """What metrics.json says about the trained network before it is tested."""
     val = {k: _maybe_float(trainer.callback_metrics.get(f"val/{k}")) for k in ("acc", "acc5")}
-    record = {
+    return {
         "model": found.model,
         "data": datamodule.name,
         "kind": arch_kind(cfg),
         "seed": cfg.seed,
-        "arch": str(cfg.arch),  # "uniform", "random" or the absolute path
+        "arch": str(cfg.arch),  # "uniform", "random", "float" or the absolute path
         "uniform": {"wbits": cfg.wbits, "abits": cfg.abits} if cfg.arch == "uniform" else None,
         "target_bits": found.extra.get("target_bits"),
         "mu": found.mu,
@@ -176,28 +201,42 @@ def retrain(cfg: DictConfig) -> dict:
         "val_acc": val["acc"],
         "val_acc_top5": val["acc5"],
     }
-    if trainer.is_global_zero:
-        out = Path(cfg.output_dir)
-        arch_file.save(found, out / "arch.json")
-        record["wall_time_s"] = time.perf_counter() - start
-        # the training's figures stand even if the export fails
-        metrics_file.save(metrics_file.RetrainMetrics.from_record(record), out / "metrics.json")
-        export(model, datamodule.input_size, out)
-        datamodule.setup("test")
-        record.update(verify(model, out, datamodule.test_dataloader(), cfg.integer_check_images))
-        record["wall_time_s"] = time.perf_counter() - start
-    metrics = metrics_file.RetrainMetrics.from_record(record)
-    if trainer.is_global_zero:
-        metrics_file.save(metrics, Path(cfg.output_dir) / "metrics.json")
-        log.info(
-            "test acc %.4f (top-5 %.4f), integer %.4f, agreement %.4f%s",
-            metrics.test_acc,
-            metrics.test_acc_top5,
-            metrics.test_acc_integer,
-            metrics.prediction_agreement,
-            "" if metrics.qdq_agreement is None else f", ONNX {metrics.qdq_agreement:.4f}",
-        )
-    return metrics.to_dict()
+
+
+def _finish_float(model, out: Path, datamodule) -> dict:
+    """The float network's weights file and test accuracy; it has no integer form."""
+    weights = float_net.save_weights(model, out)
+    datamodule.setup("test")
+    tested = float_net.accuracy(model, datamodule.test_dataloader())
+    log.info(
+        "float network: test acc %.4f (top-5 %.4f); weights in %s (model.weights=%s); nothing "
+        "is quantized, so no integer export",
+        tested["test_acc"],
+        tested["test_acc_top5"],
+        weights.name,
+        weights,
+    )
+    return {**tested, "integer_export": False}
+
+
+def _export_and_verify(cfg: DictConfig, model, out: Path, datamodule, record, start) -> dict:
+    """The integer bundle and ONNX forms, and their check on the test split."""
+    record["wall_time_s"] = time.perf_counter() - start
+    # the training's figures stand even if the export fails
+    metrics_file.save(metrics_file.RetrainMetrics.from_record(record), out / "metrics.json")
+    export(model, datamodule.input_size, out)
+    datamodule.setup("test")
+    checked = verify(model, out, datamodule.test_dataloader(), cfg.integer_check_images)
+    metrics = metrics_file.RetrainMetrics.from_record({**record, **checked})
+    log.info(
+        "test acc %.4f (top-5 %.4f), integer %.4f, agreement %.4f%s",
+        metrics.test_acc,
+        metrics.test_acc_top5,
+        metrics.test_acc_integer,
+        metrics.prediction_agreement,
+        "" if metrics.qdq_agreement is None else f", ONNX {metrics.qdq_agreement:.4f}",
+    )
+    return {**checked, "integer_export": True}
 
 
 def _maybe_float(x) -> float | None:

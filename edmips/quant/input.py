@@ -1,8 +1,14 @@
-"""The image's quantizer: [0, 1] images to 8-bit codes with the normalization folded in."""
+"""The image's quantizer: [0, 1] images to 8-bit codes with the normalization folded in.
+
+At 32 bits (the float network) it normalizes without rounding: the same affine map, so the
+float network's first conv sees what the quantized one sees, less the 8-bit rounding (none
+for an image that was 8-bit to begin with), and the zero point stays in the state dict.
+"""
 
 import torch
 from torch import Tensor
 
+from edmips.quant.primitives import FULL_PRECISION
 from edmips.quant.protocol import ActivationQuantizer
 from edmips.quant.registry import register
 
@@ -40,4 +46,6 @@ class InputQuant(ActivationQuantizer):
         return torch.round(x.clamp(0, 1) * 255) - self.zero_point.to(x.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.bits >= FULL_PRECISION:
+            return (x.clamp(0, 1) * 255 - self.zero_point.to(x.dtype)) * self.scale
         return self.codes(x) * self.scale

@@ -6,10 +6,17 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write `text` to `path` atomically (see write_file_atomic)."""
     return write_file_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def save_state_dict_atomic(state: dict, path: str | Path) -> Path:
+    """torch.save a state dict to `path` atomically (see write_file_atomic)."""
+    return write_file_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def write_file_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:

@@ -1,17 +1,20 @@
 """metrics.json, the record of a retrain run: the one module that writes and reads it.
 
-    {"schema": 1, "model": ..., "data": ..., "kind": "searched" | "uniform" | "random",
-     "seed": ..., "arch": <found.json path, "uniform" or "random">,
+    {"schema": 1, "model": ..., "data": ..., "kind": "searched" | "uniform" | "random" | "float",
+     "seed": ..., "arch": <found.json path, "uniform", "random" or "float">,
      "uniform": {"wbits", "abits"} | null, "target_bits", "mu", "equivalent_bits", "bitops",
      "weight_bits_total", "val_acc", "val_acc_top5", "test_acc", "test_acc_top5",
      "test_acc_integer", "prediction_agreement", "qdq_agreement", "test_images",
-     "wall_time_s"}
+     "integer_export", "wall_time_s"}
 
 Accuracies are fractions; test accuracies are on the test split through the float64
 fake-quantized reference, `test_acc_integer` through the integer runtime;
 `prediction_agreement` is how often the two predict the same class, `qdq_agreement` the same
 for `model_qdq.onnx` under onnxruntime (None where no ONNX model was written); every other
-ONNX form with a runner adds its own `<form>_agreement`. Fields missing from an older file read
+ONNX form with a runner adds its own `<form>_agreement`. `integer_export` says whether the
+integer graph was written and checked: false for the float network (`kind: "float"`, every
+layer at 32 bits), which has nothing quantized to export, so its test accuracies are the float
+network's and its integer fields are None. Fields missing from an older file read
 as None; other unknown fields are ignored.
 """
 
@@ -50,6 +53,7 @@ class RetrainMetrics:
     prediction_agreement: float | None = None
     qdq_agreement: float | None = None
     test_images: int | None = None
+    integer_export: bool | None = None
     wall_time_s: float | None = None
     other_agreements: dict = field(default_factory=dict)  # "<form>_agreement" of other forms
 

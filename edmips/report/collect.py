@@ -47,7 +47,9 @@ SUMMARY_COLUMNS = (
     "test_acc_std",
 )
 MIB = 8 * 2**20  # bits in a MiB
-NETWORKS = ("searched", "uniform", "random")  # what a retrain trained: the baselines last
+# What a retrain trained: the baselines after the searched networks, the float ceiling last.
+NETWORKS = ("searched", "uniform", "random", "float")
+FLOAT = "float"  # the float network's kind and network: every layer at 32 bits
 
 
 class ReportError(ValueError):
@@ -56,7 +58,7 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class Run:
-    kind: str  # "search" or "retrain"
+    kind: str  # "search", "retrain" or "float" (the float network: the accuracy ceiling)
     model: str
     data: str | None
     budget: str  # "2 bits", "mu=0.02", "uniform W2A2"
@@ -138,7 +140,7 @@ def summarize(runs: list[Run]) -> list[dict]:
     the uniform and random networks of the same budget, so they sit side by side."""
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
-        if r.kind == "retrain" and r.test_acc is not None:
+        if r.kind in ("retrain", FLOAT) and r.test_acc is not None:
             budget = f"{r.budget_bits:.3g} bits" if r.budget_bits is not None else r.budget
             groups.setdefault((r.model, r.data or "", budget, r.network), []).append(r)
     rows = []
@@ -177,8 +179,9 @@ def _write_csv(path: Path, columns, rows: list[dict]) -> None:
 
 
 def pareto_points(runs: list[Run]) -> tuple[list[dict], str]:
-    """Retrained test accuracy; the searches' validation accuracy when nothing was retrained."""
-    retrained = [r for r in runs if r.kind == "retrain"]
+    """Retrained test accuracy (a float network's as its ceiling); the searches' validation
+    accuracy when nothing was retrained."""
+    retrained = [r for r in runs if r.kind in ("retrain", FLOAT)]
     chosen, attr, ylabel = (
         (retrained, "test_acc", "test accuracy")
         if retrained
@@ -238,7 +241,9 @@ def _retrain_run(run_dir: Path) -> Run:
     network = "uniform" if m.uniform else m.kind  # files older than `kind` name uniform only
     if network not in NETWORKS:
         raise ValueError(f"unknown network kind {network!r}")
-    if m.uniform:
+    if network == FLOAT:
+        budget, budget_bits = FLOAT, None
+    elif m.uniform:
         budget = f"uniform W{m.uniform['wbits']}A{m.uniform['abits']}"
         bitops = cost_models.get("bitops")
         budget_bits = float(bitops.stated(m.uniform["wbits"] * m.uniform["abits"]))
@@ -246,7 +251,7 @@ def _retrain_run(run_dir: Path) -> Run:
         budget = _budget(m.target_bits, None, m.mu)
         budget_bits = m.target_bits
     return Run(
-        "retrain",
+        FLOAT if network == FLOAT else "retrain",
         m.model,
         m.data,
         budget,

@@ -14,7 +14,7 @@ def plot_pareto(points: list[dict], path, ylabel: str = "test accuracy") -> Path
 
     `points`: dicts with "group" (line label), "bits", "acc", "label" (point annotation) and
     optionally "network": searched (solid, circles), uniform (dashed, squares) or random
-    (dotted, triangles).
+    (dotted, triangles); a float network's accuracy is a horizontal line, the ceiling.
     """
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
@@ -22,6 +22,10 @@ def plot_pareto(points: list[dict], path, ylabel: str = "test accuracy") -> Path
     for p in points:
         groups.setdefault(p["group"], []).append(p)
     for k, (group, members) in enumerate(sorted(groups.items())):
+        if members[0].get("network") == "float":  # 32 bits: off the scale, a ceiling instead
+            acc = sum(p["acc"] for p in members) / len(members)  # over seeds
+            ax.axhline(acc, color=f"C{k}", ls="-.", lw=1, label=f"{group} {acc:.3f}")
+            continue
         members.sort(key=lambda p: p["bits"])
         marker, ls = _NETWORK_STYLE[members[0].get("network", "searched")]
         ax.plot(

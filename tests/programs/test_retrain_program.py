@@ -145,7 +145,7 @@ def _found_for_tiny(tmp_path):
     [
         (("arch=uniform", "wbits=9"), "unsupported bit-width 9"),
         (("arch=uniform", "init=search"), "init=search needs an arch file"),
-        (("arch=uniform", "init=pretrained"), "init must be scratch or search"),
+        (("arch=uniform", "init=pretrained"), "init must be one of scratch, search, float"),
     ],
 )
 def test_bad_retrain_settings_are_refused_before_training(retrain_cfg, overrides, message):

@@ -191,3 +191,29 @@ def test_the_summary_compares_searched_uniform_and_random_at_one_budget(tmp_path
         assert row["test_acc_std"] == pytest.approx(statistics.stdev(values))
     paths = write_report(collect([tmp_path]), tmp_path / "report")
     assert len(paths["summary_md"].read_text().splitlines()) == 2 + 3
+
+
+def test_a_float_run_is_its_own_kind_beside_the_quantized_networks(sweep, tmp_path):
+    root, _, _ = sweep
+    make_retrain_run(
+        root / "float" / "0",
+        [32] * 6,
+        [32] * 6,
+        kind="float",
+        arch="float",
+        test_acc=0.9,
+        test_acc_integer=None,
+        prediction_agreement=None,
+        integer_export=False,
+    )
+    runs = collect([root])
+    floats = [r for r in runs if r.kind == "float"]
+    assert [(r.network, r.budget, r.test_acc) for r in floats] == [("float", "float", 0.9)]
+    assert runs[-1] is floats[0]  # the ceiling after the quantized networks
+    assert ("float", "float", 1) in [
+        (r["budget"], r["network"], r["runs"]) for r in summarize(runs)
+    ]
+    points, _ = pareto_points(runs)
+    assert [p["acc"] for p in points if p["network"] == "float"] == [0.9]
+    paths = write_report(runs, tmp_path / "out")
+    assert imread(paths["pareto"]).size > 0
