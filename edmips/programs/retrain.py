@@ -45,10 +45,11 @@ log = logging.getLogger(__name__)
 
 def resolve_arch(cfg: DictConfig, datamodule):
     """The model with the architecture's bit-widths, and the architecture; fails early."""
-    if cfg.init not in ("scratch", "search"):
-        raise ValueError(f"init must be scratch or search, got {cfg.init!r}")
+    init = cfg.get("init", "scratch")  # ptq.py has no init: its weights are the float network's
+    if init not in ("scratch", "search"):
+        raise ValueError(f"init must be scratch or search, got {init!r}")
     if cfg.arch in BASELINES:
-        if cfg.init == "search":
+        if init == "search":
             raise ValueError(f"init=search needs an arch file from a search, not arch={cfg.arch}")
         model = build_model(cfg, datamodule)
         names = default_searched(model, cfg.space.skip_first, cfg.space.skip_last)
@@ -65,7 +66,7 @@ def resolve_arch(cfg: DictConfig, datamodule):
         costs = [c for c in measure(model, datamodule) if c.name in names]
         image_input = {n for n in names if model.get_submodule(n).abits is None}
         arch_file.check_matches(found, found.model, costs, str(path), image_input)
-        if cfg.init == "search":
+        if init == "search":
             _load_search_weights(model, found, path)
     to_fixed(model, found.bits(), registry.family(cfg))
     return model, found
