@@ -11,6 +11,7 @@ The packages, lowest first; each imports only from those above it:
     core      run plumbing: builders from the config, checks, the classifier, callbacks, run dir
     search    the differentiable search, its budget and discretization
     retrain   training with fixed bit-widths
+    ptq       post-training quantization: ACIQ's clips, calibration from a few images
     export    the lowering to the integer graph, its runtime, its ONNX forms
     report    figures and the report over many runs
 """

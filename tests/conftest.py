@@ -21,17 +21,18 @@ QUICK_SYNTHETIC = [
 ]
 
 
-def make_config(name: str, tmp_path: Path, overrides=()) -> DictConfig:
+def make_config(name: str, tmp_path: Path, overrides=(), base=QUICK) -> DictConfig:
     """Compose conf/<name>.yaml as Hydra would, with its output under tmp_path."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         other_data = any(o.startswith("data=") for o in overrides)
-        quick = QUICK if other_data else QUICK + QUICK_SYNTHETIC
+        quick = list(base) if other_data else [*base, *QUICK_SYNTHETIC]
         cfg = compose(name, overrides=[*quick, *overrides], return_hydra_config=True)
     HydraConfig().set_config(cfg)  # resolves ${hydra:...} as in a real run
     with open_dict(cfg):
         cfg.output_dir = str(tmp_path)
-        cfg.trainer.enable_progress_bar = False
+        if "trainer" in cfg:
+            cfg.trainer.enable_progress_bar = False
     return cfg
 
 
@@ -43,6 +44,12 @@ def search_cfg(tmp_path):
 @pytest.fixture
 def retrain_cfg(tmp_path):
     return lambda *overrides: make_config("retrain", tmp_path / "retrain", overrides)
+
+
+@pytest.fixture
+def ptq_cfg(tmp_path):
+    """ptq.py's config (it trains nothing: no trainer), quick as the others."""
+    return lambda *overrides: make_config("ptq", tmp_path / "ptq", overrides, ["model=resnet_tiny"])
 
 
 @pytest.fixture(autouse=True)

@@ -26,6 +26,7 @@ def _run(script, *args, cwd):
         ("search.py", ["space.abits=[2,7,9]"], "unsupported bit-width 9"),
         ("search.py", ["mu=abc"], "mu must be a number, got 'abc'"),
         ("retrain.py", [], "arch is required"),
+        ("ptq.py", ["arch=uniform"], "model.weights is required"),
     ],
 )
 def test_bad_input_ends_with_one_line(tmp_path, script, args, message):
@@ -48,6 +49,7 @@ def test_a_malformed_arch_file_is_named(tmp_path):
     [
         ("search.py", ["mu=", "target_bits=", "space.wbits=", "search.discretize=", "resume="]),
         ("retrain.py", ["arch=", "arch=uniform", "experiment=", "resume="]),
+        ("ptq.py", ["model.weights=", "arch=uniform", "ptq.activation_clip=", "calibration."]),
     ],
 )
 def test_help_opens_with_what_the_command_does_and_its_knobs(script, knobs):

@@ -13,7 +13,7 @@ LAYERS = [
     {"cost", "models", "data"},
     {"records"},
     {"core"},
-    {"search", "retrain"},
+    {"search", "retrain", "ptq"},
     {"export", "report"},
     {"programs"},
 ]

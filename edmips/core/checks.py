@@ -42,6 +42,28 @@ FLOAT = "float"  # arch=float: the float network, every layer and quantizer at 3
 
 def check_retrain(cfg: DictConfig) -> None:
     _check_common(cfg)
+    _check_arch(cfg)
+    _number(cfg, "integer_check_images", minimum=1, integer=True, optional=True)
+
+
+def check_ptq(cfg: DictConfig) -> None:
+    """Post-training quantization: a float network's weights and an arch (the clip method is
+    checked by edmips.ptq.clipping, which defines them)."""
+    weights = OmegaConf.select(cfg, "model.weights")
+    if weights in (None, ""):
+        raise ConfigError("model.weights is required: model.weights=<a float network's state dict>")
+    _number(cfg, "calibration.images", minimum=1, integer=True)
+    _number(cfg, "seed", integer=True)
+    _check_arch(cfg)
+    if cfg.arch == "random":
+        family = _family(cfg)
+        for kind, supported in (("wbits", family.weight_bits), ("abits", family.activation_bits)):
+            _bit_list(cfg, f"space.{kind}", list(supported))
+    _number(cfg, "integer_check_images", minimum=1, integer=True, optional=True)
+
+
+def _check_arch(cfg: DictConfig) -> None:
+    """arch: a found.json, `uniform` at bits the family takes, or `random` with a budget."""
     if OmegaConf.is_missing(cfg, "arch") or cfg.arch in (None, ""):
         raise ConfigError(
             "arch is required: arch=<path to a found.json>, arch=uniform, arch=random or arch=float"
@@ -61,7 +83,6 @@ def check_retrain(cfg: DictConfig) -> None:
         path = Path(to_absolute_path(str(cfg.arch)))
         if path.is_dir():
             raise ConfigError(f"arch={cfg.arch}: a directory; name its found.json")
-    _number(cfg, "integer_check_images", minimum=1, integer=True, optional=True)
 
 
 def _check_init(cfg: DictConfig) -> None:

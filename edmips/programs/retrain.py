@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 def resolve_arch(cfg: DictConfig, datamodule):
     """The model with the architecture's bit-widths, and the architecture; fails early."""
+    init = cfg.get("init", "scratch")  # ptq.py has no init: its weights are the float network's
     if cfg.arch == float_net.KIND:
         model = build_model(cfg, datamodule)
         names = quantizable_names(model)
@@ -71,7 +72,7 @@ def resolve_arch(cfg: DictConfig, datamodule):
         costs = [c for c in measure(model, datamodule) if c.name in names]
         image_input = {n for n in names if model.get_submodule(n).abits is None}
         arch_file.check_matches(found, found.model, costs, str(path), image_input)
-        if cfg.init == "search":
+        if init == "search":
             _load_search_weights(model, found, path)
     to_fixed(model, found.bits(), registry.family(cfg))
     return model, found

@@ -1,11 +1,16 @@
 """metrics.json, the record of a retrain run: the one module that writes and reads it.
 
-    {"schema": 1, "model": ..., "data": ..., "kind": "searched" | "uniform" | "random" | "float",
+    {"schema": 1, "model": ..., "data": ...,
+     "kind": "searched" | "uniform" | "random" | "float" | "ptq",
      "seed": ..., "arch": <found.json path, "uniform", "random" or "float">,
      "uniform": {"wbits", "abits"} | null, "target_bits", "mu", "equivalent_bits", "bitops",
      "weight_bits_total", "val_acc", "val_acc_top5", "test_acc", "test_acc_top5",
      "test_acc_integer", "prediction_agreement", "qdq_agreement", "test_images",
      "integer_export", "wall_time_s"}
+
+A post-training quantized network (kind "ptq", written by ptq.py) adds "activation_clip" (the
+clip method), "calibration_images" and "float_acc" (the float network's test accuracy,
+measured in the same run); it has no val_acc.
 
 Accuracies are fractions; test accuracies are on the test split through the float64
 fake-quantized reference, `test_acc_integer` through the integer runtime;
@@ -55,6 +60,9 @@ class RetrainMetrics:
     test_images: int | None = None
     integer_export: bool | None = None
     wall_time_s: float | None = None
+    activation_clip: str | None = None  # ptq only, as the three below
+    calibration_images: int | None = None
+    float_acc: float | None = None
     other_agreements: dict = field(default_factory=dict)  # "<form>_agreement" of other forms
 
     @classmethod

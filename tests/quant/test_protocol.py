@@ -21,10 +21,16 @@ def test_the_registry_finds_every_member_by_name():
         ("ema", ActivationQuantizer),
         ("image", ActivationQuantizer),
         ("gauss", WeightQuantizer),
+        ("clipped", ActivationQuantizer),
+        ("clipped_signed", ActivationQuantizer),
+        ("maxabs", WeightQuantizer),
     ):
         cls = registry.get(name)
         assert issubclass(cls, base) and cls.name == name
-    with pytest.raises(ValueError, match="unknown quantizer 'nope': choose from ema, gauss"):
+    with pytest.raises(
+        ValueError,
+        match="unknown quantizer 'nope': choose from clipped, clipped_signed, ema, gauss",
+    ):
         registry.get("nope")
 
 

@@ -1,0 +1,89 @@
+"""ptq(cfg): quantize a float network without training, export it to integers and check it.
+
+The float weights (`model.weights`) go into the network at the architecture's bit-widths
+(`arch=uniform wbits=4 abits=4`, a found.json or `arch=random target_bits=B`, resolved as
+retrain.py resolves them) with the post-training family (`quant=ptq`: clipped activations,
+per-channel max-abs weights); the first conv and the classifier stay at 8 bits. A few training
+images calibrate every activation clip (`ptq.activation_clip`), then the network is lowered to
+the integer graph (bundle and two ONNX models) and the test split is run through the float64
+fake-quantized reference, the integer runtime and `model_qdq.onnx`; the float network's test
+accuracy is measured in the same run.
+"""
+
+import logging
+import time
+from pathlib import Path
+
+import pytorch_lightning as L
+from omegaconf import DictConfig
+
+from edmips.core import checks, rundir
+from edmips.core.builders import build_datamodule
+from edmips.export import export
+from edmips.export.verify import verify
+from edmips.nn import to_fixed
+from edmips.nn.convert import first_and_last
+from edmips.programs.retrain import arch_kind, resolve_arch
+from edmips.ptq import accuracy, calibrate, float_copy, method
+from edmips.quant import registry
+from edmips.records import arch as arch_file
+from edmips.records import metrics as metrics_file
+
+log = logging.getLogger(__name__)
+
+FIXED_BITS = 8  # the first conv and the classifier, as in training
+
+
+def ptq(cfg: DictConfig) -> dict:
+    start = time.perf_counter()
+    checks.check_ptq(cfg)
+    method(cfg.ptq.activation_clip)  # an unknown clip is refused before anything is built
+    cfg, _ = rundir.start(cfg, "ptq")
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    model, found = resolve_arch(cfg, datamodule)
+    in_arch = {layer.name for layer in found.layers}
+    ends = {name: (FIXED_BITS, FIXED_BITS) for name in first_and_last(model) if name not in in_arch}
+    to_fixed(model, ends, registry.family(cfg))
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    float_acc = accuracy(float_copy(model), datamodule.test_dataloader())
+    calibrated = time.perf_counter()
+    calibrate(model, datamodule.train_dataloader(), cfg.calibration.images, cfg.ptq.activation_clip)
+    out = Path(cfg.output_dir)
+    export(model, datamodule.input_size, out)
+    exported = time.perf_counter()
+    record = {
+        "model": found.model,
+        "data": datamodule.name,
+        "kind": "ptq",
+        "seed": cfg.seed,
+        "arch": str(cfg.arch),
+        "uniform": {"wbits": cfg.wbits, "abits": cfg.abits} if cfg.arch == "uniform" else None,
+        "target_bits": found.extra.get("target_bits"),
+        "mu": found.mu,
+        "equivalent_bits": found.equivalent_bits,
+        "bitops": found.bitops,
+        "weight_bits_total": found.weight_bits_total,
+        "activation_clip": cfg.ptq.activation_clip,
+        "calibration_images": cfg.calibration.images,
+        "float_acc": float_acc,
+        **verify(model, out, datamodule.test_dataloader(), cfg.integer_check_images),
+        "wall_time_s": time.perf_counter() - start,
+    }
+    arch_file.save(found, out / "arch.json")
+    metrics = metrics_file.RetrainMetrics.from_record(record)
+    metrics_file.save(metrics, out / "metrics.json")
+    log.info(
+        "%s (%s): float %.4f, quantized %.4f, integer %.4f, agreement %.4f%s; "
+        "calibration and export %.1f s",
+        arch_kind(cfg),
+        cfg.ptq.activation_clip,
+        float_acc,
+        metrics.test_acc,
+        metrics.test_acc_integer,
+        metrics.prediction_agreement,
+        "" if metrics.qdq_agreement is None else f", ONNX {metrics.qdq_agreement:.4f}",
+        exported - calibrated,
+    )
+    return metrics.to_dict()

@@ -1,0 +1,19 @@
+"""Quantize a float network after training (ACIQ clipping) and export it to integer-only
+inference."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="ptq")
+def main(cfg: DictConfig) -> float | None:
+    # Imported here, after Hydra has parsed the command line: --help answers at once.
+    from edmips.core.cli import one_line_errors
+    from edmips.programs.ptq import ptq
+
+    with one_line_errors():
+        return ptq(cfg).get("test_acc")
+
+
+if __name__ == "__main__":
+    main()
