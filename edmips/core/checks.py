@@ -43,6 +43,7 @@ FLOAT = "float"  # arch=float: the float network, every layer and quantizer at 3
 def check_retrain(cfg: DictConfig) -> None:
     _check_common(cfg)
     _check_arch(cfg)
+    _check_init(cfg)
     _number(cfg, "integer_check_images", minimum=1, integer=True, optional=True)
 
 
@@ -55,6 +56,8 @@ def check_ptq(cfg: DictConfig) -> None:
     _number(cfg, "calibration.images", minimum=1, integer=True)
     _number(cfg, "seed", integer=True)
     _check_arch(cfg)
+    if cfg.arch == FLOAT:
+        raise ConfigError("arch=float: post-training quantization needs bits to quantize to")
     if cfg.arch == "random":
         family = _family(cfg)
         for kind, supported in (("wbits", family.weight_bits), ("abits", family.activation_bits)):
@@ -68,7 +71,6 @@ def _check_arch(cfg: DictConfig) -> None:
         raise ConfigError(
             "arch is required: arch=<path to a found.json>, arch=uniform, arch=random or arch=float"
         )
-    _check_init(cfg)
     if cfg.arch == "uniform":
         family = _family(cfg)
         _bits(cfg, "wbits", list(family.weight_bits))

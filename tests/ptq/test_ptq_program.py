@@ -55,6 +55,13 @@ def test_the_weights_are_required(ptq_cfg, tmp_path):
     assert not (tmp_path / "ptq").exists()
 
 
+def test_the_float_arch_is_refused(ptq_cfg, float_weights, tmp_path):
+    cfg = ptq_cfg(f"model.weights={float_weights}", "arch=float")
+    with pytest.raises(ConfigError, match="^arch=float: post-training quantization needs bits"):
+        ptq(cfg)
+    assert not (tmp_path / "ptq").exists()
+
+
 def test_an_unknown_clip_is_refused_before_anything_is_built(ptq_cfg, float_weights, tmp_path):
     cfg = ptq_cfg(f"model.weights={float_weights}", "arch=uniform", "ptq.activation_clip=kl")
     with pytest.raises(ValueError, match="ptq.activation_clip=kl: choose from minmax"):
