@@ -8,15 +8,15 @@ One run, one random batch, identical initial weights (seeds reset per configurat
 configuration times `--steps` full training steps (forward, loss, backward, optimizer step(s))
 after `--warmup` untimed ones and prints one JSON line:
 
-  fp             plain float network of the same shape: every conv/linear at 32 bits (float
-                 weights, ReLU inputs), residual-stream quantizers -> identity, stem HWGQ -> ReLU
+  fp             plain float network of the same shape (edmips.nn.to_float: every conv/linear
+                 and quantizer at 32 bits)
   uniform_w2a2   QAT with fixed W2A2 on every searched layer (`to_fixed`): the retrain's step
                  (cross-entropy, conf/retrain.yaml's optimizer), as is fp's
   search_single  the edmips search with one candidate each, W{2} A{2}
   search_full    the edmips search over W{1,2,3,4} A{2,3,4}: SearchModule.update, the step of
                  SearchModule.training_step (loss = CE + mu * expected bits, the weights' and
                  the selectors' optimizers of conf/search.yaml both stepped, single pass)
-  naive_single,  the same search with NaiveMixedConv2d below in place of MixedConv2d: written
+  naive_single,  the same search with bench/naive.py's layer in place of MixedConv2d: written
   naive_full     like the published EdMIPS code (the weight std read on the host per layer, one
                  quantized weight and one HWGQ output per candidate kept by autograd)
 
@@ -53,17 +53,16 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 sys.path.insert(0, str(ROOT))  # the repo root, for `edmips`
+sys.path.insert(0, str(ROOT / "bench"))  # naive.py
+from naive import NaiveMixedConv2d, to_naive  # noqa: E402, F401  (NaiveMixedConv2d: the tests')
+
 from edmips.cost import layers as cost_layers  # noqa: E402
 from edmips.models import create_model  # noqa: E402
-from edmips.nn.convert import default_searched, quantizable_names, to_fixed, to_search  # noqa: E402
-from edmips.nn.layers import MixedConv2d  # noqa: E402
-from edmips.quant import GAUSS_STEPS, HWGQ, HWGQ_STEPS, StreamQuant  # noqa: E402
-from edmips.quant.primitives import hwgq_clip  # noqa: E402
+from edmips.nn.convert import default_searched, to_fixed, to_float, to_search  # noqa: E402
 from edmips.retrain.module import RetrainModule  # noqa: E402
 from edmips.search.module import SearchModule  # noqa: E402
 
@@ -71,103 +70,10 @@ CONFIGS = ("fp", "uniform_w2a2", "search_single", "search_full", "naive_single",
 COMPILED = ("fp", "uniform_w2a2", "search_full")  # also timed compiled by default on CUDA
 SPACES = {"single": ((2,), (2,)), "full": ((1, 2, 3, 4), (2, 3, 4))}
 FP_NOTE = (
-    "fp: registry network with every conv/linear at 32 bits, StreamQuant -> identity, "
-    "stem HWGQ -> ReLU (a plain float pre-activation ResNet of the same shape)"
+    "fp: registry network made float by edmips.nn.to_float (every conv/linear and quantizer at "
+    "32 bits: a plain float pre-activation ResNet of the same shape)"
 )
 MIB = 2**20
-
-
-# -- the naive composite layer (published EdMIPS style) ----------------------------------------
-class _GaussQuantize(torch.autograd.Function):
-    """Reference weight quantizer with a precomputed step; straight-through gradient."""
-
-    @staticmethod
-    def forward(ctx, weight, step, bits):
-        limit = (2 ** (bits - 1) - 0.5) * step
-        return ((torch.round(weight / step + 0.5) - 0.5) * step).clamp(-limit, limit)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None, None
-
-
-class _HWGQRound(torch.autograd.Function):
-    """Reference HWGQ rounding (input already clamped); straight-through gradient."""
-
-    @staticmethod
-    def forward(ctx, x, step):
-        return torch.round(x / step) * step
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
-def host_std(weight, per_channel):
-    """The weight statistic read on the host as the reference does (`weight.std().item()`):
-    a device-to-host sync per layer per step. Per channel: the list of stds, sent back."""
-    w = weight.detach()
-    if not per_channel:
-        return max(w.std().item(), 1e-12)
-    stds = w.flatten(1).std(dim=1).clamp_min(1e-12).tolist()
-    return torch.tensor(stds, dtype=w.dtype, device=w.device).view(-1, *[1] * (w.dim() - 1))
-
-
-class NaiveMixedConv2d(MixedConv2d):
-    """MixedConv2d's selectors and conv, with the quantizers of the published EdMIPS code: a
-    Python loop that keeps every candidate's tensor in the autograd graph."""
-
-    def quant_weight(self):
-        assert self.shared, "the naive layer implements shared weights only"
-        std = host_std(self.weight, self.per_channel)  # once per layer, as SharedMixQuantConv2d
-        return sum(
-            p * _GaussQuantize.apply(self.weight, GAUSS_STEPS[b] * std, b)
-            for p, b in zip(self.probs_w(), self.wbits, strict=True)
-        )
-
-    def quant_input(self, x):
-        if self.abits is None:
-            return x
-        outs = []
-        for p, b in zip(self.probs_a().to(x.dtype), self.abits, strict=True):  # dtype: as edmips
-            outs.append(_HWGQRound.apply(x.clamp(0.0, hwgq_clip(b)), HWGQ_STEPS[b]) * p)
-        return sum(outs)
-
-
-def to_naive(model):
-    """Replace every MixedConv2d by a NaiveMixedConv2d with the same weights and selectors."""
-    for name, m in list(model.named_modules()):
-        if type(m) is MixedConv2d:
-            new = NaiveMixedConv2d(
-                m.in_channels,
-                m.out_channels,
-                m.kernel_size,
-                stride=m.stride,
-                padding=m.padding,
-                dilation=m.dilation,
-                groups=m.groups,
-                bias=m.bias is not None,
-                wbits=m.wbits,
-                abits=m.abits,
-                per_channel=m.per_channel,
-            ).to(m.weight.device)
-            new.load_state_dict(m.state_dict())
-            model.set_submodule(name, new)
-    return model
-
-
-def to_float(model):
-    """Every quantizer off: 32-bit conv/linear, identity residual quantizers, ReLU stem."""
-    to_fixed(model, {n: (32, 32) for n in quantizable_names(model)})
-    layers = set(quantizable_names(model))
-    for name, m in list(model.named_modules()):
-        if name.rpartition(".")[0] in layers:
-            continue  # a layer's own quantizer, at 32 bits already
-        if isinstance(m, StreamQuant):
-            model.set_submodule(name, nn.Identity())
-        elif isinstance(m, HWGQ):
-            model.set_submodule(name, nn.ReLU())
-    return model
 
 
 # -- one configuration --------------------------------------------------------------------------
