@@ -24,7 +24,7 @@ from edmips.export.verify import verify
 from edmips.nn import to_fixed
 from edmips.nn.convert import first_and_last
 from edmips.programs.retrain import arch_kind, resolve_arch
-from edmips.ptq import accuracy, calibrate, float_copy, method
+from edmips.ptq import accuracy, bias_correction, bit_allocation, calibrate, float_copy, method
 from edmips.quant import registry
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
@@ -38,6 +38,7 @@ def ptq(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     checks.check_ptq(cfg)
     method(cfg.ptq.activation_clip)  # an unknown clip is refused before anything is built
+    bias_correction.check(cfg.ptq.bias_correction)
     cfg, _ = rundir.start(cfg, "ptq")
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
@@ -45,11 +46,14 @@ def ptq(cfg: DictConfig) -> dict:
     in_arch = {layer.name for layer in found.layers}
     ends = {name: (FIXED_BITS, FIXED_BITS) for name in first_and_last(model) if name not in in_arch}
     to_fixed(model, ends, registry.family(cfg))
+    bit_allocation.check(model, cfg.ptq.bit_allocation)
     datamodule.setup("fit")
     datamodule.setup("test")
     float_acc = accuracy(float_copy(model), datamodule.test_dataloader())
     calibrated = time.perf_counter()
     calibrate(model, datamodule.train_dataloader(), cfg.calibration.images, cfg.ptq.activation_clip)
+    bit_allocation.allocate_weights(model, cfg.ptq.bit_allocation)
+    bias_correction.correct(model, cfg.ptq.bias_correction)
     out = Path(cfg.output_dir)
     export(model, datamodule.input_size, out)
     exported = time.perf_counter()
@@ -66,6 +70,8 @@ def ptq(cfg: DictConfig) -> dict:
         "bitops": found.bitops,
         "weight_bits_total": found.weight_bits_total,
         "activation_clip": cfg.ptq.activation_clip,
+        "bias_correction": cfg.ptq.bias_correction,
+        "bit_allocation": cfg.ptq.bit_allocation,
         "calibration_images": cfg.calibration.images,
         "float_acc": float_acc,
         **verify(model, out, datamodule.test_dataloader(), cfg.integer_check_images),

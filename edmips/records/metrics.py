@@ -9,8 +9,9 @@
      "integer_export", "wall_time_s"}
 
 A post-training quantized network (kind "ptq", written by ptq.py) adds "activation_clip" (the
-clip method), "calibration_images" and "float_acc" (the float network's test accuracy,
-measured in the same run); it has no val_acc.
+clip method), "bias_correction" and "bit_allocation" (the weight refinements),
+"calibration_images" and "float_acc" (the float network's test accuracy, measured in the same
+run); it has no val_acc.
 
 Accuracies are fractions; test accuracies are on the test split through the float64
 fake-quantized reference, `test_acc_integer` through the integer runtime;
@@ -60,7 +61,9 @@ class RetrainMetrics:
     test_images: int | None = None
     integer_export: bool | None = None
     wall_time_s: float | None = None
-    activation_clip: str | None = None  # ptq only, as the three below
+    activation_clip: str | None = None  # ptq only, as the five below
+    bias_correction: str | None = None
+    bit_allocation: str | None = None
     calibration_images: int | None = None
     float_acc: float | None = None
     other_agreements: dict = field(default_factory=dict)  # "<form>_agreement" of other forms
