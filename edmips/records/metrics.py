@@ -10,7 +10,8 @@
 
 A post-training quantized network (kind "ptq", written by ptq.py) adds "activation_clip" (the
 clip method), "calibration_images" and "float_acc" (the float network's test accuracy,
-measured in the same run); it has no val_acc.
+measured in the same run) and "allocation" (where its bits came from: "uniform", "random",
+"searched" or "sensitivity"); it has no val_acc.
 
 Accuracies are fractions; test accuracies are on the test split through the float64
 fake-quantized reference, `test_acc_integer` through the integer runtime;
@@ -63,6 +64,7 @@ class RetrainMetrics:
     activation_clip: str | None = None  # ptq only, as the three below
     calibration_images: int | None = None
     float_acc: float | None = None
+    allocation: str | None = None  # ptq: "uniform", "random", "searched" or "sensitivity"
     other_agreements: dict = field(default_factory=dict)  # "<form>_agreement" of other forms
 
     @classmethod

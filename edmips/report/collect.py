@@ -47,9 +47,12 @@ SUMMARY_COLUMNS = (
     "test_acc_std",
 )
 MIB = 8 * 2**20  # bits in a MiB
-# What a retrain trained: the baselines after the searched networks, the float ceiling last.
-NETWORKS = ("searched", "uniform", "random", "float")
+# Where a network's bits came from: the baselines after the searched networks (sensitivity:
+# ptq.py's allocation from measured loss increases), the float ceiling last.
+NETWORKS = ("searched", "uniform", "random", "sensitivity", "float")
 FLOAT = "float"  # the float network's kind and network: every layer at 32 bits
+PTQ = "ptq"  # a post-training quantized network (ptq.py): never trained at its bits
+TESTED = ("retrain", PTQ, FLOAT)  # the kinds of run with a test accuracy
 
 
 class ReportError(ValueError):
@@ -58,7 +61,7 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class Run:
-    kind: str  # "search", "retrain" or "float" (the float network: the accuracy ceiling)
+    kind: str  # "search", "retrain", "ptq" or "float" (the float network: the ceiling)
     model: str
     data: str | None
     budget: str  # "2 bits", "mu=0.02", "uniform W2A2"
@@ -71,7 +74,7 @@ class Run:
     agreement: float | None
     wall_time_s: float | None
     run_dir: str
-    network: str = "searched"  # or a baseline: "uniform", "random"
+    network: str = "searched"  # or a baseline: "uniform", "random", "sensitivity"
     budget_bits: float | None = None  # the equivalent bits asked for (uniform: sqrt(w * a))
 
     def row(self) -> dict:
@@ -137,16 +140,17 @@ def write_report(runs: list[Run], out=".") -> dict[str, Path]:
 def summarize(runs: list[Run]) -> list[dict]:
     """Retrained networks per budget and kind: how many, their mean equivalent bits, and the
     mean and standard deviation of their test accuracy over seeds. A search counts only against
-    the uniform and random networks of the same budget, so they sit side by side."""
+    the uniform and random networks of the same budget, so they sit side by side; post-training
+    quantized networks follow the retrained ones as networks of their own ("ptq uniform")."""
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
-        if r.kind in ("retrain", FLOAT) and r.test_acc is not None:
+        if r.kind in TESTED and r.test_acc is not None:
             budget = f"{r.budget_bits:.3g} bits" if r.budget_bits is not None else r.budget
-            groups.setdefault((r.model, r.data or "", budget, r.network), []).append(r)
+            key = (r.model, r.data or "", budget, r.kind == PTQ, NETWORKS.index(r.network))
+            groups.setdefault(key, []).append(r)
     rows = []
-    for (model, data, budget, network), members in sorted(
-        groups.items(), key=lambda kv: (*kv[0][:3], NETWORKS.index(kv[0][3]))
-    ):
+    for (model, data, budget, _, _), members in sorted(groups.items(), key=lambda kv: kv[0]):
+        network = network_label(members[0])
         accs = [r.test_acc for r in members]
         rows.append(
             {
@@ -161,6 +165,10 @@ def summarize(runs: list[Run]) -> list[dict]:
             }
         )
     return rows
+
+
+def network_label(r: Run) -> str:
+    return f"{PTQ} {r.network}" if r.kind == PTQ else r.network
 
 
 def markdown_table(columns, rows: list[dict]) -> str:
@@ -181,7 +189,7 @@ def _write_csv(path: Path, columns, rows: list[dict]) -> None:
 def pareto_points(runs: list[Run]) -> tuple[list[dict], str]:
     """Retrained test accuracy (a float network's as its ceiling); the searches' validation
     accuracy when nothing was retrained."""
-    retrained = [r for r in runs if r.kind in ("retrain", FLOAT)]
+    retrained = [r for r in runs if r.kind in TESTED]
     chosen, attr, ylabel = (
         (retrained, "test_acc", "test accuracy")
         if retrained
@@ -194,7 +202,7 @@ def pareto_points(runs: list[Run]) -> tuple[list[dict], str]:
             continue
         points.append(
             {
-                "group": f"{r.model} {r.data or ''} {r.network}".replace("  ", " "),
+                "group": f"{r.model} {r.data or ''} {network_label(r)}".replace("  ", " "),
                 "bits": r.equivalent_bits,
                 "acc": acc,
                 "network": r.network,
@@ -239,6 +247,8 @@ def _search_run(run_dir: Path) -> Run:
 def _retrain_run(run_dir: Path) -> Run:
     m = metrics_file.load(run_dir / "metrics.json")
     network = "uniform" if m.uniform else m.kind  # files older than `kind` name uniform only
+    if m.kind == PTQ:  # files older than `allocation` name the arch only
+        network = m.allocation or ("uniform" if m.uniform else _ptq_network(m.arch))
     if network not in NETWORKS:
         raise ValueError(f"unknown network kind {network!r}")
     if network == FLOAT:
@@ -251,7 +261,7 @@ def _retrain_run(run_dir: Path) -> Run:
         budget = _budget(m.target_bits, None, m.mu)
         budget_bits = m.target_bits
     return Run(
-        FLOAT if network == FLOAT else "retrain",
+        FLOAT if network == FLOAT else PTQ if m.kind == PTQ else "retrain",
         m.model,
         m.data,
         budget,
@@ -267,6 +277,10 @@ def _retrain_run(run_dir: Path) -> Run:
         network=network,
         budget_bits=budget_bits,
     )
+
+
+def _ptq_network(arch: str | None) -> str:
+    return arch if arch in ("random", "sensitivity") else "searched"
 
 
 def _budget(target_bits, target_bitops, mu, cost=None) -> str:
