@@ -192,3 +192,22 @@ def test_epoch_bench_times_one_whole_epoch_per_configuration(tmp_path):
         assert line["steps"] == 8 and line["epoch_s"] > 0 and line["compile"] is False
     assert lines[-1]["search_over_fp"] > 0 and lines[-1]["retrain_over_fp"] > 0
     assert [json.loads(s) for s in out.read_text().splitlines()] == lines
+
+
+def test_ptq_bench_prints_one_line_per_network_and_phase(tmp_path, capsys):
+    path = Path(__file__).resolve().parents[1] / "bench" / "ptq.py"
+    spec = importlib.util.spec_from_file_location("bench_ptq", path)
+    ptq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ptq)
+    out = tmp_path / "ptq.jsonl"
+    args = ["--model", "resnet_tiny:16", "--calibration-images", "4", "--test-images", "4"]
+    lines = ptq.main([*args, "--threads", "1", "--out", str(out)])
+    assert [(line["network"], line["phase"]) for line in lines] == [
+        ("resnet_tiny", phase) for phase in ("calibrate", "lower", "export", "verify")
+    ]
+    assert all(
+        line["s"] > 0 and line["threads"] == 1 and line["image_size"] == 16 for line in lines
+    )
+    assert lines[0]["images"] == 4 and lines[-1]["prediction_agreement"] == 1.0
+    printed = [json.loads(s) for s in capsys.readouterr().out.splitlines() if s.startswith("{")]
+    assert printed == lines == [json.loads(s) for s in out.read_text().splitlines()]

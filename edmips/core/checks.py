@@ -38,6 +38,7 @@ def check_search(cfg: DictConfig) -> None:
 
 INITS = ("scratch", "search", "float")  # where a retrain's weights start
 FLOAT = "float"  # arch=float: the float network, every layer and quantizer at 32 bits
+SENSITIVITY = "sensitivity"  # ptq.py: the allocation from each layer's measured loss increase
 
 
 def check_retrain(cfg: DictConfig) -> None:
@@ -55,10 +56,16 @@ def check_ptq(cfg: DictConfig) -> None:
         raise ConfigError("model.weights is required: model.weights=<a float network's state dict>")
     _number(cfg, "calibration.images", minimum=1, integer=True)
     _number(cfg, "seed", integer=True)
-    _check_arch(cfg)
+    if cfg.arch == SENSITIVITY:
+        if OmegaConf.select(cfg, "target_bits") is None:
+            raise ConfigError("arch=sensitivity needs a budget: add target_bits=B")
+        _number(cfg, "target_bits", minimum=0)
+        _number(cfg, "sensitivity.images", minimum=1, integer=True)
+    else:
+        _check_arch(cfg)
     if cfg.arch == FLOAT:
         raise ConfigError("arch=float: post-training quantization needs bits to quantize to")
-    if cfg.arch == "random":
+    if cfg.arch in ("random", SENSITIVITY):
         family = _family(cfg)
         for kind, supported in (("wbits", family.weight_bits), ("abits", family.activation_bits)):
             _bit_list(cfg, f"space.{kind}", list(supported))

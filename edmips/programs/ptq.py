@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as L
+import torch
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
 from edmips.core import checks, rundir
@@ -23,8 +25,9 @@ from edmips.export import export
 from edmips.export.verify import verify
 from edmips.nn import to_fixed
 from edmips.nn.convert import first_and_last
+from edmips.programs import sensitivity
 from edmips.programs.retrain import arch_kind, resolve_arch
-from edmips.ptq import accuracy, bias_correction, bit_allocation, calibrate, float_copy, method
+from edmips.ptq import accuracy, bias_correction, bit_allocation, float_copy, method, stats
 from edmips.quant import registry
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
@@ -42,37 +45,28 @@ def ptq(cfg: DictConfig) -> dict:
     cfg, _ = rundir.start(cfg, "ptq")
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
-    model, found = resolve_arch(cfg, datamodule)
-    in_arch = {layer.name for layer in found.layers}
-    ends = {name: (FIXED_BITS, FIXED_BITS) for name in first_and_last(model) if name not in in_arch}
-    to_fixed(model, ends, registry.family(cfg))
-    bit_allocation.check(model, cfg.ptq.bit_allocation)
+    model, found, costs = _quantizable(cfg, datamodule)
+    given = _given_stats(cfg, model)
     datamodule.setup("fit")
     datamodule.setup("test")
-    float_acc = accuracy(float_copy(model), datamodule.test_dataloader())
+    float_net = float_copy(model)
+    float_acc = accuracy(float_net, datamodule.test_dataloader())
     calibrated = time.perf_counter()
-    calibrate(model, datamodule.train_dataloader(), cfg.calibration.images, cfg.ptq.activation_clip)
+    clip = method(cfg.ptq.activation_clip)
+    if cfg.arch == sensitivity.KIND:
+        gathered, found = _sensitivity(cfg, model, costs, float_net, datamodule, given, clip)
+    else:
+        gathered = _gathered(cfg, model, datamodule, given)
+    stats.finish(model, clip)
     bit_allocation.allocate_weights(model, cfg.ptq.bit_allocation)
     bias_correction.correct(model, cfg.ptq.bias_correction)
     out = Path(cfg.output_dir)
+    stats.save(gathered, out / stats.FILE)
     export(model, datamodule.input_size, out)
     exported = time.perf_counter()
     record = {
-        "model": found.model,
-        "data": datamodule.name,
-        "kind": "ptq",
-        "seed": cfg.seed,
-        "arch": str(cfg.arch),
-        "uniform": {"wbits": cfg.wbits, "abits": cfg.abits} if cfg.arch == "uniform" else None,
-        "target_bits": found.extra.get("target_bits"),
-        "mu": found.mu,
-        "equivalent_bits": found.equivalent_bits,
-        "bitops": found.bitops,
-        "weight_bits_total": found.weight_bits_total,
-        "activation_clip": cfg.ptq.activation_clip,
-        "bias_correction": cfg.ptq.bias_correction,
-        "bit_allocation": cfg.ptq.bit_allocation,
-        "calibration_images": cfg.calibration.images,
+        **_record(cfg, found, datamodule.name),
+        "calibration_images": gathered.images,
         "float_acc": float_acc,
         **verify(model, out, datamodule.test_dataloader(), cfg.integer_check_images),
         "wall_time_s": time.perf_counter() - start,
@@ -83,7 +77,7 @@ def ptq(cfg: DictConfig) -> dict:
     log.info(
         "%s (%s): float %.4f, quantized %.4f, integer %.4f, agreement %.4f%s; "
         "calibration and export %.1f s",
-        arch_kind(cfg),
+        record["allocation"],
         cfg.ptq.activation_clip,
         float_acc,
         metrics.test_acc,
@@ -93,3 +87,79 @@ def ptq(cfg: DictConfig) -> dict:
         exported - calibrated,
     )
     return metrics.to_dict()
+
+
+def _quantizable(cfg: DictConfig, datamodule):
+    """The model at the arch's bits (at 8 bits for arch=sensitivity, whose allocation is
+    measured later), its architecture (None until then) and the searchable layers' costs; the
+    first conv and the classifier at 8 bits unless the arch sets them; checked for the weight
+    refinements before any image is read."""
+    found = costs = None
+    if cfg.arch == sensitivity.KIND:
+        model, costs = sensitivity.model_at_8_bits(cfg, datamodule)
+        in_arch = {c.name for c in costs}
+    else:
+        model, found = resolve_arch(cfg, datamodule)
+        in_arch = {layer.name for layer in found.layers}
+    ends = {name: (FIXED_BITS, FIXED_BITS) for name in first_and_last(model) if name not in in_arch}
+    to_fixed(model, ends, registry.family(cfg))
+    bit_allocation.check(model, cfg.ptq.bit_allocation)
+    return model, found, costs
+
+
+def _record(cfg: DictConfig, found, data: str) -> dict:
+    """What metrics.json says of the quantized network before it is tested."""
+    return {
+        "model": found.model,
+        "data": data,
+        "kind": "ptq",
+        "seed": cfg.seed,
+        "arch": str(cfg.arch),
+        "uniform": {"wbits": cfg.wbits, "abits": cfg.abits} if cfg.arch == "uniform" else None,
+        "target_bits": found.extra.get("target_bits"),
+        "mu": found.mu,
+        "equivalent_bits": found.equivalent_bits,
+        "bitops": found.bitops,
+        "weight_bits_total": found.weight_bits_total,
+        "allocation": found.extra.get("kind") or arch_kind(cfg),
+        "activation_clip": cfg.ptq.activation_clip,
+        "bias_correction": cfg.ptq.bias_correction,
+        "bit_allocation": cfg.ptq.bit_allocation,
+    }
+
+
+def _given_stats(cfg: DictConfig, model) -> stats.CalibrationStats | None:
+    """calibration.stats=<file>: an earlier run's statistics, checked against this model."""
+    path = cfg.calibration.get("stats")
+    if path is None:
+        return None
+    source = f"calibration.stats={path}"
+    given = stats.load(to_absolute_path(str(path)), source)
+    stats.check(model, given, source)
+    return given
+
+
+def _gathered(cfg: DictConfig, model, datamodule, given) -> stats.CalibrationStats:
+    """The calibration images' statistics in `model`'s quantizers: gathered, or given."""
+    if given is None:
+        return stats.gather(model, datamodule.train_dataloader(), cfg.calibration.images)
+    stats.restore(model, given)
+    return given
+
+
+def _sensitivity(cfg: DictConfig, model, costs, float_net, datamodule, given, clip):
+    """The statistics (gathered with every layer at 8 bits, or given) and the allocation
+    measured from them; `model` ends at the allocation's bits, its statistics restored."""
+    needed = cfg.sensitivity.images if given else cfg.calibration.images
+    drawn = sensitivity.drawn_images(datamodule.train_dataloader(), needed)
+    gathered = given or stats.gather(model, [(x,) for x in drawn], needed)
+    stats.restore(model, gathered)
+    stats.finish(model, clip)
+    images = torch.cat(drawn)[: cfg.sensitivity.images]
+    reference = sensitivity.logits(float_net, images, len(drawn[0]))
+    found = sensitivity.allocate(
+        cfg, model, costs, images, reference, gathered, clip, datamodule.name
+    )
+    to_fixed(model, found.bits(), registry.family(cfg))
+    stats.restore(model, gathered)
+    return gathered, found

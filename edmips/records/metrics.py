@@ -11,7 +11,8 @@
 A post-training quantized network (kind "ptq", written by ptq.py) adds "activation_clip" (the
 clip method), "bias_correction" and "bit_allocation" (the weight refinements),
 "calibration_images" and "float_acc" (the float network's test accuracy, measured in the same
-run); it has no val_acc.
+run) and "allocation" (where its bits came from: "uniform", "random", "searched" or
+"sensitivity"); it has no val_acc.
 
 Accuracies are fractions; test accuracies are on the test split through the float64
 fake-quantized reference, `test_acc_integer` through the integer runtime;
@@ -66,6 +67,7 @@ class RetrainMetrics:
     bit_allocation: str | None = None
     calibration_images: int | None = None
     float_acc: float | None = None
+    allocation: str | None = None  # ptq: "uniform", "random", "searched" or "sensitivity"
     other_agreements: dict = field(default_factory=dict)  # "<form>_agreement" of other forms
 
     @classmethod

@@ -9,12 +9,11 @@ from edmips.report.collect import (
     SUMMARY_COLUMNS,
     ReportError,
     collect,
-    fmt,
-    markdown_table,
     summarize,
     write_report,
 )
 from edmips.report.figures import write_search_figures
+from edmips.report.tables import fmt, markdown_table
 
 HEADERS = {
     "equivalent_bits": "eq. bits",

@@ -6,7 +6,6 @@ comparison summary.csv / summary.md (searched vs uniform vs random, mean and sta
 over seeds) and pareto.png.
 """
 
-import csv
 import logging
 import os
 import statistics
@@ -17,6 +16,7 @@ from edmips.cost import model as cost_models
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
 from edmips.report.pareto import plot_pareto
+from edmips.report.tables import markdown_table, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,12 @@ SUMMARY_COLUMNS = (
     "test_acc_std",
 )
 MIB = 8 * 2**20  # bits in a MiB
-# What a retrain trained: the baselines after the searched networks, the float ceiling last.
-NETWORKS = ("searched", "uniform", "random", "float")
+# Where a network's bits came from: the baselines after the searched networks (sensitivity:
+# ptq.py's allocation from measured loss increases), the float ceiling last.
+NETWORKS = ("searched", "uniform", "random", "sensitivity", "float")
 FLOAT = "float"  # the float network's kind and network: every layer at 32 bits
+PTQ = "ptq"  # a post-training quantized network (ptq.py): never trained at its bits
+TESTED = ("retrain", PTQ, FLOAT)  # the kinds of run with a test accuracy
 
 
 class ReportError(ValueError):
@@ -58,7 +61,7 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class Run:
-    kind: str  # "search", "retrain" or "float" (the float network: the accuracy ceiling)
+    kind: str  # "search", "retrain", "ptq" or "float" (the float network: the ceiling)
     model: str
     data: str | None
     budget: str  # "2 bits", "mu=0.02", "uniform W2A2"
@@ -71,7 +74,7 @@ class Run:
     agreement: float | None
     wall_time_s: float | None
     run_dir: str
-    network: str = "searched"  # or a baseline: "uniform", "random"
+    network: str = "searched"  # or a baseline: "uniform", "random", "sensitivity"
     budget_bits: float | None = None  # the equivalent bits asked for (uniform: sqrt(w * a))
 
     def row(self) -> dict:
@@ -125,9 +128,9 @@ def write_report(runs: list[Run], out=".") -> dict[str, Path]:
     }
     rows = [r.row() for r in runs]
     summary = summarize(runs)
-    _write_csv(paths["csv"], COLUMNS, rows)
+    write_csv(paths["csv"], COLUMNS, rows)
     paths["md"].write_text(markdown_table(COLUMNS, rows))
-    _write_csv(paths["summary_csv"], SUMMARY_COLUMNS, summary)
+    write_csv(paths["summary_csv"], SUMMARY_COLUMNS, summary)
     paths["summary_md"].write_text(markdown_table(SUMMARY_COLUMNS, summary))
     points, ylabel = pareto_points(runs)
     plot_pareto(points, paths["pareto"], ylabel)
@@ -137,16 +140,17 @@ def write_report(runs: list[Run], out=".") -> dict[str, Path]:
 def summarize(runs: list[Run]) -> list[dict]:
     """Retrained networks per budget and kind: how many, their mean equivalent bits, and the
     mean and standard deviation of their test accuracy over seeds. A search counts only against
-    the uniform and random networks of the same budget, so they sit side by side."""
+    the uniform and random networks of the same budget, so they sit side by side; post-training
+    quantized networks follow the retrained ones as networks of their own ("ptq uniform")."""
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
-        if r.kind in ("retrain", FLOAT) and r.test_acc is not None:
+        if r.kind in TESTED and r.test_acc is not None:
             budget = f"{r.budget_bits:.3g} bits" if r.budget_bits is not None else r.budget
-            groups.setdefault((r.model, r.data or "", budget, r.network), []).append(r)
+            key = (r.model, r.data or "", budget, r.kind == PTQ, NETWORKS.index(r.network))
+            groups.setdefault(key, []).append(r)
     rows = []
-    for (model, data, budget, network), members in sorted(
-        groups.items(), key=lambda kv: (*kv[0][:3], NETWORKS.index(kv[0][3]))
-    ):
+    for (model, data, budget, _, _), members in sorted(groups.items(), key=lambda kv: kv[0]):
+        network = network_label(members[0])
         accs = [r.test_acc for r in members]
         rows.append(
             {
@@ -163,25 +167,14 @@ def summarize(runs: list[Run]) -> list[dict]:
     return rows
 
 
-def markdown_table(columns, rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [fmt(c, row[c]) for c in columns]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _write_csv(path: Path, columns, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows({k: "" if row[k] is None else row[k] for k in columns} for row in rows)
+def network_label(r: Run) -> str:
+    return f"{PTQ} {r.network}" if r.kind == PTQ else r.network
 
 
 def pareto_points(runs: list[Run]) -> tuple[list[dict], str]:
     """Retrained test accuracy (a float network's as its ceiling); the searches' validation
     accuracy when nothing was retrained."""
-    retrained = [r for r in runs if r.kind in ("retrain", FLOAT)]
+    retrained = [r for r in runs if r.kind in TESTED]
     chosen, attr, ylabel = (
         (retrained, "test_acc", "test accuracy")
         if retrained
@@ -194,7 +187,7 @@ def pareto_points(runs: list[Run]) -> tuple[list[dict], str]:
             continue
         points.append(
             {
-                "group": f"{r.model} {r.data or ''} {r.network}".replace("  ", " "),
+                "group": f"{r.model} {r.data or ''} {network_label(r)}".replace("  ", " "),
                 "bits": r.equivalent_bits,
                 "acc": acc,
                 "network": r.network,
@@ -239,6 +232,8 @@ def _search_run(run_dir: Path) -> Run:
 def _retrain_run(run_dir: Path) -> Run:
     m = metrics_file.load(run_dir / "metrics.json")
     network = "uniform" if m.uniform else m.kind  # files older than `kind` name uniform only
+    if m.kind == PTQ:  # files older than `allocation` name the arch only
+        network = m.allocation or ("uniform" if m.uniform else _ptq_network(m.arch))
     if network not in NETWORKS:
         raise ValueError(f"unknown network kind {network!r}")
     if network == FLOAT:
@@ -251,7 +246,7 @@ def _retrain_run(run_dir: Path) -> Run:
         budget = _budget(m.target_bits, None, m.mu)
         budget_bits = m.target_bits
     return Run(
-        FLOAT if network == FLOAT else "retrain",
+        FLOAT if network == FLOAT else PTQ if m.kind == PTQ else "retrain",
         m.model,
         m.data,
         budget,
@@ -269,6 +264,10 @@ def _retrain_run(run_dir: Path) -> Run:
     )
 
 
+def _ptq_network(arch: str | None) -> str:
+    return arch if arch in ("random", "sensitivity") else "searched"
+
+
 def _budget(target_bits, target_bitops, mu, cost=None) -> str:
     # in budget mode mu is the multiplier the search ended with, not what the user asked for
     if target_bits is not None and cost not in (None, "bitops"):
@@ -278,20 +277,3 @@ def _budget(target_bits, target_bitops, mu, cost=None) -> str:
     if target_bitops is not None:
         return f"{target_bitops:.3g} BitOps"
     return "-" if mu is None else f"mu={mu:g}"
-
-
-def fmt(column: str, value) -> str:
-    """A cell as shown in the Markdown and terminal tables."""
-    if value is None:
-        return "–"
-    if column == "bitops":
-        return f"{value:.4g}"
-    if column == "weight_mib":
-        return f"{value:.4g}"
-    if column == "runs":
-        return str(value)
-    if column == "wall_time_s":
-        return f"{value:.0f}"
-    if isinstance(value, float):
-        return f"{value:.3f}" if column == "equivalent_bits" else f"{value:.4f}"
-    return str(value)

@@ -6,15 +6,21 @@ from matplotlib.figure import Figure
 
 from edmips.report.plotting import save
 
-_NETWORK_STYLE = {"searched": ("o", "-"), "uniform": ("s", "--"), "random": ("^", ":")}
+_NETWORK_STYLE = {
+    "searched": ("o", "-"),
+    "uniform": ("s", "--"),
+    "random": ("^", ":"),
+    "sensitivity": ("D", "-."),
+}
 
 
 def plot_pareto(points: list[dict], path, ylabel: str = "test accuracy") -> Path:
     """Accuracy against equivalent bits, one line per group.
 
     `points`: dicts with "group" (line label), "bits", "acc", "label" (point annotation) and
-    optionally "network": searched (solid, circles), uniform (dashed, squares) or random
-    (dotted, triangles); a float network's accuracy is a horizontal line, the ceiling.
+    optionally "network": searched (solid, circles), uniform (dashed, squares), random
+    (dotted, triangles) or sensitivity (dash-dotted, diamonds); a float network's accuracy is
+    a horizontal line, the ceiling.
     """
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()

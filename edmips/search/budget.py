@@ -236,3 +236,9 @@ def _best_within_budget(scores, budget: Budget, tolerance, bins):
         [wb[i] for wb, (i, _) in zip(budget.wspaces, chosen)],
         [ab[j] for ab, (_, j) in zip(budget.aspaces, chosen)],
     )
+
+
+def best_scoring(scores, budget: Budget, tolerance: float = 0.01) -> tuple[list[int], list[int]]:
+    """The (w, a) per layer maximising the summed scores[l][i, j] (of wspaces[l][i],
+    aspaces[l][j]) within `tolerance` of the target: an allocation from measured scores."""
+    return _best_within_budget(scores, budget, tolerance, 20_000)

@@ -217,3 +217,24 @@ def test_a_float_run_is_its_own_kind_beside_the_quantized_networks(sweep, tmp_pa
     assert [p["acc"] for p in points if p["network"] == "float"] == [0.9]
     paths = write_report(runs, tmp_path / "out")
     assert imread(paths["pareto"]).size > 0
+
+
+def test_ptq_runs_are_networks_of_their_own(tmp_path):
+    root = tmp_path / "runs"
+    w, a = SEARCHES[2][:2]
+    make_retrain_run(root / "retrain", w, a, uniform=(2, 2), kind="uniform", test_acc=0.7)
+    make_retrain_run(root / "ptq_u", w, a, uniform=(2, 2), kind="ptq", allocation="uniform")
+    make_retrain_run(
+        root / "ptq_s", w, a, kind="ptq", allocation="sensitivity", target_bits=2.0, val_acc=None
+    )
+    make_retrain_run(root / "ptq_old", w, a, kind="ptq", arch="random", target_bits=2.0)
+    runs = collect([root])
+    assert sorted((r.kind, r.network) for r in runs) == [
+        ("ptq", "random"),
+        ("ptq", "sensitivity"),
+        ("ptq", "uniform"),
+        ("retrain", "uniform"),
+    ]
+    networks = [row["network"] for row in summarize(runs)]
+    assert sorted(networks) == ["ptq random", "ptq sensitivity", "ptq uniform", "uniform"]
+    assert write_report(runs, tmp_path / "report")["pareto"].exists()

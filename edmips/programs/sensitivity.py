@@ -1,0 +1,92 @@
+"""arch=sensitivity for ptq.py: the allocation that loses least within a budget, from each
+layer's measured loss increase at each (w, a) of the space (edmips.ptq.sensitivity), every
+other layer at 8 bits. The budget's dynamic program (edmips.search.budget) maximises minus the
+summed increases within 1% of `target_bits` in the cost's unit: the allocation a
+differentiable search must beat without training anything."""
+
+import logging
+
+import torch
+from omegaconf import DictConfig
+
+from edmips.core.builders import build_cost, build_model, measure
+from edmips.nn import default_searched, to_fixed
+from edmips.nn.convert import quantizer_names
+from edmips.ptq import sensitivity
+from edmips.ptq.stats import batches
+from edmips.quant import registry
+from edmips.records import arch as arch_file
+from edmips.search.budget import Budget, best_scoring, check_reachable
+
+log = logging.getLogger(__name__)
+
+KIND = "sensitivity"
+LOSS = "kl_to_float"
+
+
+def model_at_8_bits(cfg: DictConfig, datamodule):
+    """The float network with every searchable layer at 8 bits, its layers' costs and
+    quantizer names; the budget is checked here, before anything is computed."""
+    model = build_model(cfg, datamodule)
+    names = default_searched(model, cfg.space.skip_first, cfg.space.skip_last)
+    costs = [c for c in measure(model, datamodule) if c.name in names]
+    check_reachable(budget(cfg, costs))
+    bits = sensitivity.REFERENCE_BITS
+    to_fixed(model, {c.name: (bits, bits) for c in costs}, registry.family(cfg))
+    return model, costs
+
+
+def budget(cfg: DictConfig, costs) -> Budget:
+    wspace, aspace = tuple(cfg.space.wbits), tuple(cfg.space.abits)
+    n = len(costs)
+    return Budget(build_cost(cfg), costs, [wspace] * n, [aspace] * n, cfg.target_bits)
+
+
+def allocate(cfg, model, costs, images, reference, stats, clip, data: str) -> arch_file.Arch:
+    """Measure every layer's candidates on `images` (the float network's logits `reference`)
+    and pick the allocation; `model` is left as it came (8 bits, clips finished)."""
+    wspace, aspace = tuple(cfg.space.wbits), tuple(cfg.space.abits)
+    names = [c.name for c in costs]
+    quantizers = quantizer_names(model, names, registry.family(cfg))
+    tables, base = sensitivity.measure(model, names, wspace, aspace, images, reference, stats, clip)
+    b = budget(cfg, costs)
+    wbits, abits = best_scoring([-t for t in tables], b)
+    worst = max(range(len(names)), key=lambda k: tables[k].max())
+    log.info(
+        "sensitivity: %d layers x %d candidates on %d images (KL at 8 bits %.3g); most "
+        "sensitive %s (+%.3g at its lowest bits)",
+        len(names),
+        len(wspace) * len(aspace),
+        len(images),
+        base,
+        names[worst],
+        tables[worst].max(),
+    )
+    return arch_file.build(
+        model.name,
+        {"wbits": list(wspace), "abits": list(aspace)},
+        costs,
+        wbits,
+        abits,
+        None,
+        None,
+        quantizers,
+        data=data,
+        kind=KIND,
+        target_bits=cfg.target_bits,
+        cost=b.cost.name,
+        sensitivity_loss=LOSS,
+        sensitivity_images=len(images),
+        loss_at_8_bits=base,
+        loss_increase={n: t.tolist() for n, t in zip(names, tables)},
+    )
+
+
+def logits(model, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return sensitivity.outputs(model, images, batch_size)
+
+
+def drawn_images(loader, images: int) -> list[torch.Tensor]:
+    """The calibration images as batches, drawn once: calibration and measurement see the
+    same ones."""
+    return list(batches(loader, images))

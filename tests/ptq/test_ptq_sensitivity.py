@@ -1,0 +1,81 @@
+"""ptq.py arch=sensitivity: each layer's measured loss increase, the budget's best allocation
+from it, exported with agreement 1.0."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_ptq_program import QUICK, float_weights  # noqa: F401 (a fixture)
+
+from edmips.core.checks import ConfigError
+from edmips.cost import model as cost_models
+from edmips.cost.layers import LayerCost
+from edmips.programs.ptq import ptq
+from edmips.search.budget import Budget, best_scoring
+
+SENSITIVITY = ["arch=sensitivity", "target_bits=3", "sensitivity.images=8"]
+
+
+def test_the_allocation_is_the_best_scoring_one_within_budget(ptq_cfg, float_weights):  # noqa: F811
+    cfg = ptq_cfg(f"model.weights={float_weights}", *SENSITIVITY, *QUICK)
+    result = ptq(cfg)
+    assert result["allocation"] == "sensitivity" and result["kind"] == "ptq"
+    assert result["prediction_agreement"] == 1.0 and result["qdq_agreement"] == 1.0
+    assert abs(result["equivalent_bits"] - 3) <= 0.01 * 3
+    arch = json.loads(open(f"{cfg.output_dir}/arch.json").read())
+    assert arch["kind"] == "sensitivity" and arch["sensitivity_loss"] == "kl_to_float"
+    space = arch["space"]
+    tables = {n: np.array(t) for n, t in arch["loss_increase"].items()}
+    layers = [layer for layer in arch["layers"] if layer["name"] in tables]
+    assert len(layers) == len(tables) == 5
+    for t in tables.values():
+        assert t.shape == (len(space["wbits"]), len(space["abits"]))
+        # the measured layer's lowest bits move the network more than its highest
+        assert t[0, 0] > t[-1, -1]
+    chosen = sum(
+        tables[layer["name"]][
+            space["wbits"].index(layer["wbits"]), space["abits"].index(layer["abits"])
+        ]
+        for layer in layers
+    )
+    assert chosen == pytest.approx(min_within_budget(layers, tables, space, 3.0), abs=1e-12)
+
+
+def min_within_budget(layers, tables, space, target) -> float:
+    """The least summed loss increase over every allocation within 1% of the target."""
+    flops = np.array([layer["flops"] for layer in layers], dtype=float)
+    options = list(itertools.product(space["wbits"], space["abits"]))
+    best = np.inf
+    for choice in itertools.product(range(len(options)), repeat=len(layers)):
+        ops = sum(f * options[c][0] * options[c][1] for f, c in zip(flops, choice))
+        if abs(np.sqrt(ops / flops.sum()) - target) <= 0.01 * target:
+            w = [options[c] for c in choice]
+            loss = sum(
+                tables[layer["name"]][space["wbits"].index(a), space["abits"].index(b)]
+                for layer, (a, b) in zip(layers, w)
+            )
+            best = min(best, loss)
+    return best
+
+
+def test_the_most_sensitive_layer_gets_the_most_bits():
+    layers = [LayerCost(f"l{i}", "conv", 1000, 100, 64, (1, 4, 4, 4)) for i in range(4)]
+    space = (2, 3, 4)
+    budget = Budget(cost_models.get("bitops"), layers, [space] * 4, [space] * 4, 3.0)
+    bits = np.array(space, dtype=float)
+    increase = [np.outer(1 / bits, 1 / bits) * scale for scale in (0.01, 10.0, 0.01, 0.01)]
+    wbits, abits = best_scoring([-t for t in increase], budget)
+    assert wbits[1] * abits[1] == max(w * a for w, a in zip(wbits, abits)) == 16
+    assert wbits[1] * abits[1] > min(w * a for w, a in zip(wbits, abits))
+
+
+def test_sensitivity_needs_a_budget(ptq_cfg, float_weights):  # noqa: F811
+    with pytest.raises(ConfigError, match="^arch=sensitivity needs a budget: add target_bits=B"):
+        ptq(ptq_cfg(f"model.weights={float_weights}", "arch=sensitivity"))
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
