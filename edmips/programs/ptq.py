@@ -26,7 +26,7 @@ from edmips.export.verify import verify
 from edmips.nn import to_fixed
 from edmips.nn.convert import first_and_last
 from edmips.programs import sensitivity
-from edmips.programs.retrain import arch_kind, resolve_arch
+from edmips.programs.retrain import arch_kind, arch_record, resolve_arch
 from edmips.ptq import accuracy, bias_correction, bit_allocation, float_copy, method, stats
 from edmips.quant import registry
 from edmips.records import arch as arch_file
@@ -110,17 +110,8 @@ def _quantizable(cfg: DictConfig, datamodule):
 def _record(cfg: DictConfig, found, data: str) -> dict:
     """What metrics.json says of the quantized network before it is tested."""
     return {
-        "model": found.model,
-        "data": data,
+        **arch_record(cfg, found, data),
         "kind": "ptq",
-        "seed": cfg.seed,
-        "arch": str(cfg.arch),
-        "uniform": {"wbits": cfg.wbits, "abits": cfg.abits} if cfg.arch == "uniform" else None,
-        "target_bits": found.extra.get("target_bits"),
-        "mu": found.mu,
-        "equivalent_bits": found.equivalent_bits,
-        "bitops": found.bitops,
-        "weight_bits_total": found.weight_bits_total,
         "allocation": found.extra.get("kind") or arch_kind(cfg),
         "activation_clip": cfg.ptq.activation_clip,
         "bias_correction": cfg.ptq.bias_correction,

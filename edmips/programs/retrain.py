@@ -184,13 +184,11 @@ def _module(cfg: DictConfig, model, found: arch_file.Arch, datamodule) -> Retrai
     )
 
 
-def _record(cfg: DictConfig, found: arch_file.Arch, datamodule, trainer) -> dict:
-    """What metrics.json says about the trained network before it is tested."""
-    val = {k: _maybe_float(trainer.callback_metrics.get(f"val/{k}")) for k in ("acc", "acc5")}
+def arch_record(cfg: DictConfig, found: arch_file.Arch, data: str) -> dict:
+    """What metrics.json says of the network's architecture, for retrain.py and ptq.py alike."""
     return {
         "model": found.model,
-        "data": datamodule.name,
-        "kind": arch_kind(cfg),
+        "data": data,
         "seed": cfg.seed,
         "arch": str(cfg.arch),  # "uniform", "random", "float" or the absolute path
         "uniform": {"wbits": cfg.wbits, "abits": cfg.abits} if cfg.arch == "uniform" else None,
@@ -199,6 +197,15 @@ def _record(cfg: DictConfig, found: arch_file.Arch, datamodule, trainer) -> dict
         "equivalent_bits": found.equivalent_bits,
         "bitops": found.bitops,
         "weight_bits_total": found.weight_bits_total,
+    }
+
+
+def _record(cfg: DictConfig, found: arch_file.Arch, datamodule, trainer) -> dict:
+    """What metrics.json says about the trained network before it is tested."""
+    val = {k: _maybe_float(trainer.callback_metrics.get(f"val/{k}")) for k in ("acc", "acc5")}
+    return {
+        **arch_record(cfg, found, datamodule.name),
+        "kind": arch_kind(cfg),
         "val_acc": val["acc"],
         "val_acc_top5": val["acc5"],
     }
