@@ -68,9 +68,18 @@ class CostModel:
         total = 0
         for cost, m in layers:
             p_w, p_a = m.probs_w(), m.probs_a()
-            table = torch.tensor(self.table(cost, m.wbits, m.abits_space()), dtype=p_w.dtype)
-            total = total + p_w @ table.to(p_w.device) @ p_a
+            total = total + p_w @ self._device_table(cost, m, p_w) @ p_a
         return self.stated(total / self.total_size([c for c, _ in layers]))
+
+    def _device_table(self, cost: LayerCost, m: nn.Module, like: Tensor) -> Tensor:
+        """The layer's table as a tensor beside `like`, made once: the penalty is computed every
+        training step, and a table rebuilt there would be a host-to-device copy per layer."""
+        key = (cost, m.wbits, m.abits_space(), like.device, like.dtype)
+        cache = self.__dict__.setdefault("_tables", {})
+        if key not in cache:
+            table = self.table(cost, m.wbits, m.abits_space())
+            cache[key] = torch.tensor(table, dtype=like.dtype, device=like.device)
+        return cache[key]
 
 
 def register(cls: type[CostModel]) -> type[CostModel]:
