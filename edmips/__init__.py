@@ -15,3 +15,16 @@ The packages, lowest first; each imports only from those above it:
     export    the lowering to the integer graph, its runtime, its ONNX forms
     report    figures and the report over many runs
 """
+
+import importlib
+import pkgutil
+from functools import cache
+
+
+@cache
+def import_submodules(package: str, skip: frozenset = frozenset()) -> None:
+    """Import every module of `package`, once: what a registry needs before its first lookup,
+    since its members (quantizers, cost models, ONNX forms) register themselves when imported."""
+    for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        if info.name not in skip:
+            importlib.import_module(f"{package}.{info.name}")

@@ -11,17 +11,14 @@ one config conf/cost/<name>.yaml (`name: <name>`) and one test: `get` imports ev
 this package before its first lookup, so the module needs no import anywhere else.
 """
 
-import importlib
-import pkgutil
-
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from edmips import import_submodules
 from edmips.cost.layers import LayerCost
 
 _MODELS: dict[str, "CostModel"] = {}
-_imported = False
 
 
 class CostModel:
@@ -103,10 +100,4 @@ def names() -> list[str]:
 
 
 def _import_all() -> None:
-    global _imported
-    if _imported:
-        return
-    _imported = True
-    package = importlib.import_module("edmips.cost")
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"edmips.cost.{info.name}")
+    import_submodules("edmips.cost")

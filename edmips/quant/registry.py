@@ -7,16 +7,14 @@ weight quantizers, and the signed quantizer put where a layer's input can be neg
 residual sum, a normalized image in a traced model). `conf/quant/<family>.yaml` holds one.
 """
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 
+from edmips import import_submodules
 from edmips.quant.protocol import ActivationQuantizer, WeightQuantizer
 
 _QUANTIZERS: dict[str, type] = {}
 # Modules of edmips.quant that define no quantizer: the Triton kernels need triton (and a GPU).
-_SKIPPED = {"kernels"}
-_loaded = False
+_SKIPPED = frozenset({"kernels"})
 
 
 def register(name: str):
@@ -33,14 +31,7 @@ def register(name: str):
 
 
 def _load_all() -> None:
-    global _loaded
-    if _loaded:
-        return
-    package = importlib.import_module(__package__)
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in _SKIPPED:
-            importlib.import_module(f"{__package__}.{info.name}")
-    _loaded = True
+    import_submodules(__package__, _SKIPPED)
 
 
 def get(name: str) -> type:

@@ -6,8 +6,6 @@ images in [0, 1] to logits) that the check of an export uses. `forms()` imports 
 of this package on first use, so a new form is a new module here.
 """
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 import onnx
 from torch import Tensor
 
+from edmips import import_submodules
 from edmips.export.ir import Graph
 from edmips.records.files import write_file_atomic
 
@@ -28,7 +27,6 @@ class Form:
 
 
 _FORMS: dict[str, Form] = {}
-_found = False
 
 
 def register(form: Form) -> Form:
@@ -44,11 +42,7 @@ def unregister(name: str) -> None:
 
 def forms() -> list[Form]:
     """Every registered form, by file name (model.onnx first)."""
-    global _found
-    if not _found:
-        for module in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{module.name}")
-        _found = True
+    import_submodules(__name__)
     return sorted(_FORMS.values(), key=lambda form: form.file_name)
 
 
