@@ -17,7 +17,7 @@ from edmips.nn.layers import (
     QuantLinear,
 )
 from edmips.quant import FULL_PRECISION
-from edmips.quant.protocol import check_bits, quantizers
+from edmips.quant.protocol import ActivationQuantizer, check_bits, quantizers
 from edmips.quant.registry import Family, get
 
 SEARCH_TABLE = {QuantConv2d: MixedConv2d, QuantLinear: MixedLinear}
@@ -121,9 +121,12 @@ def to_fixed(model: nn.Module, bits: dict[str, tuple[int, int]], family=None):
     """Give each named layer fixed (wbits, abits) (in place); composite layers become fixed.
 
     Without a family a layer keeps its quantizers (a composite one, the chosen candidates),
-    their state kept; with one it gets the family's. A non-shared composite layer keeps the
-    weights of the chosen weight candidate.
+    their state kept; with one it gets the family's, and so does every quantizer outside the
+    layers (`to_family`). A non-shared composite layer keeps the weights of the chosen weight
+    candidate.
     """
+    if family is not None:
+        to_family(model, family)
     for name, (wbits, abits) in bits.items():
         layer = model.get_submodule(name)
         abits = None if layer.abits is None else abits
@@ -139,6 +142,31 @@ def to_fixed(model: nn.Module, bits: dict[str, tuple[int, int]], family=None):
             model.set_submodule(name, new)
         else:
             _requantize(layer, wbits, abits, family)
+    return model
+
+
+def to_family(model: nn.Module, family: Family) -> nn.Module:
+    """Every activation quantizer outside the conv/linear layers (a stem activation, a residual
+    stream's, a signed input's) made the family's member of its sign at its bits (in place); one
+    shared by several tensors stays shared. The image's quantizer and members already of the
+    family stay as they are, their state kept."""
+    in_layers = {
+        id(q)
+        for layer in model.modules()
+        if isinstance(layer, QUANT_LAYERS + MIXED_LAYERS)
+        for q in layer.modules()
+    }
+    made: dict[int, ActivationQuantizer] = {}
+    for parent in list(model.modules()):
+        for name, q in list(parent.named_children()):
+            if not isinstance(q, ActivationQuantizer) or id(q) in in_layers or q.defines_input:
+                continue
+            member = get(family.signed if q.signed else family.activation)
+            if type(q) is not member:
+                if id(q) not in made:
+                    check_bits(member, q.bits)
+                    made[id(q)] = member(q.bits)
+                setattr(parent, name, made[id(q)])
     return model
 
 
