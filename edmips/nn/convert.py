@@ -97,7 +97,10 @@ def _at_bits(quantizers, bits: int):
 
 def to_search(model: nn.Module, names: list[str], wbits, abits, shared=True, family=None):
     """Make the named layers composite over the candidate bit-widths (in place). With a family
-    the candidates are its quantizers; without, the layer's own, their state kept."""
+    the candidates are its quantizers, and the quantizers outside the layers its (`to_family`);
+    without, the layer's own, their state kept."""
+    if family is not None:
+        to_family(model, family)
     for name in names:
         layer = model.get_submodule(name)
         keep_input = layer.abits is None  # an input that arrives quantized stays as it is

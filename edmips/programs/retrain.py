@@ -75,7 +75,8 @@ def resolve_arch(cfg: DictConfig, datamodule):
         if init == "search":
             _load_search_weights(model, found, path)
     to_fixed(model, found.bits(), registry.family(cfg))
-    return model, found
+    built = quantizer_names(model, [layer.name for layer in found.layers])
+    return model, arch_file.with_quantizers(found, built)
 
 
 BASELINES = ("uniform", "random")
@@ -155,6 +156,7 @@ def retrain(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     model, found = resolve_arch(cfg, datamodule)
+    _note_other_quantizers(cfg, found)
     module = _module(cfg, model, found, datamodule)
     trainer = build_trainer(cfg)
     rundir.fit(trainer, module, datamodule, resume_from)
@@ -169,6 +171,29 @@ def retrain(cfg: DictConfig) -> dict:
         record["wall_time_s"] = time.perf_counter() - start
         metrics_file.save(metrics_file.RetrainMetrics.from_record(record), out / "metrics.json")
     return metrics_file.RetrainMetrics.from_record(record).to_dict()
+
+
+def _note_other_quantizers(cfg: DictConfig, built: arch_file.Arch) -> None:
+    """One warning when the arch file's layers name other quantizers than this run's family
+    builds (a search with quant=learned retrained without it, say): the run trains what its
+    config says, and arch.json records that."""
+    if cfg.arch in (*BASELINES, float_net.KIND):
+        return
+    given = arch_file.load(cfg.arch, known_models=list_models())
+    named = {(layer.wquant, layer.aquant) for layer in given.layers}
+    made = {(layer.wquant, layer.aquant) for layer in built.layers}
+    if named != made:
+        log.warning(
+            "arch=%s names the quantizers %s; this run builds %s (the config's quant=)",
+            cfg.arch,
+            _pairs(named),
+            _pairs(made),
+        )
+
+
+def _pairs(pairs: set[tuple[str, str]]) -> str:
+    """Weight/activation quantizer names."""
+    return ", ".join(f"{w}/{a}" for w, a in sorted(pairs))
 
 
 def _module(cfg: DictConfig, model, found: arch_file.Arch, datamodule) -> RetrainModule:

@@ -17,7 +17,7 @@ problem.
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -124,6 +124,15 @@ def build(
         **known,
         extra=meta,
     )
+
+
+def with_quantizers(arch: Arch, quantizers: list[tuple[str, str]]) -> Arch:
+    """The architecture with its layers' (wquant, aquant) replaced, in layer order."""
+    layers = [
+        replace(layer, wquant=w, aquant=a)
+        for layer, (w, a) in zip(arch.layers, quantizers, strict=True)
+    ]
+    return replace(arch, layers=layers)
 
 
 def uniform(model: str, costs: list[LayerCost], wbits: int, abits: int, **meta) -> Arch:

@@ -11,7 +11,7 @@ from torch import nn
 
 from edmips.quant import ActivationQuantizer, WeightQuantizer, calibration, registry
 
-ACTIVATIONS = ["hwgq", "ema"]
+ACTIVATIONS = ["hwgq", "ema", "ema_relu", "lsq", "lsq_signed"]
 WEIGHTS = ["gauss"]
 
 
@@ -24,12 +24,15 @@ def test_the_registry_finds_every_member_by_name():
         ("clipped", ActivationQuantizer),
         ("clipped_signed", ActivationQuantizer),
         ("maxabs", WeightQuantizer),
+        ("ema_relu", ActivationQuantizer),
+        ("lsq", ActivationQuantizer),
+        ("lsq_signed", ActivationQuantizer),
     ):
         cls = registry.get(name)
         assert issubclass(cls, base) and cls.name == name
     with pytest.raises(
         ValueError,
-        match="unknown quantizer 'nope': choose from clipped, clipped_signed, ema, gauss",
+        match="unknown quantizer 'nope': choose from clipped, clipped_signed, ema, ema_relu, gauss",
     ):
         registry.get("nope")
 
