@@ -18,6 +18,7 @@ from edmips.models import create_model
 from edmips.models.weights import network_state
 from edmips.nn import to_fixed
 from edmips.quant import FULL_PRECISION
+from edmips.quant.registry import Family
 from edmips.records import arch as arch_file
 
 
@@ -34,7 +35,8 @@ def load_retrained(source: Path):
     model = create_model(
         found.model, num_classes=spec["num_classes"], mean=spec["mean"], std=spec["std"]
     )
-    to_fixed(model, found.bits())
+    # The family the run was built with (checkpoints from before families: edmips's).
+    to_fixed(model, found.bits(), Family(**spec.get("quant", {})))
     model.load_state_dict(network_state(ckpt["state_dict"]))
     return model, tuple(spec["input_size"])
 

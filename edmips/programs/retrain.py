@@ -12,6 +12,7 @@ its weights file and its test accuracy.
 
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -118,10 +119,11 @@ def arch_kind(cfg: DictConfig) -> str:
     return cfg.arch if cfg.arch in (*BASELINES, float_net.KIND) else "searched"
 
 
-def network_spec(found: arch_file.Arch, datamodule) -> dict:
+def network_spec(cfg: DictConfig, found: arch_file.Arch, datamodule) -> dict:
     """Everything that rebuilds the retrained network, stored in its checkpoints."""
     return {
         "arch": found.to_dict(),
+        "quant": asdict(registry.family(cfg)),
         "num_classes": datamodule.num_classes,
         "mean": list(datamodule.mean),
         "std": list(datamodule.std),
@@ -205,7 +207,7 @@ def _module(cfg: DictConfig, model, found: arch_file.Arch, datamodule) -> Retrai
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         channels_last=fast,
         compile=compile_mode(cfg.compile, cfg),
-        network=network_spec(found, datamodule),
+        network=network_spec(cfg, found, datamodule),
     )
 
 

@@ -4,9 +4,11 @@ quantizers the run built."""
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
+from edmips.export.cli import main as export_main
 from edmips.programs.retrain import retrain
 from edmips.programs.search import search
 from edmips.records import arch
@@ -34,6 +36,11 @@ def test_a_family_searches_retrains_and_exports_exactly(search_cfg, retrain_cfg,
     used = arch.load(tmp_path / "retrain" / "arch.json")
     pairs = [(layer.wquant, layer.aquant) for layer in used.layers]
     assert pairs == [(layer.wquant, layer.aquant) for layer in found.layers]
+    # The checkpoint alone rebuilds the same family's network: the same integers.
+    export_main([str(tmp_path / "retrain"), "--out", str(tmp_path / "again")])
+    first = np.load(tmp_path / "retrain" / "integer" / "arrays.npz")
+    again = np.load(tmp_path / "again" / "integer" / "arrays.npz")
+    assert sorted(first) == sorted(again) and all(np.array_equal(first[k], again[k]) for k in first)
 
 
 def test_a_retrain_in_another_family_records_what_it_built_and_says_so(
