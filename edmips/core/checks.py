@@ -46,6 +46,8 @@ def check_retrain(cfg: DictConfig) -> None:
     _check_arch(cfg)
     _check_init(cfg)
     _number(cfg, "integer_check_images", minimum=1, integer=True, optional=True)
+    _flag(cfg, "bn_fold")
+    _number(cfg, "bn_freeze_epoch", minimum=0, integer=True)
 
 
 def check_ptq(cfg: DictConfig) -> None:
@@ -55,6 +57,7 @@ def check_ptq(cfg: DictConfig) -> None:
     if weights in (None, ""):
         raise ConfigError("model.weights is required: model.weights=<a float network's state dict>")
     _number(cfg, "calibration.images", minimum=1, integer=True)
+    _flag(cfg, "bn_fold")
     _number(cfg, "seed", integer=True)
     if cfg.arch == SENSITIVITY:
         if OmegaConf.select(cfg, "target_bits") is None:
@@ -116,8 +119,12 @@ def _check_common(cfg: DictConfig) -> None:
     _number(cfg, "seed", integer=True)
     _number(cfg, "trainer.max_epochs", minimum=1, integer=True)
     for key in ("space.skip_first", "space.skip_last", "fast"):
-        if not isinstance(OmegaConf.select(cfg, key), bool):
-            raise ConfigError(f"{key} must be true or false, got {OmegaConf.select(cfg, key)!r}")
+        _flag(cfg, key)
+
+
+def _flag(cfg, key) -> None:
+    if not isinstance(OmegaConf.select(cfg, key), bool):
+        raise ConfigError(f"{key} must be true or false, got {OmegaConf.select(cfg, key)!r}")
 
 
 def _family(cfg) -> registry.Family:

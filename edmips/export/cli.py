@@ -17,6 +17,7 @@ from edmips.export import export
 from edmips.models import create_model
 from edmips.models.weights import network_state
 from edmips.nn import to_fixed
+from edmips.nn.fold import fold_batch_norms
 from edmips.quant import FULL_PRECISION
 from edmips.quant.registry import Family
 from edmips.records import arch as arch_file
@@ -37,6 +38,8 @@ def load_retrained(source: Path):
     )
     # The family the run was built with (checkpoints from before families: edmips's).
     to_fixed(model, found.bits(), Family(**spec.get("quant", {})))
+    if spec.get("bn_fold"):
+        fold_batch_norms(model)
     model.load_state_dict(network_state(ckpt["state_dict"]))
     return model, tuple(spec["input_size"])
 

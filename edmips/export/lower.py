@@ -233,7 +233,7 @@ class _GraphLowering(ShapeSteps):
 
     def accumulate(self, name: str, m: nn.Module, x: Value, pool: int) -> Value:
         """The layer's integer dot products on x's codes (summed over `pool` positions)."""
-        codes, scale = m.weight_quant.integer(m.weight.detach())
+        codes, scale = m.integer_weight()
         weight_max = m.weight_quant.max_code
         unit = (x.unit[0] / pool * scale.flatten()).expand(codes.shape[0])
         bias = None if m.bias is None else m.quant_bias(pool).detach().double()

@@ -70,6 +70,10 @@ class _FixedBits:
     def quant_weight(self) -> Tensor:
         return self.weight_quant(self.weight)
 
+    def integer_weight(self) -> tuple[Tensor, Tensor]:
+        """int64 codes and a scale per output channel (or one): codes * scale, the weights."""
+        return self.weight_quant.integer(self.weight.detach())
+
     def quant_bias(self, pool_size: int = 1) -> Tensor | None:
         """The bias on the accumulator grid (input step x weight scale), so integer inference
         adds it exactly; float where either side is not quantized."""
@@ -207,6 +211,39 @@ class QuantConv2d(_FixedBits, _ConvForward, nn.Conv2d):
         super().__init__(*args, **kw)
         self.input_pool = input_pool
         self._init_quantizers(wbits, abits, **quant)
+        self._folded: tuple[nn.BatchNorm2d, ...] = ()  # a tuple: the model holds the module
+
+    @property
+    def folded_bn(self) -> nn.BatchNorm2d | None:
+        return self._folded[0] if self._folded else None
+
+    def fold(self, bn: nn.BatchNorm2d) -> None:
+        """Quantize the weights with the scale of `bn`, the batch norm this conv feeds, folded
+        in (edmips.nn.fold): quant_weight() = Q(W * s) / s."""
+        if self.bias is not None:
+            raise ValueError("a conv with a bias in front of a batch norm is not folded")
+        self._folded = (bn,)
+
+    def fold_scale(self) -> Tensor:
+        """s = gamma / sqrt(running_var + eps) per output channel, shaped [C, 1, 1, 1]."""
+        bn = self.folded_bn
+        s = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.affine:
+            s = bn.weight * s
+        return s.view(-1, 1, 1, 1)
+
+    def quant_weight(self) -> Tensor:
+        if not self._folded:
+            return super().quant_weight()
+        s = self.fold_scale()
+        return self.weight_quant(self.weight * s) / s
+
+    def integer_weight(self) -> tuple[Tensor, Tensor]:
+        if not self._folded:
+            return super().integer_weight()
+        s = self.fold_scale().detach()
+        codes, scale = self.weight_quant.integer(self.weight.detach() * s)
+        return codes, (scale / s).flatten()
 
 
 class QuantLinear(_FixedBits, _LinearForward, nn.Linear):

@@ -25,6 +25,7 @@ from edmips.export import export
 from edmips.export.verify import verify
 from edmips.nn import to_fixed
 from edmips.nn.convert import first_and_last
+from edmips.nn.fold import absorb_batch_norms
 from edmips.programs import sensitivity
 from edmips.programs.retrain import arch_kind, arch_record, resolve_arch
 from edmips.ptq import accuracy, bias_correction, bit_allocation, float_copy, method, stats
@@ -103,6 +104,8 @@ def _quantizable(cfg: DictConfig, datamodule):
         in_arch = {layer.name for layer in found.layers}
     ends = {name: (FIXED_BITS, FIXED_BITS) for name in first_and_last(model) if name not in in_arch}
     to_fixed(model, ends, registry.family(cfg))
+    if cfg.bn_fold:
+        absorb_batch_norms(model)
     bit_allocation.check(model, cfg.ptq.bit_allocation)
     return model, found, costs
 

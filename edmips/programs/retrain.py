@@ -37,6 +37,7 @@ from edmips.models import list_models
 from edmips.models.weights import network_state
 from edmips.nn import default_searched, quantizable_names, to_fixed, to_float, to_search
 from edmips.nn.convert import first_and_last, quantizer_names
+from edmips.nn.fold import fold_batch_norms
 from edmips.quant import registry
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
@@ -124,6 +125,7 @@ def network_spec(cfg: DictConfig, found: arch_file.Arch, datamodule) -> dict:
     return {
         "arch": found.to_dict(),
         "quant": asdict(registry.family(cfg)),
+        "bn_fold": bool(cfg.get("bn_fold", False)),
         "num_classes": datamodule.num_classes,
         "mean": list(datamodule.mean),
         "std": list(datamodule.std),
@@ -159,6 +161,9 @@ def retrain(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(cfg)
     model, found = resolve_arch(cfg, datamodule)
     _note_other_quantizers(cfg, found)
+    if cfg.bn_fold:
+        pairs = fold_batch_norms(model)
+        log.info("bn_fold: %d batch norms folded into the conv before them", len(pairs))
     module = _module(cfg, model, found, datamodule)
     trainer = build_trainer(cfg)
     rundir.fit(trainer, module, datamodule, resume_from)
@@ -208,6 +213,7 @@ def _module(cfg: DictConfig, model, found: arch_file.Arch, datamodule) -> Retrai
         channels_last=fast,
         compile=compile_mode(cfg.compile, cfg),
         network=network_spec(cfg, found, datamodule),
+        bn_freeze_epoch=cfg.bn_freeze_epoch if cfg.bn_fold else None,
     )
 
 
@@ -224,6 +230,8 @@ def arch_record(cfg: DictConfig, found: arch_file.Arch, data: str) -> dict:
         "equivalent_bits": found.equivalent_bits,
         "bitops": found.bitops,
         "weight_bits_total": found.weight_bits_total,
+        "quant": asdict(registry.family(cfg)),
+        "bn_fold": bool(cfg.get("bn_fold", False)),
     }
 
 

@@ -6,7 +6,7 @@
      "uniform": {"wbits", "abits"} | null, "target_bits", "mu", "equivalent_bits", "bitops",
      "weight_bits_total", "val_acc", "val_acc_top5", "test_acc", "test_acc_top5",
      "test_acc_integer", "prediction_agreement", "qdq_agreement", "test_images",
-     "integer_export", "wall_time_s"}
+     "integer_export", "quant": {"activation", "weight", "signed"}, "bn_fold", "wall_time_s"}
 
 A post-training quantized network (kind "ptq", written by ptq.py) adds "activation_clip" (the
 clip method), "bias_correction" and "bit_allocation" (the weight refinements),
@@ -61,6 +61,8 @@ class RetrainMetrics:
     qdq_agreement: float | None = None
     test_images: int | None = None
     integer_export: bool | None = None
+    quant: dict | None = None  # the quantizer family's members
+    bn_fold: bool | None = None  # whether batch norms were folded into the convs before them
     wall_time_s: float | None = None
     activation_clip: str | None = None  # ptq only, as the five below
     bias_correction: str | None = None

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edmips.core.classifier import Classifier, make_optimizer
+from edmips.nn.fold import freeze_batch_norms
 
 
 class RetrainModule(Classifier):
@@ -16,10 +17,16 @@ class RetrainModule(Classifier):
         channels_last: bool = False,
         compile: str | None = None,
         network: dict | None = None,
+        bn_freeze_epoch: int | None = None,
     ):
         super().__init__(model, num_classes, channels_last, compile)
         self.optimizer, self.scheduler = optimizer, scheduler
         self.network = network  # what rebuilds the network from a checkpoint alone (export)
+        self.bn_freeze_epoch = bn_freeze_epoch  # folded batch norms: running statistics from it
+
+    def on_train_epoch_start(self) -> None:
+        if self.bn_freeze_epoch is not None and self.current_epoch >= self.bn_freeze_epoch:
+            freeze_batch_norms(self.model)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x, y = batch

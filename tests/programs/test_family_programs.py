@@ -3,12 +3,15 @@ the retrain of what it found, and an integer export that agrees exactly; the rec
 quantizers the run built."""
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from edmips.export.cli import load_retrained
 from edmips.export.cli import main as export_main
+from edmips.nn.fold import conv_bn_pairs, folded_batch_norms
 from edmips.programs.retrain import retrain
 from edmips.programs.search import search
 from edmips.records import arch
@@ -54,3 +57,26 @@ def test_a_retrain_in_another_family_records_what_it_built_and_says_so(
     used = arch.load(tmp_path / "retrain" / "arch.json")
     assert {layer.wquant for layer in used.layers} == {"gauss"}
     assert any("names the quantizers" in r.message and "gauss" in r.message for r in caplog.records)
+
+
+def test_a_folded_retrain_exports_exactly_and_its_checkpoint_refolds(retrain_cfg, tmp_path):
+    cfg = retrain_cfg(
+        "arch=uniform", "wbits=4", "abits=4", "quant=qatsim", "bn_fold=true", "bn_freeze_epoch=1"
+    )
+    metrics = retrain(cfg)
+    assert metrics["bn_fold"] is True and metrics["quant"]["activation"] == "ema_relu"
+    assert metrics["prediction_agreement"] == metrics["qdq_agreement"] == 1.0
+    out = Path(cfg.output_dir)
+    rebuilt, _ = load_retrained(out)
+    assert len(folded_batch_norms(rebuilt)) == len(conv_bn_pairs(rebuilt)) > 0
+    export_main([str(out), "--out", str(tmp_path / "again")])
+    first = np.load(out / "integer" / "arrays.npz")
+    again = np.load(tmp_path / "again" / "integer" / "arrays.npz")
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+
+
+@pytest.mark.parametrize("override", ["bn_fold=maybe", "bn_freeze_epoch=-1"])
+def test_bad_fold_settings_are_refused_in_one_line(retrain_cfg, override):
+    with pytest.raises(ValueError, match=f"^{override.split('=')[0]}") as e:
+        retrain(retrain_cfg("arch=uniform", override))
+    assert "\n" not in str(e.value)

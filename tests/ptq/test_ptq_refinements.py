@@ -51,3 +51,16 @@ def test_an_unknown_correction_is_refused(ptq_cfg, float_weights, tmp_path):  # 
     with pytest.raises(ValueError, match="^ptq.bias_correction=kl: choose from none, mean"):
         ptq(cfg)
     assert not (tmp_path / "ptq").exists()
+
+
+def test_absorbed_batch_norms_export_bit_exactly(ptq_cfg, float_weights):  # noqa: F811
+    cfg = ptq_cfg(
+        f"model.weights={float_weights}",
+        "arch=uniform",
+        "bn_fold=true",
+        "ptq.bit_allocation=weights",
+        *QUICK,
+    )
+    result = ptq(cfg)
+    assert result["bn_fold"] is True
+    assert result["prediction_agreement"] == 1.0 and result["qdq_agreement"] == 1.0
