@@ -11,6 +11,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from edmips.cost import model as cost_models
+from edmips.nn.policy import POLICIES
 from edmips.quant import registry
 
 
@@ -85,8 +86,8 @@ def _check_arch(cfg: DictConfig) -> None:
         family = _family(cfg)
         _bits(cfg, "wbits", list(family.weight_bits))
         _bits(cfg, "abits", list(family.activation_bits))
-    elif cfg.arch == FLOAT:
-        pass  # nothing to choose: every layer at 32 bits
+    elif cfg.arch == FLOAT or cfg.arch in POLICIES:
+        pass  # nothing to choose: every layer at 32 bits, or at the policy's bits
     elif cfg.arch == "random":
         if OmegaConf.select(cfg, "target_bits") is None:
             raise ConfigError("arch=random needs a budget: add target_bits=B")
@@ -101,7 +102,7 @@ def _check_init(cfg: DictConfig) -> None:
     """init=search needs a search's arch file; init=float the float weights it starts from."""
     if cfg.init not in INITS:
         raise ConfigError(f"init must be one of {', '.join(INITS)}; got {cfg.init!r}")
-    if cfg.init == "search" and cfg.arch in ("uniform", "random", FLOAT):
+    if cfg.init == "search" and cfg.arch in ("uniform", "random", FLOAT, *POLICIES):
         raise ConfigError(f"init=search needs an arch file from a search, not arch={cfg.arch}")
     if cfg.init == "float" and OmegaConf.select(cfg, "model.weights") in (None, ""):
         raise ConfigError(

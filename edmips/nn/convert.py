@@ -54,9 +54,16 @@ def quantizer_names(model: nn.Module, names: list[str], family: Family | None = 
         if family is None:
             found.append((layer.wquant, layer.aquant))
         else:
-            keeps = layer.abits is None
-            found.append((family.weight, layer.aquant if keeps else family.activation))
+            found.append((family.weight, _input_quant_name(layer, family)))
     return found
+
+
+def _input_quant_name(layer: nn.Module, family: Family) -> str:
+    """What quantizes the layer's input under the family: its own activation quantizer, or the
+    family's signed one in front of it (to_family), or the image's."""
+    if layer.abits is not None:
+        return family.activation
+    return layer.aquant if get(layer.aquant).defines_input else family.signed
 
 
 def _rebuild(layer: nn.Module, cls: type, family: Family | None, **bits) -> nn.Module:
@@ -64,8 +71,7 @@ def _rebuild(layer: nn.Module, cls: type, family: Family | None, **bits) -> nn.M
     names others (an input that arrives quantized keeps the name of what quantized it)."""
     wquant, aquant = layer.wquant, layer.aquant
     if family is not None:
-        wquant = family.weight
-        aquant = aquant if layer.abits is None else family.activation
+        wquant, aquant = family.weight, _input_quant_name(layer, family)
     kw = dict(bias=layer.bias is not None, per_channel=layer.per_channel)
     kw.update(wquant=wquant, aquant=aquant)
     if isinstance(layer, nn.Conv2d):
@@ -195,6 +201,6 @@ def _requantize(layer: nn.Module, wbits: int, abits: int | None, family: Family 
         return
     layer.wquant = family.weight
     layer.weight_quant = get(family.weight)(wbits, layer.per_channel)
+    layer.aquant = _input_quant_name(layer, family)
     if abits is not None:
-        layer.aquant = family.activation
         layer.input_quant = get(family.activation)(abits)

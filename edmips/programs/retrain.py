@@ -38,6 +38,7 @@ from edmips.models.weights import network_state
 from edmips.nn import default_searched, quantizable_names, to_fixed, to_float, to_search
 from edmips.nn.convert import first_and_last, quantizer_names
 from edmips.nn.fold import fold_batch_norms
+from edmips.nn.policy import POLICIES
 from edmips.quant import registry
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
@@ -60,10 +61,13 @@ def resolve_arch(cfg: DictConfig, datamodule):
         return to_float(model, registry.family(cfg)), found
     if cfg.arch in BASELINES:
         model = build_model(cfg, datamodule)
-        names = default_searched(model, cfg.space.skip_first, cfg.space.skip_last)
+        if cfg.arch in POLICIES:  # every layer, the first conv and the classifier included
+            names = quantizable_names(model)
+        else:
+            names = default_searched(model, cfg.space.skip_first, cfg.space.skip_last)
         costs = [c for c in measure(model, datamodule) if c.name in names]
         quantizers = quantizer_names(model, [c.name for c in costs], registry.family(cfg))
-        found = baseline_arch(cfg, model.name, costs, datamodule.name, quantizers)
+        found = baseline_arch(cfg, model, costs, datamodule.name, quantizers)
     else:
         path = Path(to_absolute_path(str(cfg.arch)))
         found = arch_file.load(path, known_models=list_models())
@@ -81,13 +85,21 @@ def resolve_arch(cfg: DictConfig, datamodule):
     return model, arch_file.with_quantizers(found, built)
 
 
-BASELINES = ("uniform", "random")
+BASELINES = ("uniform", "random", *POLICIES)
 
 
-def baseline_arch(cfg: DictConfig, model_name: str, costs, data: str, quantizers=None):
-    """What a search must beat at the same cost: one bit-width everywhere, or a random
-    allocation from the search space within 1% of `target_bits`, in the cost's unit (fixed by
-    `seed`)."""
+def baseline_arch(cfg: DictConfig, model, costs, data: str, quantizers=None):
+    """What a search must beat at the same cost: one bit-width everywhere, a random allocation
+    from the search space within 1% of `target_bits`, in the cost's unit (fixed by `seed`), or
+    a seed's fixed policy (edmips.nn.policy)."""
+    model_name = model.name
+    if cfg.arch in POLICIES:
+        bits = POLICIES[cfg.arch](model)
+        wbits, abits = [bits[c.name][0] for c in costs], [bits[c.name][1] for c in costs]
+        space = {"wbits": sorted(set(wbits)), "abits": sorted(set(abits))}
+        return arch_file.build(
+            model_name, space, costs, wbits, abits, None, None, quantizers, data=data
+        )
     if cfg.arch == "uniform":
         wbits, abits = [cfg.wbits] * len(costs), [cfg.abits] * len(costs)
         space = {"wbits": [cfg.wbits], "abits": [cfg.abits]}

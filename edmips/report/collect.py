@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edmips.cost import model as cost_models
+from edmips.nn.policy import POLICIES
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
 from edmips.report.pareto import plot_pareto
@@ -48,8 +49,9 @@ SUMMARY_COLUMNS = (
 )
 MIB = 8 * 2**20  # bits in a MiB
 # Where a network's bits came from: the baselines after the searched networks (sensitivity:
-# ptq.py's allocation from measured loss increases), the float ceiling last.
-NETWORKS = ("searched", "uniform", "random", "sensitivity", "float")
+# ptq.py's allocation from measured loss increases; micronet: a seed's fixed policy), the float
+# ceiling last.
+NETWORKS = ("searched", "uniform", "random", "sensitivity", *POLICIES, "float")
 FLOAT = "float"  # the float network's kind and network: every layer at 32 bits
 PTQ = "ptq"  # a post-training quantized network (ptq.py): never trained at its bits
 TESTED = ("retrain", PTQ, FLOAT)  # the kinds of run with a test accuracy
@@ -238,6 +240,8 @@ def _retrain_run(run_dir: Path) -> Run:
         raise ValueError(f"unknown network kind {network!r}")
     if network == FLOAT:
         budget, budget_bits = FLOAT, None
+    elif network in POLICIES:
+        budget, budget_bits = f"{network} policy", m.equivalent_bits
     elif m.uniform:
         budget = f"uniform W{m.uniform['wbits']}A{m.uniform['abits']}"
         bitops = cost_models.get("bitops")

@@ -11,6 +11,7 @@ _NETWORK_STYLE = {
     "uniform": ("s", "--"),
     "random": ("^", ":"),
     "sensitivity": ("D", "-."),
+    "micronet": ("P", "none"),
 }
 
 
@@ -19,8 +20,8 @@ def plot_pareto(points: list[dict], path, ylabel: str = "test accuracy") -> Path
 
     `points`: dicts with "group" (line label), "bits", "acc", "label" (point annotation) and
     optionally "network": searched (solid, circles), uniform (dashed, squares), random
-    (dotted, triangles) or sensitivity (dash-dotted, diamonds); a float network's accuracy is
-    a horizontal line, the ceiling.
+    (dotted, triangles), sensitivity (dash-dotted, diamonds) or micronet (plus signs, a policy:
+    no line); a float network's accuracy is a horizontal line, the ceiling.
     """
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()

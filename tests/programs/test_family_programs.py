@@ -11,7 +11,11 @@ import torch
 
 from edmips.export.cli import load_retrained
 from edmips.export.cli import main as export_main
+from edmips.models import create_model
+from edmips.nn import quantizable_names
+from edmips.nn.convert import first_and_last
 from edmips.nn.fold import conv_bn_pairs, folded_batch_norms
+from edmips.nn.policy import is_depthwise, micronet
 from edmips.programs.retrain import retrain
 from edmips.programs.search import search
 from edmips.records import arch
@@ -80,3 +84,26 @@ def test_bad_fold_settings_are_refused_in_one_line(retrain_cfg, override):
     with pytest.raises(ValueError, match=f"^{override.split('=')[0]}") as e:
         retrain(retrain_cfg("arch=uniform", override))
     assert "\n" not in str(e.value)
+
+
+def test_the_micronet_policy_sets_its_bits_on_every_layer():
+    torch.manual_seed(0)
+    model = create_model("tv_mobilenet_v2", num_classes=10)
+    bits = micronet(model)
+    first, last = first_and_last(model)
+    assert set(bits) == set(quantizable_names(model)) and bits[first][0] == 8
+    depthwise = [n for n in bits if is_depthwise(model.get_submodule(n))]
+    assert len(depthwise) == 17 and all(bits[n] == (5, 5) for n in depthwise)
+    others = [n for n in bits if n != first and n not in depthwise]
+    assert bits[last] == (4, 4) and {bits[n][0] for n in others} == {4}
+    # an input that arrives quantized (a signed tensor) is read at 8 bits, the others at 4
+    assert {bits[n][1] for n in others} == {4, 8}
+
+
+def test_a_micronet_retrain_records_its_policy(retrain_cfg):
+    cfg = retrain_cfg("arch=micronet", "quant=learned")
+    metrics = retrain(cfg)
+    assert metrics["kind"] == "micronet" and metrics["prediction_agreement"] == 1.0
+    used = arch.load(Path(cfg.output_dir) / "arch.json")
+    assert [(layer.wbits, layer.abits) for layer in used.layers][0] == (8, 8)
+    assert {(layer.wbits, layer.abits) for layer in used.layers[1:]} == {(4, 4)}
