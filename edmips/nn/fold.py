@@ -48,8 +48,9 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 
 def fold_batch_norms(model: nn.Module) -> list[tuple[str, str]]:
-    """Fold every (conv, batch norm) pair for training (in place); the pairs."""
-    pairs = conv_bn_pairs(model)
+    """Fold every (conv, batch norm) pair for training (in place), but where the conv has a
+    bias (rare in front of a batch norm, and off the fold's grid); the pairs folded."""
+    pairs = [(c, b) for c, b in conv_bn_pairs(model) if model.get_submodule(c).bias is None]
     for conv, bn in pairs:
         model.get_submodule(conv).fold(model.get_submodule(bn))
     return pairs
