@@ -5,10 +5,10 @@ a ReLU like HWGQ) for the layers' inputs in the `qatsim` family.
 
 HWGQ is a ReLU: in front of a layer whose input is signed (a normalized image, a linear
 bottleneck, a residual sum) it would change what the network computes. There the tensor gets
-the signed, symmetric narrow-range quantizer. One instance is shared by every tensor that meets at a
-residual add (both inputs and the sum), so the add happens on one integer grid and the sum
-needs only a clamp. At 32 bits it passes x through unchanged, so a converted network at 32 bits
-is exactly the float one.
+the signed, symmetric narrow-range quantizer. One instance is shared by every tensor that
+meets at a residual add (both inputs and the sum), so the add happens on one integer grid and
+the sum needs only a clamp. At 32 bits it passes x through unchanged, so a converted network at
+32 bits is exactly the float one.
 """
 
 import torch
