@@ -10,6 +10,7 @@ reference, the integer runtime of its bundle and every ONNX form that has a runn
 from pathlib import Path
 
 import torch
+from rich.progress import track
 
 from edmips.export import onnx as onnx_forms
 from edmips.export.ir import load_bundle
@@ -56,7 +57,7 @@ def _agreements(reference, integer, runners: dict, loader, max_images: int | Non
     """Counts over the images: right (reference, its top 5, integer runtime), the integer
     runtime's and each runner's predictions equal to the reference's, and the images."""
     counts = dict.fromkeys(["ref", "ref5", "integer", "agree", *runners, "total"], 0)
-    for x, y in loader:
+    for x, y in track(loader, description="integer check", transient=True):
         if max_images is not None:
             x, y = x[: max_images - counts["total"]], y[: max_images - counts["total"]]
         x, y = x.cpu(), y.cpu()

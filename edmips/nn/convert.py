@@ -157,8 +157,9 @@ def to_fixed(model: nn.Module, bits: dict[str, tuple[int, int]], family=None):
 def to_family(model: nn.Module, family: Family) -> nn.Module:
     """Every activation quantizer outside the conv/linear layers (a stem activation, a residual
     stream's, a signed input's) made the family's member of its sign at its bits (in place); one
-    shared by several tensors stays shared. The image's quantizer and members already of the
-    family stay as they are, their state kept."""
+    shared by several tensors stays shared. The image's quantizer, members already of the family
+    and quantizers at bits the member does not take (a family of 2-4 bit quantizers, say, and an
+    8-bit stem) stay as they are, their state kept."""
     in_layers = {
         id(q)
         for layer in model.modules()
@@ -171,11 +172,11 @@ def to_family(model: nn.Module, family: Family) -> nn.Module:
             if not isinstance(q, ActivationQuantizer) or id(q) in in_layers or q.defines_input:
                 continue
             member = get(family.signed if q.signed else family.activation)
-            if type(q) is not member:
-                if id(q) not in made:
-                    check_bits(member, q.bits)
-                    made[id(q)] = member(q.bits)
-                setattr(parent, name, made[id(q)])
+            if type(q) is member or q.bits not in (*member.supported_bits, FULL_PRECISION):
+                continue
+            if id(q) not in made:
+                made[id(q)] = member(q.bits)
+            setattr(parent, name, made[id(q)])
     return model
 
 
