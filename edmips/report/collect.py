@@ -9,11 +9,13 @@ over seeds) and pareto.png.
 import logging
 import os
 import statistics
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edmips.cost import model as cost_models
 from edmips.nn.policy import POLICIES
+from edmips.quant.registry import EDMIPS
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
 from edmips.report.pareto import plot_pareto
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 COLUMNS = (
     "kind",
     "network",
+    "quant",
     "model",
     "data",
     "budget",
@@ -42,6 +45,7 @@ SUMMARY_COLUMNS = (
     "data",
     "budget",
     "network",
+    "quant",
     "runs",
     "equivalent_bits",
     "test_acc_mean",
@@ -78,6 +82,7 @@ class Run:
     run_dir: str
     network: str = "searched"  # or a baseline: "uniform", "random", "sensitivity"
     budget_bits: float | None = None  # the equivalent bits asked for (uniform: sqrt(w * a))
+    quant: str = f"{EDMIPS.activation}/{EDMIPS.weight}"  # activation/weight quantizers, bn_fold
 
     def row(self) -> dict:
         return {c: getattr(self, c) for c in COLUMNS}
@@ -148,10 +153,10 @@ def summarize(runs: list[Run]) -> list[dict]:
     for r in runs:
         if r.kind in TESTED and r.test_acc is not None:
             budget = f"{r.budget_bits:.3g} bits" if r.budget_bits is not None else r.budget
-            key = (r.model, r.data or "", budget, r.kind == PTQ, NETWORKS.index(r.network))
+            key = (r.model, r.data or "", budget, r.kind == PTQ, NETWORKS.index(r.network), r.quant)
             groups.setdefault(key, []).append(r)
     rows = []
-    for (model, data, budget, _, _), members in sorted(groups.items(), key=lambda kv: kv[0]):
+    for (model, data, budget, _, _, quant), members in sorted(groups.items(), key=lambda kv: kv[0]):
         network = network_label(members[0])
         accs = [r.test_acc for r in members]
         rows.append(
@@ -160,6 +165,7 @@ def summarize(runs: list[Run]) -> list[dict]:
                 "data": data,
                 "budget": budget,
                 "network": network,
+                "quant": quant,
                 "runs": len(members),
                 "equivalent_bits": statistics.fmean(r.equivalent_bits for r in members),
                 "test_acc_mean": statistics.fmean(accs),
@@ -228,11 +234,18 @@ def _search_run(run_dir: Path) -> Run:
         None,
         a.extra.get("wall_time_s"),
         str(run_dir),
+        quant=_quant_label(Counter((x.aquant, x.wquant) for x in a.layers).most_common(1)[0][0]),
     )
+
+
+def _quant_label(pair: tuple[str, str], bn_fold: bool = False) -> str:
+    """activation/weight quantizer names, and whether batch norms were folded."""
+    return "/".join(pair) + (" bn_fold" if bn_fold else "")
 
 
 def _retrain_run(run_dir: Path) -> Run:
     m = metrics_file.load(run_dir / "metrics.json")
+    family = m.quant or asdict(EDMIPS)  # files older than `quant`: edmips's
     network = "uniform" if m.uniform else m.kind  # files older than `kind` name uniform only
     if m.kind == PTQ:  # files older than `allocation` name the arch only
         network = m.allocation or ("uniform" if m.uniform else _ptq_network(m.arch))
@@ -264,6 +277,7 @@ def _retrain_run(run_dir: Path) -> Run:
         m.wall_time_s,
         str(run_dir),
         network=network,
+        quant=_quant_label((family["activation"], family["weight"]), bool(m.bn_fold)),
         budget_bits=budget_bits,
     )
 

@@ -238,3 +238,22 @@ def test_ptq_runs_are_networks_of_their_own(tmp_path):
     networks = [row["network"] for row in summarize(runs)]
     assert sorted(networks) == ["ptq random", "ptq sensitivity", "ptq uniform", "uniform"]
     assert write_report(runs, tmp_path / "report")["pareto"].exists()
+
+
+def test_families_and_folding_at_one_budget_are_rows_of_their_own(tmp_path):
+    qatsim = {"activation": "ema_relu", "weight": "maxabs", "signed": "ema"}
+    for name, extra in (
+        ("edmips", {}),
+        ("qatsim", {"quant": qatsim}),
+        ("qatsim-fold", {"quant": qatsim, "bn_fold": True}),
+    ):
+        for seed in (0, 1):
+            make_retrain_run(
+                tmp_path / f"{name}-{seed}", None, None, uniform=(4, 4), seed=seed, **extra
+            )
+    rows = summarize(collect([tmp_path]))
+    assert [(r["quant"], r["runs"]) for r in rows] == [
+        ("ema_relu/maxabs", 2),
+        ("ema_relu/maxabs bn_fold", 2),
+        ("hwgq/gauss", 2),
+    ]
