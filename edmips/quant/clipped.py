@@ -14,7 +14,7 @@ from torch import Tensor
 
 from edmips.quant.activation import round_ste
 from edmips.quant.primitives import FULL_PRECISION
-from edmips.quant.protocol import ActivationQuantizer
+from edmips.quant.protocol import UniformActivation
 from edmips.quant.registry import register
 
 SAMPLE_PER_BATCH = 2**18  # values drawn from one forward's input
@@ -43,7 +43,7 @@ class ClipStatistics:
         return torch.cat(self.parts) if self.parts else torch.zeros(0)
 
 
-class ClippedQuant(ActivationQuantizer):
+class ClippedQuant(UniformActivation):
     supported_bits = tuple(range(2, 9))
     calibrates = True
 
@@ -52,18 +52,6 @@ class ClippedQuant(ActivationQuantizer):
         self.register_buffer("alpha", torch.ones(()))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
         self.statistics: ClipStatistics | None = None
-
-    @property
-    def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
-
-    @property
-    def lowest(self) -> int:
-        return -self.qmax if self.signed else 0
-
-    @property
-    def num_levels(self) -> int:
-        return self.qmax - self.lowest + 1
 
     def unit(self) -> Tensor:
         return self.alpha / self.qmax

@@ -16,11 +16,11 @@ from torch import Tensor
 
 from edmips.quant.activation import StreamSTE, round_ste
 from edmips.quant.primitives import FULL_PRECISION, stream_codes
-from edmips.quant.protocol import ActivationQuantizer
+from edmips.quant.protocol import UniformActivation
 from edmips.quant.registry import register
 
 
-class MovingMax(ActivationQuantizer):
+class MovingMax(UniformActivation):
     """The tracked range: a buffer, moved in training and under calibration."""
 
     supported_bits = tuple(range(2, 17))
@@ -54,18 +54,6 @@ class MovingMax(ActivationQuantizer):
 class StreamQuant(MovingMax):
     signed = True
 
-    @property
-    def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1
-
-    @property
-    def lowest(self) -> int:
-        return -self.qmax
-
-    @property
-    def num_levels(self) -> int:
-        return 2 * self.qmax + 1
-
     def scale(self) -> Tensor:
         return self.running_max / self.qmax
 
@@ -88,16 +76,8 @@ class MovingMaxReLU(MovingMax):
     """A ReLU, then codes 0 .. 2^b - 1 on the step moving_max / (2^b - 1) (the range is that of
     the ReLU's output); the gradient passes straight through inside [0, moving_max]."""
 
-    @property
-    def lowest(self) -> int:
-        return 0
-
-    @property
-    def num_levels(self) -> int:
-        return 2**self.bits
-
     def unit(self) -> Tensor:
-        return self.running_max / (2**self.bits - 1)
+        return self.running_max / self.qmax
 
     def forward(self, x: Tensor) -> Tensor:
         x = torch.relu(x)
@@ -105,7 +85,7 @@ class MovingMaxReLU(MovingMax):
             return x
         self.track(x)
         step = self.unit().to(x.dtype)
-        return round_ste((x / step).clamp(0, 2**self.bits - 1)) * step
+        return round_ste((x / step).clamp(0, self.qmax)) * step
 
     def codes(self, x: Tensor) -> Tensor:
-        return (x / self.unit().to(x.dtype)).clamp(0, 2**self.bits - 1).round()
+        return (x / self.unit().to(x.dtype)).clamp(0, self.qmax).round()

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from edmips.quant.activation import round_ste
 from edmips.quant.primitives import FULL_PRECISION
-from edmips.quant.protocol import ActivationQuantizer
+from edmips.quant.protocol import UniformActivation
 from edmips.quant.registry import register
 
 MIN_STEP = 1e-8  # a step the optimizer drove to zero or below quantizes as this
@@ -46,7 +46,7 @@ def grad_scaled(t: Tensor, g: float) -> Tensor:
     return _GradScale.apply(t, g)
 
 
-class LearnedStep(ActivationQuantizer):
+class LearnedStep(UniformActivation):
     supported_bits = tuple(range(2, 9))
     calibrates = True
 
@@ -55,18 +55,6 @@ class LearnedStep(ActivationQuantizer):
         self.step = nn.Parameter(torch.ones(()))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self._ready = False  # mirrors `initialized` once read, so steps need no host sync
-
-    @property
-    def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
-
-    @property
-    def lowest(self) -> int:
-        return -self.qmax if self.signed else 0
-
-    @property
-    def num_levels(self) -> int:
-        return self.qmax - self.lowest + 1
 
     def unit(self) -> Tensor:
         return self.step.detach().clamp_min(MIN_STEP)

@@ -93,6 +93,23 @@ class ActivationQuantizer(Quantizer):
         return sum(p * q(x) for p, q in zip(probs, quantizers))
 
 
+class UniformActivation(ActivationQuantizer):
+    """Codes on one step: 0 .. 2^b - 1 unsigned, the narrow range -(2^(b-1) - 1) ..
+    2^(b-1) - 1 signed (no code -2^(b-1), so a sign folds into the thresholds)."""
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+
+    @property
+    def lowest(self) -> int:
+        return -self.qmax if self.signed else 0
+
+    @property
+    def num_levels(self) -> int:
+        return self.qmax - self.lowest + 1
+
+
 class WeightQuantizer(Quantizer):
     def __init__(self, bits: int, per_channel: bool = True):
         super().__init__(bits)
