@@ -246,13 +246,14 @@ def _quant_label(pair: tuple[str, str], bn_fold: bool = False) -> str:
 def _retrain_run(run_dir: Path) -> Run:
     m = metrics_file.load(run_dir / "metrics.json")
     family = m.quant or asdict(EDMIPS)  # files older than `quant`: edmips's
+    quant = _quant_label((family["activation"], family["weight"]), bool(m.bn_fold))
     network = "uniform" if m.uniform else m.kind  # files older than `kind` name uniform only
     if m.kind == PTQ:  # files older than `allocation` name the arch only
         network = m.allocation or ("uniform" if m.uniform else _ptq_network(m.arch))
     if network not in NETWORKS:
         raise ValueError(f"unknown network kind {network!r}")
     if network == FLOAT:
-        budget, budget_bits = FLOAT, None
+        budget, budget_bits, quant = FLOAT, None, "-"  # nothing is quantized
     elif network in POLICIES:
         budget, budget_bits = f"{network} policy", m.equivalent_bits
     elif m.uniform:
@@ -277,7 +278,7 @@ def _retrain_run(run_dir: Path) -> Run:
         m.wall_time_s,
         str(run_dir),
         network=network,
-        quant=_quant_label((family["activation"], family["weight"]), bool(m.bn_fold)),
+        quant=quant,
         budget_bits=budget_bits,
     )
 

@@ -56,5 +56,5 @@ def test_float_run_writes_loadable_weights_and_quantized_training_starts_from_th
     assert [(r.kind, r.network, r.budget) for r in runs] == [("float", "float", "float")]
     assert runs[0].test_acc == written["test_acc"]
     paths = write_report(runs, tmp_path / "report")
-    assert "| float | float | resnet_tiny |" in paths["md"].read_text()
+    assert "| float | float | - | resnet_tiny |" in paths["md"].read_text()
     assert paths["pareto"].stat().st_size > 0
