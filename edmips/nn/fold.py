@@ -18,7 +18,7 @@ tensor, and for what reads the weights' own spread (per-channel bit allocation).
 import torch
 from torch import fx, nn
 
-from edmips.nn.layers import MIXED_LAYERS, QUANT_LAYERS, QuantConv2d
+from edmips.nn.layers import MIXED_LAYERS, QUANT_LAYERS, QuantConv2d, batch_norm_scale
 from edmips.quant.protocol import Quantizer
 
 
@@ -75,14 +75,13 @@ def absorb_batch_norms(model: nn.Module) -> list[tuple[str, str]]:
     pairs = conv_bn_pairs(model)
     for conv_name, bn_name in pairs:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
-        std = torch.sqrt(bn.running_var + bn.eps)
-        s = (bn.weight if bn.affine else torch.ones_like(std)) / std
+        s = batch_norm_scale(bn)
         conv.weight.mul_(s.view(-1, 1, 1, 1))
         if conv.bias is not None:
             conv.bias.mul_(s)
         bn.running_mean.mul_(s)
-        if bn.affine:
-            bn.weight.copy_(std)
+        if bn.affine:  # a scale of 1: gamma = sqrt(running_var + eps)
+            bn.weight.copy_(torch.sqrt(bn.running_var + bn.eps))
         else:  # no scale to give back: the variance is made what cancels eps
             bn.running_var.fill_(1 - bn.eps)
     return pairs

@@ -31,6 +31,17 @@ SELECTORS = ("alpha_w", "alpha_a")  # the composite layers' architecture paramet
 SELECTOR_INIT = 0.01
 
 
+def is_depthwise(layer: nn.Module) -> bool:
+    """A conv that never sums over channels: one input channel per group."""
+    return isinstance(layer, nn.Conv2d) and 1 < layer.groups == layer.in_channels
+
+
+def batch_norm_scale(bn: nn.BatchNorm2d) -> Tensor:
+    """s = gamma / sqrt(running_var + eps) per channel: what folding bn multiplies weights by."""
+    s = torch.rsqrt(bn.running_var + bn.eps)
+    return bn.weight * s if bn.affine else s
+
+
 def is_selector(name: str) -> bool:
     """Whether a parameter name (`layer.alpha_w`) is a selector's logits."""
     return name.rsplit(".", 1)[-1] in SELECTORS
@@ -225,12 +236,8 @@ class QuantConv2d(_FixedBits, _ConvForward, nn.Conv2d):
         self._folded = (bn,)
 
     def fold_scale(self) -> Tensor:
-        """s = gamma / sqrt(running_var + eps) per output channel, shaped [C, 1, 1, 1]."""
-        bn = self.folded_bn
-        s = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.affine:
-            s = bn.weight * s
-        return s.view(-1, 1, 1, 1)
+        """batch_norm_scale of the folded batch norm, shaped [C, 1, 1, 1]."""
+        return batch_norm_scale(self.folded_bn).view(-1, 1, 1, 1)
 
     def quant_weight(self) -> Tensor:
         if not self._folded:

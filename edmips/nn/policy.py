@@ -9,11 +9,7 @@ seed leaves its input preprocessing at 8 bits.
 from torch import nn
 
 from edmips.nn.convert import first_and_last, quantizable_names
-from edmips.nn.layers import INPUT_BITS
-
-
-def is_depthwise(layer: nn.Module) -> bool:
-    return isinstance(layer, nn.Conv2d) and 1 < layer.groups == layer.in_channels
+from edmips.nn.layers import INPUT_BITS, is_depthwise
 
 
 def micronet(model: nn.Module) -> dict[str, tuple[int, int]]:

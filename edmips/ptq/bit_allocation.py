@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from edmips.nn.layers import QuantConv2d, QuantLinear
+from edmips.nn.layers import QuantConv2d, QuantLinear, is_depthwise
 from edmips.quant.maxabs import MaxAbsWeight
 from edmips.quant.primitives import FULL_PRECISION
 
@@ -63,10 +63,9 @@ def check(model: nn.Module, mode: str) -> None:
         q = getattr(layer, "input_quant", None)
         if not isinstance(layer, (QuantConv2d, QuantLinear)) or q is None or q.bits > MAX_BITS:
             continue
-        depthwise = isinstance(layer, QuantConv2d) and layer.groups == layer.in_channels > 1
         why = (
             "the integer lowering puts a layer's input channels on one grid"
-            if depthwise
+            if is_depthwise(layer)
             else "it sums its input over channels (not a depthwise conv), so they share one grid"
         )
         raise ValueError(

@@ -15,7 +15,8 @@ from edmips.models import create_model
 from edmips.nn import quantizable_names
 from edmips.nn.convert import first_and_last
 from edmips.nn.fold import conv_bn_pairs, folded_batch_norms
-from edmips.nn.policy import is_depthwise, micronet
+from edmips.nn.layers import is_depthwise
+from edmips.nn.policy import micronet
 from edmips.programs.retrain import retrain
 from edmips.programs.search import search
 from edmips.records import arch
