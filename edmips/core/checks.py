@@ -11,8 +11,10 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from edmips.cost import model as cost_models
+from edmips.nn.layers import INPUT_BITS
 from edmips.nn.policy import POLICIES
 from edmips.quant import registry
+from edmips.quant.registry import get
 
 
 class ConfigError(ValueError):
@@ -35,6 +37,15 @@ def check_search(cfg: DictConfig) -> None:
     family = _family(cfg)
     for kind, supported in (("wbits", family.weight_bits), ("abits", family.activation_bits)):
         _bit_list(cfg, f"space.{kind}", list(supported))
+    _signed_space(cfg, family)
+
+
+def _signed_space(cfg: DictConfig, family) -> None:
+    """space.sbits: null, or bits of the family's signed quantizer up to the 8 bits of the
+    tensor a signed input requantizes."""
+    if OmegaConf.select(cfg, "space.sbits") is not None:
+        supported = [b for b in get(family.signed).supported_bits if b <= INPUT_BITS]
+        _bit_list(cfg, "space.sbits", supported)
 
 
 INITS = ("scratch", "search", "float")  # where a retrain's weights start
@@ -73,6 +84,7 @@ def check_ptq(cfg: DictConfig) -> None:
         family = _family(cfg)
         for kind, supported in (("wbits", family.weight_bits), ("abits", family.activation_bits)):
             _bit_list(cfg, f"space.{kind}", list(supported))
+        _signed_space(cfg, family)
     _number(cfg, "integer_check_images", minimum=1, integer=True, optional=True)
 
 
@@ -92,6 +104,7 @@ def _check_arch(cfg: DictConfig) -> None:
         if OmegaConf.select(cfg, "target_bits") is None:
             raise ConfigError("arch=random needs a budget: add target_bits=B")
         _number(cfg, "target_bits", minimum=0)
+        _signed_space(cfg, _family(cfg))
     else:
         path = Path(to_absolute_path(str(cfg.arch)))
         if path.is_dir():

@@ -2,6 +2,7 @@
 
 from edmips.nn.convert import (
     default_searched,
+    input_space,
     quantizable_names,
     to_fixed,
     to_float,
@@ -25,6 +26,7 @@ __all__ = [
     "QuantConv2d",
     "QuantLinear",
     "default_searched",
+    "input_space",
     "quantizable_names",
     "quantize",
     "to_fixed",

@@ -9,6 +9,7 @@ them), so a search network can be retrained in place.
 from torch import nn
 
 from edmips.nn.layers import (
+    INPUT_BITS,
     MIXED_LAYERS,
     QUANT_LAYERS,
     MixedConv2d,
@@ -59,11 +60,36 @@ def quantizer_names(model: nn.Module, names: list[str], family: Family | None = 
 
 
 def _input_quant_name(layer: nn.Module, family: Family) -> str:
-    """What quantizes the layer's input under the family: its own activation quantizer, or the
-    family's signed one in front of it (to_family), or the image's."""
-    if layer.abits is not None:
-        return family.activation
-    return layer.aquant if get(layer.aquant).defines_input else family.signed
+    """What quantizes the layer's input under the family: its activation quantizer after a
+    ReLU, its signed one where the input can be negative, or the image's."""
+    kind = get(layer.aquant)
+    if kind.defines_input:
+        return layer.aquant
+    return family.signed if kind.signed else family.activation
+
+
+def input_space(aquant: str, abits, sbits=None) -> tuple[int, ...]:
+    """The bit-widths a layer's input may take. After a ReLU, the activation space `abits`. A
+    signed input (a residual sum, a linear bottleneck, a traced model's normalized image) is an
+    8-bit tensor shared by all its readers; with a signed space `sbits` each reading layer
+    requantizes it to bits of its own, and without one it reads the 8 bits. The image of
+    edmips's ResNets is read at its 8 bits. `aquant` names the layer's input quantizer."""
+    kind = get(aquant)
+    if kind.defines_input:
+        return (INPUT_BITS,)
+    if kind.signed:
+        return tuple(sbits) if sbits else (INPUT_BITS,)
+    return tuple(abits)
+
+
+def _quantizes_input(layer: nn.Module, abits) -> bool:
+    """Whether the layer holds an input quantizer at `abits` (a bit-width or candidates): one
+    after a ReLU always; one for a signed input only below the shared tensor's 8 bits (at 8
+    bits or full precision it reads that tensor as it is)."""
+    kind = get(layer.aquant)
+    if kind.defines_input or abits is None:
+        return False
+    return not kind.signed or min(abits if isinstance(abits, tuple) else (abits,)) < INPUT_BITS
 
 
 def _rebuild(layer: nn.Module, cls: type, family: Family | None, **bits) -> nn.Module:
@@ -101,27 +127,31 @@ def _at_bits(quantizers, bits: int):
     return quantizers[0].with_bits(bits)
 
 
-def to_search(model: nn.Module, names: list[str], wbits, abits, shared=True, family=None):
-    """Make the named layers composite over the candidate bit-widths (in place). With a family
-    the candidates are its quantizers, and the quantizers outside the layers its (`to_family`);
-    without, the layer's own, their state kept."""
+def to_search(
+    model: nn.Module, names: list[str], wbits, abits, shared=True, family=None, sbits=None
+):
+    """Make the named layers composite over the candidate bit-widths (in place): `abits` for
+    inputs after a ReLU, `sbits` for signed ones (`input_space`). With a family the candidates
+    are its quantizers, and the quantizers outside the layers its (`to_family`); without, the
+    layer's own, their state kept."""
     if family is not None:
         to_family(model, family)
     for name in names:
         layer = model.get_submodule(name)
-        keep_input = layer.abits is None  # an input that arrives quantized stays as it is
+        space = input_space(layer.aquant, abits, sbits)
+        own = _quantizes_input(layer, space)
         new = _rebuild(
             layer,
             SEARCH_TABLE[type(layer)],
             family,
             wbits=tuple(wbits),
-            abits=None if keep_input else tuple(abits),
+            abits=space if own else None,
             shared=shared,
         )
         if family is None:
             new.weight_quants = nn.ModuleList(layer.weight_quant.with_bits(b) for b in wbits)
-            if not keep_input:
-                new.input_quants = nn.ModuleList(layer.input_quant.with_bits(b) for b in abits)
+            if own and layer.input_quant is not None:
+                new.input_quants = nn.ModuleList(layer.input_quant.with_bits(b) for b in space)
         model.set_submodule(name, new)
     return model
 
@@ -138,12 +168,12 @@ def to_fixed(model: nn.Module, bits: dict[str, tuple[int, int]], family=None):
         to_family(model, family)
     for name, (wbits, abits) in bits.items():
         layer = model.get_submodule(name)
-        abits = None if layer.abits is None else abits
+        abits = abits if _quantizes_input(layer, abits) else None
         if isinstance(layer, MIXED_LAYERS):
             new = _rebuild(layer, FIXED_TABLE[type(layer)], family, wbits=wbits, abits=abits)
             if family is None:
                 new.weight_quant = _at_bits(layer.weight_quants, wbits)
-                if abits is not None:
+                if abits is not None and layer.input_quants is not None:
                     new.input_quant = _at_bits(layer.input_quants, abits)
             if not layer.shared:
                 chosen = [layer.weight, *layer.extra_weights][layer.wbits.index(wbits)]
@@ -197,11 +227,13 @@ def _requantize(layer: nn.Module, wbits: int, abits: int | None, family: Family 
     optimizer may hold)."""
     if family is None:
         layer.wbits = wbits
-        if abits is not None:
-            layer.abits = abits
-        return
-    layer.wquant = family.weight
-    layer.weight_quant = get(family.weight)(wbits, layer.per_channel)
-    layer.aquant = _input_quant_name(layer, family)
-    if abits is not None:
-        layer.input_quant = get(family.activation)(abits)
+    else:
+        layer.wquant = family.weight
+        layer.weight_quant = get(family.weight)(wbits, layer.per_channel)
+        layer.aquant = _input_quant_name(layer, family)
+    if abits is None:
+        layer.input_quant = None  # a signed input read at the shared tensor's 8 bits
+    elif family is not None or layer.input_quant is None:
+        layer.input_quant = get(layer.aquant)(abits)
+    else:
+        layer.abits = abits

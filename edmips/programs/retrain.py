@@ -23,7 +23,6 @@ from omegaconf import DictConfig
 
 from edmips.core import checks, rundir
 from edmips.core.builders import (
-    build_cost,
     build_datamodule,
     build_model,
     build_trainer,
@@ -35,7 +34,13 @@ from edmips.export import export
 from edmips.export.verify import verify
 from edmips.models import list_models
 from edmips.models.weights import network_state
-from edmips.nn import default_searched, quantizable_names, to_fixed, to_float, to_search
+from edmips.nn import (
+    default_searched,
+    quantizable_names,
+    to_fixed,
+    to_float,
+    to_search,
+)
 from edmips.nn.convert import first_and_last, quantizer_names
 from edmips.nn.fold import fold_batch_norms
 from edmips.nn.policy import POLICIES
@@ -43,8 +48,8 @@ from edmips.quant import registry
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
 from edmips.retrain import float_net
+from edmips.retrain.baselines import BASELINES, baseline_arch
 from edmips.retrain.module import RetrainModule
-from edmips.search.budget import Budget, check_reachable, random_allocation
 
 log = logging.getLogger(__name__)
 
@@ -85,49 +90,6 @@ def resolve_arch(cfg: DictConfig, datamodule):
     return model, arch_file.with_quantizers(found, built)
 
 
-BASELINES = ("uniform", "random", *POLICIES)
-
-
-def baseline_arch(cfg: DictConfig, model, costs, data: str, quantizers=None):
-    """What a search must beat at the same cost: one bit-width everywhere, a random allocation
-    from the search space within 1% of `target_bits`, in the cost's unit (fixed by `seed`), or
-    a seed's fixed policy (edmips.nn.policy)."""
-    model_name = model.name
-    if cfg.arch in POLICIES:
-        bits = POLICIES[cfg.arch](model)
-        wbits, abits = [bits[c.name][0] for c in costs], [bits[c.name][1] for c in costs]
-        space = {"wbits": sorted(set(wbits)), "abits": sorted(set(abits))}
-        return arch_file.build(
-            model_name, space, costs, wbits, abits, None, None, quantizers, data=data
-        )
-    if cfg.arch == "uniform":
-        wbits, abits = [cfg.wbits] * len(costs), [cfg.abits] * len(costs)
-        space = {"wbits": [cfg.wbits], "abits": [cfg.abits]}
-        return arch_file.build(
-            model_name, space, costs, wbits, abits, None, None, quantizers, data=data
-        )
-    wspace, aspace = tuple(cfg.space.wbits), tuple(cfg.space.abits)
-    cost = build_cost(cfg)
-    # target_bits is there: checks.py
-    budget = Budget(cost, costs, [wspace] * len(costs), [aspace] * len(costs), cfg.target_bits)
-    check_reachable(budget)
-    wbits, abits = random_allocation(budget, cfg.seed)
-    space = {"wbits": list(wspace), "abits": list(aspace)}
-    return arch_file.build(
-        model_name,
-        space,
-        costs,
-        wbits,
-        abits,
-        None,
-        None,
-        quantizers,
-        data=data,
-        target_bits=cfg.target_bits,
-        cost=cost.name,
-    )
-
-
 def arch_kind(cfg: DictConfig) -> str:
     return cfg.arch if cfg.arch in (*BASELINES, float_net.KIND) else "searched"
 
@@ -156,6 +118,7 @@ def _load_search_weights(model, found: arch_file.Arch, path: Path) -> None:
         found.space["wbits"],
         found.space["abits"],
         shared=found.extra.get("shared_weights", True),
+        sbits=found.space.get("sbits"),
     )
     state = rundir.load_checkpoint(ckpt)["state_dict"]
     model.load_state_dict(network_state(state))

@@ -41,14 +41,15 @@ def build_search(cfg: DictConfig):
     model = build_model(cfg, datamodule)
     space = cfg.space
     names = default_searched(model, space.skip_first, space.skip_last)
+    family = registry.family(cfg)
     to_search(
-        model, names, space.wbits, space.abits, cfg.search.shared_weights, registry.family(cfg)
+        model, names, space.wbits, space.abits, cfg.search.shared_weights, family, space.sbits
     )
     costs = measure(model, datamodule)
     fast = fast_path(cfg)
     if fast:
         model = model.to(memory_format=torch.channels_last)
-    target = budget_target(cfg, [c for c in costs if c.name in names])
+    target = budget_target(cfg, model, [c for c in costs if c.name in names])
     module = SearchModule(
         model,
         costs,
@@ -68,9 +69,9 @@ def build_search(cfg: DictConfig):
     return datamodule, module
 
 
-def budget_target(cfg: DictConfig, costs) -> float | None:
+def budget_target(cfg: DictConfig, model, costs) -> float | None:
     """The target of budget mode in the cost's stated unit (from target_bits, or for BitOps
-    from target_bitops)."""
+    from target_bitops), checked against the search network's candidates."""
     if cfg.mu < 0:
         raise ValueError(f"mu must be >= 0, got {cfg.mu}")
     if cfg.target_bits is not None and cfg.target_bitops is not None:
@@ -83,8 +84,9 @@ def budget_target(cfg: DictConfig, costs) -> float | None:
         if cost.name != "bitops":
             raise ValueError(f"target_bitops is a BitOps budget, not {cost.name}: set target_bits")
         target = cost.stated_total(cfg.target_bitops, costs)
-    space = [tuple(cfg.space.wbits)] * len(costs), [tuple(cfg.space.abits)] * len(costs)
-    check_reachable(Budget(cost, costs, *space, target))
+    layers = [model.get_submodule(c.name) for c in costs]
+    wspaces, aspaces = [m.wbits for m in layers], [m.abits_space() for m in layers]
+    check_reachable(Budget(cost, costs, wspaces, aspaces, target))
     return target
 
 
@@ -94,7 +96,7 @@ def current_arch(module: SearchModule, cfg: DictConfig, mode="argmax", **meta) -
     pw, pa = module.probs()
     return arch_file.build(
         cfg.model.name,
-        {"wbits": list(cfg.space.wbits), "abits": list(cfg.space.abits)},
+        arch_file.space_of(cfg.space),
         [c for c, _ in module.layers],
         wbits,
         abits,

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from edmips.core.builders import build_cost, build_model, measure
-from edmips.nn import default_searched, to_fixed
+from edmips.nn import default_searched, input_space, to_fixed
 from edmips.nn.convert import quantizer_names
 from edmips.ptq import sensitivity
 from edmips.ptq.stats import batches
@@ -30,16 +30,22 @@ def model_at_8_bits(cfg: DictConfig, datamodule):
     model = build_model(cfg, datamodule)
     names = default_searched(model, cfg.space.skip_first, cfg.space.skip_last)
     costs = [c for c in measure(model, datamodule) if c.name in names]
-    check_reachable(budget(cfg, costs))
+    check_reachable(budget(cfg, model, costs))
     bits = sensitivity.REFERENCE_BITS
     to_fixed(model, {c.name: (bits, bits) for c in costs}, registry.family(cfg))
     return model, costs
 
 
-def budget(cfg: DictConfig, costs) -> Budget:
-    wspace, aspace = tuple(cfg.space.wbits), tuple(cfg.space.abits)
-    n = len(costs)
-    return Budget(build_cost(cfg), costs, [wspace] * n, [aspace] * n, cfg.target_bits)
+def activation_spaces(cfg: DictConfig, model, names) -> list[tuple[int, ...]]:
+    """Each layer's activation candidates; a signed input stays at its shared 8 bits."""
+    aspace = tuple(cfg.space.abits)
+    return [input_space(model.get_submodule(n).aquant, aspace) for n in names]
+
+
+def budget(cfg: DictConfig, model, costs) -> Budget:
+    wspaces = [tuple(cfg.space.wbits)] * len(costs)
+    aspaces = activation_spaces(cfg, model, [c.name for c in costs])
+    return Budget(build_cost(cfg), costs, wspaces, aspaces, cfg.target_bits)
 
 
 def allocate(cfg, model, costs, images, reference, stats, clip, data: str) -> arch_file.Arch:
@@ -48,8 +54,11 @@ def allocate(cfg, model, costs, images, reference, stats, clip, data: str) -> ar
     wspace, aspace = tuple(cfg.space.wbits), tuple(cfg.space.abits)
     names = [c.name for c in costs]
     quantizers = quantizer_names(model, names, registry.family(cfg))
-    tables, base = sensitivity.measure(model, names, wspace, aspace, images, reference, stats, clip)
-    b = budget(cfg, costs)
+    aspaces = activation_spaces(cfg, model, names)
+    tables, base = sensitivity.measure(
+        model, names, wspace, aspaces, images, reference, stats, clip
+    )
+    b = budget(cfg, model, costs)
     wbits, abits = best_scoring([-t for t in tables], b)
     worst = max(range(len(names)), key=lambda k: tables[k].max())
     log.info(

@@ -59,21 +59,21 @@ def measure(
     model: nn.Module,
     layers: list[str],
     wspace: tuple[int, ...],
-    aspace: tuple[int, ...],
+    aspaces: list[tuple[int, ...]],
     images: Tensor,
     reference: Tensor,
     stats: calibration_stats.CalibrationStats,
     clip,
     batch_size: int = 256,
 ) -> tuple[list[np.ndarray], float]:
-    """Loss increase [len(wspace), len(aspace)] per layer over the network with every layer of
+    """Loss increase [len(wspace), len(aspaces[k])] per layer k over the network with every layer of
     `layers` at 8 bits and its clips finished (what `model` must be on entry, and is on
     return), and that network's own loss. `reference`: the float network's logits."""
     cache = ClipCache(stats, clip)
     names = {id(m): n for n, m in model.named_modules()}
     base = kl_to(reference, outputs(model, images, batch_size))
-    tables = [np.zeros((len(wspace), len(aspace))) for _ in layers]
-    grid = [(k, i, j) for k in range(len(layers)) for i in wspace for j in aspace]
+    tables = [np.zeros((len(wspace), len(aspace))) for aspace in aspaces]
+    grid = [(k, i, j) for k in range(len(layers)) for i in wspace for j in aspaces[k]]
     for k, w, a in track(grid, description="layer sensitivity", transient=True):
         layer = model.get_submodule(layers[k])
         quants = [(layer.weight_quant, w)]
@@ -82,7 +82,7 @@ def measure(
         for q, bits in quants:
             cache.set_bits(names[id(q)], q, bits)
         loss = kl_to(reference, outputs(model, images, batch_size))
-        tables[k][wspace.index(w), aspace.index(a)] = loss - base
+        tables[k][wspace.index(w), aspaces[k].index(a)] = loss - base
         for q, _ in quants:
             cache.set_bits(names[id(q)], q, REFERENCE_BITS)
     return tables, base

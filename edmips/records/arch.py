@@ -1,6 +1,7 @@
 """The architecture file (`found.json`): the one module that writes, reads and validates it.
 
     {"schema": 2, "model": "resnet20", "space": {"wbits": [...], "abits": [...]},
+     (and "sbits": [...] in a search of signed inputs)
      "layers": [{"name", "type", "flops", "params", "wbits", "abits", "probs_w", "probs_a",
                  "wquant", "aquant"}, ...],
      "bitops": ..., "equivalent_bits": ..., "weight_bits_total": ..., "mu": ..., "data": ...,
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from edmips.cost import model as cost_models
 from edmips.cost.layers import LayerCost
+from edmips.nn.convert import input_space
 from edmips.nn.layers import INPUT_BITS
 from edmips.quant import EDMIPS
 from edmips.quant.registry import get
@@ -30,6 +32,7 @@ from edmips.records.files import write_text_atomic
 from edmips.records.json_values import int_list, is_int, is_number, non_finite, reject_constant
 
 SCHEMA = 2
+SPACE_KEYS = ("wbits", "abits", "sbits")
 READS = (1, 2)  # schemas read; 1 lacks the quantizer names
 QUANT_KEYS = ("wquant", "aquant")
 LAYER_KEYS = (
@@ -83,6 +86,16 @@ class Arch:
         """The layers' measured costs, as far as the file records them."""
         return _costs(self.layers)
 
+    def activation_spaces(self) -> list[tuple[int, ...]]:
+        """Each layer's input candidates, as the search had them (edmips.nn.input_space); one
+        recorded probability, the bits it read."""
+        return [
+            input_space(x.aquant, self.space["abits"], self.space.get("sbits"))
+            if len(x.probs_a) > 1
+            else (x.abits,)
+            for x in self.layers
+        ]
+
     def to_dict(self) -> dict:
         d = {"schema": SCHEMA, **asdict(self)}
         d.update(d.pop("extra"))
@@ -116,7 +129,7 @@ def build(
     known = {k: meta.pop(k) for k in ("mu", "data", "val_acc") if k in meta}
     return Arch(
         model=model,
-        space={"wbits": list(space["wbits"]), "abits": list(space["abits"])},
+        space={k: list(v) for k, v in space.items() if k in SPACE_KEYS and v is not None},
         layers=layers,
         bitops=ops,
         equivalent_bits=bitops.stated_total(ops, costs),
@@ -124,6 +137,11 @@ def build(
         **known,
         extra=meta,
     )
+
+
+def space_of(space) -> dict[str, list[int]]:
+    """The candidates a config's `space` group searches, as the file records them."""
+    return {k: list(space[k]) for k in SPACE_KEYS if space.get(k) is not None}
 
 
 def with_quantizers(arch: Arch, quantizers: list[tuple[str, str]]) -> Arch:
@@ -184,9 +202,12 @@ def from_dict(d, source: str = "arch", known_models=None) -> Arch:
         fail(f"unknown model {d['model']!r}")
     space = d["space"]
     if not (
-        isinstance(space, dict) and int_list(space.get("wbits")) and int_list(space.get("abits"))
+        isinstance(space, dict)
+        and int_list(space.get("wbits"))
+        and int_list(space.get("abits"))
+        and ("sbits" not in space or int_list(space["sbits"]))
     ):
-        fail('\'space\' must be {"wbits": [ints], "abits": [ints]}')
+        fail('\'space\' must be {"wbits": [ints], "abits": [ints]} (and "sbits": [ints])')
     if not isinstance(d["layers"], list) or not d["layers"]:
         fail("'layers' must be a non-empty list")
     bad = non_finite(d)
@@ -234,7 +255,9 @@ def _check_layer(i: int, layer, keys, space: dict, fail) -> None:
     # activation bit-width is that input's, which the space need not hold (check_matches
     # confirms against the model that the layer is such a layer).
     for kind in ("wbits", "abits"):
-        allowed = [*space[kind], INPUT_BITS] if kind == "abits" else space[kind]
+        allowed = space[kind]
+        if kind == "abits":
+            allowed = [*allowed, *space.get("sbits", []), INPUT_BITS]
         if layer[kind] not in allowed:
             bits = layer[kind]
             fail(f"layer {name!r}: {kind}={bits} is outside the space {space[kind]}")
@@ -270,7 +293,13 @@ def check_matches(
                 f"takes {list(weight_bits)} ({layer.wquant})"
             )
         image_input = layer.name in quantized_inputs
-        if image_input and layer.abits != INPUT_BITS:
+        signed = image_input and get(layer.aquant).signed
+        if signed and layer.abits not in (INPUT_BITS, *arch.space.get("sbits", [])):
+            raise ArchError(
+                f"{source}: layer {layer.name!r}: its input is a signed {INPUT_BITS}-bit tensor; "
+                f"abits={layer.abits} is outside the signed space {arch.space.get('sbits')}"
+            )
+        if image_input and not signed and layer.abits != INPUT_BITS:
             raise ArchError(
                 f"{source}: layer {layer.name!r}: its input is the {INPUT_BITS}-bit image, "
                 f"not abits={layer.abits}"

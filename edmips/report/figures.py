@@ -61,6 +61,7 @@ def plot_bit_allocation(arch: arch_file.Arch, path) -> Path:
         {b for la in arch.layers for b in (la.wbits, la.abits)}
         | set(arch.space["wbits"])
         | set(arch.space["abits"])
+        | set(arch.space.get("sbits", []))
     )
     bits_ax.set_yticks(levels)
     bits_ax.set_ylim(0, max(levels) + 0.8)  # headroom for the legend
@@ -88,7 +89,10 @@ def plot_sensitivity(arch: arch_file.Arch, path) -> Path:
     learned nothing, tilted by the price that meets the budget). Bars above their grey twin are
     layers the loss made worth more bits than their cost alone would grant."""
     spaces_w = [candidates(arch.space["wbits"], len(la.probs_w), la.wbits) for la in arch.layers]
-    spaces_a = [candidates(arch.space["abits"], len(la.probs_a), la.abits) for la in arch.layers]
+    spaces_a = [
+        candidates(list(space), len(la.probs_a), la.abits)
+        for la, space in zip(arch.layers, arch.activation_spaces())
+    ]
     searched = [
         sum(p * b for p, b in zip(la.probs_w, sw)) * sum(p * b for p, b in zip(la.probs_a, sa))
         for la, sw, sa in zip(arch.layers, spaces_w, spaces_a)
@@ -144,8 +148,8 @@ def plot_selector_evolution(history: list[dict], arch: arch_file.Arch, path) -> 
     for sub, kind, label in zip(
         fig.subfigures(2, 1), ("w", "a"), ("Weights", "Activations"), strict=True
     ):
-        space = arch.space[f"{kind}bits"]
-        colors = bit_colors(space)
+        spaces = [arch.space["wbits"]] * n if kind == "w" else arch.activation_spaces()
+        colors = bit_colors(sorted({b for space in spaces for b in space}))
         axes = sub.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
         lines = {}
         for i, ax in enumerate(axes.flat):
@@ -155,7 +159,8 @@ def plot_selector_evolution(history: list[dict], arch: arch_file.Arch, path) -> 
             layer = arch.layers[i]
             series = list(zip(*(h[f"probs_{kind}"][i] for h in history), strict=True))
             chosen = layer.wbits if kind == "w" else layer.abits
-            for bits, probs in zip(candidates(space, len(series), chosen), series, strict=True):
+            bits_of = candidates(list(spaces[i]), len(series), chosen)
+            for bits, probs in zip(bits_of, series, strict=True):
                 (lines[bits],) = ax.plot(
                     epochs,
                     probs,

@@ -218,10 +218,16 @@ def _best_within_budget(scores, budget: Budget, tolerance, bins):
         best = new
         picks.append(pick)
         options.append(layer)
-    stated = budget.cost.stated(np.arange(bins + 1) * unit)
+    levels = np.arange(bins + 1) * unit
+    stated = budget.cost.stated(levels)
     target = budget.target
     reached = np.isfinite(best)
-    inside = reached & (np.abs(stated - target) <= tolerance * target)
+    # Each layer's cost is rounded to its nearest bin: a bin inside the tolerance by this
+    # much on both sides holds only allocations whose exact cost is inside it too.
+    slack = 0.5 * unit * len(tables)
+    low = budget.cost.stated(np.maximum(levels - slack, 0))
+    high = budget.cost.stated(levels + slack)
+    inside = reached & (low >= (1 - tolerance) * target) & (high <= (1 + tolerance) * target)
     if inside.any():
         end = int(np.argmax(np.where(inside, best, -np.inf)))
     else:

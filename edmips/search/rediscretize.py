@@ -15,7 +15,6 @@ import torch
 
 from edmips.core.cli import one_line_errors
 from edmips.cost import model as cost_models
-from edmips.nn.layers import INPUT_BITS
 from edmips.records import arch as arch_file
 from edmips.records import history as history_file
 from edmips.search.budget import Budget
@@ -46,8 +45,7 @@ def rediscretize(
     pw = [torch.tensor(p) for p in entry["probs_w"]]
     pa = [torch.tensor(p) for p in entry["probs_a"]]
     wspace = [tuple(found.space["wbits"])] * len(pw)
-    # A layer whose input is the image has one activation "candidate": the image's bits.
-    aspace = [tuple(found.space["abits"]) if len(p) > 1 else (INPUT_BITS,) for p in pa]
+    aspace = found.activation_spaces()
     costs = found.costs()
     target = found.extra.get("target_bits") if target_bits is None else target_bits
     budget = None

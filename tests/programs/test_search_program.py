@@ -1,12 +1,16 @@
 """End-to-end searches on the built-in data (CPU, tiny network)."""
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import make_config
 
+from edmips.export.cli import load_retrained
 from edmips.models import create_model, list_models
+from edmips.programs.retrain import retrain
 from edmips.programs.search import search
+from edmips.quant.registry import get
 from edmips.records import arch
 
 
@@ -99,3 +103,24 @@ def test_search_under_ddp_on_two_cpu_processes(tmp_path):
     assert (tmp_path / "train_ddp_process_1.log").exists()  # the second rank ran
     history = json.loads((tmp_path / "history.json").read_text())
     assert len(history) == 3  # the start and two epochs, written once, by rank zero
+
+
+def test_a_search_of_signed_inputs_records_their_bits_and_retrains_exactly(
+    search_cfg, retrain_cfg, tmp_path
+):
+    small = ["model=tv_mobilenet_v2", "data.num_train=300", "data.val_size=100", "data.num_test=50"]
+    search(search_cfg(*small, "space.sbits=[4,6,8]", "target_bits=3"))
+    found = arch.load(tmp_path / "found.json")
+    signed = [x for x in found.layers if get(x.aquant).signed]
+    assert len(signed) == 17 and found.space["sbits"] == [4, 6, 8]
+    assert all(len(x.probs_a) == 3 and x.abits in (4, 6, 8) for x in signed)
+    assert found.equivalent_bits == pytest.approx(3, rel=0.01)  # their bits count in the budget
+
+    run = retrain_cfg(*small, f"arch={tmp_path / 'found.json'}")
+    metrics = retrain(run)
+    assert metrics["prediction_agreement"] == metrics["qdq_agreement"] == 1.0
+    model, _ = load_retrained(Path(run.output_dir))
+    for x in signed:
+        layer = model.get_submodule(x.name)
+        assert layer.bit_config()[1] == x.abits
+        assert (layer.input_quant is None) == (x.abits == 8)

@@ -1,0 +1,55 @@
+"""The architectures a search must beat, built for a model: uniform, random and a seed's
+fixed policy (edmips.nn.policy). retrain.py and ptq.py take them as `arch=`."""
+
+from omegaconf import DictConfig
+
+from edmips.core.builders import build_cost
+from edmips.nn import input_space
+from edmips.nn.policy import POLICIES
+from edmips.records import arch as arch_file
+from edmips.search.budget import Budget, check_reachable, random_allocation
+
+BASELINES = ("uniform", "random", *POLICIES)
+
+
+def baseline_arch(cfg: DictConfig, model, costs, data: str, quantizers=None):
+    """What a search must beat at the same cost: one bit-width everywhere, a random allocation
+    from the search space within 1% of `target_bits`, in the cost's unit (fixed by `seed`), or
+    a seed's fixed policy (edmips.nn.policy)."""
+    model_name = model.name
+    aquants = [model.get_submodule(c.name).aquant for c in costs]
+    if cfg.arch in POLICIES:
+        bits = POLICIES[cfg.arch](model)
+        wbits, abits = [bits[c.name][0] for c in costs], [bits[c.name][1] for c in costs]
+        space = {"wbits": sorted(set(wbits)), "abits": sorted(set(abits))}
+        return arch_file.build(
+            model_name, space, costs, wbits, abits, None, None, quantizers, data=data
+        )
+    if cfg.arch == "uniform":  # a signed input is read at its shared 8 bits (input_space)
+        wbits = [cfg.wbits] * len(costs)
+        abits = [input_space(aquant, (cfg.abits,))[0] for aquant in aquants]
+        space = {"wbits": [cfg.wbits], "abits": [cfg.abits]}
+        return arch_file.build(
+            model_name, space, costs, wbits, abits, None, None, quantizers, data=data
+        )
+    wspace, aspace = tuple(cfg.space.wbits), tuple(cfg.space.abits)
+    cost = build_cost(cfg)
+    # target_bits is there: checks.py
+    aspaces = [input_space(aquant, aspace, cfg.space.get("sbits")) for aquant in aquants]
+    budget = Budget(cost, costs, [wspace] * len(costs), aspaces, cfg.target_bits)
+    check_reachable(budget)
+    wbits, abits = random_allocation(budget, cfg.seed)
+    space = arch_file.space_of(cfg.space)
+    return arch_file.build(
+        model_name,
+        space,
+        costs,
+        wbits,
+        abits,
+        None,
+        None,
+        quantizers,
+        data=data,
+        target_bits=cfg.target_bits,
+        cost=cost.name,
+    )
