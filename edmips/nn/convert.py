@@ -15,6 +15,7 @@ from edmips.nn.layers import (
     MixedLinear,
     QuantConv2d,
     QuantLinear,
+    input_quantizer,
 )
 from edmips.quant import FULL_PRECISION
 from edmips.quant.protocol import ActivationQuantizer, check_bits, quantizers
@@ -204,4 +205,4 @@ def _requantize(layer: nn.Module, wbits: int, abits: int | None, family: Family 
     layer.weight_quant = get(family.weight)(wbits, layer.per_channel)
     layer.aquant = _input_quant_name(layer, family)
     if abits is not None:
-        layer.input_quant = get(family.activation)(abits)
+        layer.input_quant = input_quantizer(layer, family.activation, abits)
