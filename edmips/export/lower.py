@@ -12,7 +12,8 @@ the image), each computed by the reference's own module. A quantizer on f become
 threshold node bisected on f then the quantizer, so the integer levels are the reference's
 levels (edmips.export.thresholds). Max pooling commutes with a monotonic f (on -v where f
 falls); concatenation joins the channels' functions. What needs v * unit itself (a conv, an
-add, an average pool, the logits) refuses any other f, naming the node.
+add, an average pool, the logits) refuses any other f, naming the node; a conv needs one unit
+for all its input channels, except a depthwise one, whose output channels each read one.
 """
 
 import functools
@@ -37,7 +38,7 @@ from edmips.export.values import (
     per_channel,
 )
 from edmips.nn.fx_quantize import ADD_FUNCTIONS
-from edmips.nn.layers import QuantConv2d, QuantLinear
+from edmips.nn.layers import QuantConv2d, QuantLinear, is_depthwise
 from edmips.quant import ActivationQuantizer
 
 MAX_ACC_BITS = 62  # int64 arithmetic in the runtime
@@ -74,16 +75,18 @@ class _GraphLowering(ShapeSteps):
             )
         return x
 
-    def threshold(self, x: Value, name: str, channels: int, q: ActivationQuantizer) -> Value:
-        """A threshold node: the quantizer q applied to f(v), its codes shifted to start at 0."""
+    def threshold(self, x: Value, name: str, shape, q: ActivationQuantizer) -> Value:
+        """A threshold node: the quantizer q applied to f(v), its codes shifted to start at 0.
+        q runs on the network's layout (`shape`, the node's), as a step per channel needs."""
         key = (x.name, id(x.f), q.grid())
         if key in self.requantized:
             return self.requantized[key]
+        channels, codes = shape[1], per_channel(q.codes, len(shape))
         num_levels, out_bias = q.num_levels, q.lowest
         unit = torch.as_tensor(q.unit(), dtype=torch.float64)
 
         def levels(v):
-            return q.codes(x.f(v)) - out_bias
+            return codes(x.f(v)) - out_bias
 
         thresholds, sign = compute_thresholds(levels, channels, num_levels, x.lo, x.hi)
         dtype = np.int32 if max(abs(x.lo), abs(x.hi)) < 2**31 - 1 else np.int64
@@ -94,7 +97,7 @@ class _GraphLowering(ShapeSteps):
             [x.name],
             out_bias=out_bias,
             range=[out_bias, hi],
-            scale=float(unit),
+            scale=unit.tolist(),  # a list for a step per channel
             arrays={
                 "thresholds": thresholds.numpy().astype(dtype),
                 "sign": sign.numpy().astype(np.int8),
@@ -158,7 +161,7 @@ class _GraphLowering(ShapeSteps):
             if isinstance(m, ActivationQuantizer):
                 if m.defines_input:
                     return self.input_codes(x, m)
-                return self.threshold(x, node.name, self.shape(node)[1], m)
+                return self.threshold(x, node.name, self.shape(node), m)
             if isinstance(m, _ELEMENTWISE_MODULES):
                 return x.then(per_channel(m, len(self.shape(node))))
             if isinstance(m, (*_MAX_POOLS, *_AVG_POOLS)):
@@ -216,9 +219,10 @@ class _GraphLowering(ShapeSteps):
             raise ExportError(f"layer {name}: used twice; the integer graph names a layer once")
         in_shape = self.shape(node.args[0])
         if m.input_quant is not None:
-            x = self.threshold(x, f"{name}.input", in_shape[1], m.input_quant)
+            x = self.threshold(x, f"{name}.input", in_shape, m.input_quant)
         x = self.exact(node.name, x, "a quantized layer")
-        if not bool((x.unit == x.unit[0]).all()):
+        # Only a conv that never sums over channels can take them on different grids.
+        if not is_depthwise(m) and not bool((x.unit == x.unit[0]).all()):
             raise ExportError(f"layer {name}: its input channels are on different grids")
         pool = 1
         if isinstance(m, QuantConv2d) and m.input_pool is not None:
@@ -235,7 +239,10 @@ class _GraphLowering(ShapeSteps):
         """The layer's integer dot products on x's codes (summed over `pool` positions)."""
         codes, scale = m.integer_weight()
         weight_max = m.weight_quant.max_code
-        unit = (x.unit[0] / pool * scale.flatten()).expand(codes.shape[0])
+        step = x.unit[0]
+        if is_depthwise(m):  # output o reads input channel o // (out_channels / in_channels)
+            step = x.unit.repeat_interleave(m.out_channels // m.in_channels)
+        unit = (step / pool * scale.flatten()).expand(codes.shape[0])
         bias = None if m.bias is None else m.quant_bias(pool).detach().double()
         # A bias on the accumulator's grid (its input's unit x the weight scale) is added in the
         # integers; any other is a float step of f, which only a quantizer after it can absorb.

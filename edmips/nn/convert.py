@@ -16,6 +16,7 @@ from edmips.nn.layers import (
     MixedLinear,
     QuantConv2d,
     QuantLinear,
+    input_quantizer,
 )
 from edmips.quant import FULL_PRECISION
 from edmips.quant.protocol import ActivationQuantizer, check_bits, quantizers
@@ -234,6 +235,6 @@ def _requantize(layer: nn.Module, wbits: int, abits: int | None, family: Family 
     if abits is None:
         layer.input_quant = None  # a signed input read at the shared tensor's 8 bits
     elif family is not None or layer.input_quant is None:
-        layer.input_quant = get(layer.aquant)(abits)
+        layer.input_quant = input_quantizer(layer, layer.aquant, abits)
     else:
         layer.abits = abits

@@ -8,12 +8,13 @@ convolution per forward with the composite weight and the composite activation.
 A layer holds its quantizers as modules made from registry names (edmips.quant.registry):
 `weight_quant` and `input_quant` (the pre-activation position), or one per candidate bit-width
 (`weight_quants`, `input_quants`) in a composite layer, which mixes them with the quantizer's
-own `mix`. A layer built with `abits=None` has no input quantizer: its input arrives quantized
-(the image, 8-bit codes, or a signed quantizer in front of it), and `aquant` names the quantizer
-it arrives through. A linear layer with `pool_input=True` quantizes a feature map, averages it
-over space and then applies the linear map: the classifier of a ResNet, with its quantizer
-before the pool. A conv with an `input_pool` (an average pool) likewise quantizes, pools, then
-convolves, so integer inference pools integers.
+own `mix`; a depthwise conv's input quantizer has one step per channel where the quantizer
+learns one (`input_quantizer`). A layer built with `abits=None` has no input quantizer: its
+input arrives quantized (the image, 8-bit codes, or a signed quantizer in front of it), and
+`aquant` names the quantizer it arrives through. A linear layer with `pool_input=True` quantizes
+a feature map, averages it over space and then applies the linear map: the classifier of a
+ResNet, with its quantizer before the pool. A conv with an `input_pool` (an average pool)
+likewise quantizes, pools, then convolves, so integer inference pools integers.
 """
 
 import torch
@@ -36,6 +37,16 @@ def is_depthwise(layer: nn.Module) -> bool:
     return isinstance(layer, nn.Conv2d) and 1 < layer.groups == layer.in_channels
 
 
+def input_quantizer(layer: nn.Module, aquant: str, bits: int):
+    """The quantizer `aquant` at `bits` for the layer's input: one step per channel where the
+    quantizer learns one and the layer is depthwise (it never sums over channels, so each
+    channel's step folds into its own accumulators' scale), else one for the tensor."""
+    cls = get(aquant)
+    if cls.per_channel_input and is_depthwise(layer):
+        return cls(bits, channels=layer.in_channels)
+    return cls(bits)
+
+
 def batch_norm_scale(bn: nn.BatchNorm2d) -> Tensor:
     """s = gamma / sqrt(running_var + eps) per channel: what folding bn multiplies weights by."""
     s = torch.rsqrt(bn.running_var + bn.eps)
@@ -53,7 +64,7 @@ class _FixedBits:
     def _init_quantizers(self, wbits, abits, per_channel: bool, wquant: str, aquant: str):
         self.wquant, self.aquant = wquant, aquant
         self.weight_quant = get(wquant)(wbits, per_channel)
-        self.input_quant = None if abits is None else get(aquant)(abits)
+        self.input_quant = None if abits is None else input_quantizer(self, aquant, abits)
 
     @property
     def wbits(self) -> int:
@@ -94,8 +105,16 @@ class _FixedBits:
             or self.wbits >= FULL_PRECISION
         ):
             return self.bias
-        unit = self.weight_quant.scale(self.weight, self.input_quant.unit() / pool_size)
+        unit = self.bias_unit(pool_size)
         return round_ste(self.bias / unit) * unit
+
+    def bias_unit(self, pool_size: int = 1) -> Tensor:
+        """The accumulator's grid per output channel, input step / pool_size x weight scale
+        (output o of a depthwise conv reads input channel o // (out_channels / in_channels))."""
+        step = self.input_quant.unit()
+        if isinstance(step, Tensor) and step.dim() > 0:
+            step = step.repeat_interleave(self.out_channels // self.in_channels)
+        return self.weight_quant.scale(self.weight, step / pool_size)
 
     def bit_config(self) -> tuple[int, int]:
         return self.wbits, INPUT_BITS if self.abits is None else self.abits
@@ -117,7 +136,7 @@ class _MixedBits:
         self.weight_quants = nn.ModuleList(get(wquant)(b, per_channel) for b in wbits)
         self.input_quants = None
         if abits is not None:
-            self.input_quants = nn.ModuleList(get(aquant)(b) for b in abits)
+            self.input_quants = nn.ModuleList(input_quantizer(self, aquant, b) for b in abits)
         # Candidate bit-widths as device tensors: expectations never copy from the host.
         self.register_buffer("wbits_tensor", torch.tensor(self.wbits, dtype=torch.float32), False)
         self.register_buffer(

@@ -52,7 +52,7 @@ def accumulator_peak(layer: nn.Module, magnitude: int) -> float:
     q = layer.weight_quant
     peak = layer.weight[0].numel() * magnitude * q.max_code
     if layer.bias is not None and layer.input_quant is not None:
-        unit = q.scale(layer.weight.detach(), float(layer.input_quant.unit()))
+        unit = layer.bias_unit().detach()
         peak += float((layer.bias.detach() / unit).abs().max()) + 1
     return peak
 

@@ -12,7 +12,7 @@ A layer at more than MAX_BITS bits keeps its channels uniform, as does one of a 
 quantizer (its integer weight tensor holds each channel's codes on its own scale: exact).
 Per-channel activation bits (`activations`, `both`) would put a layer's input channels on
 different grids, which only a conv that never sums over channels (a depthwise one) could
-take, and the integer lowering puts every layer's input channels on one grid: refused.
+take, and the integer lowering gives every layer's input channels one bit-width: refused.
 """
 
 import math
@@ -64,7 +64,7 @@ def check(model: nn.Module, mode: str) -> None:
         if not isinstance(layer, (QuantConv2d, QuantLinear)) or q is None or q.bits > MAX_BITS:
             continue
         why = (
-            "the integer lowering puts a layer's input channels on one grid"
+            "the integer lowering gives a layer's input channels one bit-width"
             if is_depthwise(layer)
             else "it sums its input over channels (not a depthwise conv), so they share one grid"
         )

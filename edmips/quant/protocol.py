@@ -58,6 +58,9 @@ class ActivationQuantizer(Quantizer):
     calibrates = False  # whether the range is tracked from data (then it needs calibrating)
     defines_input = False  # the image's quantizer, whose codes are the integer graph's input
     calibrating = False  # set by edmips.quant.calibrate.calibration
+    # Whether it takes `channels=C` for a step per channel (unit() then [C]), which a layer
+    # uses where its input channels need not share one grid (edmips.nn.layers.input_quantizer).
+    per_channel_input = False
 
     def forward(self, x: Tensor) -> Tensor:
         raise NotImplementedError

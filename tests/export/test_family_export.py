@@ -1,7 +1,7 @@
 """Every training family exports bit-exactly: edmips's own ResNet and a converted torchvision
 network, their layers and the quantizers outside them (stem, residual streams, signed inputs)
 made the family's, compute in the integer runtime and both ONNX forms what the fake-quantized
-network computes."""
+network computes; so do a depthwise conv's learned steps, one per input channel."""
 
 from pathlib import Path
 
@@ -10,10 +10,12 @@ import torch
 from omegaconf import OmegaConf
 from test_traced_export import calibrated, check_exports
 
+from edmips.export import load_bundle
 from edmips.models import create_model
-from edmips.nn import QuantConv2d, default_searched, to_fixed
+from edmips.nn import QuantConv2d, default_searched, quantize, to_fixed
 from edmips.nn.convert import first_and_last
 from edmips.nn.fold import fold_batch_norms
+from edmips.nn.layers import is_depthwise
 from edmips.quant.protocol import quantizers
 from edmips.quant.registry import Family
 
@@ -36,7 +38,12 @@ def test_a_family_exports_bit_exactly(name, family, tmp_path):
     model = _in_family(name, family)
     kinds = {type(q).name for _, q in quantizers(model)}
     assert kinds - {"image"} == {members.activation, members.signed, members.weight}
-    check_exports(calibrated(model, 32), 32, tmp_path)
+    model = calibrated(model, 32)
+    torch.manual_seed(2)
+    depthwise = _spread_depthwise_steps(model)
+    assert len(depthwise) == (17 if (name, family) == ("tv_mobilenet_v2", "learned") else 0)
+    check_exports(model, 32, tmp_path)
+    _assert_steps_per_channel(tmp_path, depthwise)
 
 
 @pytest.mark.parametrize("name", ["resnet20", "tv_mobilenet_v2"])
@@ -50,3 +57,51 @@ def test_a_folded_network_exports_bit_exactly(name, tmp_path):
         if isinstance(layer, QuantConv2d) and layer.folded_bn is not None:
             layer.weight_quant.per_channel = False
     check_exports(calibrated(model, 32), 32, tmp_path)
+
+
+def _spread_depthwise_steps(model: torch.nn.Module) -> list[str]:
+    """Each depthwise conv's input steps, where they are one per channel, made distinct (times
+    0.25 to 4, at random); the convs' names."""
+    names = []
+    for name, layer in model.named_modules():
+        if not (isinstance(layer, QuantConv2d) and is_depthwise(layer) and layer.abits):
+            continue
+        if not layer.input_quant.per_channel_input:
+            continue
+        step = layer.input_quant.step
+        assert step.shape == (layer.in_channels,)
+        with torch.no_grad():
+            step.mul_(torch.empty_like(step).uniform_(0.25, 4.0))
+        names.append(name)
+    return names
+
+
+def _assert_steps_per_channel(out: Path, names: list[str]) -> None:
+    graph = load_bundle(out / "integer")
+    for name in names:
+        scale = graph.node(f"{name}.input").attrs["scale"]
+        assert isinstance(scale, list) and len(set(scale)) == len(scale) > 1
+
+
+def test_a_depthwise_conv_with_a_channel_multiplier_and_a_bias_exports_bit_exactly(tmp_path):
+    """Output o reads input channel o // 2, and its bias is on that channel's grid."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 8, 3, padding=1, groups=4),  # a bias, two outputs per channel
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 10),
+    )
+    learned = Family(**OmegaConf.load(CONF / "learned.yaml"))
+    model = calibrated(quantize(net, wbits=4, abits=4, family=learned), 8)
+    torch.manual_seed(2)
+    assert _spread_depthwise_steps(model) == ["2"]
+    check_exports(model, 8, tmp_path)
+    _assert_steps_per_channel(tmp_path, ["2"])
+    bias = load_bundle(tmp_path / "integer").node("2").arrays["bias"]
+    assert (bias != 0).any()  # added in the integers: on the accumulator's grid
