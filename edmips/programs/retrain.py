@@ -44,11 +44,11 @@ from edmips.nn import (
 from edmips.nn.convert import first_and_last, quantizer_names
 from edmips.nn.fold import fold_batch_norms
 from edmips.nn.policy import POLICIES
+from edmips.programs.baselines import BASELINES, baseline_arch
 from edmips.quant import registry
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
 from edmips.retrain import float_net
-from edmips.retrain.baselines import BASELINES, baseline_arch
 from edmips.retrain.module import RetrainModule
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,9 @@ from edmips.models import create_model
 from edmips.nn import input_space, to_fixed, to_float, to_search
 from edmips.nn.convert import default_searched
 from edmips.nn.layers import INPUT_BITS
+from edmips.programs.baselines import baseline_arch
 from edmips.quant.registry import get
 from edmips.records import arch
-from edmips.retrain.baselines import baseline_arch
 
 
 @pytest.fixture(scope="module")
