@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import RichProgressBar
 from torch import nn
 
+from edmips.core import budgets
 from edmips.core.divergence import StopOnDivergence
 from edmips.core.rundir import StoreConfig, epoch_checkpoint
 from edmips.cost import layers as cost_layers
@@ -96,5 +97,6 @@ def measure(model: nn.Module, datamodule) -> list[cost_layers.LayerCost]:
 
 
 def build_cost(cfg: DictConfig) -> cost_models.CostModel:
-    """The `cost` group's cost model: what a budget counts."""
-    return cost_models.get(cfg.cost.name)
+    """What a budget counts: the cost a `budget.<key>` names, else the `cost` group's, configured
+    from the `cost` group's settings (latency_table: its file). The one place that decides."""
+    return cost_models.get(budgets.cost_name(cfg)).configure(cfg.cost)

@@ -10,6 +10,8 @@ from pathlib import Path
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from edmips.core import budgets
+from edmips.core.builders import build_cost
 from edmips.cost import model as cost_models
 from edmips.nn.layers import INPUT_BITS
 from edmips.nn.policy import POLICIES
@@ -26,6 +28,7 @@ def check_search(cfg: DictConfig) -> None:
     _number(cfg, "mu", minimum=0)
     _number(cfg, "target_bits", minimum=0, optional=True)
     _number(cfg, "target_bitops", minimum=0, optional=True)
+    _budget(cfg)
     _number(cfg, "search.sharpness", minimum=1)
     _number(cfg, "search.warmup_epochs", minimum=0, integer=True)
     if cfg.search.warmup_epochs >= cfg.trainer.max_epochs:
@@ -101,9 +104,12 @@ def _check_arch(cfg: DictConfig) -> None:
     elif cfg.arch == FLOAT or cfg.arch in POLICIES:
         pass  # nothing to choose: every layer at 32 bits, or at the policy's bits
     elif cfg.arch == "random":
-        if OmegaConf.select(cfg, "target_bits") is None:
-            raise ConfigError("arch=random needs a budget: add target_bits=B")
-        _number(cfg, "target_bits", minimum=0)
+        if _budget(cfg) is None:
+            if OmegaConf.select(cfg, "target_bits") is None:
+                raise ConfigError(
+                    "arch=random needs a budget: add target_bits=B (or budget.<cost>=<value>)"
+                )
+            _number(cfg, "target_bits", minimum=0)
         _signed_space(cfg, _family(cfg))
     else:
         path = Path(to_absolute_path(str(cfg.arch)))
@@ -130,10 +136,22 @@ def _check_common(cfg: DictConfig) -> None:
         raise ConfigError(
             f"cost={cost}: unknown cost; choose from {', '.join(cost_models.names())}"
         )
+    try:  # the budget keys, and the cost's own settings (latency_table: its file, read here)
+        build_cost(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     _number(cfg, "seed", integer=True)
     _number(cfg, "trainer.max_epochs", minimum=1, integer=True)
     for key in ("space.skip_first", "space.skip_last", "fast"):
         _flag(cfg, key)
+
+
+def _budget(cfg):
+    """budget.<key>: one at most, a valid amount, not beside target_bits / target_bitops."""
+    try:
+        return budgets.requested(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _flag(cfg, key) -> None:

@@ -2,6 +2,11 @@
 
 FLOPs of a layer (EdMIPS eq. 8) are measured once from the layer's real input shape:
     conv:   Cin/groups * Cout * kh * kw * Hout * Wout        linear: in * out
+
+A layer's shape key names what a measured latency depends on, so that a table measured once per
+shape serves every layer of that shape (edmips.cost.latency_table):
+    conv:Cin:Cout:k:stride:groups:H:W    (H, W the input's; k, stride "3" or "3x1")
+    linear:in:out
 """
 
 from dataclasses import dataclass
@@ -20,6 +25,7 @@ class LayerCost:
     params: int  # weights of the layer (one shared tensor in the search)
     input_numel: int  # activation elements this layer quantizes, per sample
     input_shape: tuple[int, ...]  # per sample
+    shape_key: str = ""  # see above; "" where unknown (a layer read back from a file)
 
 
 def measure(model: nn.Module, input_size: tuple[int, ...]) -> list[LayerCost]:
@@ -37,8 +43,22 @@ def measure(model: nn.Module, input_size: tuple[int, ...]) -> list[LayerCost]:
             flops = module.in_channels // module.groups * module.out_channels * kh * kw
             flops *= output.shape[-2] * output.shape[-1]
             kind = "conv"
+            key = ":".join(
+                str(v)
+                for v in (
+                    kind,
+                    module.in_channels,
+                    module.out_channels,
+                    _pair(module.kernel_size),
+                    _pair(module.stride),
+                    module.groups,
+                    x.shape[-2],
+                    x.shape[-1],
+                )
+            )
         else:
             flops, kind = module.in_features * module.out_features, "linear"
+            key = f"linear:{module.in_features}:{module.out_features}"
         costs.append(
             LayerCost(
                 names[module],
@@ -47,6 +67,7 @@ def measure(model: nn.Module, input_size: tuple[int, ...]) -> list[LayerCost]:
                 module.weight.numel(),
                 x[0].numel(),
                 tuple(x.shape[1:]),
+                key,
             )
         )
 
@@ -63,6 +84,10 @@ def measure(model: nn.Module, input_size: tuple[int, ...]) -> list[LayerCost]:
         for h in handles:
             h.remove()
     return costs
+
+
+def _pair(value: tuple[int, int]) -> str:
+    return str(value[0]) if value[0] == value[1] else f"{value[0]}x{value[1]}"
 
 
 def searched(model: nn.Module, costs: list[LayerCost]) -> list[tuple[LayerCost, nn.Module]]:

@@ -9,6 +9,10 @@ allocation that lands on one and the totals of an architecture file all read the
 A new cost is one module of edmips.cost that defines a subclass decorated with `@register`,
 one config conf/cost/<name>.yaml (`name: <name>`) and one test: `get` imports every module of
 this package before its first lookup, so the module needs no import anywhere else.
+
+The registry holds one instance per cost, made without arguments. A cost that needs settings
+(latency_table: the file a user measured) reads them from its config group in `configure`,
+which returns a configured instance; edmips.core.builders.build_cost is the one caller.
 """
 
 import numpy as np
@@ -41,6 +45,10 @@ class CostModel:
         """The inverse of `stated`: a target as a total per unit of size."""
         return stated
 
+    def configure(self, settings) -> "CostModel":
+        """The cost model for a config group's settings (cost.<key>); most need none."""
+        return self
+
     def factors(self, wspace, aspace) -> tuple[list, list] | None:
         """(u, v) where C[i, j] = size * u[i] * v[j]; None for a table that is no product. The
         price tilts product tables by their factors, without the matrix products."""
@@ -53,7 +61,9 @@ class CostModel:
     def total(self, layers: list[LayerCost], wbits, abits):
         return sum(self.entry(c, w, a) for c, w, a in zip(layers, wbits, abits, strict=True))
 
-    def total_size(self, layers: list[LayerCost]) -> int:
+    def total_size(self, layers: list[LayerCost]) -> int | float:
+        """What totals are stated per: the layers' summed size (a cost stated as a total, such
+        as a latency in ms, returns a constant instead)."""
         return sum(self.size(c) for c in layers)
 
     def stated_total(self, total, layers: list[LayerCost]) -> float:

@@ -3,6 +3,7 @@ fixed policy (edmips.nn.policy). retrain.py and ptq.py take them as `arch=`."""
 
 from omegaconf import DictConfig
 
+from edmips.core import budgets
 from edmips.core.builders import build_cost
 from edmips.nn import input_space
 from edmips.nn.policy import POLICIES
@@ -14,8 +15,8 @@ BASELINES = ("uniform", "random", *POLICIES)
 
 def baseline_arch(cfg: DictConfig, model, costs, data: str, quantizers=None):
     """What a search must beat at the same cost: one bit-width everywhere, a random allocation
-    from the search space within 1% of `target_bits`, in the cost's unit (fixed by `seed`), or
-    a seed's fixed policy (edmips.nn.policy)."""
+    from the search space within 1% of `target_bits` in the cost's unit, or of a budget.<key>
+    (fixed by `seed`), or a seed's fixed policy (edmips.nn.policy)."""
     model_name = model.name
     aquants = [model.get_submodule(c.name).aquant for c in costs]
     if cfg.arch in POLICIES:
@@ -34,10 +35,11 @@ def baseline_arch(cfg: DictConfig, model, costs, data: str, quantizers=None):
         )
     wspace, aspace = tuple(cfg.space.wbits), tuple(cfg.space.abits)
     cost = build_cost(cfg)
-    # target_bits is there: checks.py
+    target = budgets.stated_target(cfg, cost, costs)  # target_bits or a budget: checks.py
     aspaces = [input_space(aquant, aspace, cfg.space.get("sbits")) for aquant in aquants]
-    budget = Budget(cost, costs, [wspace] * len(costs), aspaces, cfg.target_bits)
-    check_reachable(budget)
+    budget = Budget(cost, costs, [wspace] * len(costs), aspaces, target)
+    with budgets.named(cfg):
+        check_reachable(budget)
     wbits, abits = random_allocation(budget, cfg.seed)
     space = arch_file.space_of(cfg.space)
     return arch_file.build(
@@ -50,6 +52,7 @@ def baseline_arch(cfg: DictConfig, model, costs, data: str, quantizers=None):
         None,
         quantizers,
         data=data,
-        target_bits=cfg.target_bits,
+        target_bits=target,
+        budget=budgets.record(cfg),
         cost=cost.name,
     )

@@ -205,6 +205,8 @@ def arch_record(cfg: DictConfig, found: arch_file.Arch, data: str) -> dict:
         "equivalent_bits": found.equivalent_bits,
         "bitops": found.bitops,
         "weight_bits_total": found.weight_bits_total,
+        "activation_bits_total": found.activation_bits_total,
+        "micronet_score": found.micronet_score,
         "quant": asdict(registry.family(cfg)),
         "bn_fold": bool(cfg.get("bn_fold", False)),
     }

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
-from edmips.core import checks, rundir
+from edmips.core import budgets, checks, rundir
 from edmips.core.builders import (
     build_cost,
     build_datamodule,
@@ -49,7 +49,8 @@ def build_search(cfg: DictConfig):
     fast = fast_path(cfg)
     if fast:
         model = model.to(memory_format=torch.channels_last)
-    target = budget_target(cfg, model, [c for c in costs if c.name in names])
+    cost = build_cost(cfg)
+    target = budget_target(cfg, model, [c for c in costs if c.name in names], cost)
     module = SearchModule(
         model,
         costs,
@@ -64,29 +65,29 @@ def build_search(cfg: DictConfig):
         sharpness=cfg.search.sharpness,
         channels_last=fast,
         compile=compile_mode(cfg.search.compile, cfg),
-        cost=cfg.cost.name,
+        cost=cost,
     )
     return datamodule, module
 
 
-def budget_target(cfg: DictConfig, model, costs) -> float | None:
-    """The target of budget mode in the cost's stated unit (from target_bits, or for BitOps
-    from target_bitops), checked against the search network's candidates."""
+def budget_target(cfg: DictConfig, model, costs, cost=None) -> float | None:
+    """The target of budget mode in the cost's stated unit (from target_bits, target_bitops or
+    a budget.<key>: edmips.core.budgets), checked against the search network's candidates.
+    Every searched layer's table is read here, budget or not: a measured table that lacks an
+    entry the search could choose is refused before training, naming it."""
     if cfg.mu < 0:
         raise ValueError(f"mu must be >= 0, got {cfg.mu}")
     if cfg.target_bits is not None and cfg.target_bitops is not None:
         raise ValueError("set target_bits or target_bitops, not both")
-    if cfg.target_bitops is None and cfg.target_bits is None:
-        return None
-    cost = build_cost(cfg)
-    target = cfg.target_bits
-    if cfg.target_bitops is not None:
-        if cost.name != "bitops":
-            raise ValueError(f"target_bitops is a BitOps budget, not {cost.name}: set target_bits")
-        target = cost.stated_total(cfg.target_bitops, costs)
+    cost = cost or build_cost(cfg)
     layers = [model.get_submodule(c.name) for c in costs]
     wspaces, aspaces = [m.wbits for m in layers], [m.abits_space() for m in layers]
-    check_reachable(Budget(cost, costs, wspaces, aspaces, target))
+    tables = [cost.table(c, w, a) for c, w, a in zip(costs, wspaces, aspaces)]
+    target = budgets.stated_target(cfg, cost, costs)
+    if target is None:
+        return None
+    with budgets.named(cfg):
+        check_reachable(Budget(cost, costs, wspaces, aspaces, target), tables)
     return target
 
 
@@ -110,6 +111,7 @@ def current_arch(module: SearchModule, cfg: DictConfig, mode="argmax", **meta) -
         expected_bits=float(module.expected_bits().detach()),
         target_bits=None if module.budget is None else module.budget.target,
         target_bitops=cfg.target_bitops,
+        budget=budgets.record(cfg),
         cost=module.cost.name,
         shared_weights=cfg.search.shared_weights,
         world_size=module.trainer.world_size,

@@ -3,14 +3,18 @@
     {"schema": 2, "model": "resnet20", "space": {"wbits": [...], "abits": [...]},
      (and "sbits": [...] in a search of signed inputs)
      "layers": [{"name", "type", "flops", "params", "wbits", "abits", "probs_w", "probs_a",
-                 "wquant", "aquant"}, ...],
-     "bitops": ..., "equivalent_bits": ..., "weight_bits_total": ..., "mu": ..., "data": ...,
+                 "wquant", "aquant", "input_numel"}, ...],
+     "bitops": ..., "equivalent_bits": ..., "weight_bits_total": ...,
+     "activation_bits_total": ..., "micronet_score": ..., "mu": ..., "data": ...,
      "val_acc": ..., ...}
 
 Layers are listed in forward order; `wquant` / `aquant` name each layer's weight and input
 quantizers in edmips.quant.registry (`aquant` of a layer whose input arrives quantized names
 what quantized it: "image" for the image). A schema-1 file, which has no names, is read as
-edmips's family (gauss weights, hwgq activations).
+edmips's family (gauss weights, hwgq activations). `input_numel` (the activation elements a
+layer reads, per sample) is optional: a file without it has no `activation_bits_total` (null).
+`micronet_score` is the MicroNet challenge's score against `data`'s reference network
+(edmips.cost.micronet).
 Totals are recomputed from the layers when a file is built, so they always agree with them.
 Every problem with a file is an ArchError whose message is one line naming the file and the
 problem.
@@ -24,6 +28,7 @@ from pathlib import Path
 
 from edmips.cost import model as cost_models
 from edmips.cost.layers import LayerCost
+from edmips.cost.micronet import micronet_score
 from edmips.nn.convert import input_space
 from edmips.nn.layers import INPUT_BITS
 from edmips.quant import EDMIPS
@@ -46,6 +51,7 @@ LAYER_KEYS = (
     "probs_a",
     *QUANT_KEYS,
 )
+OPTIONAL_LAYER_KEYS = ("input_numel",)  # files written before it was recorded lack it
 
 
 class ArchError(ValueError):
@@ -64,6 +70,7 @@ class LayerArch:
     probs_a: list[float] = field(default_factory=list)
     wquant: str = EDMIPS.weight
     aquant: str = EDMIPS.activation
+    input_numel: int | None = None  # None: not recorded
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,8 @@ class Arch:
     bitops: int
     equivalent_bits: float
     weight_bits_total: int
+    activation_bits_total: int | None = None  # None: a layer's input size is not recorded
+    micronet_score: float | None = None
     mu: float | None = None
     data: str | None = None
     val_acc: float | None = None
@@ -124,9 +133,14 @@ def build(
             costs, wbits, abits, probs_w, probs_a, quantizers, strict=True
         )
     ]
+    layers = [replace(x, input_numel=c.input_numel or None) for x, c in zip(layers, costs)]
     bitops = cost_models.get("bitops")
     ops = bitops.total(costs, wbits, abits)
     known = {k: meta.pop(k) for k in ("mu", "data", "val_acc") if k in meta}
+    # 0 input elements: a cost read back from a file that does not record them
+    activations = None
+    if all(c.input_numel > 0 for c in costs):
+        activations = cost_models.get("activation_memory").total(costs, wbits, abits)
     return Arch(
         model=model,
         space={k: list(v) for k, v in space.items() if k in SPACE_KEYS and v is not None},
@@ -134,6 +148,8 @@ def build(
         bitops=ops,
         equivalent_bits=bitops.stated_total(ops, costs),
         weight_bits_total=cost_models.get("weight_size").total(costs, wbits, abits),
+        activation_bits_total=activations,
+        micronet_score=micronet_score(costs, wbits, abits, known.get("data")),
         **known,
         extra=meta,
     )
@@ -181,7 +197,14 @@ def load(path: str | Path, known_models=None) -> Arch:
     return from_dict(d, str(path), known_models)
 
 
-DERIVED = ("schema", "bitops", "equivalent_bits", "weight_bits_total")
+DERIVED = (
+    "schema",
+    "bitops",
+    "equivalent_bits",
+    "weight_bits_total",
+    "activation_bits_total",
+    "micronet_score",
+)
 
 
 def from_dict(d, source: str = "arch", known_models=None) -> Arch:
@@ -215,7 +238,10 @@ def from_dict(d, source: str = "arch", known_models=None) -> Arch:
         fail(f"{bad} is not a finite number")
     for i, layer in enumerate(d["layers"]):
         _check_layer(i, layer, keys, space, fail)
-    costs = [LayerCost(x["name"], x["type"], x["flops"], x["params"], 0, ()) for x in d["layers"]]
+    costs = [
+        LayerCost(x["name"], x["type"], x["flops"], x["params"], x.get("input_numel") or 0, ())
+        for x in d["layers"]
+    ]
     rest = {k: v for k, v in d.items() if k not in (*DERIVED, "space", "layers", "model")}
     arch = build(
         d["model"],
@@ -239,7 +265,9 @@ def _check_layer(i: int, layer, keys, space: dict, fail) -> None:
     if missing:
         fail(f"layer {i} lacks {', '.join(missing)}")
     name = layer["name"]
-    for key in ("wbits", "abits", "flops", "params"):
+    for key in ("wbits", "abits", "flops", "params", *OPTIONAL_LAYER_KEYS):
+        if key in OPTIONAL_LAYER_KEYS and layer.get(key) is None:
+            continue
         if not is_int(layer[key]) or layer[key] < 0:
             fail(f"layer {name!r}: {key}={layer[key]!r} is not a non-negative integer")
     for key in ("probs_w", "probs_a"):
@@ -318,7 +346,7 @@ def check_matches(
 
 
 def _costs(layers: list[LayerArch]) -> list[LayerCost]:
-    return [LayerCost(x.name, x.type, x.flops, x.params, 0, ()) for x in layers]
+    return [LayerCost(x.name, x.type, x.flops, x.params, x.input_numel or 0, ()) for x in layers]
 
 
 def _dumps(d: dict) -> str:

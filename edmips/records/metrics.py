@@ -4,7 +4,8 @@
      "kind": "searched" | "uniform" | "random" | "float" | "ptq",
      "seed": ..., "arch": <found.json path, "uniform", "random" or "float">,
      "uniform": {"wbits", "abits"} | null, "target_bits", "mu", "equivalent_bits", "bitops",
-     "weight_bits_total", "val_acc", "val_acc_top5", "test_acc", "test_acc_top5",
+     "weight_bits_total", "activation_bits_total", "micronet_score", "val_acc", "val_acc_top5",
+     "test_acc", "test_acc_top5",
      "test_acc_integer", "prediction_agreement", "qdq_agreement", "test_images",
      "integer_export", "quant": {"activation", "weight", "signed"}, "bn_fold", "wall_time_s"}
 
@@ -45,6 +46,8 @@ class RetrainMetrics:
     equivalent_bits: float
     bitops: int
     weight_bits_total: int
+    activation_bits_total: int | None = None  # as found.json: None where it is not recorded
+    micronet_score: float | None = None  # the MicroNet challenge's (edmips.cost.micronet)
     data: str | None = None
     kind: str = "searched"  # what was retrained: a searched network or a baseline
     seed: int | None = None

@@ -74,8 +74,9 @@ class BudgetPrice(nn.Module):
         else:
             tables = [torch.tensor(t, dtype=torch.float64) for t in budget.tables()]
             table = torch.zeros(len(tables), self.wbits.shape[1], self.abits.shape[1])
+            total = float(cost.total_size(budget.layers))  # the stated unit's, not always size's
             for t, c in zip(table, tables):
-                t[: c.shape[0], : c.shape[1]] = c / size.sum()
+                t[: c.shape[0], : c.shape[1]] = c / total
             self.register_buffer("table", table, persistent=False)
 
     @property
@@ -137,9 +138,11 @@ class BudgetPrice(nn.Module):
         return spent, tilt_w, tilt_a
 
 
-def check_reachable(budget: Budget) -> None:
-    """A target the space can meet: between the cheapest and the dearest allocation."""
-    tables, cost = budget.tables(), budget.cost
+def check_reachable(budget: Budget, tables: list[np.ndarray] | None = None) -> None:
+    """A target the space can meet: between the cheapest and the dearest allocation (`tables`:
+    the budget's, when they are already at hand)."""
+    tables = budget.tables() if tables is None else tables
+    cost = budget.cost
     size = cost.total_size(budget.layers)
     lo = float(cost.stated(sum(t.min() for t in tables) / size))
     hi = float(cost.stated(sum(t.max() for t in tables) / size))

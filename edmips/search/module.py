@@ -46,12 +46,13 @@ class SearchModule(Classifier):
         sharpness: float = 1.0,
         channels_last: bool = False,
         compile: str | None = None,
-        cost: str = "bitops",
+        cost: "str | cost_models.CostModel" = "bitops",
     ):
         super().__init__(model, num_classes, channels_last, compile)
         self.automatic_optimization = False
         self.layers = searched(model, costs)
-        self.cost = cost_models.get(cost)
+        # by name, or configured (a latency table holds its file: edmips.core.builders.build_cost)
+        self.cost = cost_models.get(cost) if isinstance(cost, str) else cost
         if not self.layers:
             raise ValueError("the model has no searched layers: nothing to search")
         self.register_buffer("mu", torch.tensor(float(mu)))

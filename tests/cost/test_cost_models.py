@@ -162,7 +162,12 @@ def test_a_cost_model_defined_anywhere_is_found_by_name_and_prices_its_table():
 
 def test_every_cost_config_names_its_registered_cost():
     configs = sorted((ROOT / "conf" / "cost").glob("*.yaml"))
-    assert [p.stem for p in configs] == ["bitops", "weight_size"]
+    assert [p.stem for p in configs] == [
+        "activation_memory",
+        "bitops",
+        "latency_table",
+        "weight_size",
+    ]
     for path in configs:
         assert OmegaConf.load(path).name == path.stem
         assert cost_models.get(path.stem).name == path.stem

@@ -18,6 +18,8 @@ KEYS = {
     "equivalent_bits",
     "bitops",
     "weight_bits_total",
+    "activation_bits_total",
+    "micronet_score",
     "val_acc",
     "model",
     "data",
@@ -38,6 +40,7 @@ def test_uniform_retrain_exports_and_the_integer_network_agrees_exactly(retrain_
     assert written["test_acc_integer"] == written["test_acc"]
     assert written["uniform"] == {"wbits": 2, "abits": 3}
     assert written["equivalent_bits"] == pytest.approx(6**0.5)
+    assert written["micronet_score"] > 0 and written["activation_bits_total"] > 0
     used = arch.load(out / "arch.json")
     assert {(layer.wbits, layer.abits) for layer in used.layers} == {(2, 3)}
     assert (out / "integer" / "manifest.json").exists() and (out / "model.onnx").exists()

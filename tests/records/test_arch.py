@@ -34,6 +34,7 @@ def test_totals_are_computed_from_the_layers():
     assert a.bitops == 1000 * 1 * 2 + 3000 * 2 * 3 + 40 * 4 * 4
     assert a.equivalent_bits == pytest.approx((a.bitops / 4040) ** 0.5)
     assert a.weight_bits_total == 90 + 540 + 160
+    assert a.activation_bits_total == 100 * 2 + 100 * 3 + 10 * 4
 
 
 def test_round_trip_keeps_everything(tmp_path):
@@ -49,6 +50,8 @@ def test_round_trip_keeps_everything(tmp_path):
         "bitops",
         "equivalent_bits",
         "weight_bits_total",
+        "activation_bits_total",
+        "micronet_score",
         "mu",
         "data",
         "val_acc",
@@ -56,7 +59,7 @@ def test_round_trip_keeps_everything(tmp_path):
         "final_mu",
     ):
         assert key in d
-    assert set(d["layers"][0]) == set(arch.LAYER_KEYS)
+    assert set(d["layers"][0]) == {*arch.LAYER_KEYS, *arch.OPTIONAL_LAYER_KEYS}
     assert not list(tmp_path.glob("run/.*"))  # no temporary file left behind
 
 
