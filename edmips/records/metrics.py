@@ -4,7 +4,8 @@
      "kind": "searched" | "uniform" | "random" | "float" | "ptq",
      "seed": ..., "arch": <found.json path, "uniform", "random" or "float">,
      "uniform": {"wbits", "abits"} | null, "target_bits", "mu", "equivalent_bits", "bitops",
-     "weight_bits_total", "activation_bits_total", "micronet_score", "val_acc", "val_acc_top5",
+     "weight_bits_total", "activation_bits_total", "micronet_score", "latency_ms" (where the
+     architecture was found under a measured latency table), "val_acc", "val_acc_top5",
      "test_acc", "test_acc_top5",
      "test_acc_integer", "prediction_agreement", "qdq_agreement", "test_images",
      "integer_export", "quant": {"activation", "weight", "signed"}, "bn_fold", "wall_time_s"}
@@ -48,6 +49,7 @@ class RetrainMetrics:
     weight_bits_total: int
     activation_bits_total: int | None = None  # as found.json: None where it is not recorded
     micronet_score: float | None = None  # the MicroNet challenge's (edmips.cost.micronet)
+    latency_ms: float | None = None  # the searched layers' measured latency (cost=latency_table)
     data: str | None = None
     kind: str = "searched"  # what was retrained: a searched network or a baseline
     seed: int | None = None

@@ -1,24 +1,25 @@
-"""python -m edmips report <sweep or run dirs...> [--out DIR] [--figures]"""
+"""python -m edmips report <sweep or run dirs...> [--out DIR] [--x COST] [--figures]
+
+(or python -m edmips.report ...)."""
 
 import argparse
 import logging
 import sys
 
-from edmips.report.collect import (
-    COLUMNS,
-    SUMMARY_COLUMNS,
-    ReportError,
-    collect,
-    summarize,
-    write_report,
-)
+from edmips.report.collect import COLUMNS, SUMMARY_COLUMNS, collect, shown
+from edmips.report.costs import AXES, DEFAULT, axis
 from edmips.report.figures import write_search_figures
+from edmips.report.summary import summarize, write_report
 from edmips.report.tables import fmt, markdown_table
 
 HEADERS = {
     "equivalent_bits": "eq. bits",
     "bitops": "BitOps",
-    "weight_mib": "MiB",
+    "weight_bits": "weight bits",
+    "weight_size": "weights",
+    "activation_bits": "act. bits",
+    "micronet_score": "MicroNet",
+    "latency_ms": "ms",
     "test_acc_integer": "test int",
     "wall_time_s": "wall s",
     "run_dir": "run dir",
@@ -26,6 +27,7 @@ HEADERS = {
     "test_acc_std": "std",
 }
 TEXT = {"kind", "network", "model", "data", "budget", "run_dir"}
+PROG = "edmips.report"
 
 
 def main(argv=None) -> int:
@@ -38,6 +40,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--out", default=".", help="where to write the report (default: here)")
     parser.add_argument(
+        "--x",
+        default=DEFAULT,
+        metavar="COST",
+        help=f"the Pareto plot's x axis: {', '.join(AXES)} (default: {DEFAULT})",
+    )
+    parser.add_argument(
         "--figures",
         action="store_true",
         help="also draw each search run's figures into its own run dir",
@@ -45,10 +53,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
+        axis(args.x)  # before reading a sweep: a typo costs nothing
         runs = collect(args.paths)
-    except ReportError as e:
-        raise SystemExit(f"edmips.report: {e}") from None
-    paths = write_report(runs, args.out)
+        paths = write_report(runs, args.out, args.x)
+    except ValueError as e:  # ReportError, or an unknown cost: one line, no usage text
+        raise SystemExit(f"{PROG}: {e}") from None
     if args.figures:
         for run in runs:
             if run.kind == "search":
@@ -62,17 +71,18 @@ def _print(runs) -> None:
     """Every run, then the per-budget comparison: rich tables on a terminal, the Markdown text
     itself when piped (greppable, pasteable)."""
     rows, summary = [r.row() for r in runs], summarize(runs)
+    columns, summary_columns = shown(COLUMNS, rows), shown(SUMMARY_COLUMNS, summary)
     if not sys.stdout.isatty():
-        print(markdown_table(COLUMNS, rows), end="")
+        print(markdown_table(columns, rows), end="")
         if summary:
-            print("\n" + markdown_table(SUMMARY_COLUMNS, summary), end="")
+            print("\n" + markdown_table(summary_columns, summary), end="")
         return
     from rich.console import Console
 
     console = Console()
-    console.print(_rich_table(COLUMNS, rows, dim=[r.kind == "search" for r in runs]))
+    console.print(_rich_table(columns, rows, dim=[r.kind == "search" for r in runs]))
     if summary:
-        console.print(_rich_table(SUMMARY_COLUMNS, summary))
+        console.print(_rich_table(summary_columns, summary))
 
 
 def _rich_table(columns, rows: list[dict], dim=None):

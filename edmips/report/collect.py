@@ -1,14 +1,11 @@
 """Collect search runs (found.json) and retrain runs (metrics.json) into one table.
 
 `collect(paths)` walks the given directories (Hydra sweep dirs or single run dirs) and returns
-one `Run` per run found; `write_report(runs, out)` writes report.csv, report.md, the per-budget
-comparison summary.csv / summary.md (searched vs uniform vs random, mean and standard deviation
-over seeds) and pareto.png.
+one `Run` per run found, with every cost the run recorded (edmips.report.summary writes them).
 """
 
 import logging
 import os
-import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,11 +15,21 @@ from edmips.nn.policy import POLICIES
 from edmips.quant.registry import EDMIPS
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
-from edmips.report.pareto import plot_pareto
-from edmips.report.tables import markdown_table, write_csv
+from edmips.report.costs import readable_size
 
 log = logging.getLogger(__name__)
 
+# every cost a run may record; weight_size is weight_bits as a person reads it (KiB, MiB)
+COSTS = (
+    "equivalent_bits",
+    "bitops",
+    "weight_bits",
+    "weight_size",
+    "activation_bits",
+    "micronet_score",
+    "latency_ms",
+)
+OPTIONAL = ("latency_ms",)  # a column only where some run records it: most never measure one
 COLUMNS = (
     "kind",
     "network",
@@ -30,9 +37,7 @@ COLUMNS = (
     "model",
     "data",
     "budget",
-    "equivalent_bits",
-    "bitops",
-    "weight_mib",
+    *COSTS,
     "val_acc",
     "test_acc",
     "test_acc_integer",
@@ -47,11 +52,10 @@ SUMMARY_COLUMNS = (
     "network",
     "quant",
     "runs",
-    "equivalent_bits",
+    *COSTS,
     "test_acc_mean",
     "test_acc_std",
 )
-MIB = 8 * 2**20  # bits in a MiB
 # Where a network's bits came from: the baselines after the searched networks (sensitivity:
 # ptq.py's allocation from measured loss increases; micronet: a seed's fixed policy), the float
 # ceiling last.
@@ -73,7 +77,9 @@ class Run:
     budget: str  # "2 bits", "mu=0.02", "uniform W2A2"
     equivalent_bits: float
     bitops: int
-    weight_mib: float
+    weight_bits: int
+    activation_bits: int | None  # None: the file does not record the layers' input sizes
+    micronet_score: float | None  # None: a file older than the score
     val_acc: float | None
     test_acc: float | None
     test_acc_integer: float | None
@@ -83,9 +89,19 @@ class Run:
     network: str = "searched"  # or a baseline: "uniform", "random", "sensitivity"
     budget_bits: float | None = None  # the equivalent bits asked for (uniform: sqrt(w * a))
     quant: str = f"{EDMIPS.activation}/{EDMIPS.weight}"  # activation/weight quantizers, bn_fold
+    latency_ms: float | None = None  # where a file records one (measured: cost=latency_table)
+
+    @property
+    def weight_size(self) -> str:
+        return readable_size(self.weight_bits)
 
     def row(self) -> dict:
         return {c: getattr(self, c) for c in COLUMNS}
+
+
+def shown(columns, rows: list[dict]) -> tuple:
+    """The columns worth a table: an optional one only where some row has a value."""
+    return tuple(c for c in columns if c not in OPTIONAL or any(r[c] is not None for r in rows))
 
 
 def collect(paths) -> list[Run]:
@@ -122,89 +138,6 @@ def collect(paths) -> list[Run]:
     )
 
 
-def write_report(runs: list[Run], out=".") -> dict[str, Path]:
-    """Write report.csv, report.md and pareto.png into `out`; returns their paths."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "csv": out / "report.csv",
-        "md": out / "report.md",
-        "summary_csv": out / "summary.csv",
-        "summary_md": out / "summary.md",
-        "pareto": out / "pareto.png",
-    }
-    rows = [r.row() for r in runs]
-    summary = summarize(runs)
-    write_csv(paths["csv"], COLUMNS, rows)
-    paths["md"].write_text(markdown_table(COLUMNS, rows))
-    write_csv(paths["summary_csv"], SUMMARY_COLUMNS, summary)
-    paths["summary_md"].write_text(markdown_table(SUMMARY_COLUMNS, summary))
-    points, ylabel = pareto_points(runs)
-    plot_pareto(points, paths["pareto"], ylabel)
-    return paths
-
-
-def summarize(runs: list[Run]) -> list[dict]:
-    """Retrained networks per budget and kind: how many, their mean equivalent bits, and the
-    mean and standard deviation of their test accuracy over seeds. A search counts only against
-    the uniform and random networks of the same budget, so they sit side by side; post-training
-    quantized networks follow the retrained ones as networks of their own ("ptq uniform")."""
-    groups: dict[tuple, list[Run]] = {}
-    for r in runs:
-        if r.kind in TESTED and r.test_acc is not None:
-            budget = f"{r.budget_bits:.3g} bits" if r.budget_bits is not None else r.budget
-            key = (r.model, r.data or "", budget, r.kind == PTQ, NETWORKS.index(r.network), r.quant)
-            groups.setdefault(key, []).append(r)
-    rows = []
-    for (model, data, budget, _, _, quant), members in sorted(groups.items(), key=lambda kv: kv[0]):
-        network = network_label(members[0])
-        accs = [r.test_acc for r in members]
-        rows.append(
-            {
-                "model": model,
-                "data": data,
-                "budget": budget,
-                "network": network,
-                "quant": quant,
-                "runs": len(members),
-                "equivalent_bits": statistics.fmean(r.equivalent_bits for r in members),
-                "test_acc_mean": statistics.fmean(accs),
-                "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
-            }
-        )
-    return rows
-
-
-def network_label(r: Run) -> str:
-    return f"{PTQ} {r.network}" if r.kind == PTQ else r.network
-
-
-def pareto_points(runs: list[Run]) -> tuple[list[dict], str]:
-    """Retrained test accuracy (a float network's as its ceiling); the searches' validation
-    accuracy when nothing was retrained."""
-    retrained = [r for r in runs if r.kind in TESTED]
-    chosen, attr, ylabel = (
-        (retrained, "test_acc", "test accuracy")
-        if retrained
-        else (runs, "val_acc", "validation accuracy (search)")
-    )
-    points = []
-    for r in chosen:
-        acc = getattr(r, attr)
-        if acc is None:
-            continue
-        points.append(
-            {
-                "group": f"{r.model} {r.data or ''} {network_label(r)}".replace("  ", " "),
-                "bits": r.equivalent_bits,
-                "acc": acc,
-                "network": r.network,
-                "label": r.budget.removeprefix("uniform "),
-            }
-        )
-    return points, ylabel
-
-
 # -- reading runs ----------------------------------------------------------------------------
 def _walk(root: Path):
     """(dir, file names) for root and every directory below it, in a stable order."""
@@ -227,7 +160,9 @@ def _search_run(run_dir: Path) -> Run:
         ),
         a.equivalent_bits,
         a.bitops,
-        a.weight_bits_total / MIB,
+        a.weight_bits_total,
+        a.activation_bits_total,
+        a.micronet_score,
         a.val_acc,
         a.extra.get("test_acc"),
         None,
@@ -235,6 +170,7 @@ def _search_run(run_dir: Path) -> Run:
         a.extra.get("wall_time_s"),
         str(run_dir),
         quant=_quant_label(Counter((x.aquant, x.wquant) for x in a.layers).most_common(1)[0][0]),
+        latency_ms=a.extra.get("latency_ms"),
     )
 
 
@@ -270,7 +206,9 @@ def _retrain_run(run_dir: Path) -> Run:
         budget,
         m.equivalent_bits,
         m.bitops,
-        m.weight_bits_total / MIB,
+        m.weight_bits_total,
+        m.activation_bits_total,
+        m.micronet_score,
         m.val_acc,
         m.test_acc,
         m.test_acc_integer,
@@ -280,6 +218,7 @@ def _retrain_run(run_dir: Path) -> Run:
         network=network,
         quant=quant,
         budget_bits=budget_bits,
+        latency_ms=m.latency_ms,
     )
 
 

@@ -21,11 +21,9 @@ def write_csv(path: Path, columns, rows: list[dict]) -> None:
 
 def fmt(column: str, value) -> str:
     """A cell as shown in the Markdown and terminal tables."""
-    if value is None:
-        return "–"
-    if column == "bitops":
-        return f"{value:.4g}"
-    if column == "weight_mib":
+    if value is None:  # not recorded (an older file) or not measured
+        return "-"
+    if column in ("bitops", "weight_bits", "activation_bits", "micronet_score", "latency_ms"):
         return f"{value:.4g}"
     if column == "runs":
         return str(value)

@@ -16,11 +16,12 @@ def _m(**changes):
 
 
 def test_metrics_round_trip_and_older_files_read(tmp_path):
-    m = _m(test_acc=0.5, test_acc_top5=0.9, uniform={"wbits": 2, "abits": 2})
+    m = _m(test_acc=0.5, test_acc_top5=0.9, uniform={"wbits": 2, "abits": 2}, latency_ms=1.5)
     assert metrics.load(metrics.save(m, tmp_path / "metrics.json")) == m
     old = {"model": "resnet8", "equivalent_bits": 2, "bitops": 4, "weight_bits_total": 8, "x": 1}
     (tmp_path / "old.json").write_text(json.dumps(old))
     assert metrics.load(tmp_path / "old.json").test_acc_top5 is None
+    assert metrics.load(tmp_path / "old.json").latency_ms is None  # no table measured it
 
 
 def test_another_export_form_keeps_its_agreement_in_the_file(tmp_path):

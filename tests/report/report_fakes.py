@@ -85,6 +85,8 @@ def make_retrain_run(run_dir: Path, wbits, abits, uniform=None, **metrics) -> di
         "equivalent_bits": a.equivalent_bits,
         "bitops": a.bitops,
         "weight_bits_total": a.weight_bits_total,
+        "activation_bits_total": a.activation_bits_total,
+        "micronet_score": a.micronet_score,
         "val_acc": 0.5,
         "test_acc": 0.5,
         "test_acc_integer": 0.49,

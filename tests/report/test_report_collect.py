@@ -10,7 +10,8 @@ from report_fakes import make_retrain_run, make_search_run
 
 from edmips.report import ReportError, collect, write_report
 from edmips.report.cli import main
-from edmips.report.collect import COLUMNS, MIB, pareto_points, summarize
+from edmips.report.collect import COLUMNS
+from edmips.report.summary import pareto_points, summarize
 
 SEARCHES = [  # (wbits, abits, meta)
     ([1, 1, 2, 2, 3, 3], [2, 2, 2, 3, 3, 4], {"mu": 0.04, "val_acc": 0.55, "test_acc": 0.54}),
@@ -54,7 +55,7 @@ def test_a_sweep_becomes_one_row_per_run(sweep, tmp_path, capsys):
     out = tmp_path / "out"
     assert main([str(root), "--out", str(out)]) == 0
     rows = _rows(out / "report.csv")
-    assert list(rows[0]) == list(COLUMNS)
+    assert list(rows[0]) == [c for c in COLUMNS if c != "latency_ms"]  # no run measured one
     assert [r["kind"] for r in rows] == ["search"] * 3 + ["retrain"] * 4
 
     search = {r["run_dir"]: r for r in rows[:3]}
@@ -63,7 +64,9 @@ def test_a_sweep_becomes_one_row_per_run(sweep, tmp_path, capsys):
         r = search[str(root / "search" / str(i))]
         assert float(r["equivalent_bits"]) == pytest.approx(a.equivalent_bits)
         assert int(r["bitops"]) == a.bitops
-        assert float(r["weight_mib"]) == pytest.approx(a.weight_bits_total / MIB)
+        assert int(r["weight_bits"]) == a.weight_bits_total
+        assert int(r["activation_bits"]) == a.activation_bits_total
+        assert float(r["micronet_score"]) == pytest.approx(a.micronet_score)
         assert float(r["val_acc"]) == a.val_acc
         assert (r["model"], r["data"], r["test_acc_integer"], r["agreement"]) == (
             "resnet8",
