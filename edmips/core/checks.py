@@ -104,12 +104,11 @@ def _check_arch(cfg: DictConfig) -> None:
     elif cfg.arch == FLOAT or cfg.arch in POLICIES:
         pass  # nothing to choose: every layer at 32 bits, or at the policy's bits
     elif cfg.arch == "random":
-        if not _budget(cfg):
-            if OmegaConf.select(cfg, "target_bits") is None:
-                raise ConfigError(
-                    "arch=random needs a budget: add target_bits=B (or budget.<cost>=<value>)"
-                )
-            _number(cfg, "target_bits", minimum=0)
+        if not _budget(cfg) and OmegaConf.select(cfg, "target_bits") is None:
+            raise ConfigError(
+                "arch=random needs a budget: add target_bits=B (or budget.<cost>=<value>)"
+            )
+        _number(cfg, "target_bits", minimum=0, optional=True)  # alone, or beside a budget key
         _signed_space(cfg, _family(cfg))
     else:
         path = Path(to_absolute_path(str(cfg.arch)))
