@@ -10,8 +10,13 @@ number of bits (the unit found.json records them in: weight_bits_total, activati
 a latency a number of ms; BitOps a number. The key selects the cost (over the default bitops;
 a different cost= is refused) and the target, which is converted here to the cost's stated
 unit (bits per weight, ...) through the cost's own stated_total: the search, its price and
-the allocation within 1% then run as for target_bits. One budget at a time for now: several at
-once need one price per constraint, a later step.
+the allocation within 1% then run as for target_bits.
+
+Several at once (`budget.bitops=3e8 budget.weight_size=1480B`, or `target_bits=2
+budget.weight_size=1480B`: target_bits counts the cost group's cost, bitops by default) are
+upper bounds, each cost at most its target, held by one price each (edmips/search/joint.py).
+A key counting the cost that target_bits / target_bitops already counts is refused: it would
+be a second target for one cost.
 """
 
 import math
@@ -19,6 +24,8 @@ import re
 from contextlib import contextmanager
 
 from omegaconf import DictConfig, OmegaConf
+
+from edmips.cost import model as cost_models
 
 COSTS = {  # budget key: the cost it counts
     "weight_size": "weight_size",
@@ -29,44 +36,60 @@ COSTS = {  # budget key: the cost it counts
 MEMORY = ("weight_size", "activation_memory")
 BITS = {"bit": 1, "bits": 1, "B": 8, "kB": 8e3, "KB": 8e3, "MB": 8e6, "GB": 8e9}
 BITS.update({"KiB": 8 * 2**10, "MiB": 8 * 2**20, "GiB": 8 * 2**30})
+# of several, the primary (the dynamic program's first) leads
+ORDER = ("bitops", "weight_size", "activation_memory", "latency_ms")
 DEFAULT_COST = "bitops"  # the cost group's default: a budget key replaces it
 _AMOUNT = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-z]*)\s*")
 
 
-def requested(cfg: DictConfig) -> tuple[str, object] | None:
-    """The budget key set and its value (None when none is); refuses two, or a budget beside
-    target_bits / target_bitops, or one for another cost than the config's."""
+def requested(cfg: DictConfig) -> list[tuple[str, object]]:
+    """The budget keys set and their values, bitops first (the primary of several); refuses a
+    key beside target_bits / target_bitops that counts the same cost, or one for another cost
+    than the config's."""
     group = OmegaConf.select(cfg, "budget")
     if group is None:
-        return None
+        return []
     unknown = sorted(set(group) - set(COSTS))
     if unknown:
         raise ValueError(f"budget.{unknown[0]}: unknown budget; choose from {', '.join(COSTS)}")
-    chosen = [(k, group[k]) for k in COSTS if group.get(k) is not None]
-    if len(chosen) > 1:
-        keys = " and ".join(f"budget.{k}" for k, _ in chosen)
-        raise ValueError(f"{keys}: one budget at a time for now (several at once is a later step)")
-    if not chosen:
-        return None
-    key, value = chosen[0]
-    for other in ("target_bits", "target_bitops"):
-        if OmegaConf.select(cfg, other) is not None:
-            raise ValueError(f"set budget.{key} or {other}, not both")
+    chosen = [(k, group[k]) for k in ORDER if group.get(k) is not None]
     cost = OmegaConf.select(cfg, "cost.name")
-    if key == "latency_ms" and cost != COSTS[key]:
-        raise ValueError(
-            "budget.latency_ms reads a measured table: add cost=latency_table cost.path=<file>"
-        )
-    if cost not in (COSTS[key], DEFAULT_COST):
+    target = _target_key(cfg)
+    for key, _ in chosen:
+        # target_bits counts the cost group's cost: a key counting the same is a second target
+        if target is not None and COSTS[key] == cost:
+            raise ValueError(f"set budget.{key} or {target}, not both")
+        if key == "latency_ms" and cost != COSTS[key]:
+            raise ValueError(
+                "budget.latency_ms reads a measured table: add cost=latency_table cost.path=<file>"
+            )
+    counted = {DEFAULT_COST, *(COSTS[k] for k, _ in chosen)}
+    if chosen and target is None and cost not in counted:
+        key = chosen[0][0]
         raise ValueError(f"budget.{key} counts {COSTS[key]}, not cost={cost}: drop cost={cost}")
-    total(key, value)  # its value, checked before anything is built
-    return key, value
+    for key, value in chosen:
+        total(key, value)  # its value, checked before anything is built
+    return chosen
+
+
+def several(cfg: DictConfig) -> bool:
+    """Several budgets at once (keys, or keys beside target_bits / target_bitops): each is an
+    upper bound, met jointly (edmips/search/joint.py)."""
+    return len(requested(cfg)) + (_target_key(cfg) is not None) > 1
+
+
+def _target_key(cfg: DictConfig) -> str | None:
+    for key in ("target_bits", "target_bitops"):
+        if OmegaConf.select(cfg, key) is not None:
+            return key
+    return None
 
 
 def cost_name(cfg: DictConfig) -> str:
-    """The cost a run counts: the budget's, else the cost group's."""
+    """The cost a run counts (the primary of several): target_bits's, the cost group's, else
+    the first budget key's."""
     chosen = requested(cfg)
-    return COSTS[chosen[0]] if chosen else cfg.cost.name
+    return COSTS[chosen[0][0]] if chosen and _target_key(cfg) is None else cfg.cost.name
 
 
 def total(key: str, value) -> float:
@@ -93,10 +116,11 @@ def total(key: str, value) -> float:
 
 def stated_target(cfg: DictConfig, cost, costs) -> float | None:
     """The target in the cost's stated unit, from target_bits, target_bitops (BitOps) or a
-    budget key, for the searched layers `costs`; None without a budget."""
+    budget key, for the searched layers `costs`; None without a budget (one budget: with
+    several, `targets`)."""
     chosen = requested(cfg)
-    if chosen is not None:
-        return cost.stated_total(total(*chosen), costs)
+    if chosen and _target_key(cfg) is None:
+        return cost.stated_total(total(*chosen[0]), costs)
     if OmegaConf.select(cfg, "target_bitops") is not None:
         if cost.name != "bitops":
             raise ValueError(f"target_bitops is a BitOps budget, not {cost.name}: set target_bits")
@@ -104,10 +128,28 @@ def stated_target(cfg: DictConfig, cost, costs) -> float | None:
     return OmegaConf.select(cfg, "target_bits")
 
 
+def targets(cfg: DictConfig, costs) -> list[tuple[str, object, float]]:
+    """Every budget as (its key=value, its configured cost model, its target in the cost's
+    stated unit), target_bits / target_bitops first: the primary cost of several."""
+    found = []
+    key = _target_key(cfg)
+    if key is not None:
+        cost = cost_models.get(cfg.cost.name).configure(cfg.cost)
+        target = cfg.target_bits
+        if key == "target_bitops":
+            if cost.name != "bitops":
+                raise ValueError(f"target_bitops is a BitOps budget, not {cost.name}")
+            target = cost.stated_total(cfg.target_bitops, costs)
+        found.append((f"{key}={cfg[key]}", cost, target))
+    for key, value in requested(cfg):
+        cost = cost_models.get(COSTS[key]).configure(cfg.cost)
+        found.append((f"budget.{key}={value}", cost, cost.stated_total(total(key, value), costs)))
+    return found
+
+
 def record(cfg: DictConfig) -> dict | None:
     """The budget key as found.json records it, {key: value as given}; None without one."""
-    chosen = requested(cfg)
-    return None if chosen is None else {chosen[0]: chosen[1]}
+    return dict(requested(cfg)) or None
 
 
 @contextmanager
@@ -118,6 +160,6 @@ def named(cfg: DictConfig):
         yield
     except ValueError as e:
         asked = requested(cfg)
-        if asked is None:
+        if len(asked) != 1 or several(cfg):  # several: joint.py's errors name theirs
             raise
-        raise ValueError(f"budget.{asked[0]}={asked[1]}: {e}") from None
+        raise ValueError(f"budget.{asked[0][0]}={asked[0][1]}: {e}") from None

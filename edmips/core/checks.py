@@ -104,12 +104,11 @@ def _check_arch(cfg: DictConfig) -> None:
     elif cfg.arch == FLOAT or cfg.arch in POLICIES:
         pass  # nothing to choose: every layer at 32 bits, or at the policy's bits
     elif cfg.arch == "random":
-        if _budget(cfg) is None:
-            if OmegaConf.select(cfg, "target_bits") is None:
-                raise ConfigError(
-                    "arch=random needs a budget: add target_bits=B (or budget.<cost>=<value>)"
-                )
-            _number(cfg, "target_bits", minimum=0)
+        if not _budget(cfg) and OmegaConf.select(cfg, "target_bits") is None:
+            raise ConfigError(
+                "arch=random needs a budget: add target_bits=B (or budget.<cost>=<value>)"
+            )
+        _number(cfg, "target_bits", minimum=0, optional=True)  # alone, or beside a budget key
         _signed_space(cfg, _family(cfg))
     else:
         path = Path(to_absolute_path(str(cfg.arch)))
@@ -147,7 +146,7 @@ def _check_common(cfg: DictConfig) -> None:
 
 
 def _budget(cfg):
-    """budget.<key>: one at most, a valid amount, not beside target_bits / target_bitops."""
+    """budget.<key>: valid amounts, none counting the cost target_bits / target_bitops does."""
     try:
         return budgets.requested(cfg)
     except ValueError as e:

@@ -9,6 +9,7 @@ from edmips.nn import input_space
 from edmips.nn.policy import POLICIES
 from edmips.records import arch as arch_file
 from edmips.search.budget import Budget, check_reachable, random_allocation
+from edmips.search.joint import achieved, check_jointly_reachable, joint_random
 
 BASELINES = ("uniform", "random", *POLICIES)
 
@@ -35,12 +36,21 @@ def baseline_arch(cfg: DictConfig, model, costs, data: str, quantizers=None):
         )
     wspace, aspace = tuple(cfg.space.wbits), tuple(cfg.space.abits)
     cost = build_cost(cfg)
-    target = budgets.stated_target(cfg, cost, costs)  # target_bits or a budget: checks.py
     aspaces = [input_space(aquant, aspace, cfg.space.get("sbits")) for aquant in aquants]
-    budget = Budget(cost, costs, [wspace] * len(costs), aspaces, target)
-    with budgets.named(cfg):
-        check_reachable(budget)
-    wbits, abits = random_allocation(budget, cfg.seed)
+    wspaces, extra = [wspace] * len(costs), {}
+    if budgets.several(cfg):  # each an upper bound, met together (edmips/search/joint.py)
+        labels, costs_, targets = zip(*budgets.targets(cfg, costs))
+        joint = [Budget(c, costs, wspaces, aspaces, t) for c, t in zip(costs_, targets)]
+        check_jointly_reachable(joint, list(labels))
+        wbits, abits = joint_random(joint, cfg.seed)
+        target = cfg.target_bits
+        extra["budgets"] = achieved(joint, list(labels), wbits, abits)
+    else:
+        target = budgets.stated_target(cfg, cost, costs)  # target_bits or a budget: checks.py
+        budget = Budget(cost, costs, wspaces, aspaces, target)
+        with budgets.named(cfg):
+            check_reachable(budget)
+        wbits, abits = random_allocation(budget, cfg.seed)
     space = arch_file.space_of(cfg.space)
     return arch_file.build(
         model_name,
@@ -55,4 +65,5 @@ def baseline_arch(cfg: DictConfig, model, costs, data: str, quantizers=None):
         target_bits=target,
         budget=budgets.record(cfg),
         cost=cost.name,
+        **extra,
     )

@@ -27,6 +27,7 @@ from edmips.records import history as history_file
 from edmips.report import write_search_figures
 from edmips.search.budget import Budget, check_reachable
 from edmips.search.discretize import MODES
+from edmips.search.joint import JointPrice, check_jointly_reachable
 from edmips.search.module import SearchModule
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,9 @@ def build_search(cfg: DictConfig):
     if fast:
         model = model.to(memory_format=torch.channels_last)
     cost = build_cost(cfg)
-    target = budget_target(cfg, model, [c for c in costs if c.name in names], cost)
+    searched_costs = [c for c in costs if c.name in names]
+    target = budget_target(cfg, model, searched_costs, cost)
+    joint = joint_budgets(cfg, model, searched_costs)
     module = SearchModule(
         model,
         costs,
@@ -66,6 +69,7 @@ def build_search(cfg: DictConfig):
         channels_last=fast,
         compile=compile_mode(cfg.search.compile, cfg),
         cost=cost,
+        budgets=joint,
     )
     return datamodule, module
 
@@ -83,6 +87,8 @@ def budget_target(cfg: DictConfig, model, costs, cost=None) -> float | None:
     layers = [model.get_submodule(c.name) for c in costs]
     wspaces, aspaces = [m.wbits for m in layers], [m.abits_space() for m in layers]
     tables = [cost.table(c, w, a) for c, w, a in zip(costs, wspaces, aspaces)]
+    if budgets.several(cfg):
+        return None  # joint_budgets
     target = budgets.stated_target(cfg, cost, costs)
     if target is None:
         return None
@@ -91,9 +97,23 @@ def budget_target(cfg: DictConfig, model, costs, cost=None) -> float | None:
     return target
 
 
+def joint_budgets(cfg: DictConfig, model, costs) -> list | None:
+    """Several budgets at once, (key=value, cost model, target in its unit) each, checked
+    jointly against the search network's candidates before training; None unless several."""
+    if not budgets.several(cfg):
+        return None
+    layers = [model.get_submodule(c.name) for c in costs]
+    wspaces, aspaces = [m.wbits for m in layers], [m.abits_space() for m in layers]
+    found = budgets.targets(cfg, costs)
+    joint = [Budget(cost, costs, wspaces, aspaces, target) for _, cost, target in found]
+    check_jointly_reachable(joint, [label for label, _, _ in found])
+    return found
+
+
 def current_arch(module: SearchModule, cfg: DictConfig, mode="argmax", **meta) -> arch_file.Arch:
     """The architecture the selectors point at now, discretized by `mode`."""
     wbits, abits = module.choose(mode, cfg.search.trials, cfg.seed)
+    joint = isinstance(module.budget, JointPrice)
     pw, pa = module.probs()
     return arch_file.build(
         cfg.model.name,
@@ -109,12 +129,13 @@ def current_arch(module: SearchModule, cfg: DictConfig, mode="argmax", **meta) -
         data=module.trainer.datamodule.name,
         discretization=mode,
         expected_bits=float(module.expected_bits().detach()),
-        target_bits=None if module.budget is None else module.budget.target,
+        target_bits=cfg.target_bits if joint else getattr(module.budget, "target", None),
         target_bitops=cfg.target_bitops,
         budget=budgets.record(cfg),
         cost=module.cost.name,
         shared_weights=cfg.search.shared_weights,
         world_size=module.trainer.world_size,
+        **(module.budget.record(wbits, abits) if joint else {}),
         **meta,
     )
 

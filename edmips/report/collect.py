@@ -155,7 +155,9 @@ def _search_run(run_dir: Path) -> Run:
         "search",
         a.model,
         a.data,
-        _budget(
+        " + ".join(b["budget"] for b in a.extra["budgets"])  # several: every one's key=value
+        if a.extra.get("budgets")
+        else _budget(
             a.extra.get("target_bits"), a.extra.get("target_bitops"), a.mu, a.extra.get("cost")
         ),
         a.equivalent_bits,

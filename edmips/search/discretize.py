@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from edmips.search.budget import Budget, closest_to_budget
+from edmips.search.joint import joint_closest
 
 MODES = ("argmax", "categorical", "multinomial")
 
@@ -50,13 +51,15 @@ def choose_bits(
     mode: str = "argmax",
     trials: int = 100,
     seed: int = 0,
-    budget: Budget | None = None,
+    budget: Budget | list[Budget] | None = None,
 ) -> tuple[list[int], list[int]]:
-    """(wbits, abits) per searched layer: mode "budget" lands on the budget's target, the
-    others discretize each selector by itself."""
+    """(wbits, abits) per searched layer: mode "budget" lands on the budget's target (within
+    every one of a list: edmips/search/joint.py), the others discretize each selector by itself."""
     if mode == "budget":
         if budget is None:
             raise ValueError("the budget discretization needs a target")
+        if isinstance(budget, list):
+            return joint_closest(probs_w, probs_a, budget)
         return closest_to_budget(probs_w, probs_a, budget)
     return (
         discretize(probs_w, wspaces, mode, trials, seed),

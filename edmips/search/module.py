@@ -14,7 +14,9 @@ network trains under end close to the winner-take-all network that is kept.
 
 With a budget (`target_bits`, in the cost's stated unit) there is no penalty weight: a price,
 solved for before every forward pass (edmips/search/budget.py), tilts the selectors so that the
-expected cost is the target; `mu` then records that price.
+expected cost is the target; `mu` then records that price. With several budgets (`budgets`:
+(its key=value, cost model, target) each, the primary first) each is an upper bound with a price
+of its own (edmips/search/joint.py); `mu` records the primary's, `prices` all of them.
 """
 
 import torch
@@ -28,6 +30,7 @@ from edmips.cost.layers import LayerCost, searched
 from edmips.nn.layers import is_selector
 from edmips.search.budget import Budget, BudgetPrice
 from edmips.search.discretize import choose_bits
+from edmips.search.joint import JointPrice
 
 
 class SearchModule(Classifier):
@@ -47,6 +50,7 @@ class SearchModule(Classifier):
         channels_last: bool = False,
         compile: str | None = None,
         cost: "str | cost_models.CostModel" = "bitops",
+        budgets: list | None = None,
     ):
         super().__init__(model, num_classes, channels_last, compile)
         self.automatic_optimization = False
@@ -65,6 +69,12 @@ class SearchModule(Classifier):
             layer_costs = [c for c, _ in self.layers]
             budget = Budget(self.cost, layer_costs, self.wspaces, self.aspaces, target_bits)
             self.budget = BudgetPrice(budget)
+        if budgets:
+            if target_bits is not None:
+                raise ValueError("give target_bits or several budgets, not both")
+            layer_costs = [c for c, _ in self.layers]
+            joint = [Budget(c, layer_costs, self.wspaces, self.aspaces, t) for _, c, t in budgets]
+            self.budget = JointPrice(joint, [label for label, _, _ in budgets])
         self.warmup_epochs, self.final_sharpness = warmup_epochs, sharpness
         # for the figures: the selectors at the start, then after each epoch ("epoch" counts
         # the epochs trained)
@@ -105,7 +115,7 @@ class SearchModule(Classifier):
         """Discrete (wbits, abits) per searched layer; mode "budget" lands on the target."""
         self.apply_budget()
         pw, pa = self.probs()
-        budget = None if self.budget is None else self.budget.budget
+        budget = None if self.budget is None else self.budget.budget  # several: a list
         return choose_bits(pw, pa, self.wspaces, self.aspaces, mode, trials, seed, budget)
 
     def discrete_bits(self) -> float:

@@ -101,8 +101,14 @@ def test_arch_random_in_weight_size_lands_within_one_percent(retrain_cfg):
     [
         (["budget.weight_size=2Mb"], "budget.weight_size=2Mb: unknown unit 'Mb'"),
         (["budget.weight_size=-1KiB"], "budget.weight_size=-1KiB: a budget must be positive"),
-        (["budget.weight_size=1KiB", "target_bits=2"], "set budget.weight_size or target_bits"),
-        (["budget.weight_size=1KiB", "budget.bitops=1e6"], "one budget at a time for now"),
+        (
+            ["cost=weight_size", "budget.weight_size=1KiB", "target_bits=2"],
+            "set budget.weight_size or target_bits",
+        ),
+        (
+            ["budget.weight_size=1KiB", "budget.bitops=1e6"],
+            "budget.bitops=1000000.0 cannot be met: its cheapest allocation spends 1.414",
+        ),
         (["budget.latency_ms=2"], "add cost=latency_table cost.path=<file>"),
         (["cost=latency_table", "budget.latency_ms=2"], "add cost.path=<file.csv|.json>"),
         (["budget.weight_size=16KiB"], "budget.weight_size=16KiB: target of 27.676 bits per"),

@@ -193,10 +193,13 @@ def test_a_memory_budget_reads_its_unit_and_selects_its_cost(value, bits):
         ({"latency_ms": 5.0}, r"add cost=latency_table cost.path=<file>"),
         ({"bitops": True}, r"budget.bitops=True: must be a number of BitOps"),
         (
-            {"weight_size": "2MiB", "bitops": 1e9},
-            r"budget.weight_size and budget.bitops: one budget at a time for now \(several",
+            {"weight_size": "2MiB", "bitops": 1e9, "cost": {"name": "activation_memory"}},
+            r"budget.bitops counts bitops, not cost=activation_memory",
         ),
-        ({"weight_size": "2MiB", "target_bits": 2}, r"set budget.weight_size or target_bits"),
+        (
+            {"weight_size": "2MiB", "target_bits": 2, "cost": {"name": "weight_size"}},
+            r"set budget.weight_size or target_bits, not both",
+        ),
         ({"bitops": 1e9, "target_bitops": 1e9}, r"set budget.bitops or target_bitops, not both"),
         (
             {"weight_size": "2MiB", "cost": {"name": "activation_memory"}},

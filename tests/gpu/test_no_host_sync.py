@@ -17,6 +17,8 @@ pytestmark = [
     [
         ("search.compile=false",),  # eager: the Triton kernels
         ("search.compile=false", "target_bits=2.0"),  # the budget's price, solved on the device
+        # several budgets: a price each, solved jointly on the device (2.5 bits per weight)
+        ("search.compile=false", "target_bits=2.0", "budget.weight_size=23840B"),
         ("search.compile=false", "search.alternating=true"),
         ("search.compile=true",),
     ],

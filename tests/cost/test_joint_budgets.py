@@ -1,0 +1,133 @@
+"""Several budgets at once, end to end on the demo (CPU, tiny network): each an upper bound,
+all met by the discretized network (searched or random), the tightest within 1% of its
+target; a pair the space cannot meet together is refused before training, naming the one."""
+
+import pytest
+
+from edmips.core.builders import build_datamodule
+from edmips.cost import layers as cost_layers
+from edmips.models import create_model
+from edmips.nn import default_searched
+from edmips.programs.retrain import resolve_arch
+from edmips.programs.search import search
+from edmips.records import arch
+from edmips.report import collect
+
+FLOPS = 2_097_152  # the tiny network's searched layers: 4736 weights
+
+
+def _ratios(found, bitops=None, weight_bytes=None):
+    ratios = {}
+    if bitops is not None:
+        ratios["bitops"] = found.bitops / bitops
+    if weight_bytes is not None:
+        ratios["weight_size"] = found.weight_bits_total / (8 * weight_bytes)
+    return ratios
+
+
+def _met(ratios):
+    """Every cost at most 1% over its target, the tightest within 1% of it."""
+    return max(ratios.values()) <= 1.01 and max(ratios.values()) >= 0.99
+
+
+@pytest.mark.parametrize(
+    "bitops,weight", [(2.5**2 * FLOPS, 1480), (3.5**2 * FLOPS, 1300), (2.3**2 * FLOPS, 1300)]
+)  # BitOps binds, weight size binds, both may
+def test_a_search_under_bitops_and_weight_size_meets_both(search_cfg, tmp_path, bitops, weight):
+    run = search(search_cfg(f"budget.bitops={bitops:.6g}", f"budget.weight_size={weight}B"))
+    found = run["arch"]
+    ratios = _ratios(found, float(f"{bitops:.6g}"), weight)
+    assert _met(ratios), ratios
+    # the expected costs: each at most its target, on it where its price is positive
+    module = run["module"]
+    module.apply_budget()
+    prices = module.budget.prices.tolist()
+    assert max(prices) > 0 and min(prices) >= 0
+    for budget, price in zip(module.budget.budgets, prices):
+        expected = float(budget.cost.expected(module.layers).detach()) / budget.target
+        assert expected <= 1.01 and (price == 0 or expected >= 0.99), (budget.cost.name, price)
+    saved = arch.load(tmp_path / "found.json")
+    assert saved.extra["budget"] == {"bitops": float(f"{bitops:.6g}"), "weight_size": f"{weight}B"}
+    recorded = {b["cost"]: b for b in saved.extra["budgets"]}
+    assert recorded["weight_size"]["achieved"] * 4736 == pytest.approx(saved.weight_bits_total)
+    assert recorded["bitops"]["achieved"] == pytest.approx(saved.equivalent_bits)
+    labels = [b["budget"] for b in saved.extra["budgets"]]
+    assert list(saved.extra["final_prices"]) == labels
+    assert labels[1] == f"budget.weight_size={weight}B" and labels[0].startswith("budget.bitops=")
+    assert saved.extra["cost"] == "bitops"  # the primary: mu records its price
+
+
+def test_target_bits_beside_a_budget_is_a_second_upper_bound(search_cfg, tmp_path):
+    found = search(search_cfg("target_bits=3", "budget.weight_size=1200B"))["arch"]
+    ratios = {"bitops": found.equivalent_bits / 3, **_ratios(found, weight_bytes=1200)}
+    assert _met(ratios), ratios
+    assert found.extra["target_bits"] == 3
+    assert [b["budget"] for b in found.extra["budgets"]] == [
+        "target_bits=3",
+        "budget.weight_size=1200B",
+    ]
+    (run,) = collect([tmp_path])  # the report names every budget
+    assert run.budget == "target_bits=3 + budget.weight_size=1200B"
+
+
+def _slow_binary_csv(tmp_path):
+    """A device without binary kernels: 1-bit weights are the slowest, 2-bit the fastest."""
+    model = create_model("resnet_tiny", num_classes=10)
+    names = default_searched(model)
+    rows, seen = ["layer,wbits,abits,latency_ms\n"], set()
+    for layer in cost_layers.measure(model, (3, 32, 32)):
+        if layer.name not in names or layer.shape_key in seen:
+            continue
+        seen.add(layer.shape_key)
+        for w in (1, 2, 3, 4):
+            for a in (2, 3, 4, 8):
+                ms = layer.flops / 1e6 * ((1.0 if w == 1 else 0.1 * w) + 0.05 * a)
+                rows.append(f"{layer.shape_key},{w},{a},{ms!r}\n")
+    path = tmp_path / "latency.csv"
+    path.write_text("".join(rows))
+    return path
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            ["budget.bitops=1e7", "budget.weight_size=500B"],
+            "budget.weight_size=500B cannot be met: its cheapest allocation spends 1 bits per",
+        ),
+        (
+            ["budget.weight_size=600B", "budget.latency_ms=1.05"],
+            "budget.weight_size=600B cannot be met together with budget.latency_ms=1.05: the "
+            "cheapest allocation within it spends 1.7",
+        ),
+        (["target_bits=2", "budget.bitops=1e7"], "set budget.bitops or target_bits, not both"),
+        (
+            ["cost=weight_size", "target_bits=2", "budget.weight_size=1KiB"],
+            "set budget.weight_size or target_bits, not both",
+        ),
+    ],
+)
+def test_budgets_the_space_cannot_meet_together_are_refused_before_training(
+    search_cfg, tmp_path, overrides, message
+):
+    if any("latency" in o for o in overrides):
+        overrides = [*overrides, "cost=latency_table", f"cost.path={_slow_binary_csv(tmp_path)}"]
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")) as e:
+        search(search_cfg(*overrides))
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "found.json").exists()
+
+
+def test_arch_random_under_two_budgets_meets_both(retrain_cfg):
+    def found(seed):
+        cfg = retrain_cfg(
+            "arch=random", f"budget.bitops={2.5**2 * FLOPS:.6g}", "budget.weight_size=1400B",
+            f"seed={seed}",
+        )  # fmt: skip
+        return resolve_arch(cfg, build_datamodule(cfg))[1]
+
+    first, other = found(0), found(1)
+    for a in (first, other):
+        assert _met(_ratios(a, float(f"{2.5**2 * FLOPS:.6g}"), 1400))
+    assert first.bits() != other.bits()
+    assert [b["cost"] for b in first.extra["budgets"]] == ["bitops", "weight_size"]
