@@ -133,11 +133,20 @@ def current_arch(module: SearchModule, cfg: DictConfig, mode="argmax", **meta) -
         target_bitops=cfg.target_bitops,
         budget=budgets.record(cfg),
         cost=module.cost.name,
+        **_latency(module, wbits, abits),
         shared_weights=cfg.search.shared_weights,
         world_size=module.trainer.world_size,
         **(module.budget.record(wbits, abits) if joint else {}),
         **meta,
     )
+
+
+def _latency(module: SearchModule, wbits, abits) -> dict:
+    """A search under a measured latency table records the architecture's latency (ms)."""
+    if module.cost.name != "latency_table":
+        return {}
+    layers = [c for c, _ in module.layers]
+    return {"latency_ms": module.cost.stated_total(module.cost.total(layers, wbits, abits), layers)}
 
 
 class ArchSnapshot(Callback):

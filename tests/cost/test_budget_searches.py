@@ -68,6 +68,7 @@ def test_a_search_in_a_latency_table_lands_within_one_percent(search_cfg, tmp_pa
     spent = sum(_ms(c, x.wbits, x.abits) for c, x in zip(layers, found.layers, strict=True))
     assert abs(spent - target) <= 0.01 * target
     assert found.extra["cost"] == "latency_table" and found.extra["target_bits"] == target
+    assert found.extra["latency_ms"] == pytest.approx(spent)  # what the report shows
 
 
 def test_a_missing_latency_entry_is_refused_before_training(search_cfg, tmp_path):
