@@ -173,12 +173,7 @@ def closest_to_budget(
     knapsack, solved by dynamic programming over the cost per unit of size (for BitOps the
     squared equivalent bits) in `bins` steps.
     """
-    scores = [
-        np.log(pw.detach().double().cpu().numpy())[:, None]
-        + np.log(pa.detach().double().cpu().numpy())[None, :]
-        for pw, pa in zip(probs_w, probs_a, strict=True)
-    ]
-    return _best_within_budget(scores, budget, tolerance, bins)
+    return _best_within_budget(log_scores(probs_w, probs_a), budget, tolerance, bins)
 
 
 def random_allocation(
@@ -195,6 +190,36 @@ def random_allocation(
     return _best_within_budget(scores, budget, tolerance, 20_000)
 
 
+def knapsack(options: list[list[tuple[float, int]]], bins: int):
+    """The multiple-choice knapsack's forward pass: one option per layer, each (value, cost in
+    bins). Returns the best summed value that reaches each bin [bins + 1] (-inf: unreached)
+    and, per layer, the option that reached each bin; options over `bins` are never taken."""
+    best = np.full(bins + 1, -np.inf)
+    best[0] = 0.0
+    picks = []
+    for layer in options:
+        new, pick = np.full(bins + 1, -np.inf), np.full(bins + 1, -1)
+        for k, (value, cost) in enumerate(layer):
+            if cost > bins:
+                continue
+            shifted = np.full(bins + 1, -np.inf)
+            shifted[cost:] = best[: bins + 1 - cost] + value
+            better = shifted > new
+            new[better], pick[better] = shifted[better], k
+        best = new
+        picks.append(pick)
+    return best, picks
+
+
+def log_scores(probs_w: list[Tensor], probs_a: list[Tensor]) -> list[np.ndarray]:
+    """log p_w + log p_a per layer's (w, a): the score of the most probable architecture."""
+    return [
+        np.log(pw.detach().double().cpu().numpy())[:, None]
+        + np.log(pa.detach().double().cpu().numpy())[None, :]
+        for pw, pa in zip(probs_w, probs_a, strict=True)
+    ]
+
+
 def _best_within_budget(scores, budget: Budget, tolerance, bins):
     """Maximise the summed scores[l][i, j] of the chosen (wspaces[l][i], aspaces[l][j]) subject
     to the stated cost being within `tolerance` of the target (the nearest reachable if none)."""
@@ -202,25 +227,15 @@ def _best_within_budget(scores, budget: Budget, tolerance, bins):
     total = float(budget.cost.total_size(budget.layers))
     top = sum(max(max(row) for row in t) for t in tables) / total
     unit = top / bins  # cost per unit of size, per bin
-    best = np.full(bins + 1, -np.inf)
-    best[0] = 0.0
-    picks = []  # per layer: for each reached bin, the option that reached it
-    options = []
-    for score, table in zip(scores, tables, strict=True):
-        layer = [
+    options = [
+        [
             (score[i, j], round(c / total / unit), i, j)
-            for i, row in enumerate(table)
+            for i, row in enumerate(t)
             for j, c in enumerate(row)
         ]
-        new, pick = np.full(bins + 1, -np.inf), np.full(bins + 1, -1)
-        for k, (value, cost, _, _) in enumerate(layer):
-            shifted = np.full(bins + 1, -np.inf)
-            shifted[cost:] = best[: bins + 1 - cost] + value
-            better = shifted > new
-            new[better], pick[better] = shifted[better], k
-        best = new
-        picks.append(pick)
-        options.append(layer)
+        for score, t in zip(scores, tables, strict=True)
+    ]
+    best, picks = knapsack([[(v, c) for v, c, _, _ in layer] for layer in options], bins)
     levels = np.arange(bins + 1) * unit
     stated = budget.cost.stated(levels)
     target = budget.target

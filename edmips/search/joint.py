@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edmips.search.budget import GRID, LEVELS, PRICE_RANGE, Budget
+from edmips.search.budget import GRID, LEVELS, PRICE_RANGE, Budget, knapsack, log_scores
 
 ROUNDS = 4  # coordinate rounds per step: warm-started, they track selectors that move slowly
 PRICES = 32  # Lagrangian prices tried per priced-in constraint (and primary), fewer with more
@@ -185,12 +185,7 @@ def joint_best(scores, budgets: list[Budget], tolerance=0.01) -> tuple[list[int]
 
 def joint_closest(probs_w, probs_a, budgets, tolerance=0.01):
     """closest_to_budget for several budgets: the most probable architecture within them."""
-    scores = [
-        np.log(pw.detach().double().cpu().numpy())[:, None]
-        + np.log(pa.detach().double().cpu().numpy())[None, :]
-        for pw, pa in zip(probs_w, probs_a, strict=True)
-    ]
-    return joint_best(scores, budgets, tolerance)
+    return joint_best(log_scores(probs_w, probs_a), budgets, tolerance)
 
 
 def joint_random(budgets: list[Budget], seed: int, tolerance=0.01):
@@ -246,22 +241,12 @@ def _program(scores, tables, cap: float):
     for every bin reached, the best allocation ending there, backtracked for all bins at once
     as (i, j) index arrays per layer; None when no bin is reached."""
     unit = cap / BINS
-    best = np.full(BINS + 1, -np.inf)
-    best[0] = 0.0
-    picks, options = [], []
-    for score, table in zip(scores, tables):
-        opts = [(i, j, round(table[i, j] / unit)) for i, j in np.ndindex(*table.shape)]
-        new, pick = np.full(BINS + 1, -np.inf), np.full(BINS + 1, -1)
-        for n, (i, j, cost) in enumerate(opts):
-            if cost > BINS:
-                continue
-            shifted = np.full(BINS + 1, -np.inf)
-            shifted[cost:] = best[: BINS + 1 - cost] + score[i, j]
-            better = shifted > new
-            new[better], pick[better] = shifted[better], n
-        best = new
-        picks.append(pick)
-        options.append(np.array(opts))
+    options = [
+        np.array([(i, j, round(table[i, j] / unit)) for i, j in np.ndindex(*table.shape)])
+        for table in tables
+    ]
+    values = [[(score[i, j], cost) for i, j, cost in opts] for score, opts in zip(scores, options)]
+    best, picks = knapsack(values, BINS)
     ends = np.flatnonzero(np.isfinite(best))
     if not len(ends):
         return None
