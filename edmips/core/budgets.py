@@ -121,11 +121,16 @@ def stated_target(cfg: DictConfig, cost, costs) -> float | None:
     chosen = requested(cfg)
     if chosen and _target_key(cfg) is None:
         return cost.stated_total(total(*chosen[0]), costs)
-    if OmegaConf.select(cfg, "target_bitops") is not None:
-        if cost.name != "bitops":
-            raise ValueError(f"target_bitops is a BitOps budget, not {cost.name}: set target_bits")
-        return cost.stated_total(cfg.target_bitops, costs)
-    return OmegaConf.select(cfg, "target_bits")
+    return _from_target_key(cfg, cost, costs)
+
+
+def _from_target_key(cfg: DictConfig, cost, costs) -> float | None:
+    """target_bits as given, or target_bitops (a BitOps budget) in the cost's stated unit."""
+    if OmegaConf.select(cfg, "target_bitops") is None:
+        return OmegaConf.select(cfg, "target_bits")
+    if cost.name != "bitops":
+        raise ValueError(f"target_bitops is a BitOps budget, not {cost.name}: set target_bits")
+    return cost.stated_total(cfg.target_bitops, costs)
 
 
 def targets(cfg: DictConfig, costs) -> list[tuple[str, object, float]]:
@@ -135,12 +140,7 @@ def targets(cfg: DictConfig, costs) -> list[tuple[str, object, float]]:
     key = _target_key(cfg)
     if key is not None:
         cost = cost_models.get(cfg.cost.name).configure(cfg.cost)
-        target = cfg.target_bits
-        if key == "target_bitops":
-            if cost.name != "bitops":
-                raise ValueError(f"target_bitops is a BitOps budget, not {cost.name}")
-            target = cost.stated_total(cfg.target_bitops, costs)
-        found.append((f"{key}={cfg[key]}", cost, target))
+        found.append((f"{key}={cfg[key]}", cost, _from_target_key(cfg, cost, costs)))
     for key, value in requested(cfg):
         cost = cost_models.get(COSTS[key]).configure(cfg.cost)
         found.append((f"budget.{key}={value}", cost, cost.stated_total(total(key, value), costs)))

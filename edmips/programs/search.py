@@ -84,8 +84,7 @@ def budget_target(cfg: DictConfig, model, costs, cost=None) -> float | None:
     if cfg.target_bits is not None and cfg.target_bitops is not None:
         raise ValueError("set target_bits or target_bitops, not both")
     cost = cost or build_cost(cfg)
-    layers = [model.get_submodule(c.name) for c in costs]
-    wspaces, aspaces = [m.wbits for m in layers], [m.abits_space() for m in layers]
+    wspaces, aspaces = _candidates(model, costs)
     tables = [cost.table(c, w, a) for c, w, a in zip(costs, wspaces, aspaces)]
     if budgets.several(cfg):
         return None  # joint_budgets
@@ -97,13 +96,18 @@ def budget_target(cfg: DictConfig, model, costs, cost=None) -> float | None:
     return target
 
 
+def _candidates(model, costs) -> tuple[list, list]:
+    """The search network's weight and activation candidates of each layer in `costs`."""
+    layers = [model.get_submodule(c.name) for c in costs]
+    return [m.wbits for m in layers], [m.abits_space() for m in layers]
+
+
 def joint_budgets(cfg: DictConfig, model, costs) -> list | None:
     """Several budgets at once, (key=value, cost model, target in its unit) each, checked
     jointly against the search network's candidates before training; None unless several."""
     if not budgets.several(cfg):
         return None
-    layers = [model.get_submodule(c.name) for c in costs]
-    wspaces, aspaces = [m.wbits for m in layers], [m.abits_space() for m in layers]
+    wspaces, aspaces = _candidates(model, costs)
     found = budgets.targets(cfg, costs)
     joint = [Budget(cost, costs, wspaces, aspaces, target) for _, cost, target in found]
     check_jointly_reachable(joint, [label for label, _, _ in found])
