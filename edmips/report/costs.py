@@ -6,8 +6,10 @@ models are (edmips.cost): each names the Run field that holds it and how its axi
 
 from dataclasses import dataclass
 
-# binary units, as budget.weight_size=2MiB reads them (edmips.core.budgets)
-SIZES = (("GiB", 8 * 2**30), ("MiB", 8 * 2**20), ("KiB", 8 * 2**10), ("B", 8))
+from edmips.core.budgets import BITS
+
+# binary units, largest first, as budget.weight_size=2MiB reads them
+SIZES = tuple((unit, BITS[unit]) for unit in ("GiB", "MiB", "KiB", "B"))
 
 
 @dataclass(frozen=True)
