@@ -38,7 +38,7 @@ from edmips.export.values import (
     per_channel,
 )
 from edmips.nn.fx_quantize import ADD_FUNCTIONS
-from edmips.nn.layers import QuantConv2d, QuantLinear, is_depthwise
+from edmips.nn.layers import QuantConv2d, QuantLinear, is_depthwise, per_output_channel
 from edmips.quant import ActivationQuantizer
 
 MAX_ACC_BITS = 62  # int64 arithmetic in the runtime
@@ -240,8 +240,8 @@ class _GraphLowering(ShapeSteps):
         codes, scale = m.integer_weight()
         weight_max = m.weight_quant.max_code
         step = x.unit[0]
-        if is_depthwise(m):  # output o reads input channel o // (out_channels / in_channels)
-            step = x.unit.repeat_interleave(m.out_channels // m.in_channels)
+        if is_depthwise(m):
+            step = per_output_channel(m, x.unit)
         unit = (step / pool * scale.flatten()).expand(codes.shape[0])
         bias = None if m.bias is None else m.quant_bias(pool).detach().double()
         # A bias on the accumulator's grid (its input's unit x the weight scale) is added in the

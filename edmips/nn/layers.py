@@ -37,6 +37,12 @@ def is_depthwise(layer: nn.Module) -> bool:
     return isinstance(layer, nn.Conv2d) and 1 < layer.groups == layer.in_channels
 
 
+def per_output_channel(layer: nn.Conv2d, per_input: Tensor) -> Tensor:
+    """A depthwise conv's values per input channel, per output channel: output o reads input
+    channel o // (out_channels / in_channels)."""
+    return per_input.repeat_interleave(layer.out_channels // layer.in_channels)
+
+
 def input_quantizer(layer: nn.Module, aquant: str, bits: int):
     """The quantizer `aquant` at `bits` for the layer's input: one step per channel where the
     quantizer learns one and the layer is depthwise (it never sums over channels, so each
@@ -110,10 +116,10 @@ class _FixedBits:
 
     def bias_unit(self, pool_size: int = 1) -> Tensor:
         """The accumulator's grid per output channel, input step / pool_size x weight scale
-        (output o of a depthwise conv reads input channel o // (out_channels / in_channels))."""
+        (a step per input channel, at a depthwise conv's input: per_output_channel)."""
         step = self.input_quant.unit()
         if isinstance(step, Tensor) and step.dim() > 0:
-            step = step.repeat_interleave(self.out_channels // self.in_channels)
+            step = per_output_channel(self, step)
         return self.weight_quant.scale(self.weight, step / pool_size)
 
     def bit_config(self) -> tuple[int, int]:
