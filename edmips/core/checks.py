@@ -75,9 +75,11 @@ def check_ptq(cfg: DictConfig) -> None:
     _flag(cfg, "bn_fold")
     _number(cfg, "seed", integer=True)
     if cfg.arch == SENSITIVITY:
-        if OmegaConf.select(cfg, "target_bits") is None:
-            raise ConfigError("arch=sensitivity needs a budget: add target_bits=B")
-        _number(cfg, "target_bits", minimum=0)
+        if not _budget(cfg) and OmegaConf.select(cfg, "target_bits") is None:
+            raise ConfigError(
+                "arch=sensitivity needs a budget: add target_bits=B (or budget.<cost>=<value>)"
+            )
+        _number(cfg, "target_bits", minimum=0, optional=True)
         _number(cfg, "sensitivity.images", minimum=1, integer=True)
     else:
         _check_arch(cfg)

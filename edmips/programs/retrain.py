@@ -207,7 +207,7 @@ def arch_record(cfg: DictConfig, found: arch_file.Arch, data: str) -> dict:
         "weight_bits_total": found.weight_bits_total,
         "activation_bits_total": found.activation_bits_total,
         "micronet_score": found.micronet_score,
-        "latency_ms": found.extra.get("latency_ms"),
+        **{k: found.extra.get(k) for k in ("latency_ms", "latency_table", "budget", "budgets")},
         "quant": asdict(registry.family(cfg)),
         "bn_fold": bool(cfg.get("bn_fold", False)),
     }
