@@ -139,10 +139,13 @@ class Run:
         return self.stored.get("network")
 
     @contextmanager
-    def accepted(self):
-        """The run from its first write on: its directory locked against a second process
-        (refused at once, in one line), Hydra's record of the command written (.hydra/), and a
-        SIGTERM ending it with status 143 and the way to continue."""
+    def accepted(self, module):
+        """The run of `module` from its first write on: its directory locked against a second
+        process, Hydra's record of the command written (.hydra/), and a SIGTERM ending it with
+        status 143 and the way to continue. Refused before the first write: a checkpoint to
+        resume holding another network's tensors, a directory another process holds."""
+        if self.checkpoint is not None:
+            check_weights(module.state_dict(), self.stored["shapes"], self.checkpoint)
         with _locked(self.dir):
             self.check_directory()  # again: another process may have finished it meanwhile
             _write_hydra_record(self.command)
@@ -157,10 +160,8 @@ class Run:
                     signal.signal(signal.SIGTERM, previous)
 
     def fit(self, trainer: L.Trainer, module, datamodule) -> dict[str, float]:
-        """trainer.fit, from the checkpoint resumed (refused in one line if it holds another
-        network's tensors); the last validation's metrics (`val/...`)."""
+        """trainer.fit, from the checkpoint resumed; the last validation's metrics (`val/...`)."""
         if self.checkpoint is not None:
-            check_weights(module.state_dict(), self.stored["shapes"], self.checkpoint)
             continue_log(trainer.logger, self.stored["epoch"])
         self._fitting = True
         try:

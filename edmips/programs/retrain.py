@@ -153,7 +153,7 @@ def retrain(cfg: DictConfig) -> dict:
         check_lowerable(model, datamodule.input_size)
     module = _module(cfg, model, found, datamodule)
     trainer = build_trainer(cfg)
-    with run.accepted():
+    with run.accepted(module):
         validation = run.fit(trainer, module, datamodule)
         record = _record(cfg, found, datamodule, validation)
         if trainer.is_global_zero:

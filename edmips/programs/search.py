@@ -184,7 +184,7 @@ def search(cfg: DictConfig) -> dict:
     datamodule, module = build_search(cfg)
     checks.check_data(cfg, datamodule)
     trainer = build_trainer(cfg, callbacks=[ArchSnapshot(cfg)])
-    with run.accepted():
+    with run.accepted(module):
         validation = run.fit(trainer, module, datamodule)
         test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
         metrics = {
