@@ -37,7 +37,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytorch_lightning as L
@@ -47,6 +47,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +147,11 @@ class Run:
         resume holding another network's tensors, a directory another process holds."""
         if self.checkpoint is not None:
             check_weights(module.state_dict(), self.stored["shapes"], self.checkpoint)
-        with _locked(self.dir):
+        first = rank_zero_only.rank == 0  # the others are a distributed run's own processes
+        with _locked(self.dir) if first else nullcontext():
             self.check_directory()  # again: another process may have finished it meanwhile
-            _write_hydra_record(self.command)
+            if first:
+                _write_hydra_record(self.command)
             main = threading.current_thread() is threading.main_thread()
             previous = signal.signal(signal.SIGTERM, self._on_sigterm) if main else None
             try:
