@@ -108,12 +108,11 @@ def _validation(trainer: L.Trainer) -> dict[str, float]:
 class Run:
     """One run of a program in its directory: what it runs, what it resumes, and how it ends."""
 
-    def __init__(self, cfg: DictConfig, command: DictConfig, program: str, checkpoint=None):
+    def __init__(self, cfg: DictConfig, command: DictConfig, checkpoint: Path | None = None):
         self.cfg = cfg  # what runs: the command's configuration, or the resumed run's
         self.command = command  # the command line's, recorded in .hydra/ as Hydra would
-        self.program = program
         self.dir = Path(cfg.output_dir)
-        self.checkpoint: Path | None = checkpoint
+        self.checkpoint = checkpoint  # the one resumed
         self.stored: dict = {}  # of the checkpoint resumed: its network, epoch and shapes
         self._fitting = self._finishing = False
 
@@ -200,7 +199,7 @@ def start(cfg: DictConfig, program: str) -> Run:
     with that run's stored configuration, in that run's directory. Reads only; refuses a
     directory holding another run's files and a checkpoint that is not the program's."""
     if cfg.get("resume") is None:
-        run = Run(cfg, cfg, program)
+        run = Run(cfg, cfg)
     else:
         ckpt = checkpoint_path(Path(str(cfg.resume)))
         content = load_checkpoint(ckpt)
@@ -212,7 +211,7 @@ def start(cfg: DictConfig, program: str) -> Run:
         with open_dict(resumed):
             resumed.output_dir = str(ckpt.parent.parent)
             resumed.resume = str(ckpt)
-        run = Run(resumed, cfg, program, ckpt)
+        run = Run(resumed, cfg, ckpt)
         run.stored = {
             "epoch": content.get("epoch", -1),
             "network": content.get("edmips_network"),

@@ -3,9 +3,11 @@
 The architecture is a found.json (any model in the registry), `uniform` (every searchable
 layer at `wbits`/`abits`) or `random` (a seeded random allocation within 1% of `target_bits`),
 so searched networks and their baselines go through one recipe. The file is
-loaded and matched against the model before anything trains. At the end the network is
+loaded and matched against the model, and the untrained network lowered to integers once,
+before anything trains: what the export refuses is refused then. At the end the network is
 lowered to the integer graph (bundle and two ONNX models) and the test split is run through
-the float64 fake-quantized reference, the integer runtime and `model_qdq.onnx`.
+the float64 fake-quantized reference, the integer runtime and `model_qdq.onnx`. A resumed
+retrain rebuilds the architecture its checkpoint holds, whatever the arch file says now.
 `arch=float` trains the float network instead (edmips.retrain.float_net): nothing to export,
 its weights file and its test accuracy.
 """
