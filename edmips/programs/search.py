@@ -178,33 +178,35 @@ def search(cfg: DictConfig) -> dict:
     """Run one search; returns its metrics and writes found.json into cfg.output_dir.
     `resume=<run dir or checkpoint>` continues a run, in its directory, with its configuration."""
     start = time.perf_counter()
-    cfg, resume_from = rundir.start(cfg, "search")
+    run = rundir.start(cfg, "search")
+    cfg = run.cfg
     checks.check_search(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build_search(cfg)
+    checks.check_data(cfg, datamodule)
     trainer = build_trainer(cfg, callbacks=[ArchSnapshot(cfg)])
-    rundir.fit(trainer, module, datamodule, resume_from)
-    val_acc = trainer.callback_metrics.get("val/acc")
-    test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-    metrics = {
-        "val_acc": None if val_acc is None else float(val_acc),
-        "test_acc": test["test/acc"],
-        "test_acc_top5": test["test/acc5"],
-    }
-    metrics["wall_time_s"] = time.perf_counter() - start
-    mode = "budget" if module.budget is not None else cfg.search.discretize
-    found = current_arch(module, cfg, mode, **metrics)
-    if trainer.is_global_zero:
-        out = Path(cfg.output_dir)
-        history_file.save(module.history, out / "history.json")
-        path = arch_file.save(found, out / "found.json")
-        write_search_figures(out)
-        log.info(
-            "%s: %.3f equivalent bits, val acc %.4f",
-            path,
-            found.equivalent_bits,
-            metrics["val_acc"] or float("nan"),
-        )
+    with run.accepted(module):
+        validation = run.fit(trainer, module, datamodule)
+        test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+        metrics = {
+            "val_acc": validation.get("val/acc"),
+            "test_acc": test["test/acc"],
+            "test_acc_top5": test["test/acc5"],
+        }
+        metrics["wall_time_s"] = time.perf_counter() - start
+        mode = "budget" if module.budget is not None else cfg.search.discretize
+        found = current_arch(module, cfg, mode, **metrics)
+        if trainer.is_global_zero:
+            out = Path(cfg.output_dir)
+            history_file.save(module.history, out / "history.json")
+            write_search_figures(out, found)
+            path = run.finish(lambda: arch_file.save(found, out / "found.json"))
+            log.info(
+                "%s: %.3f equivalent bits, val acc %.4f",
+                path,
+                found.equivalent_bits,
+                metrics["val_acc"] or float("nan"),
+            )
     return {
         **metrics,
         "equivalent_bits": found.equivalent_bits,

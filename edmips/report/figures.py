@@ -248,15 +248,16 @@ def plot_complexity(
     return save(fig, path)
 
 
-def write_search_figures(run_dir) -> list[Path]:
+def write_search_figures(run_dir, arch: arch_file.Arch | None = None) -> list[Path]:
     """Write bit_allocation.png, sensitivity.png, selector_evolution.png and complexity.png into
-    a search run dir.
+    a search run dir, of its found.json (or of `arch`: search.py draws them before it writes
+    found.json, which marks the run finished).
 
     Without a history (no history.json, or no epoch validated) only the bit allocation can be
     drawn; search.py calls this after every search, so that case warns instead of failing.
     """
     run_dir = Path(run_dir)
-    arch = arch_file.load(run_dir / "found.json")
+    arch = arch or arch_file.load(run_dir / "found.json")
     paths = [plot_bit_allocation(arch, run_dir / "bit_allocation.png")]
     if all(la.probs_w and la.probs_a for la in arch.layers):
         paths.append(plot_sensitivity(arch, run_dir / "sensitivity.png"))
