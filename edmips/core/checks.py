@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from edmips.core import budgets
 from edmips.core.builders import build_cost
 from edmips.cost import model as cost_models
+from edmips.models import list_models
 from edmips.nn.layers import INPUT_BITS
 from edmips.nn.policy import POLICIES
 from edmips.quant import registry
@@ -68,6 +69,7 @@ def check_retrain(cfg: DictConfig) -> None:
 def check_ptq(cfg: DictConfig) -> None:
     """Post-training quantization: a float network's weights and an arch (the clip method is
     checked by edmips.ptq.clipping, which defines them)."""
+    _check_model(cfg)
     weights = OmegaConf.select(cfg, "model.weights")
     if weights in (None, ""):
         raise ConfigError("model.weights is required: model.weights=<a float network's state dict>")
@@ -129,7 +131,21 @@ def _check_init(cfg: DictConfig) -> None:
         )
 
 
+def _check_model(cfg: DictConfig) -> None:
+    """model.name: set (conf/model/torchvision.yaml leaves it to the command line) and known."""
+    if OmegaConf.is_missing(cfg.model, "name") or cfg.model.get("name") in (None, ""):
+        raise ConfigError(
+            "model.name is required: model=torchvision model.name=tv_<a torchvision classifier> "
+            "(e.g. tv_resnet34), or model=<a config of conf/model/>"
+        )
+    if cfg.model.name not in list_models():
+        raise ConfigError(
+            f"model.name={cfg.model.name!r}: unknown model; choose from {', '.join(list_models())}"
+        )
+
+
 def _check_common(cfg: DictConfig) -> None:
+    _check_model(cfg)
     cost = OmegaConf.select(cfg, "cost.name")
     if cost not in cost_models.names():
         raise ConfigError(

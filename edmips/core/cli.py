@@ -4,6 +4,10 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
+
+from edmips.records.files import check_dir
+
 PACKAGE = Path(__file__).resolve().parents[1]  # the edmips package
 
 
@@ -27,3 +31,23 @@ def _raised_here(e: BaseException) -> bool:
     while tb is not None:
         innermost, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
     return innermost is not None and Path(innermost).resolve().is_relative_to(PACKAGE)
+
+
+class CheckRunDir(Callback):
+    """Hydra creates the run's directory before the program starts, out of reach of
+    one_line_errors: a `hydra.run.dir` (`hydra.sweep.dir`) through a file is refused here, in
+    one line, before Hydra creates anything. Named in the programs' configs (hydra.callbacks)."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        _check_run_dir("hydra.run.dir", config.hydra.run.dir)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        _check_run_dir("hydra.sweep.dir", config.hydra.sweep.dir)
+
+
+def _check_run_dir(key: str, path: str) -> None:
+    try:
+        if check_dir(path).is_file():
+            raise ValueError(f"{path} is a file, not a directory")
+    except ValueError as e:
+        raise SystemExit(f"error: {key}: {e}") from None

@@ -7,6 +7,7 @@ state dict, or is one of another network, is refused in one line naming the file
 back into the model they came from.
 """
 
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ PREFIX = "model."  # where edmips's LightningModules keep the network
 # A builder whose file holds one submodule's state dict (a converted torchvision model: the
 # torchvision network's) names it in this attribute of the model.
 WEIGHTS_MODULE = "weights_module"
+PICKLE = b"\x80"  # how a pickle begins: torch.save's files are zip archives or pickles
 
 
 def network_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -32,10 +34,15 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model weights {path}: no such file")
+    with open(path, "rb") as f:
+        first = f.read(1)
+    if not (zipfile.is_zipfile(path) or first == PICKLE):
+        raise ValueError(f"model weights {path}: not a state dict (not a file torch.save wrote)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling raises many kinds; one line says which file
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = str(e).strip().splitlines()
+        reason = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
         raise ValueError(f"model weights {path}: not a state dict ({reason})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]

@@ -34,7 +34,23 @@ from edmips.nn.layers import INPUT_BITS
 from edmips.quant import EDMIPS
 from edmips.quant.registry import get
 from edmips.records.files import write_text_atomic
-from edmips.records.json_values import int_list, is_int, is_number, non_finite, reject_constant
+from edmips.records.json_values import (
+    COUNT,
+    FLAG,
+    FRACTION,
+    NON_NEGATIVE,
+    NUMBER,
+    OBJECT,
+    POSITIVE,
+    TEXT,
+    Kind,
+    check_fields,
+    int_list,
+    is_int,
+    is_probabilities,
+    non_finite,
+    reject_constant,
+)
 
 SCHEMA = 2
 SPACE_KEYS = ("wbits", "abits", "sbits")
@@ -52,6 +68,47 @@ LAYER_KEYS = (
     *QUANT_KEYS,
 )
 OPTIONAL_LAYER_KEYS = ("input_numel",)  # files written before it was recorded lack it
+# Every field the writers put beside the layers, and what its value must be (or null). A field
+# not listed here is kept but read by nothing.
+FIELDS = {
+    "model": TEXT,
+    "bitops": COUNT,
+    "equivalent_bits": NON_NEGATIVE,
+    "weight_bits_total": COUNT,
+    "activation_bits_total": COUNT,
+    "micronet_score": NON_NEGATIVE,
+    "mu": NON_NEGATIVE,
+    "data": TEXT,
+    "val_acc": FRACTION,
+    "test_acc": FRACTION,
+    "test_acc_top5": FRACTION,
+    "wall_time_s": NON_NEGATIVE,
+    "final_mu": NUMBER,  # a budget's price can fall below zero
+    "final_prices": OBJECT,
+    "discretization": TEXT,
+    "expected_bits": NON_NEGATIVE,
+    "target_bits": POSITIVE,
+    "target_bitops": POSITIVE,
+    "budget": OBJECT,  # {key: value as given}
+    "budgets": Kind(
+        lambda x: (
+            isinstance(x, list)
+            and all(isinstance(b, dict) and isinstance(b.get("budget"), str) for b in x)
+        ),
+        'a list of {"budget": "key=value", ...}',
+    ),
+    "cost": Kind(lambda x: x in cost_models.names(), f"a cost ({', '.join(cost_models.names())})"),
+    "latency_ms": NON_NEGATIVE,
+    "shared_weights": FLAG,
+    "world_size": COUNT,
+    "epoch": COUNT,
+    "searched_in": TEXT,
+    "kind": TEXT,
+    "sensitivity_loss": TEXT,
+    "sensitivity_images": COUNT,
+    "loss_at_8_bits": NUMBER,
+    "loss_increase": OBJECT,
+}
 
 
 class ArchError(ValueError):
@@ -219,8 +276,9 @@ def from_dict(d, source: str = "arch", known_models=None) -> Arch:
         fail(f"schema {d.get('schema')!r} is not supported (expected one of {list(READS)})")
     keys = LAYER_KEYS[: -len(QUANT_KEYS)] if d["schema"] == 1 else LAYER_KEYS
     for key in ("model", "space", "layers"):
-        if key not in d:
+        if d.get(key) is None:
             fail(f"missing {key!r}")
+    check_fields(d, FIELDS, fail)
     if known_models is not None and d["model"] not in known_models:
         fail(f"unknown model {d['model']!r}")
     space = d["space"]
@@ -265,6 +323,9 @@ def _check_layer(i: int, layer, keys, space: dict, fail) -> None:
     if missing:
         fail(f"layer {i} lacks {', '.join(missing)}")
     name = layer["name"]
+    for key in ("name", "type"):
+        if not isinstance(layer[key], str):
+            fail(f"layer {i}: {key}={layer[key]!r} is not a string")
     for key in ("wbits", "abits", "flops", "params", *OPTIONAL_LAYER_KEYS):
         if key in OPTIONAL_LAYER_KEYS and layer.get(key) is None:
             continue
@@ -272,7 +333,7 @@ def _check_layer(i: int, layer, keys, space: dict, fail) -> None:
             fail(f"layer {name!r}: {key}={layer[key]!r} is not a non-negative integer")
     for key in ("probs_w", "probs_a"):
         probs = layer[key]
-        if not isinstance(probs, list) or not all(is_number(p) and 0 <= p <= 1 for p in probs):
+        if not is_probabilities(probs):
             fail(f"layer {name!r}: {key} must be a list of probabilities")
     for key in QUANT_KEYS:
         try:

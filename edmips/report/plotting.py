@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from edmips.records import arch as arch_file
+from edmips.records.files import make_dir
 
 
 def run_name(arch: arch_file.Arch) -> str:
@@ -76,6 +77,6 @@ def short(name: str, limit: int = 24) -> str:
 
 def save(fig: Figure, path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     fig.savefig(path, dpi=120)
     return path

@@ -7,6 +7,7 @@ import logging
 import statistics
 from pathlib import Path
 
+from edmips.records.files import make_dir
 from edmips.report.collect import (
     COLUMNS,
     COSTS,
@@ -32,8 +33,7 @@ class NoCost(ReportError):
 def write_report(runs: list[Run], out=".", x: str = DEFAULT) -> dict[str, Path]:
     """Write the tables and the Pareto plot against cost `x` into `out`; returns their paths."""
     points, ylabel = pareto_points(runs, x)  # before writing: a cost nobody records is refused
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out)
     paths = {
         "csv": out / "report.csv",
         "md": out / "report.md",
