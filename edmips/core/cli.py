@@ -6,6 +6,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from edmips.data.imagenet import UnreadableImage
 from edmips.records.files import check_dir
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the edmips package
@@ -16,11 +17,13 @@ def one_line_errors():
     """A bad config value, arch file, dataset or checkpoint (a ValueError or FileNotFoundError
     raised by this package's own checks) stops the run with `error: <what is wrong>` and exit
     status 1. The same errors raised inside a library are faults, not bad input: they keep
-    their traceback, as they do everywhere with HYDRA_FULL_ERROR=1."""
+    their traceback, as they do everywhere with HYDRA_FULL_ERROR=1. An unreadable image met by
+    a DataLoader worker is this package's too, though torch raises it again in this process."""
     try:
         yield
     except (ValueError, FileNotFoundError) as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not _raised_here(e):
+        ours = _raised_here(e) or isinstance(e, UnreadableImage)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not ours:
             raise
         raise SystemExit(f"error: {e}") from None
 
