@@ -12,6 +12,7 @@ from edmips.data import CIFAR10DataModule
 from edmips.export.cli import main as export_main
 from edmips.models import create_model
 from edmips.nn import default_searched
+from edmips.programs.ptq import ptq
 from edmips.programs.retrain import retrain
 from edmips.programs.search import search
 from edmips.records import arch
@@ -45,6 +46,25 @@ def test_bad_search_config(search_cfg, tmp_path, override, message):
         search(search_cfg(override))
     assert message in str(e.value) and "\n" not in str(e.value)
     assert _files(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "make_cfg,program,overrides",
+    [
+        ("search_cfg", search, ()),
+        ("retrain_cfg", retrain, ("arch=uniform",)),
+        ("ptq_cfg", ptq, ("arch=uniform", "model.weights=weights.pt")),
+    ],
+)
+def test_an_output_dir_through_a_file(request, tmp_path, make_cfg, program, overrides):
+    cfg = request.getfixturevalue(make_cfg)(*overrides)
+    (tmp_path / "file").write_text("x")
+    cfg.output_dir = str(tmp_path / "file" / "run")
+    with pytest.raises(ValueError) as e:
+        program(cfg)
+    where = f"output_dir: {cfg.output_dir}: {tmp_path / 'file'}"
+    assert str(e.value) == f"{where} is a file, not a directory"
+    assert _files(tmp_path) == ["file"]
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from edmips.data.imagenet import UnreadableImage
-from edmips.records.files import check_dir
+from edmips.records.files import check_folder
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the edmips package
 
@@ -50,7 +50,6 @@ class CheckRunDir(Callback):
 
 def _check_run_dir(key: str, path: str) -> None:
     try:
-        if check_dir(path).is_file():
-            raise ValueError(f"{path} is a file, not a directory")
+        check_folder(path)
     except ValueError as e:
         raise SystemExit(f"error: {key}: {e}") from None

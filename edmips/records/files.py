@@ -69,11 +69,17 @@ def check_dir(path: str | Path) -> Path:
     return path
 
 
-def make_dir(path: str | Path) -> Path:
-    """Create the folder `path` and its parents (see check_dir)."""
+def check_folder(path: str | Path) -> Path:
+    """`path` is a folder, or can be created as one (see check_dir)."""
     path = check_dir(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} is a file, not a directory")
+    return path
+
+
+def make_dir(path: str | Path) -> Path:
+    """Create the folder `path` and its parents (see check_folder)."""
+    path = check_folder(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # permission denied, read-only file system, ...
