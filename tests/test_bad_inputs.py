@@ -213,7 +213,7 @@ def test_bad_checkpoints_for_export(tmp_path):
         (["list.ckpt"], r"list\.ckpt: not a checkpoint \(no state_dict\)$"),
         (["truncated.ckpt"], r"truncated\.ckpt: not a checkpoint \("),
         (["full.ckpt"], r"full\.ckpt: not a retrain checkpoint \(no network description\)$"),
-        (["full.ckpt", "--out", "out"], r"--out .*out: a file, not a directory$"),
+        (["full.ckpt", "--out", "out"], r"/out is a file, not a directory$"),
     ]:
         paths = [a if a.startswith("--") else str(tmp_path / a) for a in args]
         with pytest.raises(SystemExit, match=r"^error: .*" + message) as e:

@@ -23,7 +23,7 @@ from edmips.nn.fold import fold_batch_norms
 from edmips.quant import FULL_PRECISION
 from edmips.quant.registry import Family
 from edmips.records import arch as arch_file
-from edmips.records.files import check_dir, make_dir
+from edmips.records.files import check_folder, make_dir
 
 DEFAULT_OUT = "export"
 
@@ -62,10 +62,7 @@ def main(argv=None) -> list[Path]:
     )
     args = parser.parse_args(argv)
     with one_line_errors():
-        out = args.out or default_out(args.source)
-        check_dir(out)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {out}: a file, not a directory")
+        out = check_folder(args.out or default_out(args.source))  # before reading anything
         model, input_size = load_retrained(args.source)
         paths = export(model, input_size, make_dir(out))
     for path in paths:
