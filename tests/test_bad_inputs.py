@@ -12,6 +12,7 @@ from edmips.data import CIFAR10DataModule
 from edmips.export.cli import main as export_main
 from edmips.models import create_model
 from edmips.nn import default_searched
+from edmips.programs.ptq import ptq
 from edmips.programs.retrain import retrain
 from edmips.programs.search import search
 from edmips.records import arch
@@ -36,6 +37,8 @@ def _files(path):
         ("space.abits=[2,2.5]", "space.abits: unsupported bit-width 2.5"),
         ("space.abits=[3,2,3]", "space.abits lists a bit-width twice: [3, 2, 3]"),
         ("space.skip_first=maybe", "space.skip_first must be true or false"),
+        ("model=torchvision", "model.name is required: model=torchvision model.name=tv_<a tor"),
+        ("model.name=resnet_huge", "model.name='resnet_huge': unknown model; choose from resn"),
     ],
 )
 def test_bad_search_config(search_cfg, tmp_path, override, message):
@@ -43,6 +46,25 @@ def test_bad_search_config(search_cfg, tmp_path, override, message):
         search(search_cfg(override))
     assert message in str(e.value) and "\n" not in str(e.value)
     assert _files(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "make_cfg,program,overrides",
+    [
+        ("search_cfg", search, ()),
+        ("retrain_cfg", retrain, ("arch=uniform",)),
+        ("ptq_cfg", ptq, ("arch=uniform", "model.weights=weights.pt")),
+    ],
+)
+def test_an_output_dir_through_a_file(request, tmp_path, make_cfg, program, overrides):
+    cfg = request.getfixturevalue(make_cfg)(*overrides)
+    (tmp_path / "file").write_text("x")
+    cfg.output_dir = str(tmp_path / "file" / "run")
+    with pytest.raises(ValueError) as e:
+        program(cfg)
+    where = f"output_dir: {cfg.output_dir}: {tmp_path / 'file'}"
+    assert str(e.value) == f"{where} is a file, not a directory"
+    assert _files(tmp_path) == ["file"]
 
 
 @pytest.mark.parametrize(
@@ -111,6 +133,9 @@ def _space(d, wbits) -> dict:
         (lambda: _tiny_arch((3, 16, 16)), "searched at another input size?"),
         (lambda: _space(_tiny_arch(), [2, 4, 32]), "wbits=32, but the integer export takes"),
         (lambda: {**_tiny_arch(), "layers": _tiny_arch()["layers"][:2]}, "2 layers, but"),
+        (lambda: {**_tiny_arch(), "mu": "x"}, "mu='x' is not a non-negative number"),
+        (lambda: {**_tiny_arch(), "target_bits": "two"}, "target_bits='two' is not a positive"),
+        (lambda: {**_tiny_arch(), "latency_ms": True}, "latency_ms=True is not a non-negative"),
     ],
 )
 def test_bad_arch_file(retrain_cfg, tmp_path, content, message):
@@ -120,6 +145,26 @@ def test_bad_arch_file(retrain_cfg, tmp_path, content, message):
         retrain(retrain_cfg(f"arch={path}"))
     assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
     assert "\n" not in str(e.value) and _files(tmp_path) == ["found.json"]
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ([1, 2], "not a state dict (names to tensors)"),
+        ("some notes\n", "not a state dict (not a file torch.save wrote)"),
+    ],
+)
+def test_a_weights_file_that_is_no_state_dict(retrain_cfg, tmp_path, content, message):
+    path = tmp_path / "weights.pt"
+    if isinstance(content, str):
+        path.write_text(content)
+    else:
+        torch.save(content, path)
+    cfg = retrain_cfg("arch=uniform", "init=float", f"model.weights={path}")
+    with pytest.raises(ValueError) as e:  # raised inside Hydra's instantiate, out as itself
+        retrain(cfg)
+    assert str(e.value) == f"model weights {path}: {message}"
+    assert _files(tmp_path) == ["weights.pt"]
 
 
 def test_an_arch_path_that_is_a_directory(retrain_cfg, tmp_path):
@@ -168,7 +213,7 @@ def test_bad_checkpoints_for_export(tmp_path):
         (["list.ckpt"], r"list\.ckpt: not a checkpoint \(no state_dict\)$"),
         (["truncated.ckpt"], r"truncated\.ckpt: not a checkpoint \("),
         (["full.ckpt"], r"full\.ckpt: not a retrain checkpoint \(no network description\)$"),
-        (["full.ckpt", "--out", "out"], r"--out .*out: a file, not a directory$"),
+        (["full.ckpt", "--out", "out"], r"/out is a file, not a directory$"),
     ]:
         paths = [a if a.startswith("--") else str(tmp_path / a) for a in args]
         with pytest.raises(SystemExit, match=r"^error: .*" + message) as e:

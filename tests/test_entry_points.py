@@ -83,3 +83,27 @@ def test_the_tools_are_verbs_of_one_program():
     assert unknown.stderr.strip() == (
         "error: unknown verb 'arch': choose from rediscretize, export, report"
     )
+
+
+@pytest.mark.parametrize(
+    "script,args,key",
+    [
+        ("search.py", ["hydra.run.dir={file}/run"], "hydra.run.dir"),
+        ("retrain.py", ["-m", "arch=uniform", "hydra.sweep.dir={file}/sweep"], "hydra.sweep.dir"),
+    ],
+)
+def test_a_run_dir_through_a_file_is_one_line_before_hydra_creates_it(tmp_path, script, args, key):
+    file = tmp_path / "file"
+    file.write_text("x")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / script), *[a.format(file=file) for a in args]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: {key}: {file}/{args[-1].rsplit('/', 1)[1]}: {file} is a file, not a directory"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

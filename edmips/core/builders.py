@@ -17,13 +17,25 @@ from edmips.cost import layers as cost_layers
 from edmips.cost import model as cost_models
 
 
+def instantiate(node: DictConfig, **kwargs):
+    """hydra.utils.instantiate, where a ValueError or FileNotFoundError of the target (a file it
+    reads, a value it refuses) comes out as itself, not inside Hydra's multi-line
+    InstantiationException: the entry points' one-line errors see what raised it."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, (ValueError, FileNotFoundError)):
+            raise e.__cause__ from None
+        raise
+
+
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    return hydra.utils.instantiate(cfg.data)
+    return instantiate(cfg.data)
 
 
 def build_model(cfg: DictConfig, datamodule, **overrides) -> nn.Module:
     """The registered model named in `cfg.model`, sized for the data's classes and statistics."""
-    return hydra.utils.instantiate(
+    return instantiate(
         cfg.model,
         num_classes=datamodule.num_classes,
         mean=datamodule.mean,

@@ -13,10 +13,12 @@ from omegaconf import DictConfig, OmegaConf
 from edmips.core import budgets
 from edmips.core.builders import build_cost
 from edmips.cost import model as cost_models
+from edmips.models import list_models
 from edmips.nn.layers import INPUT_BITS
 from edmips.nn.policy import POLICIES
 from edmips.quant import registry
 from edmips.quant.registry import get
+from edmips.records.files import check_folder
 
 
 class ConfigError(ValueError):
@@ -68,6 +70,8 @@ def check_retrain(cfg: DictConfig) -> None:
 def check_ptq(cfg: DictConfig) -> None:
     """Post-training quantization: a float network's weights and an arch (the clip method is
     checked by edmips.ptq.clipping, which defines them)."""
+    _check_model(cfg)
+    _check_output_dir(cfg)
     weights = OmegaConf.select(cfg, "model.weights")
     if weights in (None, ""):
         raise ConfigError("model.weights is required: model.weights=<a float network's state dict>")
@@ -131,7 +135,30 @@ def _check_init(cfg: DictConfig) -> None:
         )
 
 
+def _check_output_dir(cfg: DictConfig) -> None:
+    """output_dir (Hydra's run dir unless set): a folder, or one that can be created."""
+    try:
+        check_folder(cfg.output_dir)
+    except ValueError as e:
+        raise ConfigError(f"output_dir: {e}") from None
+
+
+def _check_model(cfg: DictConfig) -> None:
+    """model.name: set (conf/model/torchvision.yaml leaves it to the command line) and known."""
+    if OmegaConf.is_missing(cfg.model, "name") or cfg.model.get("name") in (None, ""):
+        raise ConfigError(
+            "model.name is required: model=torchvision model.name=tv_<a torchvision classifier> "
+            "(e.g. tv_resnet34), or model=<a config of conf/model/>"
+        )
+    if cfg.model.name not in list_models():
+        raise ConfigError(
+            f"model.name={cfg.model.name!r}: unknown model; choose from {', '.join(list_models())}"
+        )
+
+
 def _check_common(cfg: DictConfig) -> None:
+    _check_model(cfg)
+    _check_output_dir(cfg)
     cost = OmegaConf.select(cfg, "cost.name")
     if cost not in cost_models.names():
         raise ConfigError(

@@ -4,6 +4,11 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
+
+from edmips.data.imagenet import UnreadableImage
+from edmips.records.files import check_folder
+
 PACKAGE = Path(__file__).resolve().parents[1]  # the edmips package
 
 
@@ -12,11 +17,13 @@ def one_line_errors():
     """A bad config value, arch file, dataset or checkpoint (a ValueError or FileNotFoundError
     raised by this package's own checks) stops the run with `error: <what is wrong>` and exit
     status 1. The same errors raised inside a library are faults, not bad input: they keep
-    their traceback, as they do everywhere with HYDRA_FULL_ERROR=1."""
+    their traceback, as they do everywhere with HYDRA_FULL_ERROR=1. An unreadable image met by
+    a DataLoader worker is this package's too, though torch raises it again in this process."""
     try:
         yield
     except (ValueError, FileNotFoundError) as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not _raised_here(e):
+        ours = _raised_here(e) or isinstance(e, UnreadableImage)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not ours:
             raise
         raise SystemExit(f"error: {e}") from None
 
@@ -27,3 +34,22 @@ def _raised_here(e: BaseException) -> bool:
     while tb is not None:
         innermost, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
     return innermost is not None and Path(innermost).resolve().is_relative_to(PACKAGE)
+
+
+class CheckRunDir(Callback):
+    """Hydra creates the run's directory before the program starts, out of reach of
+    one_line_errors: a `hydra.run.dir` (`hydra.sweep.dir`) through a file is refused here, in
+    one line, before Hydra creates anything. Named in the programs' configs (hydra.callbacks)."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        _check_run_dir("hydra.run.dir", config.hydra.run.dir)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        _check_run_dir("hydra.sweep.dir", config.hydra.sweep.dir)
+
+
+def _check_run_dir(key: str, path: str) -> None:
+    try:
+        check_folder(path)
+    except ValueError as e:
+        raise SystemExit(f"error: {key}: {e}") from None

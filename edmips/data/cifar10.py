@@ -53,11 +53,16 @@ def load_npz(path: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
             try:
                 blob = torch.from_numpy(data[f"{split}_jpeg"])
                 offsets = data[f"{split}_offsets"].tolist()
-                labels = torch.from_numpy(data[f"{split}_labels"].astype(np.int64))
+                labels = data[f"{split}_labels"]
             except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
                 problem = f"is damaged ({split}: {str(err).splitlines()[0]})"
                 raise ValueError(_message(path, problem)) from None
+            if not np.issubdtype(labels.dtype, np.integer):  # 2.7 is no class: never truncated
+                raise ValueError(_message(path, f"has {labels.dtype} {split} labels, not integers"))
+            labels = torch.from_numpy(labels.astype(np.int64))
             files = [blob[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=False)]
+            if not files:
+                raise ValueError(_message(path, f"has no {split} images"))
             try:
                 # One batched call: torchvision decodes a list far faster than image by image.
                 images = torch.stack(decode_jpeg(files, mode=ImageReadMode.RGB))
@@ -125,6 +130,9 @@ class CIFAR10DataModule(InMemoryDataModule):
             from torchvision.datasets import CIFAR10
 
             CIFAR10(str(self.path), train=True, download=True)
+
+    def source(self) -> str:
+        return str(self.path)
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         path = self.path

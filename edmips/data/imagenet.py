@@ -1,4 +1,9 @@
-"""ImageNet from an ImageFolder tree (``train/``, ``val/``) through worker-process DataLoaders."""
+"""ImageNet from an ImageFolder tree (``train/``, ``val/``) through worker-process DataLoaders.
+
+The tree is checked when it is read (a class folder without images, one class only), the
+images when they are decoded: decoding every file up front would cost as long as an epoch, so
+a file that does not decode stops the run where it is met, in one line naming the file (the
+epoch's checkpoint before it stands: replace the file and resume)."""
 
 import copy
 import os
@@ -8,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from edmips.data.common import resolve_path, split_indices
+from edmips.data.common import check_classes, resolve_path, split_indices
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -25,6 +30,41 @@ def transforms(train: bool, image_size: int = 224, resize_size: int = 256):
     )
     # Crop the PIL image first, then convert: decoding dominates, tensors stay small.
     return v2.Compose([*head, v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+
+class UnreadableImage(ValueError):
+    """An image file that does not decode. Raised in a DataLoader worker, it reaches the main
+    process rebuilt by torch from the worker's whole traceback as text; only its last line,
+    this message, is kept, so that it stays one line."""
+
+    def __init__(self, message: str):
+        last = message.strip().splitlines()[-1]
+        super().__init__(last.removeprefix(f"{__name__}.{type(self).__name__}: "))
+
+
+def load_image(path: str):
+    """The RGB image of a file (torchvision's loader), or UnreadableImage naming the file."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's decoders raise these for bad data
+        problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnreadableImage(
+            f"imagenet: {path} is not a readable image ({problem}): replace or remove it"
+        ) from None
+
+
+def image_folder(folder: Path, transform):
+    """torchvision's ImageFolder of `folder`, with the project's loader; a folder without
+    class folders, or a class folder without images, is one line naming the folder."""
+    from torchvision.datasets import ImageFolder
+
+    try:
+        return ImageFolder(str(folder), transform=transform, loader=load_image)
+    except FileNotFoundError as e:
+        raise ValueError(f"imagenet: {folder}: {str(e).splitlines()[0]}") from None
 
 
 class ImageNetDataModule(pl.LightningDataModule):
@@ -70,10 +110,9 @@ class ImageNetDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        from torchvision.datasets import ImageFolder
-
         train_dir, test_dir = self._folder("train"), self._folder("val")
-        train = ImageFolder(str(train_dir), transform=transforms(True, self.image_size))
+        train = image_folder(train_dir, transforms(True, self.image_size))
+        check_classes(self.name, train_dir, len(train.classes))
         if len(train.classes) != self.num_classes:
             raise ValueError(
                 f"imagenet: {train_dir} has {len(train.classes)} classes, "
@@ -83,7 +122,7 @@ class ImageNetDataModule(pl.LightningDataModule):
         held_out = copy.copy(train)
         held_out.transform = transforms(False, self.image_size, self.resize_size)
         train_idx, val_idx = split_indices(len(train), self.val_size, self.seed, self.name)
-        test = ImageFolder(str(test_dir), transform=held_out.transform)
+        test = image_folder(test_dir, held_out.transform)
         if test.classes != train.classes:
             raise ValueError(f"imagenet: {test_dir} and {train_dir} have different class folders")
         self.datasets = {

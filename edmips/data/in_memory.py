@@ -4,7 +4,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from edmips.data.common import split_indices
+from edmips.data.common import check_classes, split_indices
 from edmips.data.tensor_loader import TensorLoader
 
 
@@ -38,10 +38,15 @@ class InMemoryDataModule(pl.LightningDataModule):
         """Return ``train_images, train_labels, test_images, test_labels`` (uint8 NCHW, int)."""
         raise NotImplementedError
 
+    def source(self) -> str:
+        """What the data were read from, as error messages name it."""
+        return f"the {self.name} data"
+
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
             train_x, train_y, test_x, test_y = self.load()
             train_y, test_y = train_y.long(), test_y.long()
+            check_classes(self.name, self.source(), len(torch.unique(train_y)))
             train_i, val_i = split_indices(len(train_x), self.val_size, self.seed, self.name)
             self.splits = {
                 "train": (train_x[train_i], train_y[train_i]),

@@ -4,7 +4,9 @@ standard ops for onnxruntime), for edmips's ResNets and converted models (tv_mob
     python -m edmips export <retrain run dir or .ckpt> [--out DIR]
 
 retrain.py stores in its checkpoints what rebuilds the network (the arch, the number of
-classes, the data statistics and input size), so the checkpoint alone is enough.
+classes, the data statistics and input size), so the checkpoint alone is enough. Without
+--out it writes into a new folder `export/`: in the run dir given, or beside the checkpoint
+file given (never into a run's own files); an `export/` that holds anything is refused.
 """
 
 import argparse
@@ -21,6 +23,9 @@ from edmips.nn.fold import fold_batch_norms
 from edmips.quant import FULL_PRECISION
 from edmips.quant.registry import Family
 from edmips.records import arch as arch_file
+from edmips.records.files import check_folder, make_dir
+
+DEFAULT_OUT = "export"
 
 
 def load_retrained(source: Path):
@@ -54,15 +59,22 @@ def main(argv=None) -> list[Path]:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", type=Path, help="a retrain run dir or a checkpoint file")
-    parser.add_argument("--out", type=Path, help="default: the run dir")
+    parser.add_argument(
+        "--out", type=Path, help="default: export/ in the run dir, or beside the checkpoint"
+    )
     args = parser.parse_args(argv)
-    run_dir = args.source if args.source.is_dir() else args.source.parent.parent
-    out = args.out or run_dir
     with one_line_errors():
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {out}: a file, not a directory")
+        out = check_folder(args.out or default_out(args.source))  # before reading anything
         model, input_size = load_retrained(args.source)
-        paths = export(model, input_size, out)
+        paths = export(model, input_size, make_dir(out))
     for path in paths:
         print(path)
     return paths
+
+
+def default_out(source: Path) -> Path:
+    """export/ in the run dir, or beside the checkpoint file; refused unless new or empty."""
+    out = (source if source.is_dir() else source.parent) / DEFAULT_OUT
+    if out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"{out} holds files already: remove them or choose another --out")
+    return out

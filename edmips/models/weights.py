@@ -7,8 +7,10 @@ state dict, or is one of another network, is refused in one line naming the file
 back into the model they came from.
 """
 
-from collections.abc import Iterable
+import zipfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +21,7 @@ PREFIX = "model."  # where edmips's LightningModules keep the network
 # A builder whose file holds one submodule's state dict (a converted torchvision model: the
 # torchvision network's) names it in this attribute of the model.
 WEIGHTS_MODULE = "weights_module"
+PICKLE = b"\x80"  # how a pickle begins: torch.save's files are zip archives or pickles
 
 
 def network_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -32,11 +35,11 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model weights {path}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling raises many kinds; one line says which file
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"model weights {path}: not a state dict ({reason})") from None
+
+    def fail(reason: str):
+        raise ValueError(f"model weights {path}: not a state dict ({reason})")
+
+    state = load_torch_file(path, fail)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(
@@ -46,6 +49,20 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if any(k.startswith(PREFIX) for k in state):
         state = network_state(state)
     return state
+
+
+def load_torch_file(path: Path, fail: Callable[[str], NoReturn]):
+    """What torch.load (weights only) reads from a local file; `fail(reason)`, one line, where
+    torch.save did not write the file or it does not load."""
+    with open(path, "rb") as f:
+        first = f.read(1)
+    if not (zipfile.is_zipfile(path) or first == PICKLE):
+        fail("not a file torch.save wrote")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling raises many kinds; one line says which file
+        lines = str(e).strip().splitlines()
+        fail(f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__)
 
 
 def load_weights(model: nn.Module, path: str | Path, optional: Iterable[str] = ()) -> nn.Module:

@@ -17,6 +17,7 @@ import torch
 from rich.progress import track
 from torch import Tensor, nn
 
+from edmips.models.weights import load_torch_file
 from edmips.quant import calibration
 from edmips.quant.clipped import ClippedQuant, ClipStatistics
 from edmips.quant.primitives import FULL_PRECISION
@@ -138,12 +139,14 @@ def save(stats: CalibrationStats, path: str | Path) -> Path:
 
 def load(path: str | Path, source: str | None = None) -> CalibrationStats:
     source = source or str(path)
+
+    def fail(reason: str):
+        raise ValueError(f"{source}: not a calibration statistics file ({reason})")
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
+        state = load_torch_file(Path(path), fail)
+    except (FileNotFoundError, IsADirectoryError):
         raise ValueError(f"{source}: no such file") from None
-    except Exception as e:  # a file torch cannot read: one line, not its traceback
-        raise ValueError(f"{source}: not a calibration statistics file ({e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{source}: not a calibration statistics file (written by ptq.py)")
     return CalibrationStats(state["model"], state["images"], state["clips"], state["ranges"])

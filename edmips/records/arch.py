@@ -37,7 +37,23 @@ from edmips.nn.layers import INPUT_BITS
 from edmips.quant import EDMIPS
 from edmips.quant.registry import get
 from edmips.records.files import write_text_atomic
-from edmips.records.json_values import int_list, is_int, is_number, non_finite, reject_constant
+from edmips.records.json_values import (
+    COUNT,
+    FLAG,
+    FRACTION,
+    NON_NEGATIVE,
+    NUMBER,
+    OBJECT,
+    POSITIVE,
+    TEXT,
+    Kind,
+    check_fields,
+    int_list,
+    is_int,
+    is_probabilities,
+    non_finite,
+    reject_constant,
+)
 
 SCHEMA = 2
 SPACE_KEYS = ("wbits", "abits", "sbits")
@@ -55,6 +71,49 @@ LAYER_KEYS = (
     *QUANT_KEYS,
 )
 OPTIONAL_LAYER_KEYS = ("input_numel", "shape_key")  # files written before they were recorded
+# Every field the writers put beside the layers, and what its value must be (or null). A field
+# not listed here is kept but read by nothing.
+FIELDS = {
+    "model": TEXT,
+    "bitops": COUNT,
+    "equivalent_bits": NON_NEGATIVE,
+    "weight_bits_total": COUNT,
+    "fixed_weight_bits": COUNT,
+    "activation_bits_total": COUNT,
+    "micronet_score": NON_NEGATIVE,
+    "mu": NON_NEGATIVE,
+    "data": TEXT,
+    "val_acc": FRACTION,
+    "test_acc": FRACTION,
+    "test_acc_top5": FRACTION,
+    "wall_time_s": NON_NEGATIVE,
+    "final_mu": NUMBER,  # a budget's price can fall below zero
+    "final_prices": OBJECT,
+    "discretization": TEXT,
+    "expected_bits": NON_NEGATIVE,
+    "target_bits": POSITIVE,
+    "target_bitops": POSITIVE,
+    "budget": OBJECT,  # {key: value as given}
+    "budgets": Kind(
+        lambda x: (
+            isinstance(x, list)
+            and all(isinstance(b, dict) and isinstance(b.get("budget"), str) for b in x)
+        ),
+        'a list of {"budget": "key=value", ...}',
+    ),
+    "cost": Kind(lambda x: x in cost_models.names(), f"a cost ({', '.join(cost_models.names())})"),
+    "latency_ms": NON_NEGATIVE,
+    "latency_table": TEXT,
+    "shared_weights": FLAG,
+    "world_size": COUNT,
+    "epoch": COUNT,
+    "searched_in": TEXT,
+    "kind": TEXT,
+    "sensitivity_loss": TEXT,
+    "sensitivity_images": COUNT,
+    "loss_at_8_bits": NUMBER,
+    "loss_increase": OBJECT,
+}
 
 
 class ArchError(ValueError):
@@ -145,7 +204,7 @@ def build(
     bitops = cost_models.get("bitops")
     ops = bitops.total(costs, wbits, abits)
     known = {k: meta.pop(k) for k in ("mu", "data", "val_acc", "fixed_weight_bits") if k in meta}
-    fixed = known.get("fixed_weight_bits", 0)
+    fixed = known.get("fixed_weight_bits") or 0
     # 0 input elements: a cost read back from a file that does not record them
     activations = None
     if all(c.input_numel > 0 for c in costs):
@@ -228,8 +287,9 @@ def from_dict(d, source: str = "arch", known_models=None) -> Arch:
         fail(f"schema {d.get('schema')!r} is not supported (expected one of {list(READS)})")
     keys = LAYER_KEYS[: -len(QUANT_KEYS)] if d["schema"] == 1 else LAYER_KEYS
     for key in ("model", "space", "layers"):
-        if key not in d:
+        if d.get(key) is None:
             fail(f"missing {key!r}")
+    check_fields(d, FIELDS, fail)
     if known_models is not None and d["model"] not in known_models:
         fail(f"unknown model {d['model']!r}")
     space = d["space"]
@@ -245,9 +305,6 @@ def from_dict(d, source: str = "arch", known_models=None) -> Arch:
     bad = non_finite(d)
     if bad:
         fail(f"{bad} is not a finite number")
-    fixed = d.get("fixed_weight_bits", 0)
-    if not is_int(fixed) or fixed < 0:
-        fail(f"'fixed_weight_bits'={fixed!r} is not a non-negative integer")
     for i, layer in enumerate(d["layers"]):
         _check_layer(i, layer, keys, space, fail)
     costs = [
@@ -280,6 +337,9 @@ def _check_layer(i: int, layer, keys, space: dict, fail) -> None:
     if missing:
         fail(f"layer {i} lacks {', '.join(missing)}")
     name = layer["name"]
+    for key in ("name", "type"):
+        if not isinstance(layer[key], str):
+            fail(f"layer {i}: {key}={layer[key]!r} is not a string")
     for key in ("wbits", "abits", "flops", "params", "input_numel"):
         if key in OPTIONAL_LAYER_KEYS and layer.get(key) is None:
             continue
@@ -289,7 +349,7 @@ def _check_layer(i: int, layer, keys, space: dict, fail) -> None:
         fail(f"layer {name!r}: shape_key={layer['shape_key']!r} is not a string")
     for key in ("probs_w", "probs_a"):
         probs = layer[key]
-        if not isinstance(probs, list) or not all(is_number(p) and 0 <= p <= 1 for p in probs):
+        if not is_probabilities(probs):
             fail(f"layer {name!r}: {key} must be a list of probabilities")
     for key in QUANT_KEYS:
         try:

@@ -30,13 +30,27 @@ as None; other unknown fields are ignored.
 """
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from edmips.records.arch import FIELDS as ARCH_FIELDS
 from edmips.records.files import write_text_atomic
+from edmips.records.json_values import (
+    COUNT,
+    FLAG,
+    FRACTION,
+    INTEGER,
+    NON_NEGATIVE,
+    NUMBER,
+    POSITIVE,
+    TEXT,
+    Kind,
+    check_fields,
+    is_int,
+)
 
 SCHEMA = 1
+AGREEMENT = "_agreement"  # how often another form predicts as the fake-quantized network
 
 
 class MetricsError(ValueError):
@@ -87,7 +101,7 @@ class RetrainMetrics:
         """The metrics of a record whose unknown keys are other forms' agreements (or, from a
         file, fields this version does not know, which are dropped)."""
         known = {f.name for f in fields(cls)} - {"other_agreements"}
-        others = {k: v for k, v in record.items() if k not in known and k.endswith("_agreement")}
+        others = {k: v for k, v in record.items() if k not in known and k.endswith(AGREEMENT)}
         return cls(**{k: v for k, v in record.items() if k in known}, other_agreements=others)
 
     def to_dict(self) -> dict:
@@ -98,6 +112,50 @@ class RetrainMetrics:
 
 
 REQUIRED = ("model", "equivalent_bits", "bitops", "weight_bits_total")
+# What each field's value must be (or null).
+FIELDS = {
+    "model": TEXT,
+    "equivalent_bits": NON_NEGATIVE,
+    "bitops": COUNT,
+    "weight_bits_total": COUNT,
+    "activation_bits_total": COUNT,
+    "micronet_score": NON_NEGATIVE,
+    "latency_ms": NON_NEGATIVE,
+    **{k: ARCH_FIELDS[k] for k in ("latency_table", "budget", "budgets")},  # copied from it
+    "data": TEXT,
+    "kind": TEXT,
+    "seed": INTEGER,
+    "arch": TEXT,
+    "uniform": Kind(
+        lambda x: isinstance(x, dict) and is_int(x.get("wbits")) and is_int(x.get("abits")),
+        '{"wbits": <integer>, "abits": <integer>}',
+    ),
+    "target_bits": POSITIVE,
+    "mu": NUMBER,
+    "val_acc": FRACTION,
+    "val_acc_top5": FRACTION,
+    "test_acc": FRACTION,
+    "test_acc_top5": FRACTION,
+    "test_acc_integer": FRACTION,
+    "prediction_agreement": FRACTION,
+    "qdq_agreement": FRACTION,
+    "test_images": COUNT,
+    "integer_export": FLAG,
+    "quant": Kind(
+        lambda x: (
+            isinstance(x, dict) and all(isinstance(x.get(k), str) for k in ("activation", "weight"))
+        ),
+        '{"activation": <name>, "weight": <name>, ...}',
+    ),
+    "bn_fold": FLAG,
+    "wall_time_s": NON_NEGATIVE,
+    "activation_clip": TEXT,
+    "bias_correction": TEXT,
+    "bit_allocation": TEXT,
+    "calibration_images": COUNT,
+    "float_acc": FRACTION,
+    "allocation": TEXT,
+}
 
 
 def save(metrics: RetrainMetrics, path: str | Path) -> Path:
@@ -107,22 +165,23 @@ def save(metrics: RetrainMetrics, path: str | Path) -> Path:
 
 
 def load(path: str | Path) -> RetrainMetrics:
+    """Read and validate a file: every field of its kind (FIELDS), one line naming the field."""
     path = Path(path)
+
+    def fail(problem: str):
+        raise MetricsError(f"{path}: {problem}")
+
     try:
         d = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MetricsError(f"{path}: not JSON ({e})") from None
+        fail(f"not JSON ({e})")
     if not isinstance(d, dict):
-        raise MetricsError(f"{path}: not a JSON object")
+        fail("not a JSON object")
     if d.get("schema", SCHEMA) != SCHEMA:
-        raise MetricsError(f"{path}: schema {d['schema']!r} is not supported (expected {SCHEMA})")
-    missing = [k for k in REQUIRED if k not in d]
+        fail(f"schema {d['schema']!r} is not supported (expected {SCHEMA})")
+    missing = [k for k in REQUIRED if d.get(k) is None]
     if missing:
-        raise MetricsError(f"{path}: missing {', '.join(missing)}")
-    for key in ("equivalent_bits", "bitops", "weight_bits_total"):
-        value = d[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise MetricsError(f"{path}: {key} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise MetricsError(f"{path}: {key} is not finite")
+        fail(f"missing {', '.join(missing)}")
+    agreements = {k: FRACTION for k in d if k.endswith(AGREEMENT)}
+    check_fields(d, {**agreements, **FIELDS}, fail)
     return RetrainMetrics.from_record(d)

@@ -8,8 +8,8 @@ import sys
 
 from edmips.report.collect import COLUMNS, SUMMARY_COLUMNS, collect, shown
 from edmips.report.costs import AXES, DEFAULT, axis
-from edmips.report.figures import write_search_figures
-from edmips.report.summary import summarize, write_report
+from edmips.report.figures import read_search_run, write_search_figures
+from edmips.report.summary import left_out, summarize, write_report
 from edmips.report.tables import fmt, markdown_table
 
 HEADERS = {
@@ -28,6 +28,7 @@ HEADERS = {
 }
 TEXT = {"kind", "network", "model", "data", "budget", "run_dir"}
 PROG = "edmips.report"
+log = logging.getLogger(PROG)
 
 
 def main(argv=None) -> int:
@@ -55,16 +56,30 @@ def main(argv=None) -> int:
     try:
         axis(args.x)  # before reading a sweep: a typo costs nothing
         runs = collect(args.paths)
+        drawn = _figure_inputs(runs) if args.figures else {}  # read all before writing any
+        for line in left_out(runs):
+            log.warning(line)
         paths = write_report(runs, args.out, args.x)
-    except ValueError as e:  # ReportError, or an unknown cost: one line, no usage text
+        for run_dir, read in drawn.items():
+            write_search_figures(run_dir, read)
+    except ValueError as e:  # ReportError, an unknown cost, an unwritable --out: one line
         raise SystemExit(f"{PROG}: {e}") from None
-    if args.figures:
-        for run in runs:
-            if run.kind == "search":
-                write_search_figures(run.run_dir)
     _print(runs)
     print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return 0
+
+
+def _figure_inputs(runs) -> dict:
+    """Each search run's validated found.json and history.json; a run whose files do not
+    validate is left out of the figures, with one line saying why."""
+    drawn = {}
+    for run in runs:
+        if run.kind == "search":
+            try:
+                drawn[run.run_dir] = read_search_run(run.run_dir)
+            except ValueError as e:
+                log.warning("no figures for %s: %s", run.run_dir, e)
+    return drawn
 
 
 def _print(runs) -> None:

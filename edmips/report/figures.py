@@ -139,7 +139,7 @@ def plot_sensitivity(arch: arch_file.Arch, path) -> Path:
 def plot_selector_evolution(history: list[dict], arch: arch_file.Arch, path) -> Path:
     """Each layer's selector probabilities against epoch (fig. 4): one small panel per layer,
     weights in the upper block, activations in the lower one."""
-    check_history(history, len(arch.layers))
+    check_history(history)
     n = len(arch.layers)
     cols = min(n, max(6, math.ceil(1.5 * math.sqrt(n))))
     rows = math.ceil(n / cols)
@@ -248,21 +248,30 @@ def plot_complexity(
     return save(fig, path)
 
 
-def write_search_figures(run_dir, arch: arch_file.Arch | None = None) -> list[Path]:
+def read_search_run(run_dir) -> tuple[arch_file.Arch, list[dict]]:
+    """What the figures of a search run dir draw: its found.json and history.json, validated
+    (the history against the architecture; none without a history.json)."""
+    run_dir = Path(run_dir)
+    arch = arch_file.load(run_dir / "found.json")
+    history_path = run_dir / "history.json"
+    history = history_file.load(history_path, arch) if history_path.exists() else []
+    return arch, history
+
+
+def write_search_figures(run_dir, read=None) -> list[Path]:
     """Write bit_allocation.png, sensitivity.png, selector_evolution.png and complexity.png into
-    a search run dir, of its found.json (or of `arch`: search.py draws them before it writes
-    found.json, which marks the run finished).
+    a search run dir (`read`: what read_search_run returned, if the caller has read it, or
+    the search's architecture and history: search.py draws them before it writes found.json,
+    which marks the run finished).
 
     Without a history (no history.json, or no epoch validated) only the bit allocation can be
     drawn; search.py calls this after every search, so that case warns instead of failing.
     """
     run_dir = Path(run_dir)
-    arch = arch or arch_file.load(run_dir / "found.json")
+    arch, history = read or read_search_run(run_dir)
     paths = [plot_bit_allocation(arch, run_dir / "bit_allocation.png")]
     if all(la.probs_w and la.probs_a for la in arch.layers):
         paths.append(plot_sensitivity(arch, run_dir / "sensitivity.png"))
-    history_path = run_dir / "history.json"
-    history = history_file.load(history_path) if history_path.exists() else []
     if not history:
         log.warning(
             "%s: no epoch in history.json, only the bit allocation and sensitivity are drawn",

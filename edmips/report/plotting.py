@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from edmips.records import arch as arch_file
+from edmips.records.files import make_dir
 
 
 def run_name(arch: arch_file.Arch) -> str:
@@ -25,18 +26,9 @@ def allocation_title(arch: arch_file.Arch) -> str:
     )
 
 
-def check_history(history: list[dict], n_layers: int | None = None) -> None:
+def check_history(history: list[dict]) -> None:
     if not history:
         raise ValueError("history is empty: the search recorded no epoch")
-    if n_layers is None:
-        return
-    for h in history:
-        for kind in ("probs_w", "probs_a"):
-            if len(h.get(kind, ())) != n_layers:
-                raise ValueError(
-                    f"history epoch {h.get('epoch')}: {kind} has "
-                    f"{len(h.get(kind, ()))} layers, the arch has {n_layers}"
-                )
 
 
 def epoch_axis(ax, epochs: list, nbins: int | str = "auto") -> None:
@@ -76,6 +68,6 @@ def short(name: str, limit: int = 24) -> str:
 
 def save(fig: Figure, path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     fig.savefig(path, dpi=120)
     return path

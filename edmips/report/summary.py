@@ -7,6 +7,7 @@ import logging
 import statistics
 from pathlib import Path
 
+from edmips.records.files import make_dir
 from edmips.report.collect import (
     COLUMNS,
     COSTS,
@@ -23,6 +24,7 @@ from edmips.report.pareto import plot_pareto
 from edmips.report.tables import markdown_table, write_csv
 
 log = logging.getLogger(__name__)
+AVERAGED = tuple(c for c in COSTS if c != "weight_size")  # weight_size: weight_bits as text
 
 
 class NoCost(ReportError):
@@ -32,8 +34,7 @@ class NoCost(ReportError):
 def write_report(runs: list[Run], out=".", x: str = DEFAULT) -> dict[str, Path]:
     """Write the tables and the Pareto plot against cost `x` into `out`; returns their paths."""
     points, ylabel = pareto_points(runs, x)  # before writing: a cost nobody records is refused
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out)
     paths = {
         "csv": out / "report.csv",
         "md": out / "report.md",
@@ -64,16 +65,10 @@ def summarize(runs: list[Run]) -> list[dict]:
     against the uniform and random networks of the same budget, so they sit side by side;
     post-training quantized networks follow the retrained ones as networks of their own ("ptq
     uniform")."""
-    groups: dict[tuple, list[Run]] = {}
-    for r in runs:
-        if r.kind in TESTED and r.test_acc is not None:
-            rank = NETWORKS.index(r.network)
-            key = (r.model, r.data or "", budget_key(r), r.kind == PTQ, rank, r.quant)
-            groups.setdefault(key, []).append(r)
     rows = []
-    for (model, data, budget, _, _, quant), members in sorted(groups.items(), key=lambda kv: kv[0]):
+    for (model, data, budget, _, _, quant), members in _groups(runs).items():
         accs = [r.test_acc for r in members]
-        costs = {c: _mean(getattr(r, c) for r in members) for c in COSTS if c != "weight_size"}
+        costs = {c: _mean(getattr(r, c) for r in members) for c in AVERAGED}
         rows.append(
             {
                 "model": model,
@@ -89,6 +84,37 @@ def summarize(runs: list[Run]) -> list[dict]:
             }
         )
     return rows
+
+
+def left_out(runs: list[Run]) -> list[str]:
+    """One line for each run the summary leaves out and each mean it cannot take (some of a
+    group's runs record the cost, others do not)."""
+    lines = [
+        f"{r.run_dir}: no test accuracy, left out of the summary"
+        for r in runs
+        if r.kind in TESTED and r.test_acc is None
+    ]
+    for (_, _, budget, _, _, _), members in _groups(runs).items():
+        for cost in AVERAGED:
+            lacking = [r.run_dir for r in members if getattr(r, cost) is None]
+            if 0 < len(lacking) < len(members):
+                lines.append(
+                    f"{budget} {network_label(members[0])}: no mean {cost}, "
+                    f"{len(lacking)} of {len(members)} runs do not record it: {', '.join(lacking)}"
+                )
+    return lines
+
+
+def _groups(runs: list[Run]) -> dict[tuple, list[Run]]:
+    """The tested runs with a test accuracy by (model, data, budget, ptq, network, quant), in
+    the summary's order."""
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        if r.kind in TESTED and r.test_acc is not None:
+            rank = NETWORKS.index(r.network)
+            key = (r.model, r.data or "", budget_key(r), r.kind == PTQ, rank, r.quant)
+            groups.setdefault(key, []).append(r)
+    return dict(sorted(groups.items(), key=lambda kv: kv[0]))
 
 
 def _mean(values) -> float | None:

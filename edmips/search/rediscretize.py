@@ -19,7 +19,7 @@ from edmips.cost import model as cost_models
 from edmips.cost.latency_table import recorded
 from edmips.records import arch as arch_file
 from edmips.records import history as history_file
-from edmips.search.budget import Budget
+from edmips.search.budget import Budget, check_reachable
 from edmips.search.discretize import MODES, choose_bits
 from edmips.search.joint import achieved
 
@@ -39,7 +39,7 @@ def rediscretize(
     history_path = run_dir / "history.json"
     if not history_path.is_file():
         raise FileNotFoundError(f"{history_path}: no such file (not a finished search run?)")
-    history = {entry["epoch"]: entry for entry in history_file.load(history_path)}
+    history = {entry["epoch"]: entry for entry in history_file.load(history_path, found)}
     if epoch not in history:
         raise ValueError(
             f"{history_path}: no epoch {epoch} (it has {min(history)}..{max(history)})"
@@ -63,6 +63,7 @@ def rediscretize(
         budget = Budget(
             _cost(found.extra.get("cost", "bitops"), found), costs, wspace, aspace, target
         )
+        check_reachable(budget)  # the search's own check: a target the space can meet
     wbits, abits = choose_bits(pw, pa, wspace, aspace, mode, trials, seed, budget)
     return arch_file.build(
         found.model,

@@ -107,6 +107,34 @@ def test_wrong_file_format_names_it(tmp_path):
         CIFAR10DataModule(path=tmp_path / "other.npz").setup("fit")
 
 
+def _emptied(arrays: dict, split: str) -> dict:
+    return {
+        **arrays,
+        f"{split}_jpeg": np.zeros(0, np.uint8),
+        f"{split}_offsets": np.zeros(1, np.int64),
+        f"{split}_labels": np.zeros(0, np.uint8),
+    }
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda a: _emptied(a, "train"), "has no train images"),
+        (lambda a: _emptied(a, "test"), "has no test images"),
+        (lambda a: {**a, "train_labels": a["train_labels"] + 0.7}, "has float64 train labels,"),
+        (lambda a: {**a, "test_labels": a["test_labels"] * 1.0}, "has float64 test labels, not"),
+        (lambda a: {**a, "train_labels": a["train_labels"] * 0 + 3}, "of 1 class only: a class"),
+    ],
+)
+def test_a_npz_without_a_split_or_a_task_is_refused(tmp_path, change, message):
+    arrays = write_npz(tmp_path / "good.npz")
+    np.savez(tmp_path / "bad.npz", **change(arrays))
+    with pytest.raises(ValueError) as e:
+        CIFAR10DataModule(path=tmp_path / "bad.npz", val_size=2).setup("fit")
+    assert str(e.value).startswith(f"cifar10: {tmp_path / 'bad.npz'} ") and message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not REAL_NPZ.exists(), reason=f"{REAL_NPZ} not present")
 def test_real_npz_copy():

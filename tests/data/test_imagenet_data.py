@@ -86,3 +86,32 @@ def test_missing_tree_names_the_path(tmp_path):
 def test_wrong_class_count_is_reported(tmp_path):
     with pytest.raises(ValueError, match="has 3 classes, expected num_classes=1000"):
         module(make_tree(tmp_path), num_classes=1000).setup("fit")
+
+
+def test_a_class_folder_without_images_or_a_tree_of_one_class_is_refused(tmp_path):
+    make_tree(tmp_path)
+    (tmp_path / "train" / "fox").mkdir()
+    with pytest.raises(ValueError) as e:
+        module(tmp_path, num_classes=4).setup("fit")
+    assert str(e.value).startswith(f"imagenet: {tmp_path / 'train'}: Found no valid file for")
+    assert "fox" in str(e.value) and "\n" not in str(e.value)
+    one = make_tree(tmp_path / "one", classes=("cat",))
+    with pytest.raises(ValueError, match=r"train has training images of 1 class only: a clas"):
+        module(one, num_classes=1).setup("fit")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_that_does_not_decode_stops_in_one_line_naming_it(tmp_path, workers):
+    from edmips.core.cli import one_line_errors
+
+    make_tree(tmp_path)
+    bad = tmp_path / "train" / "dog" / "3.JPEG"
+    bad.write_bytes(bad.read_bytes()[:40])  # cut short: the header reads, the pixels do not
+    dm = module(tmp_path, num_workers=workers, val_size=0, batch_size=1)  # every image read
+    dm.setup("fit")  # the tree is fine; the file is met when it is decoded
+    with pytest.raises(SystemExit) as e:
+        with one_line_errors():
+            for _ in dm.train_dataloader():
+                pass
+    assert str(e.value).startswith(f"error: imagenet: {bad} is not a readable image (")
+    assert str(e.value).endswith("): replace or remove it") and "\n" not in str(e.value)

@@ -1,6 +1,8 @@
 """Retraining end to end: metrics.json, integer agreement, and bad arch files stopped early."""
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -57,6 +59,26 @@ def test_uniform_retrain_exports_and_the_integer_network_agrees_exactly(retrain_
         export_main([str(out / "missing.ckpt")])
     with pytest.raises(SystemExit, match=r"^error: .*arch\.json: not a checkpoint \("):
         export_main([str(out / "arch.json")])
+
+    # Without --out: a new export/ in the run dir, or beside the checkpoint file, with the
+    # umask's modes (the bundle folder too); never over files already there.
+    mask = os.umask(0o027)
+    try:
+        paths = export_main([str(out)])
+    finally:
+        os.umask(mask)
+    assert {p.parent for p in paths} == {out / "export"} and (
+        out / "export" / "model.onnx"
+    ).exists()
+    for folder in (out / "export", out / "export" / "integer"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o750
+    with pytest.raises(SystemExit, match=r"^error: .*/export holds files already: remove them"):
+        export_main([str(out)])
+    export_main([str(out / "checkpoints" / "last.ckpt")])
+    assert (out / "checkpoints" / "export" / "integer" / "manifest.json").exists()
+    (out / "file").write_text("x")
+    with pytest.raises(SystemExit, match=r"^error: .*file/x: .*file is a file, not a directory$"):
+        export_main([str(out), "--out", str(out / "file" / "x")])
 
 
 def test_retrain_of_a_found_architecture_uses_its_bits(retrain_cfg, tmp_path):

@@ -102,6 +102,44 @@ def test_each_bad_file_gets_a_one_line_error(tmp_path, content, message):
     assert "\n" not in str(e.value) and str(tmp_path) in str(e.value)
 
 
+def _layer(**changes):
+    d = _good()
+    d["layers"][1].update(changes)
+    return d
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (_mutate(mu="x"), "mu='x' is not a non-negative number"),
+        (_mutate(target_bits="two"), "target_bits='two' is not a positive number"),
+        (_mutate(target_bits=0), "target_bits=0 is not a positive number"),
+        (_mutate(val_acc=61), "val_acc=61 is not a fraction in [0, 1]"),
+        (_mutate(test_acc=[0.5]), "test_acc=[0.5] is not a fraction in [0, 1]"),
+        (_mutate(model=8), "model=8 is not a string"),
+        (_mutate(data=["cifar10"]), "data=['cifar10'] is not a string"),
+        (_mutate(cost="memory"), "cost='memory' is not a cost (activation_memory, bitops"),
+        (_mutate(shared_weights="yes"), "shared_weights='yes' is not true or false"),
+        (_mutate(epoch=-1), "epoch=-1 is not a non-negative integer"),
+        (_mutate(budget="64KiB"), "budget='64KiB' is not a JSON object"),
+        (_mutate(budgets=[{"cost": "bitops"}]), 'is not a list of {"budget": "key=value"'),
+        (_mutate(equivalent_bits="2"), "equivalent_bits='2' is not a non-negative number"),
+        (_mutate(model=None), "missing 'model'"),
+        (_layer(name=3), "layer 1: name=3 is not a string"),
+    ],
+)
+def test_every_field_of_a_file_is_checked(tmp_path, content, message):
+    with pytest.raises(arch.ArchError) as e:
+        arch.load(_write(tmp_path, content))
+    assert message in str(e.value)
+    assert str(e.value).startswith(f"{tmp_path / 'found.json'}: ") and "\n" not in str(e.value)
+
+
+def test_a_field_nothing_reads_is_kept(tmp_path):
+    found = arch.load(_write(tmp_path, {**_good(), "note": {"free": "text"}}))
+    assert found.extra["note"] == {"free": "text"}
+
+
 def test_bit_width_outside_the_space_is_named(tmp_path):
     d = _good()
     d["layers"][1]["wbits"] = 8

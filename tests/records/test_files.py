@@ -1,12 +1,14 @@
 """Atomic writes: a folder written beside its place, then renamed; nothing left on failure."""
 
+import json
 import os
 import stat
 
 import pytest
 
-from edmips.records import history
-from edmips.records.files import write_dir_atomic
+from edmips.cost.layers import LayerCost
+from edmips.records import arch, history
+from edmips.records.files import check_dir, make_dir, write_dir_atomic, write_text_atomic
 
 
 def _fill(tmp):
@@ -53,3 +55,60 @@ def test_history_round_trip_and_refusals(tmp_path):
         path.write_text(text)
         with pytest.raises(ValueError, match=f"history.json: {reason}"):
             history.load(path)
+
+
+def _two_layer_search():
+    costs = [LayerCost(f"l{i}", "conv", 100, 10, 10, ()) for i in range(2)]
+    space = {"wbits": [1, 2], "abits": [2, 3, 4]}
+    return arch.build("resnet8", space, costs, [1, 2], [2, 4], [[0.5] * 2] * 2, [[0.4] * 3] * 2)
+
+
+def _entry(**changes):
+    return {
+        "epoch": 1,
+        "mu": 0.1,
+        "probs_w": [[0.5, 0.5]] * 2,
+        "probs_a": [[0.2] * 3] * 2,
+        **changes,
+    }
+
+
+@pytest.mark.parametrize(
+    "entry,message",
+    [
+        (_entry(val_acc="high"), "entry 1: val_acc='high' is not a fraction in [0, 1]"),
+        (_entry(mu=[0.1]), "entry 1: mu=[0.1] is not a finite number"),
+        (_entry(epoch=-2), "entry 1: epoch=-2 is not a non-negative integer"),
+        (_entry(probs_w=[[0.5, 0.5]]), "entry 1: probs_w has 1 layers, the search's found.json 2"),
+        (_entry(probs_a=[[0.5, 0.5]] * 2), "probs_a of layer 'l0' has 2 candidates, the search's"),
+        (_entry(probs_w=[[0.5, "x"]] * 2), "entry 1: probs_w is not a list of probabilities"),
+        (_entry(probs_a=None), "entry 1: probs_a is not a list of probabilities per layer"),
+    ],
+)
+def test_a_history_is_checked_field_by_field_and_against_its_search(tmp_path, entry, message):
+    path = tmp_path / "history.json"
+    path.write_text(json.dumps([_entry(epoch=0), entry]))
+    with pytest.raises(ValueError) as e:
+        history.load(path, _two_layer_search())
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_history_with_nan_is_refused(tmp_path):
+    path = tmp_path / "history.json"
+    path.write_text('[{"epoch": 0, "val_acc": NaN}]')
+    with pytest.raises(ValueError, match=r"history\.json: NaN is not a finite number$"):
+        history.load(path)
+
+
+def test_an_output_through_a_file_is_one_line_and_nothing_is_created(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for make in (make_dir, check_dir):
+        with pytest.raises(ValueError, match=f"^{tmp_path}/file/a/b: {tmp_path}/file is a file,"):
+            make(tmp_path / "file" / "a" / "b")
+    with pytest.raises(ValueError, match=f"^{tmp_path}/file is a file, not a directory$"):
+        make_dir(tmp_path / "file")
+    with pytest.raises(ValueError, match=f"^{tmp_path}/file/x.json: {tmp_path}/file is a file"):
+        write_text_atomic(tmp_path / "file" / "x.json", "{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+    assert make_dir(tmp_path / "new" / "dir").is_dir()

@@ -3,6 +3,7 @@
 import json
 import os
 import stat
+from dataclasses import fields
 
 import pytest
 
@@ -34,20 +35,42 @@ def test_another_export_form_keeps_its_agreement_in_the_file(tmp_path):
     assert metrics.load(tmp_path / "metrics.json") == m
 
 
+REQUIRED = '"model": "m", "equivalent_bits": 2, "bitops": 1, "weight_bits_total": 1'
+
+
 @pytest.mark.parametrize(
     "content,message",
     [
         ("[1]", "not a JSON object"),
         ('{"model": "m"}', "missing equivalent_bits, bitops, weight_bits_total"),
-        ('{"model": "m", "equivalent_bits": NaN, "bitops": 1, "weight_bits_total": 1}', "finite"),
+        ('{"model": "m", "equivalent_bits": NaN, "bitops": 1, "weight_bits_total": 1}', "=nan"),
         ('{"model": "m", "equivalent_bits": "2", "bitops": 1, "weight_bits_total": 1}', "number"),
         ('{"schema": 7, "model": "m"}', "schema 7 is not supported"),
+        ("{" + REQUIRED + ', "test_acc": "0.9"}', "test_acc='0.9' is not a fraction in [0, 1]"),
+        ("{" + REQUIRED + ', "test_acc": NaN}', "test_acc=nan is not a fraction in [0, 1]"),
+        ("{" + REQUIRED + ', "val_acc": 1.5}', "val_acc=1.5 is not a fraction in [0, 1]"),
+        ("{" + REQUIRED + ', "mu": "x"}', "mu='x' is not a finite number"),
+        ("{" + REQUIRED + ', "target_bits": "two"}', "target_bits='two' is not a positive"),
+        ("{" + REQUIRED + ', "seed": 1.5}', "seed=1.5 is not an integer"),
+        ("{" + REQUIRED + ', "bn_fold": "no"}', "bn_fold='no' is not true or false"),
+        ("{" + REQUIRED + ', "uniform": {"wbits": "2"}}', "uniform={'wbits': '2'} is not {\""),
+        ("{" + REQUIRED + ', "quant": "edmips"}', "quant='edmips' is not {"),
+        ("{" + REQUIRED + ', "int8_agreement": 2}', "int8_agreement=2 is not a fraction"),
+        ("{" + REQUIRED + ', "model": null}', "missing model"),
     ],
 )
 def test_bad_metrics_files(tmp_path, content, message):
-    (tmp_path / "metrics.json").write_text(content)
-    with pytest.raises(metrics.MetricsError, match=message):
-        metrics.load(tmp_path / "metrics.json")
+    path = tmp_path / "metrics.json"
+    path.write_text(content)
+    with pytest.raises(metrics.MetricsError) as e:
+        metrics.load(path)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_every_field_has_a_kind():
+    names = {f.name for f in fields(metrics.RetrainMetrics)} - {"other_agreements"}
+    assert set(metrics.FIELDS) == names
 
 
 def test_non_finite_metrics_are_not_written(tmp_path):

@@ -70,7 +70,7 @@ def test_without_history_only_the_final_selectors_are_drawn(tmp_path, epochs, ca
 def test_history_that_does_not_fit_the_arch_is_refused(tmp_path):
     make_search_run(tmp_path, [2] * 6, [2] * 6)
     (tmp_path / "history.json").write_text(json.dumps(history(3, n_layers=4)))
-    with pytest.raises(ValueError, match="probs_w has 4 layers, the arch has 6"):
+    with pytest.raises(ValueError, match="probs_w has 4 layers, the search's found.json 6"):
         write_search_figures(tmp_path)
     with pytest.raises(ValueError, match="history is empty"):
         figures.plot_complexity([], tmp_path / "c.png")

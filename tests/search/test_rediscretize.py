@@ -65,7 +65,23 @@ def test_rediscretize_any_epoch_of_a_search(search_cfg, tmp_path):
         main([str(tmp_path), "--epoch", "1", "--out", str(tmp_path / "found.json")])
     with pytest.raises(SystemExit, match="needs --target-bits"):
         main([str(tmp_path), "--epoch", "1", "--discretize", "budget", "--out", str(out) + "x"])
+    budget = [str(tmp_path), "--epoch", "1", "--discretize", "budget", "--out", str(out) + "y"]
+    for target in ("0.5", "100", "-3", "nan", "inf"):  # the space spans 1.414 to 4 bits
+        with pytest.raises(SystemExit, match=r"^error: target of .* is out of reach: the space"):
+            main([*budget, "--target-bits", target])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match=r"^error: .*file/a\.json: .*file is a file, not a dir"):
+        main([str(tmp_path), "--epoch", "1", "--out", str(tmp_path / "file" / "a.json")])
     assert arch.load(tmp_path / "found.json") == found and not (tmp_path / "e7.json").exists()
+    assert not list(tmp_path.glob("*.jsony"))
+
+    # A history of another search (one layer fewer) is refused naming the file.
+    history[1]["probs_w"] = history[1]["probs_w"][1:]
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path), "--epoch", "2", "--out", str(tmp_path / "other.json")])
+    assert str(e.value).startswith(f"error: {tmp_path / 'history.json'}: entry 1: probs_w has ")
+    assert "\n" not in str(e.value) and not (tmp_path / "other.json").exists()
 
 
 @pytest.mark.parametrize(
