@@ -1,6 +1,6 @@
 """A budget in what a device pays for: `budget.<key>=<value>`, beside target_bits / target_bitops.
 
-    budget.weight_size=2MiB         the searched layers' weights: cost=weight_size
+    budget.weight_size=2MiB         every quantized weight: cost=weight_size
     budget.activation_memory=64KiB  the activations they read, summed: cost=activation_memory
     budget.latency_ms=5             their measured total latency: cost=latency_table (cost.path=)
     budget.bitops=1.2e9             their BitOps: cost=bitops (as target_bitops)
@@ -10,7 +10,10 @@ number of bits (the unit found.json records them in: weight_bits_total, activati
 a latency a number of ms; BitOps a number. The key selects the cost (over the default bitops;
 a different cost= is refused) and the target, which is converted here to the cost's stated
 unit (bits per weight, ...) through the cost's own stated_total: the search, its price and
-the allocation within 1% then run as for target_bits.
+the allocation within 1% then run as for target_bits. A weight size counts the weights of the
+fixed-bit layers outside the search too (the first conv and the classifier at 8 bits): they are
+taken off the budget before the searched layers' share is stated. The other costs count the
+searched layers, as BitOps and target_bits do.
 
 Several at once (`budget.bitops=3e8 budget.weight_size=1480B`, or `target_bits=2
 budget.weight_size=1480B`: target_bits counts the cost group's cost, bitops by default) are
@@ -114,14 +117,27 @@ def total(key: str, value) -> float:
     return amount
 
 
-def stated_target(cfg: DictConfig, cost, costs) -> float | None:
+def stated_target(cfg: DictConfig, cost, costs, fixed_weight_bits: int = 0) -> float | None:
     """The target in the cost's stated unit, from target_bits, target_bitops (BitOps) or a
-    budget key, for the searched layers `costs`; None without a budget (one budget: with
-    several, `targets`)."""
+    budget key, for the searched layers `costs` (`fixed_weight_bits`: the weights outside
+    them); None without a budget (one budget: with several, `targets`)."""
     chosen = requested(cfg)
     if chosen and _target_key(cfg) is None:
-        return cost.stated_total(total(*chosen[0]), costs)
+        return cost.stated_total(_searched_share(*chosen[0], fixed_weight_bits), costs)
     return _from_target_key(cfg, cost, costs)
+
+
+def _searched_share(key: str, value, fixed_weight_bits: int) -> float:
+    """What a budget leaves the searched layers: a weight size less the fixed layers' weights."""
+    amount = total(key, value)
+    if key != "weight_size":
+        return amount
+    if amount <= fixed_weight_bits:
+        raise ValueError(
+            f"budget.{key}={value}: the fixed-bit layers outside the search alone take "
+            f"{fixed_weight_bits} bits ({fixed_weight_bits / 8:.0f} B)"
+        )
+    return amount - fixed_weight_bits
 
 
 def _from_target_key(cfg: DictConfig, cost, costs) -> float | None:
@@ -133,7 +149,7 @@ def _from_target_key(cfg: DictConfig, cost, costs) -> float | None:
     return cost.stated_total(cfg.target_bitops, costs)
 
 
-def targets(cfg: DictConfig, costs) -> list[tuple[str, object, float]]:
+def targets(cfg: DictConfig, costs, fixed_weight_bits: int = 0) -> list[tuple[str, object, float]]:
     """Every budget as (its key=value, its configured cost model, its target in the cost's
     stated unit), target_bits / target_bitops first: the primary cost of several."""
     found = []
@@ -143,7 +159,8 @@ def targets(cfg: DictConfig, costs) -> list[tuple[str, object, float]]:
         found.append((f"{key}={cfg[key]}", cost, _from_target_key(cfg, cost, costs)))
     for key, value in requested(cfg):
         cost = cost_models.get(COSTS[key]).configure(cfg.cost)
-        found.append((f"budget.{key}={value}", cost, cost.stated_total(total(key, value), costs)))
+        share = _searched_share(key, value, fixed_weight_bits)
+        found.append((f"budget.{key}={value}", cost, cost.stated_total(share, costs)))
     return found
 
 

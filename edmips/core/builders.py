@@ -12,7 +12,7 @@ from torch import nn
 
 from edmips.core import budgets
 from edmips.core.divergence import StopOnDivergence
-from edmips.core.rundir import StoreConfig, epoch_checkpoint
+from edmips.core.rundir import RunState, epoch_checkpoint
 from edmips.cost import layers as cost_layers
 from edmips.cost import model as cost_models
 
@@ -87,7 +87,7 @@ def build_trainer(cfg: DictConfig, callbacks=()) -> L.Trainer:
             StopOnDivergence(cfg.trainer.get("log_every_n_steps", 50)),
             *progress,
             epoch_checkpoint(out),
-            StoreConfig(cfg, "search" if "search" in cfg else "retrain"),
+            RunState(cfg, "search" if "search" in cfg else "retrain"),
             *callbacks,
         ],
     )

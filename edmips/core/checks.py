@@ -79,9 +79,11 @@ def check_ptq(cfg: DictConfig) -> None:
     _flag(cfg, "bn_fold")
     _number(cfg, "seed", integer=True)
     if cfg.arch == SENSITIVITY:
-        if OmegaConf.select(cfg, "target_bits") is None:
-            raise ConfigError("arch=sensitivity needs a budget: add target_bits=B")
-        _number(cfg, "target_bits", minimum=0)
+        if not _budget(cfg) and OmegaConf.select(cfg, "target_bits") is None:
+            raise ConfigError(
+                "arch=sensitivity needs a budget: add target_bits=B (or budget.<cost>=<value>)"
+            )
+        _number(cfg, "target_bits", minimum=0, optional=True)
         _number(cfg, "sensitivity.images", minimum=1, integer=True)
     else:
         _check_arch(cfg)
@@ -229,3 +231,19 @@ def _bit_list(cfg, key, supported) -> None:
             )
     if len(set(values)) != len(values):
         raise ConfigError(f"{key} lists a bit-width twice: {values}")
+
+
+def check_data(cfg: DictConfig, datamodule) -> None:
+    """What the data must give a run before its first step: a training batch (the last,
+    incomplete one is dropped), and test images for the test pass and the integer check."""
+    datamodule.setup("fit")
+    if len(datamodule.train_dataloader()) == 0:
+        raise ConfigError(
+            f"data.batch_size={OmegaConf.select(cfg, 'data.batch_size')} is more than the "
+            "training split holds: not one training batch"
+        )
+    datamodule.setup("test")
+    if len(datamodule.test_dataloader()) == 0:
+        raise ConfigError(
+            "data: the test split is empty; the test pass and the integer check need images"
+        )

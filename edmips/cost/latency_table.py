@@ -51,7 +51,7 @@ class LatencyTable(CostModel):
         path = None if settings is None else settings.get("path")
         if path in (None, ""):
             raise ValueError(NO_FILE)
-        return LatencyTable(load(path), str(path))
+        return LatencyTable(load(path), str(Path(path).resolve()))
 
     def entry(self, layer: LayerCost, w: int, a: int) -> float:
         entries = self._entries()
@@ -84,6 +84,16 @@ class LatencyTable(CostModel):
 
     def _scale(self) -> float:
         return max(self._entries().values())
+
+
+def recorded(costs: list[CostModel], layers: list[LayerCost], wbits, abits) -> dict:
+    """What found.json records of a measured table among the costs a run was held to: the
+    architecture's latency (ms) and the table's file; {} without one."""
+    for table in costs:
+        if isinstance(table, LatencyTable):
+            ms = table.stated_total(table.total(layers, wbits, abits), layers)
+            return {"latency_ms": ms, "latency_table": table.source}
+    return {}
 
 
 def load(path: str | Path) -> Entries:

@@ -1,8 +1,16 @@
 """Weight size: params * w bits, stated as bits per weight (the model's size in bits over its
-number of weights): a budget on the memory the weights take."""
+number of weights): a budget on the memory the weights take.
+
+The table prices the searched layers; the quantized layers outside the search (the first conv
+and the classifier, at their fixed bits) take `fixed_weight_bits`, which a budget in weight size
+counts too (edmips.core.budgets) and found.json's weight_bits_total includes.
+"""
+
+from torch import nn
 
 from edmips.cost.layers import LayerCost
 from edmips.cost.model import CostModel, register
+from edmips.nn.layers import QUANT_LAYERS
 
 
 @register
@@ -20,5 +28,10 @@ class WeightSize(CostModel):
         return list(wspace), [1] * len(aspace)
 
 
-def weight_bits(costs: list[LayerCost], wbits: list[int]) -> int:
-    return sum(c.params * w for c, w in zip(costs, wbits, strict=True))
+def fixed_weight_bits(model: nn.Module, searched: list[str]) -> int:
+    """Bits of the weights of the model's fixed-bit layers that are not in `searched`."""
+    return sum(
+        m.weight.numel() * m.wbits
+        for name, m in model.named_modules()
+        if isinstance(m, QUANT_LAYERS) and name not in searched
+    )

@@ -1,16 +1,21 @@
 """Integer-only export: the lowering to an integer graph, its bundle, a reference runtime and
 two ONNX forms. Nothing here is used in training."""
 
+import copy
 import logging
 from pathlib import Path
+
+import torch
 
 from edmips.export.ir import Graph, load_bundle, save_bundle
 from edmips.export.lower import lower
 from edmips.export.prepare import ExportError, reference_copy
 from edmips.export.runtime import IntegerRuntime, image_codes, run, run_bundle
+from edmips.quant.calibrate import calibration
 
 __all__ = [
     "ExportError",
+    "check_lowerable",
     "Graph",
     "IntegerRuntime",
     "image_codes",
@@ -38,3 +43,14 @@ def export(model, input_size, out) -> list[Path]:
         except ExportError as e:  # the bundle stands; this form cannot hold the graph
             logging.getLogger(__name__).warning("no %s: %s", form.file_name, e)
     return paths
+
+
+def check_lowerable(model, input_size) -> None:
+    """Raise the lowering's refusals (an operation it cannot lower, a layer it cannot hold)
+    before training, not after it: a copy of the network, its ranges calibrated on two random
+    images, is lowered and dropped. What it refuses, it refuses for any trained weights."""
+    trial = copy.deepcopy(model).cpu().eval()
+    images = torch.rand(2, *input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), calibration(trial):
+        trial(images)
+    lower(trial, input_size)

@@ -45,7 +45,9 @@ def load_retrained(source: Path):
     to_fixed(model, found.bits(), Family(**spec.get("quant", {})))
     if spec.get("bn_fold"):
         fold_batch_norms(model)
-    model.load_state_dict(network_state(ckpt["state_dict"]))
+    state = network_state(ckpt["state_dict"])
+    rundir.check_weights(model.state_dict(), state, checkpoint)
+    model.load_state_dict(state)
     return model, tuple(spec["input_size"])
 
 

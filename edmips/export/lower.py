@@ -65,7 +65,13 @@ class _GraphLowering(ShapeSteps):
 
     # -- helpers -------------------------------------------------------------------------------
     def shape(self, node: fx.Node) -> tuple[int, ...]:
-        return tuple(node.meta["tensor_meta"].shape)
+        meta = node.meta.get("tensor_meta")
+        if not hasattr(meta, "shape"):  # a number or a tuple: arithmetic on a tensor's shape
+            raise ExportError(
+                f"node {node.name}: no integer lowering for {describe(node.target)} "
+                "(its value is not a tensor)"
+            )
+        return tuple(meta.shape)
 
     def exact(self, name: str, x: Value, what: str) -> Value:
         if x.unit is None:

@@ -43,7 +43,7 @@ def ptq(cfg: DictConfig) -> dict:
     checks.check_ptq(cfg)
     method(cfg.ptq.activation_clip)  # an unknown clip is refused before anything is built
     bias_correction.check(cfg.ptq.bias_correction)
-    cfg, _ = rundir.start(cfg, "ptq")
+    cfg = rundir.start(cfg, "ptq").cfg
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     model, found, costs = _quantizable(cfg, datamodule)

@@ -3,9 +3,11 @@
 The architecture is a found.json (any model in the registry), `uniform` (every searchable
 layer at `wbits`/`abits`) or `random` (a seeded random allocation within 1% of `target_bits`),
 so searched networks and their baselines go through one recipe. The file is
-loaded and matched against the model before anything trains. At the end the network is
+loaded and matched against the model, and the untrained network lowered to integers once,
+before anything trains: what the export refuses is refused then. At the end the network is
 lowered to the integer graph (bundle and two ONNX models) and the test split is run through
-the float64 fake-quantized reference, the integer runtime and `model_qdq.onnx`.
+the float64 fake-quantized reference, the integer runtime and `model_qdq.onnx`. A resumed
+retrain rebuilds the architecture its checkpoint holds, whatever the arch file says now.
 `arch=float` trains the float network instead (edmips.retrain.float_net): nothing to export,
 its weights file and its test accuracy.
 """
@@ -30,7 +32,7 @@ from edmips.core.builders import (
     fast_path,
     measure,
 )
-from edmips.export import export
+from edmips.export import check_lowerable, export
 from edmips.export.verify import verify
 from edmips.models import list_models
 from edmips.models.weights import network_state
@@ -54,8 +56,10 @@ from edmips.retrain.module import RetrainModule
 log = logging.getLogger(__name__)
 
 
-def resolve_arch(cfg: DictConfig, datamodule):
-    """The model with the architecture's bit-widths, and the architecture; fails early."""
+def resolve_arch(cfg: DictConfig, datamodule, stored: dict | None = None):
+    """The model with the architecture's bit-widths, and the architecture; fails early.
+    `stored`: the architecture a resumed retrain's checkpoint holds, which the run goes on
+    with whatever its arch file (or the code drawing a random one) says now."""
     init = cfg.get("init", "scratch")  # ptq.py has no init: its weights are the float network's
     if cfg.arch == float_net.KIND:
         model = build_model(cfg, datamodule)
@@ -72,10 +76,10 @@ def resolve_arch(cfg: DictConfig, datamodule):
             names = default_searched(model, cfg.space.skip_first, cfg.space.skip_last)
         costs = [c for c in measure(model, datamodule) if c.name in names]
         quantizers = quantizer_names(model, [c.name for c in costs], registry.family(cfg))
-        found = baseline_arch(cfg, model, costs, datamodule.name, quantizers)
+        found = _stored(stored) or baseline_arch(cfg, model, costs, datamodule.name, quantizers)
     else:
         path = Path(to_absolute_path(str(cfg.arch)))
-        found = arch_file.load(path, known_models=list_models())
+        found = _stored(stored) or arch_file.load(path, known_models=list_models())
         model = build_model(cfg, datamodule, name=found.model)
         first, last = first_and_last(model)
         in_file = {layer.name for layer in found.layers}
@@ -83,11 +87,15 @@ def resolve_arch(cfg: DictConfig, datamodule):
         costs = [c for c in measure(model, datamodule) if c.name in names]
         image_input = {n for n in names if model.get_submodule(n).abits is None}
         arch_file.check_matches(found, found.model, costs, str(path), image_input)
-        if init == "search":
+        if init == "search" and stored is None:  # resumed: the weights are the checkpoint's
             _load_search_weights(model, found, path)
     to_fixed(model, found.bits(), registry.family(cfg))
     built = quantizer_names(model, [layer.name for layer in found.layers])
     return model, arch_file.with_quantizers(found, built)
+
+
+def _stored(stored: dict | None) -> arch_file.Arch | None:
+    return None if stored is None else arch_file.from_dict(stored, source="the checkpoint")
 
 
 def arch_kind(cfg: DictConfig) -> str:
@@ -120,38 +128,46 @@ def _load_search_weights(model, found: arch_file.Arch, path: Path) -> None:
         shared=found.extra.get("shared_weights", True),
         sbits=found.space.get("sbits"),
     )
-    state = rundir.load_checkpoint(ckpt)["state_dict"]
-    model.load_state_dict(network_state(state))
+    state = network_state(rundir.load_checkpoint(ckpt)["state_dict"])
+    rundir.check_weights(model.state_dict(), state, ckpt)
+    model.load_state_dict(state)
 
 
 def retrain(cfg: DictConfig) -> dict:
     """Train, export and check; `resume=<run dir or checkpoint>` continues a run in its
-    directory with its configuration."""
+    directory with its configuration and its architecture."""
     start = time.perf_counter()
-    cfg, resume_from = rundir.start(cfg, "retrain")
+    run = rundir.start(cfg, "retrain")
+    cfg = run.cfg
     checks.check_retrain(cfg)
     if cfg.arch not in (*BASELINES, float_net.KIND):  # absolute: resume= works from anywhere
         cfg.arch = str(to_absolute_path(str(cfg.arch)))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
-    model, found = resolve_arch(cfg, datamodule)
-    _note_other_quantizers(cfg, found)
+    model, found = resolve_arch(cfg, datamodule, run.network and run.network["arch"])
+    if run.network is None:
+        _note_other_quantizers(cfg, found)
     if cfg.bn_fold:
         pairs = fold_batch_norms(model)
         log.info("bn_fold: %d batch norms folded into the conv before them", len(pairs))
+    checks.check_data(cfg, datamodule)
+    if cfg.arch != float_net.KIND:
+        check_lowerable(model, datamodule.input_size)
     module = _module(cfg, model, found, datamodule)
     trainer = build_trainer(cfg)
-    rundir.fit(trainer, module, datamodule, resume_from)
-    record = _record(cfg, found, datamodule, trainer)
-    if trainer.is_global_zero:
-        out = Path(cfg.output_dir)
-        arch_file.save(found, out / "arch.json")
-        if cfg.arch == float_net.KIND:
-            record.update(_finish_float(model, out, datamodule))
-        else:
-            record.update(_export_and_verify(cfg, model, out, datamodule, record, start))
-        record["wall_time_s"] = time.perf_counter() - start
-        metrics_file.save(metrics_file.RetrainMetrics.from_record(record), out / "metrics.json")
+    with run.accepted(module):
+        validation = run.fit(trainer, module, datamodule)
+        record = _record(cfg, found, datamodule, validation)
+        if trainer.is_global_zero:
+            out = Path(cfg.output_dir)
+            arch_file.save(found, out / "arch.json")
+            if cfg.arch == float_net.KIND:
+                record.update(_finish_float(model, out, datamodule))
+            else:
+                record.update(_export_and_verify(cfg, model, out, datamodule))
+            record["wall_time_s"] = time.perf_counter() - start
+            metrics = metrics_file.RetrainMetrics.from_record(record)
+            run.finish(lambda: metrics_file.save(metrics, out / "metrics.json"))
     return metrics_file.RetrainMetrics.from_record(record).to_dict()
 
 
@@ -207,20 +223,19 @@ def arch_record(cfg: DictConfig, found: arch_file.Arch, data: str) -> dict:
         "weight_bits_total": found.weight_bits_total,
         "activation_bits_total": found.activation_bits_total,
         "micronet_score": found.micronet_score,
-        "latency_ms": found.extra.get("latency_ms"),
+        **{k: found.extra.get(k) for k in ("latency_ms", "latency_table", "budget", "budgets")},
         "quant": asdict(registry.family(cfg)),
         "bn_fold": bool(cfg.get("bn_fold", False)),
     }
 
 
-def _record(cfg: DictConfig, found: arch_file.Arch, datamodule, trainer) -> dict:
+def _record(cfg: DictConfig, found: arch_file.Arch, datamodule, validation: dict) -> dict:
     """What metrics.json says about the trained network before it is tested."""
-    val = {k: _maybe_float(trainer.callback_metrics.get(f"val/{k}")) for k in ("acc", "acc5")}
     return {
         **arch_record(cfg, found, datamodule.name),
         "kind": arch_kind(cfg),
-        "val_acc": val["acc"],
-        "val_acc_top5": val["acc5"],
+        "val_acc": validation.get("val/acc"),
+        "val_acc_top5": validation.get("val/acc5"),
     }
 
 
@@ -240,25 +255,18 @@ def _finish_float(model, out: Path, datamodule) -> dict:
     return {**tested, "integer_export": False}
 
 
-def _export_and_verify(cfg: DictConfig, model, out: Path, datamodule, record, start) -> dict:
+def _export_and_verify(cfg: DictConfig, model, out: Path, datamodule) -> dict:
     """The integer bundle and ONNX forms, and their check on the test split."""
-    record["wall_time_s"] = time.perf_counter() - start
-    # the training's figures stand even if the export fails
-    metrics_file.save(metrics_file.RetrainMetrics.from_record(record), out / "metrics.json")
     export(model, datamodule.input_size, out)
     datamodule.setup("test")
     checked = verify(model, out, datamodule.test_dataloader(), cfg.integer_check_images)
-    metrics = metrics_file.RetrainMetrics.from_record({**record, **checked})
+    qdq = checked.get("qdq_agreement")
     log.info(
         "test acc %.4f (top-5 %.4f), integer %.4f, agreement %.4f%s",
-        metrics.test_acc,
-        metrics.test_acc_top5,
-        metrics.test_acc_integer,
-        metrics.prediction_agreement,
-        "" if metrics.qdq_agreement is None else f", ONNX {metrics.qdq_agreement:.4f}",
+        checked["test_acc"],
+        checked["test_acc_top5"],
+        checked["test_acc_integer"],
+        checked["prediction_agreement"],
+        "" if qdq is None else f", ONNX {qdq:.4f}",
     )
     return {**checked, "integer_export": True}
-
-
-def _maybe_float(x) -> float | None:
-    return None if x is None else float(x)

@@ -20,6 +20,8 @@ from edmips.core.builders import (
     fast_path,
     measure,
 )
+from edmips.cost import latency_table
+from edmips.cost.weight_size import fixed_weight_bits
 from edmips.nn import default_searched, to_search
 from edmips.quant import registry
 from edmips.records import arch as arch_file
@@ -27,7 +29,7 @@ from edmips.records import history as history_file
 from edmips.report import write_search_figures
 from edmips.search.budget import Budget, check_reachable
 from edmips.search.discretize import MODES
-from edmips.search.joint import JointPrice, check_jointly_reachable
+from edmips.search.joint import JointPrice, requested
 from edmips.search.module import SearchModule
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,9 @@ def build_search(cfg: DictConfig):
         model = model.to(memory_format=torch.channels_last)
     cost = build_cost(cfg)
     searched_costs = [c for c in costs if c.name in names]
-    target = budget_target(cfg, model, searched_costs, cost)
-    joint = joint_budgets(cfg, model, searched_costs)
+    fixed = fixed_weight_bits(model, names)
+    target = budget_target(cfg, model, searched_costs, cost, fixed)
+    joint = joint_budgets(cfg, model, searched_costs, fixed)
     module = SearchModule(
         model,
         costs,
@@ -74,9 +77,10 @@ def build_search(cfg: DictConfig):
     return datamodule, module
 
 
-def budget_target(cfg: DictConfig, model, costs, cost=None) -> float | None:
+def budget_target(cfg: DictConfig, model, costs, cost=None, fixed=0) -> float | None:
     """The target of budget mode in the cost's stated unit (from target_bits, target_bitops or
-    a budget.<key>: edmips.core.budgets), checked against the search network's candidates.
+    a budget.<key>: edmips.core.budgets; `fixed`: the weight bits outside `costs`), checked
+    against the search network's candidates.
     Every searched layer's table is read here, budget or not: a measured table that lacks an
     entry the search could choose is refused before training, naming it."""
     if cfg.mu < 0:
@@ -88,7 +92,7 @@ def budget_target(cfg: DictConfig, model, costs, cost=None) -> float | None:
     tables = [cost.table(c, w, a) for c, w, a in zip(costs, wspaces, aspaces)]
     if budgets.several(cfg):
         return None  # joint_budgets
-    target = budgets.stated_target(cfg, cost, costs)
+    target = budgets.stated_target(cfg, cost, costs, fixed)
     if target is None:
         return None
     with budgets.named(cfg):
@@ -102,16 +106,13 @@ def _candidates(model, costs) -> tuple[list, list]:
     return [m.wbits for m in layers], [m.abits_space() for m in layers]
 
 
-def joint_budgets(cfg: DictConfig, model, costs) -> list | None:
+def joint_budgets(cfg: DictConfig, model, costs, fixed=0) -> list | None:
     """Several budgets at once, (key=value, cost model, target in its unit) each, checked
     jointly against the search network's candidates before training; None unless several."""
     if not budgets.several(cfg):
         return None
-    wspaces, aspaces = _candidates(model, costs)
-    found = budgets.targets(cfg, costs)
-    joint = [Budget(cost, costs, wspaces, aspaces, target) for _, cost, target in found]
-    check_jointly_reachable(joint, [label for label, _, _ in found])
-    return found
+    labels, held = requested(cfg, costs, *_candidates(model, costs), fixed)
+    return [(label, b.cost, b.target) for label, b in zip(labels, held)]
 
 
 def current_arch(module: SearchModule, cfg: DictConfig, mode="argmax", **meta) -> arch_file.Arch:
@@ -119,16 +120,18 @@ def current_arch(module: SearchModule, cfg: DictConfig, mode="argmax", **meta) -
     wbits, abits = module.choose(mode, cfg.search.trials, cfg.seed)
     joint = isinstance(module.budget, JointPrice)
     pw, pa = module.probs()
+    searched_costs = [c for c, _ in module.layers]
     return arch_file.build(
         cfg.model.name,
         arch_file.space_of(cfg.space),
-        [c for c, _ in module.layers],
+        searched_costs,
         wbits,
         abits,
         [p.tolist() for p in pw],
         [p.tolist() for p in pa],
         [(m.wquant, m.aquant) for _, m in module.layers],
         mu=cfg.mu,
+        fixed_weight_bits=fixed_weight_bits(module.model, [c.name for c in searched_costs]),
         final_mu=float(module.mu),
         data=module.trainer.datamodule.name,
         discretization=mode,
@@ -137,7 +140,7 @@ def current_arch(module: SearchModule, cfg: DictConfig, mode="argmax", **meta) -
         target_bitops=cfg.target_bitops,
         budget=budgets.record(cfg),
         cost=module.cost.name,
-        **_latency(module, wbits, abits),
+        **latency_table.recorded(_held_costs(module), searched_costs, wbits, abits),
         shared_weights=cfg.search.shared_weights,
         world_size=module.trainer.world_size,
         **(module.budget.record(wbits, abits) if joint else {}),
@@ -145,12 +148,10 @@ def current_arch(module: SearchModule, cfg: DictConfig, mode="argmax", **meta) -
     )
 
 
-def _latency(module: SearchModule, wbits, abits) -> dict:
-    """A search under a measured latency table records the architecture's latency (ms)."""
-    if module.cost.name != "latency_table":
-        return {}
-    layers = [c for c, _ in module.layers]
-    return {"latency_ms": module.cost.stated_total(module.cost.total(layers, wbits, abits), layers)}
+def _held_costs(module: SearchModule) -> list:
+    """The costs the search was held to: its cost, and each of several budgets'."""
+    held = module.budget.budget if isinstance(module.budget, JointPrice) else []
+    return [module.cost, *(b.cost for b in held)]
 
 
 class ArchSnapshot(Callback):
@@ -177,33 +178,35 @@ def search(cfg: DictConfig) -> dict:
     """Run one search; returns its metrics and writes found.json into cfg.output_dir.
     `resume=<run dir or checkpoint>` continues a run, in its directory, with its configuration."""
     start = time.perf_counter()
-    cfg, resume_from = rundir.start(cfg, "search")
+    run = rundir.start(cfg, "search")
+    cfg = run.cfg
     checks.check_search(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build_search(cfg)
+    checks.check_data(cfg, datamodule)
     trainer = build_trainer(cfg, callbacks=[ArchSnapshot(cfg)])
-    rundir.fit(trainer, module, datamodule, resume_from)
-    val_acc = trainer.callback_metrics.get("val/acc")
-    test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-    metrics = {
-        "val_acc": None if val_acc is None else float(val_acc),
-        "test_acc": test["test/acc"],
-        "test_acc_top5": test["test/acc5"],
-    }
-    metrics["wall_time_s"] = time.perf_counter() - start
-    mode = "budget" if module.budget is not None else cfg.search.discretize
-    found = current_arch(module, cfg, mode, **metrics)
-    if trainer.is_global_zero:
-        out = Path(cfg.output_dir)
-        history_file.save(module.history, out / "history.json")
-        path = arch_file.save(found, out / "found.json")
-        write_search_figures(out)
-        log.info(
-            "%s: %.3f equivalent bits, val acc %.4f",
-            path,
-            found.equivalent_bits,
-            metrics["val_acc"] or float("nan"),
-        )
+    with run.accepted(module):
+        validation = run.fit(trainer, module, datamodule)
+        test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+        metrics = {
+            "val_acc": validation.get("val/acc"),
+            "test_acc": test["test/acc"],
+            "test_acc_top5": test["test/acc5"],
+        }
+        metrics["wall_time_s"] = time.perf_counter() - start
+        mode = "budget" if module.budget is not None else cfg.search.discretize
+        found = current_arch(module, cfg, mode, **metrics)
+        if trainer.is_global_zero:
+            out = Path(cfg.output_dir)
+            history_file.save(module.history, out / "history.json")
+            write_search_figures(out, found)
+            path = run.finish(lambda: arch_file.save(found, out / "found.json"))
+            log.info(
+                "%s: %.3f equivalent bits, val acc %.4f",
+                path,
+                found.equivalent_bits,
+                metrics["val_acc"] or float("nan"),
+            )
     return {
         **metrics,
         "equivalent_bits": found.equivalent_bits,

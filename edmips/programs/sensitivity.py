@@ -1,22 +1,25 @@
 """arch=sensitivity for ptq.py: the allocation that loses least within a budget, from each
 layer's measured loss increase at each (w, a) of the space (edmips.ptq.sensitivity), every
 other layer at 8 bits. The budget's dynamic program (edmips.search.budget) maximises minus the
-summed increases within 1% of `target_bits` in the cost's unit: the allocation a
-differentiable search must beat without training anything."""
+summed increases within 1% of `target_bits` in the cost's unit, or of a budget.<key>, or
+within several budgets at once (edmips.search.joint): the allocation a differentiable search
+must beat without training anything."""
 
 import logging
 
 import torch
 from omegaconf import DictConfig
 
-from edmips.core.builders import build_cost, build_model, measure
+from edmips.core.builders import build_model, measure
+from edmips.cost.weight_size import fixed_weight_bits
 from edmips.nn import default_searched, input_space, to_fixed
 from edmips.nn.convert import quantizer_names
+from edmips.programs.baselines import budget_record
 from edmips.ptq import sensitivity
 from edmips.ptq.stats import batches
 from edmips.quant import registry
 from edmips.records import arch as arch_file
-from edmips.search.budget import Budget, best_scoring, check_reachable
+from edmips.search.joint import best_within, requested
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,7 @@ def model_at_8_bits(cfg: DictConfig, datamodule):
     model = build_model(cfg, datamodule)
     names = default_searched(model, cfg.space.skip_first, cfg.space.skip_last)
     costs = [c for c in measure(model, datamodule) if c.name in names]
-    check_reachable(budget(cfg, model, costs))
+    held_budgets(cfg, model, costs)  # checked before anything is measured
     bits = sensitivity.REFERENCE_BITS
     to_fixed(model, {c.name: (bits, bits) for c in costs}, registry.family(cfg))
     return model, costs
@@ -42,10 +45,12 @@ def activation_spaces(cfg: DictConfig, model, names) -> list[tuple[int, ...]]:
     return [input_space(model.get_submodule(n).aquant, aspace) for n in names]
 
 
-def budget(cfg: DictConfig, model, costs) -> Budget:
+def held_budgets(cfg: DictConfig, model, costs) -> tuple[list[str], list]:
+    """The budgets the allocation is held to, with their labels, checked against the space."""
     wspaces = [tuple(cfg.space.wbits)] * len(costs)
     aspaces = activation_spaces(cfg, model, [c.name for c in costs])
-    return Budget(build_cost(cfg), costs, wspaces, aspaces, cfg.target_bits)
+    fixed = fixed_weight_bits(model, [c.name for c in costs])
+    return requested(cfg, costs, wspaces, aspaces, fixed)
 
 
 def allocate(cfg, model, costs, images, reference, stats, clip, data: str) -> arch_file.Arch:
@@ -58,8 +63,8 @@ def allocate(cfg, model, costs, images, reference, stats, clip, data: str) -> ar
     tables, base = sensitivity.measure(
         model, names, wspace, aspaces, images, reference, stats, clip
     )
-    b = budget(cfg, model, costs)
-    wbits, abits = best_scoring([-t for t in tables], b)
+    labels, held = held_budgets(cfg, model, costs)
+    wbits, abits = best_within([-t for t in tables], held)
     worst = max(range(len(names)), key=lambda k: tables[k].max())
     log.info(
         "sensitivity: %d layers x %d candidates on %d images (KL at 8 bits %.3g); most "
@@ -81,9 +86,9 @@ def allocate(cfg, model, costs, images, reference, stats, clip, data: str) -> ar
         None,
         quantizers,
         data=data,
+        fixed_weight_bits=fixed_weight_bits(model, names),
         kind=KIND,
-        target_bits=cfg.target_bits,
-        cost=b.cost.name,
+        **budget_record(cfg, held, labels, wbits, abits),
         sensitivity_loss=LOSS,
         sensitivity_images=len(images),
         loss_at_8_bits=base,

@@ -4,7 +4,7 @@
      (and "sbits": [...] in a search of signed inputs)
      "layers": [{"name", "type", "flops", "params", "wbits", "abits", "probs_w", "probs_a",
                  "wquant", "aquant", "input_numel"}, ...],
-     "bitops": ..., "equivalent_bits": ..., "weight_bits_total": ...,
+     "bitops": ..., "equivalent_bits": ..., "weight_bits_total": ..., "fixed_weight_bits": ...,
      "activation_bits_total": ..., "micronet_score": ..., "mu": ..., "data": ...,
      "val_acc": ..., ...}
 
@@ -14,7 +14,10 @@ what quantized it: "image" for the image). A schema-1 file, which has no names, 
 edmips's family (gauss weights, hwgq activations). `input_numel` (the activation elements a
 layer reads, per sample) is optional: a file without it has no `activation_bits_total` (null).
 `micronet_score` is the MicroNet challenge's score against `data`'s reference network
-(edmips.cost.micronet).
+(edmips.cost.micronet). `fixed_weight_bits` is what the weights of the quantized layers outside
+the file take (the first conv and the classifier of a search that skips them, at their fixed
+bits); `weight_bits_total` counts them with the layers', every quantized weight (a file without
+it counts its layers only).
 Totals are recomputed from the layers when a file is built, so they always agree with them.
 Every problem with a file is an ArchError whose message is one line naming the file and the
 problem.
@@ -47,6 +50,7 @@ from edmips.records.json_values import (
     check_fields,
     int_list,
     is_int,
+    is_number,
     is_probabilities,
     non_finite,
     reject_constant,
@@ -67,7 +71,25 @@ LAYER_KEYS = (
     "probs_a",
     *QUANT_KEYS,
 )
-OPTIONAL_LAYER_KEYS = ("input_numel",)  # files written before it was recorded lack it
+OPTIONAL_LAYER_KEYS = ("input_numel", "shape_key")  # files written before they were recorded
+
+
+def _is_budget(b) -> bool:
+    """One of several budgets as the search records it (edmips.search.joint.achieved)."""
+    return (
+        isinstance(b, dict)
+        and isinstance(b.get("budget"), str)
+        and b.get("cost") in cost_models.names()
+        and is_number(b.get("target"))
+    )
+
+
+BUDGETS = Kind(
+    lambda x: isinstance(x, list) and all(_is_budget(b) for b in x),
+    'a list of {"budget": "key=value", "cost": <a cost>, "target": <a number>, ...}',
+)
+
+
 # Every field the writers put beside the layers, and what its value must be (or null). A field
 # not listed here is kept but read by nothing.
 FIELDS = {
@@ -90,15 +112,10 @@ FIELDS = {
     "target_bits": POSITIVE,
     "target_bitops": POSITIVE,
     "budget": OBJECT,  # {key: value as given}
-    "budgets": Kind(
-        lambda x: (
-            isinstance(x, list)
-            and all(isinstance(b, dict) and isinstance(b.get("budget"), str) for b in x)
-        ),
-        'a list of {"budget": "key=value", ...}',
-    ),
+    "budgets": BUDGETS,
     "cost": Kind(lambda x: x in cost_models.names(), f"a cost ({', '.join(cost_models.names())})"),
     "latency_ms": NON_NEGATIVE,
+    "latency_table": TEXT,  # the measured table's file
     "shared_weights": FLAG,
     "world_size": COUNT,
     "epoch": COUNT,
@@ -128,6 +145,7 @@ class LayerArch:
     wquant: str = EDMIPS.weight
     aquant: str = EDMIPS.activation
     input_numel: int | None = None  # None: not recorded
+    shape_key: str | None = None  # edmips.cost.layers; what a latency table may key it by
 
 
 @dataclass(frozen=True)
@@ -137,7 +155,8 @@ class Arch:
     layers: list[LayerArch]
     bitops: int
     equivalent_bits: float
-    weight_bits_total: int
+    weight_bits_total: int  # every quantized weight: the layers' and fixed_weight_bits
+    fixed_weight_bits: int = 0
     activation_bits_total: int | None = None  # None: a layer's input size is not recorded
     micronet_score: float | None = None
     mu: float | None = None
@@ -190,10 +209,14 @@ def build(
             costs, wbits, abits, probs_w, probs_a, quantizers, strict=True
         )
     ]
-    layers = [replace(x, input_numel=c.input_numel or None) for x, c in zip(layers, costs)]
+    layers = [
+        replace(x, input_numel=c.input_numel or None, shape_key=c.shape_key or None)
+        for x, c in zip(layers, costs)
+    ]
     bitops = cost_models.get("bitops")
     ops = bitops.total(costs, wbits, abits)
-    known = {k: meta.pop(k) for k in ("mu", "data", "val_acc") if k in meta}
+    known = {k: meta.pop(k) for k in ("mu", "data", "val_acc", "fixed_weight_bits") if k in meta}
+    fixed = known.get("fixed_weight_bits", 0)
     # 0 input elements: a cost read back from a file that does not record them
     activations = None
     if all(c.input_numel > 0 for c in costs):
@@ -204,7 +227,7 @@ def build(
         layers=layers,
         bitops=ops,
         equivalent_bits=bitops.stated_total(ops, costs),
-        weight_bits_total=cost_models.get("weight_size").total(costs, wbits, abits),
+        weight_bits_total=cost_models.get("weight_size").total(costs, wbits, abits) + fixed,
         activation_bits_total=activations,
         micronet_score=micronet_score(costs, wbits, abits, known.get("data")),
         **known,
@@ -294,12 +317,18 @@ def from_dict(d, source: str = "arch", known_models=None) -> Arch:
     bad = non_finite(d)
     if bad:
         fail(f"{bad} is not a finite number")
+    fixed = d.get("fixed_weight_bits", 0)
+    if not is_int(fixed) or fixed < 0:
+        fail(f"'fixed_weight_bits'={fixed!r} is not a non-negative integer")
     for i, layer in enumerate(d["layers"]):
         _check_layer(i, layer, keys, space, fail)
     costs = [
-        LayerCost(x["name"], x["type"], x["flops"], x["params"], x.get("input_numel") or 0, ())
+        LayerCost(
+            x["name"], x["type"], x["flops"], x["params"], x.get("input_numel") or 0, (),
+            x.get("shape_key") or "",
+        )
         for x in d["layers"]
-    ]
+    ]  # fmt: skip
     rest = {k: v for k, v in d.items() if k not in (*DERIVED, "space", "layers", "model")}
     arch = build(
         d["model"],
@@ -326,11 +355,13 @@ def _check_layer(i: int, layer, keys, space: dict, fail) -> None:
     for key in ("name", "type"):
         if not isinstance(layer[key], str):
             fail(f"layer {i}: {key}={layer[key]!r} is not a string")
-    for key in ("wbits", "abits", "flops", "params", *OPTIONAL_LAYER_KEYS):
+    for key in ("wbits", "abits", "flops", "params", "input_numel"):
         if key in OPTIONAL_LAYER_KEYS and layer.get(key) is None:
             continue
         if not is_int(layer[key]) or layer[key] < 0:
             fail(f"layer {name!r}: {key}={layer[key]!r} is not a non-negative integer")
+    if not isinstance(layer.get("shape_key", ""), (str, type(None))):
+        fail(f"layer {name!r}: shape_key={layer['shape_key']!r} is not a string")
     for key in ("probs_w", "probs_a"):
         probs = layer[key]
         if not is_probabilities(probs):
@@ -407,7 +438,10 @@ def check_matches(
 
 
 def _costs(layers: list[LayerArch]) -> list[LayerCost]:
-    return [LayerCost(x.name, x.type, x.flops, x.params, x.input_numel or 0, ()) for x in layers]
+    return [
+        LayerCost(x.name, x.type, x.flops, x.params, x.input_numel or 0, (), x.shape_key or "")
+        for x in layers
+    ]
 
 
 def _dumps(d: dict) -> str:

@@ -4,8 +4,10 @@
      "kind": "searched" | "uniform" | "random" | "float" | "ptq",
      "seed": ..., "arch": <found.json path, "uniform", "random" or "float">,
      "uniform": {"wbits", "abits"} | null, "target_bits", "mu", "equivalent_bits", "bitops",
-     "weight_bits_total", "activation_bits_total", "micronet_score", "latency_ms" (where the
-     architecture was found under a measured latency table), "val_acc", "val_acc_top5",
+     "weight_bits_total", "activation_bits_total", "micronet_score", "latency_ms" and
+     "latency_table" (where the architecture was held to a measured latency table),
+     "budget" and "budgets" (the budget keys it was found within, and with several each one's
+     target and spend, as found.json records them), "val_acc", "val_acc_top5",
      "test_acc", "test_acc_top5",
      "test_acc_integer", "prediction_agreement", "qdq_agreement", "test_images",
      "integer_export", "quant": {"activation", "weight", "signed"}, "bn_fold", "wall_time_s"}
@@ -31,6 +33,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from edmips.records.arch import BUDGETS
 from edmips.records.files import write_text_atomic
 from edmips.records.json_values import (
     COUNT,
@@ -39,6 +42,7 @@ from edmips.records.json_values import (
     INTEGER,
     NON_NEGATIVE,
     NUMBER,
+    OBJECT,
     POSITIVE,
     TEXT,
     Kind,
@@ -63,6 +67,9 @@ class RetrainMetrics:
     activation_bits_total: int | None = None  # as found.json: None where it is not recorded
     micronet_score: float | None = None  # the MicroNet challenge's (edmips.cost.micronet)
     latency_ms: float | None = None  # the searched layers' measured latency (cost=latency_table)
+    latency_table: str | None = None  # the table's file
+    budget: dict | None = None  # {budget key: value as given}, as found.json
+    budgets: list | None = None  # several budgets: each one's target and spend, as found.json
     data: str | None = None
     kind: str = "searched"  # what was retrained: a searched network or a baseline
     seed: int | None = None
@@ -115,6 +122,9 @@ FIELDS = {
     "activation_bits_total": COUNT,
     "micronet_score": NON_NEGATIVE,
     "latency_ms": NON_NEGATIVE,
+    "latency_table": TEXT,
+    "budget": OBJECT,  # as found.json
+    "budgets": BUDGETS,
     "data": TEXT,
     "kind": TEXT,
     "seed": INTEGER,

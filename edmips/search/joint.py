@@ -23,7 +23,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edmips.search.budget import GRID, LEVELS, PRICE_RANGE, Budget, knapsack, log_scores
+from edmips.core import budgets as budget_keys
+from edmips.search.budget import (
+    GRID,
+    LEVELS,
+    PRICE_RANGE,
+    Budget,
+    best_scoring,
+    check_reachable,
+    knapsack,
+    log_scores,
+    random_allocation,
+)
 
 ROUNDS = 4  # coordinate rounds per step: warm-started, they track selectors that move slowly
 PRICES = 32  # Lagrangian prices tried per priced-in constraint (and primary), fewer with more
@@ -157,6 +168,34 @@ def _totals(budget: Budget, found) -> np.ndarray:
     _, choice, _ = found
     total = float(budget.cost.total_size(budget.layers))
     return sum(np.asarray(t)[i, j] for t, (i, j) in zip(budget.tables(), choice)) / total
+
+
+def requested(cfg, costs, wspaces, aspaces, fixed_weight_bits=0) -> tuple[list[str], list]:
+    """The budgets a config asks for (edmips.core.budgets) over these layers and candidates,
+    with their key=value labels, checked: one against its reach, several together; ([], [])
+    without one. `fixed_weight_bits`: the weights outside the layers, which a weight size
+    counts."""
+    found = budget_keys.targets(cfg, costs, fixed_weight_bits)
+    labels = [label for label, _, _ in found]
+    held = [Budget(cost, costs, wspaces, aspaces, target) for _, cost, target in found]
+    if len(held) == 1:
+        with budget_keys.named(cfg):
+            check_reachable(held[0])
+    elif held:
+        check_jointly_reachable(held, labels)
+    return labels, held
+
+
+def best_within(scores, budgets: list[Budget]) -> tuple[list[int], list[int]]:
+    """The best-scoring allocation: within 1% of one budget, or within several."""
+    return best_scoring(scores, budgets[0]) if len(budgets) == 1 else joint_best(scores, budgets)
+
+
+def random_within(budgets: list[Budget], seed: int) -> tuple[list[int], list[int]]:
+    """A random allocation: within 1% of one budget, or within several."""
+    if len(budgets) == 1:
+        return random_allocation(budgets[0], seed)
+    return joint_random(budgets, seed)
 
 
 def joint_best(scores, budgets: list[Budget], tolerance=0.01) -> tuple[list[int], list[int]]:

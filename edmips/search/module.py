@@ -162,7 +162,10 @@ class SearchModule(Classifier):
         return loss, ce, logits
 
     def on_train_epoch_start(self) -> None:
-        sharpness = self.sharpness_at(self.current_epoch)
+        self._sharpen(self.current_epoch)
+
+    def _sharpen(self, epoch: int) -> None:
+        sharpness = self.sharpness_at(epoch)
         for _, m in self.layers:
             m.sharpness.fill_(sharpness)
 
@@ -239,6 +242,9 @@ class SearchModule(Classifier):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = checkpoint.get("arch_history", [])
+        # The sharpness of the checkpoint's epoch (a buffer outside the state dict): a resume
+        # after the last epoch starts no epoch that would set it, and discretizes with it.
+        self._sharpen(checkpoint["epoch"])
 
 
 def _maybe_float(x) -> float | None:

@@ -5,7 +5,8 @@
 The paper takes the architecture of an earlier epoch (its epoch 15) or samples several from
 the same selectors; history.json holds every epoch's selector probabilities, so neither needs a
 new search. MODE: argmax | categorical | multinomial (with --trials) | budget (the most
-probable architecture within 1% of --target-bits, by default the search's own target).
+probable architecture within 1% of --target-bits in the search's cost, by default the search's
+own target, or within each of its budgets where it had several).
 """
 
 import argparse
@@ -15,10 +16,12 @@ import torch
 
 from edmips.core.cli import one_line_errors
 from edmips.cost import model as cost_models
+from edmips.cost.latency_table import recorded
 from edmips.records import arch as arch_file
 from edmips.records import history as history_file
 from edmips.search.budget import Budget, check_reachable
 from edmips.search.discretize import MODES, choose_bits
+from edmips.search.joint import achieved
 
 
 def rediscretize(
@@ -47,13 +50,19 @@ def rediscretize(
     wspace = [tuple(found.space["wbits"])] * len(pw)
     aspace = found.activation_spaces()
     costs = found.costs()
+    several = found.extra.get("budgets") if target_bits is None else None
     target = found.extra.get("target_bits") if target_bits is None else target_bits
     budget = None
-    if mode == "budget":
+    if mode == "budget" and several:  # each recorded budget again, in its cost's unit
+        budget = [
+            Budget(_cost(b["cost"], found), costs, wspace, aspace, b["target"]) for b in several
+        ]
+    elif mode == "budget":
         if target is None:
             raise ValueError("--discretize budget needs --target-bits (the search had no target)")
-        cost = cost_models.get(found.extra.get("cost", "bitops"))
-        budget = Budget(cost, costs, wspace, aspace, target)
+        budget = Budget(
+            _cost(found.extra.get("cost", "bitops"), found), costs, wspace, aspace, target
+        )
         check_reachable(budget)  # the search's own check: a target the space can meet
     wbits, abits = choose_bits(pw, pa, wspace, aspace, mode, trials, seed, budget)
     return arch_file.build(
@@ -74,9 +83,26 @@ def rediscretize(
         expected_bits=entry["expected_bits"],
         target_bits=target if mode == "budget" else None,
         cost=found.extra.get("cost", "bitops"),
+        budget=found.extra.get("budget"),
+        fixed_weight_bits=found.fixed_weight_bits,
         searched_in=str(run_dir),
         shared_weights=found.extra.get("shared_weights", True),
+        **_budgets_record(budget, several, costs, wbits, abits),
     )
+
+
+def _budgets_record(budget, several, costs, wbits, abits) -> dict:
+    """Several budgets: each one's target and spend (as the search records them), and the
+    latency where one was a measured table."""
+    if not isinstance(budget, list):
+        return {}
+    spent = achieved(budget, [b["budget"] for b in several], wbits, abits)
+    return {"budgets": spent, **recorded([b.cost for b in budget], costs, wbits, abits)}
+
+
+def _cost(name: str, found: arch_file.Arch) -> cost_models.CostModel:
+    """A cost the search was held to, configured as it was (a latency table: its file)."""
+    return cost_models.get(name).configure({"path": found.extra.get("latency_table")})
 
 
 def main(argv=None) -> Path:

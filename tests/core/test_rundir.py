@@ -1,13 +1,17 @@
 """One run per directory, its per-epoch checkpoint, resume= and what it refuses; divergence."""
 
+import fcntl
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import ROOT
 
 from edmips.core.divergence import Diverged
+from edmips.export.cli import main as export_main
 from edmips.programs.retrain import retrain
 from edmips.programs.search import search
 
@@ -89,3 +93,84 @@ def test_runs_started_in_the_same_second_get_their_own_directories():
             cfg = compose(name, return_hydra_config=True)
         dirs += [cfg.hydra.run.dir, cfg.hydra.sweep.dir]
     assert len(set(dirs)) == len(dirs)  # microseconds in every name
+
+
+def test_a_second_process_on_a_run_directory_is_refused_at_start(search_cfg, tmp_path):
+    held = os.open(tmp_path, os.O_RDONLY)  # as a run in another process holds it
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(ValueError, match="another process is running this run"):
+            search(search_cfg())
+    finally:
+        os.close(held)
+    assert not list(tmp_path.iterdir())
+
+
+def _stopped_search(search_cfg, tmp_path) -> Path:
+    """A one-epoch search's checkpoint, its run made resumable again (found.json removed)."""
+    search(search_cfg("trainer.max_epochs=1", "search.warmup_epochs=0"))
+    (tmp_path / "found.json").unlink()
+    return tmp_path / "checkpoints" / "last.ckpt"
+
+
+def test_a_damaged_or_foreign_checkpoint_is_refused_in_one_line(search_cfg, tmp_path):
+    ckpt = _stopped_search(search_cfg, tmp_path)
+    data = ckpt.read_bytes()
+    for offset in range(0, len(data), len(data) // 12):  # EOF, zip and OSError (EINVAL) cuts
+        cut = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+        cut.parent.mkdir(parents=True, exist_ok=True)
+        cut.write_bytes(data[:offset])
+        with pytest.raises(ValueError, match=rf"{cut}: not a checkpoint \("):
+            search(search_cfg(f"resume={cut.parent.parent}"))
+        with pytest.raises(SystemExit, match=rf"^error: {cut}: not a checkpoint \("):
+            export_main([str(cut)])
+
+    state = torch.load(ckpt, weights_only=False)
+    name = next(k for k in state["state_dict"] if k.endswith("conv1.weight"))
+    state["state_dict"][name] = torch.zeros(3)  # another network's tensor
+    other = tmp_path / "other" / "checkpoints" / "last.ckpt"
+    other.parent.mkdir(parents=True)
+    torch.save(state, other)
+    with pytest.raises(ValueError, match=rf"weights of another network .* first: {name}\)"):
+        search(search_cfg(f"resume={other}"))
+    assert [p.name for p in other.parent.parent.rglob("*")] == ["checkpoints", "last.ckpt"]
+
+    held = os.open(tmp_path, os.O_RDONLY)  # the run resumed by another process
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(ValueError, match="another process is running this run"):
+            search(search_cfg(f"resume={tmp_path}"))
+    finally:
+        os.close(held)
+
+
+def test_a_resume_after_the_last_epoch_restores_what_the_epochs_set(search_cfg, tmp_path):
+    whole = search(search_cfg("trainer.max_epochs=2", "search.warmup_epochs=0"))
+    (tmp_path / "found.json").unlink()  # as if it had been killed after its last epoch
+    resumed = search(search_cfg(f"resume={tmp_path}"))
+    assert resumed["val_acc"] == whole["val_acc"] is not None
+    assert resumed["arch"].layers == whole["arch"].layers  # the probabilities at its sharpness
+    assert float(resumed["module"].layers[0][1].sharpness) == 10.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "refusal"),
+    [
+        (["data.batch_size=1000"], "data.batch_size=1000 is more than the training split"),
+        (["data.num_test=0"], "the test split is empty"),
+        (["model=torchvision", "model.name=tv_efficientnet_b0"], "no integer lowering for SiLU"),
+        (["model=torchvision", "model.name=tv_shufflenet_v2_x0_5"], "getitem .*not a tensor"),
+    ],
+)
+def test_what_the_data_and_the_export_cannot_do_is_refused_before_training(
+    retrain_cfg, tmp_path, overrides, refusal
+):
+    with pytest.raises(ValueError, match=refusal):
+        retrain(retrain_cfg("arch=uniform", "wbits=4", "abits=4", *overrides))
+    assert not (tmp_path / "retrain").exists() or not list((tmp_path / "retrain").iterdir())
+
+
+def test_a_search_without_training_batches_is_refused(search_cfg, tmp_path):
+    with pytest.raises(ValueError, match="data.batch_size=401 is more than the training split"):
+        search(search_cfg("data.batch_size=401"))
+    assert not list(tmp_path.iterdir())

@@ -5,8 +5,9 @@ from torch import nn
 
 from edmips.cost import bitops as complexity
 from edmips.cost import layers as cost_layers
+from edmips.cost import model as cost_models
 from edmips.cost.layers import activation_bits, measure
-from edmips.cost.weight_size import weight_bits
+from edmips.cost.weight_size import fixed_weight_bits
 from edmips.nn import MixedConv2d, MixedLinear, QuantConv2d
 
 
@@ -42,7 +43,10 @@ def test_flops_and_bitops_match_a_hand_count():
     assert math.isclose(
         complexity.equivalent_bits(hand, 28800 + 14400 + 64), math.sqrt(hand / 43264)
     )
-    assert weight_bits(searched, wbits) == 1152 * 1 + 576 * 2 + 64 * 4
+    weight_size = cost_models.get("weight_size")
+    assert weight_size.total(searched, wbits, abits) == 1152 * 1 + 576 * 2 + 64 * 4
+    # the fixed-bit first conv, outside the search: 216 weights at 8 bits
+    assert fixed_weight_bits(net, [c.name for c in searched]) == 216 * 8
     assert activation_bits(searched, abits) == 800 * 2 + 400 * 3 + 400 * 4
 
 

@@ -8,10 +8,11 @@ from edmips.core.builders import build_datamodule
 from edmips.cost import layers as cost_layers
 from edmips.models import create_model
 from edmips.nn import default_searched
-from edmips.programs.retrain import resolve_arch
+from edmips.programs.retrain import arch_record, resolve_arch
 from edmips.programs.search import search
 from edmips.records import arch
 from edmips.report import collect
+from edmips.search.rediscretize import rediscretize
 
 FLOPS = 2_097_152  # the tiny network's searched layers: 4736 weights
 
@@ -49,7 +50,8 @@ def test_a_search_under_bitops_and_weight_size_meets_both(search_cfg, tmp_path, 
     saved = arch.load(tmp_path / "found.json")
     assert saved.extra["budget"] == {"bitops": float(f"{bitops:.6g}"), "weight_size": f"{weight}B"}
     recorded = {b["cost"]: b for b in saved.extra["budgets"]}
-    assert recorded["weight_size"]["achieved"] * 4736 == pytest.approx(saved.weight_bits_total)
+    searched_bits = saved.weight_bits_total - saved.fixed_weight_bits
+    assert recorded["weight_size"]["achieved"] * 4736 == pytest.approx(searched_bits)
     assert recorded["bitops"]["achieved"] == pytest.approx(saved.equivalent_bits)
     labels = [b["budget"] for b in saved.extra["budgets"]]
     assert list(saved.extra["final_prices"]) == labels
@@ -96,8 +98,8 @@ def _slow_binary_csv(tmp_path):
             "budget.weight_size=500B cannot be met: its cheapest allocation spends 1 bits per",
         ),
         (
-            ["budget.weight_size=600B", "budget.latency_ms=1.05"],
-            "budget.weight_size=600B cannot be met together with budget.latency_ms=1.05: the "
+            ["budget.weight_size=976B", "budget.latency_ms=1.05"],  # 600 B beside the fixed layers
+            "budget.weight_size=976B cannot be met together with budget.latency_ms=1.05: the "
             "cheapest allocation within it spends 1.7",
         ),
         (["target_bits=2", "budget.bitops=1e7"], "set budget.bitops or target_bits, not both"),
@@ -131,3 +133,42 @@ def test_arch_random_under_two_budgets_meets_both(retrain_cfg):
         assert _met(_ratios(a, float(f"{2.5**2 * FLOPS:.6g}"), 1400))
     assert first.bits() != other.bits()
     assert [b["cost"] for b in first.extra["budgets"]] == ["bitops", "weight_size"]
+
+
+def test_three_budgets_at_once_are_all_met_and_rediscretized_within_them(search_cfg, tmp_path):
+    # 3 equivalent bits; 1480 B of weights (1.86 bits per searched weight beside the fixed
+    # layers' 3008 bits); 12000 B of the 36864 activations the searched layers read (2.6 bits)
+    bitops, weight, activations = 9 * FLOPS, 1480, 12000
+    cfg = search_cfg(
+        f"budget.bitops={bitops}", f"budget.weight_size={weight}B",
+        f"budget.activation_memory={activations}B",
+    )  # fmt: skip
+    found = search(cfg)["arch"]
+
+    def ratios(a):
+        return {
+            **_ratios(a, bitops, weight),
+            "activation_memory": a.activation_bits_total / (8 * activations),
+        }
+
+    assert _met(ratios(found)), ratios(found)
+    recorded = [b["cost"] for b in found.extra["budgets"]]
+    assert recorded == ["bitops", "weight_size", "activation_memory"]
+    # the search's last selectors, discretized again within the three recorded budgets
+    again = rediscretize(tmp_path, 2, "budget")
+    assert _met(ratios(again)), ratios(again)
+    assert again.bits() == found.bits()
+    assert again.fixed_weight_bits == found.fixed_weight_bits == 3008
+    assert [b["budget"] for b in again.extra["budgets"]] == [
+        b["budget"] for b in found.extra["budgets"]
+    ]
+
+
+def test_metrics_json_records_the_budgets_an_architecture_was_made_within(retrain_cfg):
+    cfg = retrain_cfg("arch=random", "target_bits=3", "budget.weight_size=1400B")
+    found = resolve_arch(cfg, build_datamodule(cfg))[1]
+    record = arch_record(cfg, found, "synthetic")
+    assert record["budget"] == {"weight_size": "1400B"}
+    assert record["budgets"] == found.extra["budgets"]
+    assert [b["budget"] for b in record["budgets"]] == ["target_bits=3", "budget.weight_size=1400B"]
+    assert record["weight_bits_total"] == found.weight_bits_total <= 1400 * 8 * 1.01

@@ -79,3 +79,21 @@ def test_sensitivity_needs_a_budget(ptq_cfg, float_weights):  # noqa: F811
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
+
+
+def test_the_allocation_meets_a_weight_size_budget_beside_target_bits(ptq_cfg, float_weights):  # noqa: F811
+    # two upper bounds: 3 equivalent bits and 1700 bytes for every quantized weight, of which
+    # the unsearched first conv and classifier take 3008 bits
+    cfg = ptq_cfg(
+        f"model.weights={float_weights}", *SENSITIVITY, "budget.weight_size=1700B", *QUICK
+    )
+    result = ptq(cfg)
+    assert result["prediction_agreement"] == 1.0
+    arch = json.loads(open(f"{cfg.output_dir}/arch.json").read())
+    assert arch["fixed_weight_bits"] == 3008
+    assert result["equivalent_bits"] <= 3 * 1.01
+    assert result["weight_bits_total"] <= 1700 * 8 * 1.01
+    tight = max(result["equivalent_bits"] / 3, result["weight_bits_total"] / (1700 * 8))
+    assert tight >= 0.99  # the binding budget is met within 1%
+    assert [b["budget"] for b in arch["budgets"]] == ["target_bits=3", "budget.weight_size=1700B"]
+    assert result["budgets"] == arch["budgets"] and result["budget"] == {"weight_size": "1700B"}
