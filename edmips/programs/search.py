@@ -199,7 +199,7 @@ def search(cfg: DictConfig) -> dict:
         if trainer.is_global_zero:
             out = Path(cfg.output_dir)
             history_file.save(module.history, out / "history.json")
-            write_search_figures(out, (found, module.history))
+            write_search_figures(out, found, module.history)
             path = run.finish(lambda: arch_file.save(found, out / "found.json"))
             log.info(
                 "%s: %.3f equivalent bits, val acc %.4f",

@@ -50,6 +50,7 @@ from edmips.records.json_values import (
     check_fields,
     int_list,
     is_int,
+    is_number,
     is_probabilities,
     non_finite,
     reject_constant,
@@ -71,6 +72,24 @@ LAYER_KEYS = (
     *QUANT_KEYS,
 )
 OPTIONAL_LAYER_KEYS = ("input_numel", "shape_key")  # files written before they were recorded
+
+
+def _is_budget(b) -> bool:
+    """One of several budgets as the search records it (edmips.search.joint.achieved)."""
+    return (
+        isinstance(b, dict)
+        and isinstance(b.get("budget"), str)
+        and b.get("cost") in cost_models.names()
+        and is_number(b.get("target"))
+    )
+
+
+BUDGETS = Kind(
+    lambda x: isinstance(x, list) and all(_is_budget(b) for b in x),
+    'a list of {"budget": "key=value", "cost": <a cost>, "target": <a number>, ...}',
+)
+
+
 # Every field the writers put beside the layers, and what its value must be (or null). A field
 # not listed here is kept but read by nothing.
 FIELDS = {
@@ -78,7 +97,6 @@ FIELDS = {
     "bitops": COUNT,
     "equivalent_bits": NON_NEGATIVE,
     "weight_bits_total": COUNT,
-    "fixed_weight_bits": COUNT,
     "activation_bits_total": COUNT,
     "micronet_score": NON_NEGATIVE,
     "mu": NON_NEGATIVE,
@@ -94,16 +112,10 @@ FIELDS = {
     "target_bits": POSITIVE,
     "target_bitops": POSITIVE,
     "budget": OBJECT,  # {key: value as given}
-    "budgets": Kind(
-        lambda x: (
-            isinstance(x, list)
-            and all(isinstance(b, dict) and isinstance(b.get("budget"), str) for b in x)
-        ),
-        'a list of {"budget": "key=value", ...}',
-    ),
+    "budgets": BUDGETS,
     "cost": Kind(lambda x: x in cost_models.names(), f"a cost ({', '.join(cost_models.names())})"),
     "latency_ms": NON_NEGATIVE,
-    "latency_table": TEXT,
+    "latency_table": TEXT,  # the measured table's file
     "shared_weights": FLAG,
     "world_size": COUNT,
     "epoch": COUNT,
@@ -204,7 +216,7 @@ def build(
     bitops = cost_models.get("bitops")
     ops = bitops.total(costs, wbits, abits)
     known = {k: meta.pop(k) for k in ("mu", "data", "val_acc", "fixed_weight_bits") if k in meta}
-    fixed = known.get("fixed_weight_bits") or 0
+    fixed = known.get("fixed_weight_bits", 0)
     # 0 input elements: a cost read back from a file that does not record them
     activations = None
     if all(c.input_numel > 0 for c in costs):
@@ -305,6 +317,9 @@ def from_dict(d, source: str = "arch", known_models=None) -> Arch:
     bad = non_finite(d)
     if bad:
         fail(f"{bad} is not a finite number")
+    fixed = d.get("fixed_weight_bits", 0)
+    if not is_int(fixed) or fixed < 0:
+        fail(f"'fixed_weight_bits'={fixed!r} is not a non-negative integer")
     for i, layer in enumerate(d["layers"]):
         _check_layer(i, layer, keys, space, fail)
     costs = [

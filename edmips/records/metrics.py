@@ -33,7 +33,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from edmips.records.arch import FIELDS as ARCH_FIELDS
+from edmips.records.arch import BUDGETS
 from edmips.records.files import write_text_atomic
 from edmips.records.json_values import (
     COUNT,
@@ -42,6 +42,7 @@ from edmips.records.json_values import (
     INTEGER,
     NON_NEGATIVE,
     NUMBER,
+    OBJECT,
     POSITIVE,
     TEXT,
     Kind,
@@ -121,7 +122,9 @@ FIELDS = {
     "activation_bits_total": COUNT,
     "micronet_score": NON_NEGATIVE,
     "latency_ms": NON_NEGATIVE,
-    **{k: ARCH_FIELDS[k] for k in ("latency_table", "budget", "budgets")},  # copied from it
+    "latency_table": TEXT,
+    "budget": OBJECT,  # as found.json
+    "budgets": BUDGETS,
     "data": TEXT,
     "kind": TEXT,
     "seed": INTEGER,

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
             log.warning(line)
         paths = write_report(runs, args.out, args.x)
         for run_dir, read in drawn.items():
-            write_search_figures(run_dir, read)
+            write_search_figures(run_dir, *read)
     except ValueError as e:  # ReportError, an unknown cost, an unwritable --out: one line
         raise SystemExit(f"{PROG}: {e}") from None
     _print(runs)

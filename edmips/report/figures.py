@@ -248,27 +248,28 @@ def plot_complexity(
     return save(fig, path)
 
 
-def read_search_run(run_dir) -> tuple[arch_file.Arch, list[dict]]:
-    """What the figures of a search run dir draw: its found.json and history.json, validated
-    (the history against the architecture; none without a history.json)."""
+def read_search_run(run_dir, arch: arch_file.Arch | None = None):
+    """What the figures of a search run dir draw: its found.json (or `arch`) and history.json,
+    validated (the history against the architecture; none without a history.json)."""
     run_dir = Path(run_dir)
-    arch = arch_file.load(run_dir / "found.json")
+    arch = arch or arch_file.load(run_dir / "found.json")
     history_path = run_dir / "history.json"
     history = history_file.load(history_path, arch) if history_path.exists() else []
     return arch, history
 
 
-def write_search_figures(run_dir, read=None) -> list[Path]:
+def write_search_figures(run_dir, arch: arch_file.Arch | None = None, history=None) -> list[Path]:
     """Write bit_allocation.png, sensitivity.png, selector_evolution.png and complexity.png into
-    a search run dir (`read`: what read_search_run returned, if the caller has read it, or
-    the search's architecture and history: search.py draws them before it writes found.json,
-    which marks the run finished).
+    a search run dir, of its found.json (or of `arch`: search.py draws them before it writes
+    found.json, which marks the run finished) and history.json (or `history`, as
+    read_search_run returns them).
 
     Without a history (no history.json, or no epoch validated) only the bit allocation can be
     drawn; search.py calls this after every search, so that case warns instead of failing.
     """
     run_dir = Path(run_dir)
-    arch, history = read or read_search_run(run_dir)
+    if history is None:
+        arch, history = read_search_run(run_dir, arch)
     paths = [plot_bit_allocation(arch, run_dir / "bit_allocation.png")]
     if all(la.probs_w and la.probs_a for la in arch.layers):
         paths.append(plot_sensitivity(arch, run_dir / "sensitivity.png"))

@@ -122,7 +122,7 @@ def _layer(**changes):
         (_mutate(shared_weights="yes"), "shared_weights='yes' is not true or false"),
         (_mutate(epoch=-1), "epoch=-1 is not a non-negative integer"),
         (_mutate(budget="64KiB"), "budget='64KiB' is not a JSON object"),
-        (_mutate(budgets=[{"cost": "bitops"}]), 'is not a list of {"budget": "key=value"'),
+        (_mutate(budgets=[{"budget": "b", "cost": "bitops"}]), 'is not a list of {"budget"'),
         (_mutate(equivalent_bits="2"), "equivalent_bits='2' is not a non-negative number"),
         (_mutate(model=None), "missing 'model'"),
         (_layer(name=3), "layer 1: name=3 is not a string"),
