@@ -85,3 +85,28 @@ def absorb_batch_norms(model: nn.Module) -> list[tuple[str, str]]:
         else:  # no scale to give back: the variance is made what cancels eps
             bn.running_var.fill_(1 - bn.eps)
     return pairs
+
+
+@torch.no_grad()
+def absorb_into_bias(model: nn.Module) -> list[tuple[str, str]]:
+    """Each pair whose conv's weight quantizer `absorbs_batch_norm`: the conv's weights become
+    `W * s` and its bias `beta - running_mean * s` (which the conv then quantizes onto its
+    accumulator's grid), the batch norm an nn.Identity (in place, for eval mode: the copy that
+    is lowered). A fold for training is undone first: its weights quantize `W * s` already.
+    The pairs absorbed."""
+    pairs = [
+        (c, b)
+        for c, b in conv_bn_pairs(model)
+        if model.get_submodule(c).weight_quant.absorbs_batch_norm
+    ]
+    for conv_name, bn_name in pairs:
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        s = batch_norm_scale(bn)
+        shift = -bn.running_mean * s + (bn.bias if bn.affine else 0)
+        bias = shift if conv.bias is None else conv.bias * s + shift
+        conv.weight.mul_(s.view(-1, 1, 1, 1))
+        conv.bias = nn.Parameter(bias.detach().clone())
+        conv._folded = ()
+        parent, _, attr = bn_name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, nn.Identity())
+    return pairs

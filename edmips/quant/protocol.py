@@ -114,6 +114,10 @@ class UniformActivation(ActivationQuantizer):
 
 
 class WeightQuantizer(Quantizer):
+    # Whether the batch norm after its conv becomes the conv's weights and a bias on the
+    # accumulator's grid in the network that is lowered (edmips.nn.fold.absorb_into_bias).
+    absorbs_batch_norm = False
+
     def __init__(self, bits: int, per_channel: bool = True):
         super().__init__(bits)
         self.per_channel = per_channel
