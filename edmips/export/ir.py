@@ -5,7 +5,8 @@ attributes, the output) and `arrays.npz` (integer weights, thresholds, biases). 
 
     input      uint8 image codes minus a per-channel integer zero point
     conv       integer convolution (+ bias) -> accumulator (attrs: stride, padding, groups,
-               dilation, acc_bits)
+               dilation, acc_bits); `float_bias`, where the layer's bias is off the
+               accumulator's grid: the float64 shift the thresholds after it absorb
     threshold  level = #{k : sign_c * x >= T_ck} + out_bias  (per channel)
     windowmax  sign_c * max of sign_c * x over each output position's input positions
                (`windows` [outputs, k], index H*W = none; attrs: out_hw): any max pooling
