@@ -305,11 +305,7 @@ class Int8Writer(QdqWriter):
         fitted = fit_affine(out, values - offset, guess, True)
         if fitted is None:
             return False
-        parts = [
-            self._dequantized(i, fitted[0], f"{node.name}/{k}") for k, i in enumerate(add.inputs)
-        ]
-        total = self.add("Add", parts, f"{node.name}/sum")
-        self._quantized(node, total, fitted[1], out)
+        self._affine(node, add.inputs, *fitted, out)
         return True
 
     def _codes_threshold(self, node: Node, x: str) -> None:
@@ -327,21 +323,44 @@ class Int8Writer(QdqWriter):
         if fitted is None:
             self._table(node, self.f32(x))
             return
-        self._quantized(node, self._dequantized(x, fitted[0], f"{node.name}/0"), fitted[1], out)
+        self._affine(node, [x], *fitted, out)
 
-    def _dequantized(self, x: str, factor: np.ndarray, out: str) -> str:
-        scale = self.const(f"{out}/scale", factor)
-        zero = self.const(f"{out}/zero", np.zeros(len(factor), np.uint8))
-        return self.add("DequantizeLinear", [x, scale, zero], f"{out}/dq", axis=1)
-
-    def _quantized(self, node: Node, x: str, shift: np.ndarray, out_levels: np.ndarray) -> None:
-        """x + C, rounded half to even, stored (QuantizeLinear's zero point, added after the
-        rounding, whose ties an odd shift would move) and clamped to the levels."""
+    def _affine(self, node: Node, inputs, factor, shift, out_levels: np.ndarray) -> None:
+        """rne(A_c * (sum of the uint8 inputs) + C_c), stored and clamped to the levels: each
+        input dequantized (one DequantizeLinear where A is one number, MLAS's vectorized kernel;
+        else a Cast and a per-channel Mul, faster than its per-axis form), summed, shifted by C,
+        then QuantizeLinear (scale 1: rounding half to even; its zero point is added after the
+        rounding, whose ties an odd shift before it would move). Where A is one power of two
+        and C is A times the inputs' offsets, the offsets are the DequantizeLinear zero points
+        (exact, as is A * s + C) and no Add is written."""
         out, lo = node.name, node.attrs["range"][0]
-        shift = self.const(f"{out}/shift", shift.reshape(self.channel_shape(node.inputs[0])))
-        shifted = self.add("Add", [x, shift], f"{out}/c")
+        offsets = [self.offset[x] for x in inputs]
+        uniform = bool((factor == factor[0]).all())
+        absorbed = (
+            uniform
+            and np.frexp(factor[0])[0] == 0.5
+            and all(-255 <= o <= 0 for o in offsets)
+            and bool((shift == np.float32(factor[0] * sum(offsets))).all())
+        )
+        parts = []
+        for k, x in enumerate(inputs):
+            if uniform:
+                zero = np.uint8(-offsets[k] if absorbed else 0)
+                scale, zero = (
+                    self.const(f"{out}/{k}/scale", factor[0]),
+                    self.const(f"{out}/{k}/zero", zero),
+                )
+                parts.append(self.add("DequantizeLinear", [x, scale, zero], f"{out}/{k}/dq"))
+            else:
+                values = self.add("Cast", [x], f"{out}/{k}/f32", to=TensorProto.FLOAT)
+                scale = self.const(f"{out}/{k}/scale", factor.reshape(self.channel_shape(x)))
+                parts.append(self.add("Mul", [values, scale], f"{out}/{k}/scaled"))
+        total = parts[0] if len(parts) == 1 else self.add("Add", parts, f"{out}/sum")
+        if not absorbed and shift.any():
+            shift = self.const(f"{out}/shift", shift.reshape(self.channel_shape(node.inputs[0])))
+            total = self.add("Add", [total, shift], f"{out}/c")
         one, zero = self.const(f"{out}/one", np.float32(1.0)), self.const(f"{out}/z", np.uint8(-lo))
-        self.add("QuantizeLinear", [shifted, one, zero], f"{out}/q")
+        self.add("QuantizeLinear", [total, one, zero], f"{out}/q")
         self.clip(f"{out}/q", out, int(out_levels.min()) - lo, int(out_levels.max()) - lo)
         self.offset[out] = lo
 
