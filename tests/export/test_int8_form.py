@@ -1,0 +1,108 @@
+"""model_int8.onnx: the integer graph on onnxruntime's int8 kernels. A network of the int8sim
+family (edmips's ResNet-20 and a converted tv_mobilenet_v2, mixed bit-widths) gives, under plain
+onnxruntime, the integer runtime's logits to the bit, with every conv a QLinearConv and no
+lookup table; a threshold no requantization fits is a lookup table, exact too; a family that
+does not train with QLinearConv's arithmetic gets no such file, and the check says so."""
+
+import logging
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from test_family_export import _in_family
+from test_traced_export import calibrated, image_batch
+
+from edmips.export import IntegerRuntime, export, load_bundle
+from edmips.export.ir import Graph
+from edmips.export.onnx import save_onnx
+from edmips.export.onnx.qdq import qdq_runtime
+from edmips.export.verify import verify
+
+SIZE = 32
+
+
+def _scaled_logits(graph: Graph, codes: torch.Tensor) -> torch.Tensor:
+    unit = torch.as_tensor(graph.node(graph.output).attrs["scale"], dtype=torch.float64)
+    return IntegerRuntime(graph)(codes).double() * unit
+
+
+@pytest.mark.parametrize("name", ["resnet20", "tv_mobilenet_v2"])
+def test_model_int8_gives_the_integer_runtime_s_logits_on_int8_kernels(name, tmp_path):
+    model = calibrated(_in_family(name, "int8sim"), SIZE)
+    paths = export(model, (3, SIZE, SIZE), tmp_path)
+    assert [p.name for p in paths] == ["integer", "model.onnx", "model_int8.onnx", "model_qdq.onnx"]
+    graph = load_bundle(tmp_path / "integer")
+    codes, images = image_batch(SIZE, n=16)
+    expected = _scaled_logits(graph, codes)
+    got = qdq_runtime(tmp_path / "model_int8.onnx")(images)
+    assert expected.std() > 0 and torch.equal(got, expected)
+
+    int8 = onnx.load(str(tmp_path / "model_int8.onnx"))
+    assert {o.domain for o in int8.opset_import} == {""}  # standard ops only
+    ops = Counter(n.op_type for n in int8.graph.node)
+    convs = sum(n.op == "conv" for n in graph.nodes)
+    readers = sum(  # a conv read by two thresholds is written twice
+        n.op == "threshold" and graph.node(n.inputs[0]).op == "conv" for n in graph.nodes
+    )
+    float_convs = 1 if name == "resnet20" else 0  # the image with per-channel zero points
+    assert ops["QLinearConv"] == readers - float_convs and ops["Conv"] == float_convs
+    assert readers >= convs and "Gather" not in ops
+    weights = [t for t in int8.graph.initializer if t.name.endswith("/w")]
+    assert weights and all(t.data_type == onnx.TensorProto.INT8 for t in weights)
+
+
+def test_a_threshold_that_no_requantization_fits_is_an_exact_lookup_table(tmp_path):
+    rng = np.random.default_rng(0)
+    graph = Graph("table", [3, 4, 4])
+    graph.add(
+        "input",
+        "input",
+        [],
+        range=[0, 255],
+        scale=1 / 255,
+        arrays={"zero_point": np.zeros(3, np.int16)},
+    )
+    steps = np.sort(rng.choice(np.arange(1, 255), (3, 6), replace=True), 1)  # uneven levels
+    sign = np.array([1, -1, 1], np.int8)
+    graph.add(
+        "threshold",
+        "levels",
+        ["input"],
+        out_bias=0,
+        range=[0, 6],
+        scale=0.5,
+        arrays={
+            "thresholds": np.where(sign[:, None] > 0, steps, -steps[:, ::-1]).astype(np.int32),
+            "sign": sign,
+        },
+    )
+    graph.add("sumpool", "pool", ["levels"], range=[0, 96], scale=None)
+    weight = rng.integers(-127, 128, (5, 3)).astype(np.int8)
+    graph.add(
+        "linear",
+        "fc",
+        ["pool"],
+        acc_bits=18,
+        range=[-(2**17), 2**17 - 1],
+        scale=0.01,
+        arrays={"weight": weight, "bias": rng.integers(-50, 50, 5)},
+    )
+    save_onnx(graph, tmp_path / "m.onnx", "int8")
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node)
+    assert ops["Gather"] == 1
+    codes = torch.randint(0, 256, (32, 3, 4, 4), dtype=torch.uint8)
+    got = qdq_runtime(tmp_path / "m.onnx")(codes.float() / 255)
+    assert torch.equal(got, _scaled_logits(graph, codes))
+
+
+def test_a_family_without_qlinearconv_s_arithmetic_writes_no_int8_model(tmp_path, caplog):
+    model = calibrated(_in_family("resnet20", "qatsim"), SIZE)
+    with caplog.at_level(logging.WARNING):
+        paths = export(model, (3, SIZE, SIZE), tmp_path)
+    assert [p.name for p in paths] == ["integer", "model.onnx", "model_qdq.onnx"]
+    assert any("no model_int8.onnx" in r.message for r in caplog.records)
+    images = torch.rand(4, 3, SIZE, SIZE)
+    record = verify(model, tmp_path, [(images, torch.zeros(4, dtype=torch.int64))])
+    assert record["int8_agreement"] is None and record["qdq_agreement"] == 1.0
