@@ -19,7 +19,7 @@ import torch
 from torch import fx, nn
 
 from edmips.nn.layers import MIXED_LAYERS, QUANT_LAYERS, QuantConv2d, batch_norm_scale
-from edmips.quant.protocol import ActivationQuantizer, Quantizer
+from edmips.quant.protocol import ActivationQuantizer, Quantizer, quantizers
 
 
 class LayerTracer(fx.Tracer):
@@ -89,7 +89,8 @@ def absorb_batch_norms(model: nn.Module) -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def absorb_into_bias(model: nn.Module) -> list[tuple[str, str]]:
-    """Each pair whose conv's weight quantizer `absorbs_batch_norm`: the conv's weights become
+    """Every pair of a network holding a quantizer that `absorbs_batch_norm` (none elsewhere):
+    the conv's weights become
     `W * s` and its bias `beta - running_mean * s`, on its accumulator's grid, the batch norm an
     nn.Identity (in place, for eval mode: the copy that is lowered). A conv with an input
     quantizer rounds the bias onto the grid itself (`quant_bias`); one whose input arrives
@@ -99,7 +100,9 @@ def absorb_into_bias(model: nn.Module) -> list[tuple[str, str]]:
     graph = model.graph if isinstance(model, fx.GraphModule) else LayerTracer().trace(model)
     inputs = {n.target: n.args[0] for n in graph.nodes if n.op == "call_module"}
     modules = dict(model.named_modules())
-    pairs = [(c, b) for c, b in conv_bn_pairs(model) if modules[c].weight_quant.absorbs_batch_norm]
+    if not any(getattr(m, "absorbs_batch_norm", False) for _, m in quantizers(model)):
+        return []
+    pairs = conv_bn_pairs(model)
     for conv_name, bn_name in pairs:
         conv, bn = modules[conv_name], modules[bn_name]
         s = batch_norm_scale(bn)

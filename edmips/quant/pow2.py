@@ -14,8 +14,8 @@ the same thing when
   multiplier `M = unit / output step` are float32 numbers and the conv's output `acc x unit` is
   exact in float64;
 - batch norm after a conv becomes the conv's weights and an int32 bias on the accumulator's grid
-  (`absorbs_batch_norm`: edmips.nn.fold.absorb_into_bias, applied to the network that is
-  lowered).
+  in the network that is lowered (`absorbs_batch_norm`: edmips.nn.fold.absorb_into_bias), in
+  every conv of a network that holds these quantizers (the stem's too, whatever its weights).
 
 The moving range is that of `ema` (momentum 0.95); the step is the smallest power of two whose
 levels cover it, its exponent taken from the float32 range in every precision, so training and
@@ -47,6 +47,7 @@ def rne_float32(x: Tensor) -> Tensor:
 
 class _Pow2(MovingMax):
     supported_bits = INT8_BITS
+    absorbs_batch_norm = True
     relu = False  # a ReLU in front of the codes (the unsigned member)
 
     def unit(self) -> Tensor:
@@ -86,8 +87,6 @@ class Pow2Signed(_Pow2):
 @register("maxabs_f32")
 class MaxAbsF32Weight(MaxAbsWeight):
     """Per-channel max-abs weights whose scale is a float32 number in every precision."""
-
-    absorbs_batch_norm = True
 
     def _scale(self, weight: Tensor) -> Tensor:
         return super()._scale(weight).float().to(weight.dtype)
