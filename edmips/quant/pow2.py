@@ -51,7 +51,8 @@ class _Pow2(MovingMax):
     relu = False  # a ReLU in front of the codes (the unsigned member)
 
     def unit(self) -> Tensor:
-        return pow2_step(self.running_max, self.qmax)
+        # In the range's dtype: what a pool's division then computes in is the network's.
+        return pow2_step(self.running_max, self.qmax).to(self.running_max.dtype)
 
     def codes(self, x: Tensor) -> Tensor:
         return rne_float32(x / self.unit().to(x.dtype)).clamp(self.lowest, self.qmax)
