@@ -82,6 +82,7 @@ def session(path: Path, threads: int, profile: bool = False):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.enable_profiling = profile
+    options.profile_file_prefix = str(path.parent / "ort_profile")  # beside the model
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
