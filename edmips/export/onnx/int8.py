@@ -18,9 +18,13 @@ it is written:
   where no such pair exists (a batch norm whose shift falls between the codes), a lookup table
   (`Gather`), exact for any thresholds but about 15 times slower.
 
+A max pool between a conv and its threshold (after a ReLU) pools the requantized codes: a
+monotonic requantization commutes with the max.
+
 Only standard ONNX ops are used, no com.microsoft contrib op (QLinearAdd, QLinearAveragePool):
 standard ops are specified to the bit (QuantizeLinear rounds half to even and saturates), while
-the contrib ops' arithmetic is the implementation's. Pools and the classifier run on exact
+the contrib ops' arithmetic is the implementation's (MLAS's QLinearAdd computes in fixed point
+on x86, its ties rounded up). Pools and the classifier run on exact
 integers held in floats, as in the other forms. A threshold whose requantization this form
 cannot reproduce refuses the form (the export then writes the others): the `int8sim` family
 (edmips.quant.pow2) trains with exactly this requantization, other families generally do not.
@@ -134,6 +138,8 @@ class Int8Writer(QdqWriter):
             node = self.pending[name]
             if node.op == "conv":
                 out = self._float_conv(node, f"{name}/acc")  # exact: at most 25 bits
+            elif node.op == "windowmax":
+                out = self._float_windows(node, self.f32(node.inputs[0]))
             else:
                 out = self.add("Add", [self.f32(i) for i in node.inputs], f"{name}/f32")
         else:
@@ -182,16 +188,33 @@ class Int8Writer(QdqWriter):
         source = self.pending.get(x)
         if source is not None and source.op == "conv" and self._requantized_conv(node, source):
             return
+        if source is not None and source.op == "windowmax":  # max commutes with requantizing
+            codes = f"{node.name}/codes"
+            if self._requantized_conv(node, self.pending[source.inputs[0]], codes):
+                pooled = self._float_windows(source, self.f32(codes), f"{node.name}/pooled")
+                self.uint8(pooled, node.name, self.offset[codes])
+                return
         if source is not None and source.op == "add" and self._requantized_add(node, source):
             return
         self._codes_threshold(node, x)
 
     def op_windowsum(self, node: Node, x: str) -> None:
-        inner = Node(node.op, f"{node.name}/f32", [self.f32(x)], node.attrs, node.arrays)
-        self.nodes.extend(_windows(inner, self.const))
-        self.floats[node.name] = inner.name
+        self.floats[node.name] = self._float_windows(node, self.f32(x))
 
-    op_windowmax = op_windowsum
+    def op_windowmax(self, node: Node, x: str) -> None:
+        """Max pooling of a conv's accumulator waits for the threshold after it, which pools
+        the requantized codes instead (a monotonic requantization commutes with the max)."""
+        source = self.pending.get(x)
+        if source is not None and source.op == "conv" and (node.arrays["sign"] > 0).all():
+            self.pending[node.name] = node
+        else:
+            self.op_windowsum(node, x)
+
+    def _float_windows(self, node: Node, values: str, out: str | None = None) -> str:
+        """The window sum or max of float32 values (the other forms' ops), named `out`."""
+        inner = Node(node.op, out or f"{node.name}/f32", [values], node.attrs, node.arrays)
+        self.nodes.extend(_windows(inner, self.const))
+        return inner.name
 
     def op_concat(self, node: Node, x: str) -> None:
         self.floats[node.name] = self.add(
@@ -210,7 +233,7 @@ class Int8Writer(QdqWriter):
         self.floats[node.name] = node.name
 
     # -- requantizations ---------------------------------------------------------------------
-    def _requantized_conv(self, node: Node, conv: Node) -> bool:
+    def _requantized_conv(self, node: Node, conv: Node, out: str | None = None) -> bool:
         """The threshold as QLinearConv's requantization, or as a float conv and the same
         arithmetic in float ops (an input that is not uint8 codes, a multiplier that is not a
         float32 number, a float bias), where that reproduces every level; False where not."""
@@ -238,9 +261,11 @@ class Int8Writer(QdqWriter):
             and np.abs(conv.arrays["weight"]).max() <= 127
             and bool((multiplier.astype(np.float32) == multiplier).all())
         ):
-            self._qlinear_conv(node, conv, multiplier.astype(np.float32), low - lo, high - lo)
+            self._qlinear_conv(
+                node, conv, multiplier.astype(np.float32), low - lo, high - lo, out or node.name
+            )
             return True
-        out, shape = node.name, (1, -1, 1, 1)
+        out, shape = out or node.name, (1, -1, 1, 1)
         value = self.add("Cast", [self.f32(conv.name)], f"{out}/acc64", to=TensorProto.DOUBLE)
         value = self.add("Mul", [value, self.const(f"{out}/unit", unit.reshape(shape))], f"{out}/v")
         if shift is not None:
@@ -254,8 +279,8 @@ class Int8Writer(QdqWriter):
         self.uint8(clipped, out, lo)
         return True
 
-    def _qlinear_conv(self, node: Node, conv: Node, multiplier, low: int, high: int) -> None:
-        out, source = node.name, conv.inputs[0]
+    def _qlinear_conv(self, node: Node, conv: Node, multiplier, low: int, high: int, out) -> None:
+        source = conv.inputs[0]
         lo = node.attrs["range"][0]
         one = self.const(f"{out}/one", np.float32(1.0))
         inputs = [
