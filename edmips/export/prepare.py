@@ -42,8 +42,8 @@ def check_exportable(model: nn.Module) -> None:
 
 
 def reference_copy(model: nn.Module) -> nn.Module:
-    """The float64 CPU copy, in eval mode, that the integer graph reproduces; the batch norms
-    that a conv's weight quantizer absorbs are its weights and bias there."""
+    """The float64 CPU copy, in eval mode, that the integer graph reproduces; in a network of
+    quantizers that absorb batch norms (int8sim), those are the convs' weights and biases."""
     reference = copy.deepcopy(model).cpu().double().eval()
     absorb_into_bias(reference)
     return reference

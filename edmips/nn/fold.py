@@ -89,19 +89,18 @@ def absorb_batch_norms(model: nn.Module) -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def absorb_into_bias(model: nn.Module) -> list[tuple[str, str]]:
-    """Every pair of a network holding a quantizer that `absorbs_batch_norm` (none elsewhere):
-    the conv's weights become
-    `W * s` and its bias `beta - running_mean * s`, on its accumulator's grid, the batch norm an
-    nn.Identity (in place, for eval mode: the copy that is lowered). A conv with an input
-    quantizer rounds the bias onto the grid itself (`quant_bias`); one whose input arrives
-    quantized has it rounded here on the grid of the quantizer in front of it, where there is
-    one. A fold for training is undone first: its weights quantize `W * s` already. The pairs
-    absorbed."""
+    """In a network holding a quantizer that `absorbs_batch_norm` (int8sim's; no other is
+    changed), every (conv, batch norm) pair: the conv's weights become `W * s` and its bias
+    `beta - running_mean * s`, on its accumulator's grid, and the batch norm an nn.Identity (in
+    place, for eval mode: the copy that is lowered). A conv with an input quantizer rounds the
+    bias onto that grid itself (`quant_bias`); one whose input arrives quantized has it rounded
+    here, on the grid of the quantizer in front of it where there is one. A fold for training
+    is undone first: its weights quantize `W * s` already. The pairs absorbed."""
+    if not any(getattr(m, "absorbs_batch_norm", False) for _, m in quantizers(model)):
+        return []
     graph = model.graph if isinstance(model, fx.GraphModule) else LayerTracer().trace(model)
     inputs = {n.target: n.args[0] for n in graph.nodes if n.op == "call_module"}
     modules = dict(model.named_modules())
-    if not any(getattr(m, "absorbs_batch_norm", False) for _, m in quantizers(model)):
-        return []
     pairs = conv_bn_pairs(model)
     for conv_name, bn_name in pairs:
         conv, bn = modules[conv_name], modules[bn_name]
