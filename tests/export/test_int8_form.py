@@ -9,8 +9,10 @@ from collections import Counter
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 from test_family_export import _in_family
 from test_traced_export import calibrated, image_batch
 
@@ -114,3 +116,33 @@ def test_a_family_without_qlinearconv_s_arithmetic_writes_no_int8_model(tmp_path
     images = torch.rand(4, 3, SIZE, SIZE)
     record = verify(model, tmp_path, [(images, torch.zeros(4, dtype=torch.int64))])
     assert record["int8_agreement"] is None and record["qdq_agreement"] == 1.0
+
+
+def test_onnxruntime_s_fused_residual_requantization_rounds_ties_half_to_even():
+    """onnxruntime fuses the form's DequantizeLinear, Add, QuantizeLinear into its QLinearAdd;
+    on this CPU that keeps QuantizeLinear's rounding, which the form's check relies on."""
+
+    shape = [1, 4, 64]
+    a, b = (helper.make_tensor_value_info(n, TensorProto.UINT8, shape) for n in "ab")
+    y = helper.make_tensor_value_info("y", TensorProto.UINT8, None)
+    consts = {"s": np.float32(0.5), "z": np.uint8(127), "one": np.float32(1), "zy": np.uint8(64)}
+    nodes = [
+        helper.make_node("DequantizeLinear", ["a", "s", "z"], ["fa"]),
+        helper.make_node("DequantizeLinear", ["b", "s", "z"], ["fb"]),
+        helper.make_node("Add", ["fa", "fb"], ["f"]),
+        helper.make_node("QuantizeLinear", ["f", "one", "zy"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]
+    model = helper.make_model(
+        helper.make_graph(nodes, "add", [a, b], [y], inits),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    rng = np.random.default_rng(0)
+    x1, x2 = (rng.integers(100, 156, shape).astype(np.uint8) for _ in range(2))
+    total = x1.astype(int) + x2.astype(int) - 254
+    assert (total % 2 == 1).sum() > 50  # half of them on exact halves
+    sess = onnxruntime.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    got = sess.run(None, {"a": x1, "b": x2})[0]
+    assert np.array_equal(got, np.clip(np.rint(total * 0.5) + 64, 0, 255))

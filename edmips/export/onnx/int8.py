@@ -34,12 +34,14 @@ saturates u8 x s8 pair sums at 16 bits, which the check of an export (`int8_agre
 
 import numpy as np
 from onnx import TensorProto
+from torch import nn
 
 from edmips.export.ir import Node
 from edmips.export.onnx import Form, register
 from edmips.export.onnx.common import FLOAT32_EXACT_BITS, _windows
 from edmips.export.onnx.qdq import QdqWriter, qdq_runtime
 from edmips.export.prepare import ExportError
+from edmips.export.values import windows
 
 MAX_TABLE = 4096  # the widest input range a threshold on codes is enumerated over
 _FIT_STEPS = 100  # ternary-search steps for a fitted factor (the bracket shrinks by 2/3 each)
@@ -117,6 +119,24 @@ def fit_affine(out: np.ndarray, stored: np.ndarray, guess, power_of_two: bool = 
     return (a32, c32) if fits(a32, c32) else None
 
 
+def _pool_params(positions: np.ndarray, oh: int, ow: int):
+    """(kernel, stride, padding, ceil_mode) of the square max pool whose windows these are."""
+    for k in (2, 3, 5, 7):
+        for stride in (1, 2, 3):
+            for pad in range(k // 2 + 1):
+                for ceil in (False, True):
+                    pool = nn.MaxPool2d(k, stride, pad, ceil_mode=ceil)
+                    low = stride * (oh - 1) + k - 2 * pad - (stride - 1 if ceil else 0)
+                    for h in range(max(1, low), low + stride + 1):
+                        w = h + (ow - oh) * stride
+                        if w < 1:
+                            continue
+                        got, _, out_hw = windows(pool, h, w)
+                        if out_hw == (oh, ow) and np.array_equal(got.numpy(), positions):
+                            return k, stride, pad, ceil
+    return None
+
+
 class Int8Writer(QdqWriter):
     def __init__(self, graph):
         super().__init__(graph)
@@ -191,8 +211,9 @@ class Int8Writer(QdqWriter):
         if source is not None and source.op == "windowmax":  # max commutes with requantizing
             codes = f"{node.name}/codes"
             if self._requantized_conv(node, self.pending[source.inputs[0]], codes):
-                pooled = self._float_windows(source, self.f32(codes), f"{node.name}/pooled")
-                self.uint8(pooled, node.name, self.offset[codes])
+                if not self._max_pool(source, codes, node.name):
+                    pooled = self._float_windows(source, self.f32(codes), f"{node.name}/pooled")
+                    self.uint8(pooled, node.name, self.offset[codes])
                 return
         if source is not None and source.op == "add" and self._requantized_add(node, source):
             return
@@ -209,6 +230,26 @@ class Int8Writer(QdqWriter):
             self.pending[node.name] = node
         else:
             self.op_windowsum(node, x)
+
+    def _max_pool(self, node: Node, codes: str, out: str) -> bool:
+        """A windowmax of uint8 codes as onnxruntime's uint8 MaxPool, where its windows are
+        those of a square torch MaxPool2d (stride, padding, ceil mode found by trying them)."""
+        oh, ow = node.attrs["out_hw"]
+        found = _pool_params(node.arrays["windows"], oh, ow)
+        if found is None or (node.arrays["sign"] < 0).any():
+            return False
+        k, stride, pad, ceil = found
+        self.add(
+            "MaxPool",
+            [codes],
+            out,
+            kernel_shape=[k, k],
+            strides=[stride, stride],
+            pads=[pad] * 4,
+            ceil_mode=int(ceil),
+        )
+        self.offset[out] = self.offset[codes]  # the max of value - lo is the max's
+        return True
 
     def _float_windows(self, node: Node, values: str, out: str | None = None) -> str:
         """The window sum or max of float32 values (the other forms' ops), named `out`."""
