@@ -436,7 +436,10 @@ class Int8Writer(QdqWriter):
         lo_in, hi_in = self.ranges_in(node)
         width = hi_in - lo_in + 1
         if width > MAX_TABLE:
-            raise ExportError(f"node {out}: a threshold on {width} values is no int8 operation")
+            raise ExportError(
+                f"node {out}: no int8 requantization reproduces its thresholds on {width} "
+                "values (a network of quant=int8sim has one)"
+            )
         channels = len(node.arrays["sign"])
         a = np.arange(lo_in, hi_in + 1)[None, :].repeat(channels, 0)
         table = (levels(node, a) - node.attrs["range"][0]).astype(np.uint8).reshape(-1)
