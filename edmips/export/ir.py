@@ -1,11 +1,14 @@
 """The integer network: a list of nodes over named integer tensors, saved as a bundle.
 
 A bundle is a folder with `manifest.json` (format, model, input, the nodes with their
-attributes, the output) and `arrays.npz` (integer weights, thresholds, biases). Ops:
+attributes, the output) and `arrays.npz` (integer weights, thresholds, biases). Weights are
+stored at their bit-width (edmips.export.packing; a node's `packed` entry says how), so the
+weights take the bits the architecture says. Ops:
 
     input      uint8 image codes minus a per-channel integer zero point
     conv       integer convolution (+ bias) -> accumulator (attrs: stride, padding, groups,
-               dilation, acc_bits)
+               dilation, acc_bits); `float_bias`, where the layer's bias is off the
+               accumulator's grid: the float64 shift the thresholds after it absorb
     threshold  level = #{k : sign_c * x >= T_ck} + out_bias  (per channel)
     windowmax  sign_c * max of sign_c * x over each output position's input positions
                (`windows` [outputs, k], index H*W = none; attrs: out_hw): any max pooling
@@ -26,9 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edmips.export.packing import pack, unpack
 from edmips.records.files import write_dir_atomic
 
-FORMAT, VERSION = "edmips-integer", 2  # 2: windowed pools, concat, flatten, conv bias
+FORMAT, VERSION = "edmips-integer", 3  # 2: windowed pools, concat, flatten, conv bias
+READABLE = (2, 3)  # 3: packed weights
+PACKED = ("weight",)  # the arrays stored at their bit-width
 
 
 @dataclass
@@ -60,18 +66,23 @@ class Graph:
 
 def save_bundle(graph: Graph, path: str | Path) -> Path:
     """Write the bundle folder atomically (built beside it, then renamed into place)."""
+    arrays, nodes = {}, []
+    for n in graph.nodes:
+        packed = {}
+        for k, v in n.arrays.items():
+            if k in PACKED:
+                v, packed[k] = pack(v)
+            arrays[f"{n.name}/{k}"] = v
+        spec = {"op": n.op, "name": n.name, "inputs": n.inputs, **n.attrs}
+        nodes.append({**spec, "arrays": sorted(n.arrays), **({"packed": packed} if packed else {})})
     manifest = {
         "format": FORMAT,
         "version": VERSION,
         "model": graph.model,
         "input_shape": graph.input_shape,
         "output": graph.output,
-        "nodes": [
-            {"op": n.op, "name": n.name, "inputs": n.inputs, **n.attrs, "arrays": sorted(n.arrays)}
-            for n in graph.nodes
-        ],
+        "nodes": nodes,
     }
-    arrays = {f"{n.name}/{k}": v for n in graph.nodes for k, v in n.arrays.items()}
 
     def write(tmp: Path) -> None:
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
@@ -87,7 +98,7 @@ def load_bundle(path: str | Path) -> Graph:
         arrays = np.load(path / "arrays.npz")
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not an integer bundle ({e})") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    if manifest.get("format") != FORMAT or manifest.get("version") not in READABLE:
         raise ValueError(
             f"{path}: not an {FORMAT} v{VERSION} bundle "
             "(export the checkpoint again: python -m edmips export <run dir>)"
@@ -96,6 +107,8 @@ def load_bundle(path: str | Path) -> Graph:
     for spec in manifest["nodes"]:
         spec = dict(spec)
         op, name, inputs = spec.pop("op"), spec.pop("name"), spec.pop("inputs")
-        keys = spec.pop("arrays")
-        graph.add(op, name, inputs, {k: arrays[f"{name}/{k}"] for k in keys}, **spec)
+        keys, packed = spec.pop("arrays"), spec.pop("packed", {})
+        stored = {k: arrays[f"{name}/{k}"] for k in keys}
+        stored.update({k: unpack(stored[k], info) for k, info in packed.items()})
+        graph.add(op, name, inputs, stored, **spec)
     return graph

@@ -263,6 +263,8 @@ class _GraphLowering(ShapeSteps):
         peak = 2 ** (bits - 1)
         common = dict(acc_bits=bits, range=[-peak, peak - 1], scale=unit.tolist())
         arrays = {"weight": weight, "bias": int_bias.numpy()}
+        if bias is not None:  # the float step after the accumulator (the int8 form redoes it)
+            arrays["float_bias"] = bias.numpy()
         if isinstance(m, QuantLinear):
             self.graph.add("linear", name, [x.name], arrays=arrays, **common)
         else:

@@ -6,6 +6,7 @@ import copy
 
 from torch import fx, nn
 
+from edmips.nn.fold import absorb_into_bias
 from edmips.nn.layers import MIXED_LAYERS, QuantConv2d, QuantLinear
 from edmips.quant import FULL_PRECISION, Quantizer
 from edmips.quant.protocol import quantizers
@@ -41,8 +42,11 @@ def check_exportable(model: nn.Module) -> None:
 
 
 def reference_copy(model: nn.Module) -> nn.Module:
-    """The float64 CPU copy, in eval mode, that the integer graph reproduces."""
-    return copy.deepcopy(model).cpu().double().eval()
+    """The float64 CPU copy, in eval mode, that the integer graph reproduces; in a network of
+    quantizers that absorb batch norms (int8sim), those are the convs' weights and biases."""
+    reference = copy.deepcopy(model).cpu().double().eval()
+    absorb_into_bias(reference)
+    return reference
 
 
 class _Tracer(fx.Tracer):

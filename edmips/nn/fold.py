@@ -19,7 +19,7 @@ import torch
 from torch import fx, nn
 
 from edmips.nn.layers import MIXED_LAYERS, QUANT_LAYERS, QuantConv2d, batch_norm_scale
-from edmips.quant.protocol import Quantizer
+from edmips.quant.protocol import ActivationQuantizer, Quantizer, quantizers
 
 
 class LayerTracer(fx.Tracer):
@@ -84,4 +84,37 @@ def absorb_batch_norms(model: nn.Module) -> list[tuple[str, str]]:
             bn.weight.copy_(torch.sqrt(bn.running_var + bn.eps))
         else:  # no scale to give back: the variance is made what cancels eps
             bn.running_var.fill_(1 - bn.eps)
+    return pairs
+
+
+@torch.no_grad()
+def absorb_into_bias(model: nn.Module) -> list[tuple[str, str]]:
+    """In a network holding a quantizer that `absorbs_batch_norm` (int8sim's; no other is
+    changed), every (conv, batch norm) pair: the conv's weights become `W * s` and its bias
+    `beta - running_mean * s`, on its accumulator's grid, and the batch norm an nn.Identity (in
+    place, for eval mode: the copy that is lowered). A conv with an input quantizer rounds the
+    bias onto that grid itself (`quant_bias`); one whose input arrives quantized has it rounded
+    here, on the grid of the quantizer in front of it where there is one. A fold for training
+    is undone first: its weights quantize `W * s` already. The pairs absorbed."""
+    if not any(getattr(m, "absorbs_batch_norm", False) for _, m in quantizers(model)):
+        return []
+    graph = model.graph if isinstance(model, fx.GraphModule) else LayerTracer().trace(model)
+    inputs = {n.target: n.args[0] for n in graph.nodes if n.op == "call_module"}
+    modules = dict(model.named_modules())
+    pairs = conv_bn_pairs(model)
+    for conv_name, bn_name in pairs:
+        conv, bn = modules[conv_name], modules[bn_name]
+        s = batch_norm_scale(bn)
+        shift = -bn.running_mean * s + (bn.bias if bn.affine else 0)
+        bias = shift if conv.bias is None else conv.bias * s + shift
+        conv.weight.mul_(s.view(-1, 1, 1, 1))
+        source = inputs[conv_name]
+        feeding = modules.get(source.target) if isinstance(source, fx.Node) else None
+        if conv.input_quant is None and isinstance(feeding, ActivationQuantizer):
+            unit = conv.weight_quant.scale(conv.weight, feeding.unit())
+            bias = torch.round(bias / unit) * unit
+        conv.bias = nn.Parameter(bias.detach().clone())
+        conv._folded = ()
+        parent, _, attr = bn_name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, nn.Identity())
     return pairs

@@ -61,6 +61,10 @@ class ActivationQuantizer(Quantizer):
     # Whether it takes `channels=C` for a step per channel (unit() then [C]), which a layer
     # uses where its input channels need not share one grid (edmips.nn.layers.input_quantizer).
     per_channel_input = False
+    # Whether, in a network that holds it, each batch norm after a conv becomes the conv's
+    # weights and a bias on its accumulator's grid where it is lowered
+    # (edmips.nn.fold.absorb_into_bias): requantization is then one multiplier per channel.
+    absorbs_batch_norm = False
 
     def forward(self, x: Tensor) -> Tensor:
         raise NotImplementedError

@@ -63,6 +63,7 @@ def test_a_registered_form_is_written_and_verified(tmp_path, negated_form):
         "test_acc_top5",
         "test_acc_integer",
         "prediction_agreement",
+        "int8_agreement",
         "negated_agreement",
         "qdq_agreement",
         "test_images",
@@ -87,7 +88,7 @@ def test_a_form_that_cannot_hold_the_graph_is_skipped_with_a_warning(tmp_path, c
 
 
 def test_unknown_forms_are_refused_by_name():
-    with pytest.raises(ValueError, match="unknown ONNX form 'int4': choose from qonnx, qdq"):
+    with pytest.raises(ValueError, match="unknown ONNX form 'int4': choose from qonnx, int8, qdq"):
         onnx_forms.form("int4")
     with pytest.raises(ValueError, match="'qdq' is registered twice"):
         onnx_forms.register(onnx_forms.form("qdq"))

@@ -2,6 +2,7 @@
 the retrain of what it found, and an integer export that agrees exactly; the records name the
 quantizers the run built."""
 
+import json
 import logging
 from pathlib import Path
 
@@ -21,7 +22,11 @@ from edmips.programs.retrain import retrain
 from edmips.programs.search import search
 from edmips.records import arch
 
-MEMBERS = {"qatsim": {"ema_relu", "maxabs", "ema"}, "learned": {"lsq", "maxabs", "lsq_signed"}}
+MEMBERS = {
+    "qatsim": {"ema_relu", "maxabs", "ema"},
+    "learned": {"lsq", "maxabs", "lsq_signed"},
+    "int8sim": {"pow2_relu", "maxabs_f32", "pow2"},
+}
 
 
 @pytest.mark.parametrize("family", sorted(MEMBERS))
@@ -30,15 +35,20 @@ def test_a_family_searches_retrains_and_exports_exactly(search_cfg, retrain_cfg,
     cfg = search_cfg(f"quant={family}", *space)
     search(cfg)
     found = arch.load(tmp_path / "found.json")
-    assert {layer.wquant for layer in found.layers} == {"maxabs"}
+    assert {layer.wquant for layer in found.layers} == {
+        "maxabs_f32" if family == "int8sim" else "maxabs"
+    }
     assert {layer.aquant for layer in found.layers} <= MEMBERS[family] | {"image"}
 
     run = retrain_cfg(f"arch={tmp_path / 'found.json'}", f"quant={family}")
     run.output_dir = str(tmp_path / "retrain")
     metrics = retrain(run)
     assert metrics["prediction_agreement"] == metrics["qdq_agreement"] == 1.0
+    if family == "int8sim":  # on onnxruntime's int8 kernels, recorded in metrics.json
+        written = json.loads((tmp_path / "retrain" / "metrics.json").read_text())
+        assert metrics["int8_agreement"] == written["int8_agreement"] == 1.0
     state = torch.load(tmp_path / "retrain" / "checkpoints" / "last.ckpt", weights_only=False)
-    tracked = "input_quant.running_max" if family == "qatsim" else "input_quant.step"
+    tracked = "input_quant.step" if family == "learned" else "input_quant.running_max"
     assert any(k.endswith(tracked) for k in state["state_dict"])  # the layers' own, trained
     used = arch.load(tmp_path / "retrain" / "arch.json")
     pairs = [(layer.wquant, layer.aquant) for layer in used.layers]

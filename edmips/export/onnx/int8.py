@@ -1,0 +1,464 @@
+"""The "int8" form, `model_int8.onnx`: the integer graph on onnxruntime's int8 kernels, for speed.
+
+Codes travel as uint8 (a tensor of range [lo, hi] stores `value - lo`), and every threshold
+node becomes the arithmetic that onnxruntime runs fast, checked against its thresholds before
+it is written:
+
+- a threshold on a conv's accumulator: `QLinearConv` (uint8 input with its zero point, int8
+  weights, the int32 bias), x_scale = y_scale = 1 and w_scale[c] = M_c, so that the kernel's
+  multiplier x_scale * w_scale / y_scale is exactly M_c and its output is
+  `clamp(rne(float32(acc + B) * M_c) + z)`, with a `Clip` where the levels stop below 255. A
+  conv whose input is not uint8 codes (an image with per-channel zero points) or whose
+  multiplier is not a float32 number runs as a float `Conv` (exact: accumulators within 2^24)
+  followed by the same requantization in float ops.
+- a threshold on codes or on a residual sum: `DequantizeLinear` (a per-channel float32 factor
+  A_c), `Add` (a per-channel C_c), `QuantizeLinear` (scale 1, so rounding half to even and
+  saturation), the residual sum's two operands dequantized apart (A_c a power of two keeps that
+  exact). A_c and C_c are fitted to the node's thresholds and checked on every input value;
+  where no such pair exists (a batch norm whose shift falls between the codes), a lookup table
+  (`Gather`), exact for any thresholds but about 15 times slower.
+
+A max pool between a conv and its threshold (after a ReLU) pools the requantized codes: a
+monotonic requantization commutes with the max.
+
+Only standard ONNX ops are used, no com.microsoft contrib op (QLinearAdd, QLinearAveragePool):
+standard ops are specified to the bit (QuantizeLinear rounds half to even and saturates), while
+the contrib ops' arithmetic is the implementation's (MLAS's QLinearAdd computes in fixed point
+on x86, its ties rounded up). Pools and the classifier run on exact
+integers held in floats, as in the other forms. A threshold whose requantization this form
+cannot reproduce refuses the form (the export then writes the others): the `int8sim` family
+(edmips.quant.pow2) trains with exactly this requantization, other families generally do not.
+The kernels' int32 accumulation is exact on a CPU with VNNI (vpdpbusd); AVX2 without VNNI
+saturates u8 x s8 pair sums at 16 bits, which the check of an export (`int8_agreement`) shows.
+"""
+
+import numpy as np
+from onnx import TensorProto
+from torch import nn
+
+from edmips.export.ir import Node
+from edmips.export.onnx import Form, register
+from edmips.export.onnx.common import FLOAT32_EXACT_BITS, _windows
+from edmips.export.onnx.qdq import QdqWriter, qdq_runtime
+from edmips.export.prepare import ExportError
+from edmips.export.values import windows
+
+MAX_TABLE = 4096  # the widest input range a threshold on codes is enumerated over
+_FIT_STEPS = 100  # ternary-search steps for a fitted factor (the bracket shrinks by 2/3 each)
+
+
+def levels(node: Node, a: np.ndarray) -> np.ndarray:
+    """The threshold node's levels for integer inputs a [channels, n]: #{k : sign x >= T_k}."""
+    t, sign = node.arrays["thresholds"].astype(np.int64), node.arrays["sign"].astype(np.int64)
+    u = sign[:, None] * a
+    return (u[:, :, None] >= t[:, None, :]).sum(2) + node.attrs["out_bias"]
+
+
+def requantize(acc: np.ndarray, unit: np.ndarray, step, shift: np.ndarray | None) -> np.ndarray:
+    """The levels rne(float32((acc * unit + shift) / step)) of integer accumulators [channels, n],
+    in float64 then float32 as the reference computes them (the step a power of two). Without a
+    shift and with M = unit / step a float32 number this is QLinearConv's
+    rne(float32(acc) * M): acc * M is exact in float64, so both round the same product."""
+    value = acc.astype(np.float64) * unit[:, None]
+    if shift is not None:
+        value = value + shift[:, None]
+    return np.rint((value / step[:, None]).astype(np.float32)).astype(np.int64)
+
+
+def affine(stored: np.ndarray, factor: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """rne(float32(float32(s * A) + C)): DequantizeLinear, Add, QuantizeLinear, in float32."""
+    scaled = stored.astype(np.float32) * factor.astype(np.float32)[:, None]
+    return np.rint(scaled + shift.astype(np.float32)[:, None]).astype(np.int64)
+
+
+def fit_affine(out: np.ndarray, stored: np.ndarray, guess, power_of_two: bool = False):
+    """A_c, C_c (float32 [channels]) with clamp(affine(stored), low, high) == out[c], low and
+    high the levels' extremes, or None: `guess` (the units' ratio, which a requantization
+    without a batch norm between has, ties half to even included) if it is one, else the
+    widest margin around the half-integers, found by a ternary search over A (the margin is
+    concave in it); the float32 pair is checked on every input. `power_of_two`: A a power of
+    two (or 0), which a sum of two dequantized operands needs to stay exact."""
+    low, high = int(out.min()), int(out.max())
+
+    def fits(a32, c32):
+        got = np.clip(affine(np.broadcast_to(stored, out.shape), a32, c32), low, high)
+        return np.array_equal(got, out)
+
+    if guess[0] is not None:
+        guess = [np.broadcast_to(np.asarray(g, np.float64), (len(out),)) for g in guess]
+        a32, c32 = (g.astype(np.float32) for g in guess)
+        exact = all(bool((g32 == g).all()) for g32, g in zip((a32, c32), guess))
+        if exact and fits(a32, c32):
+            return a32, c32
+    s = stored.astype(np.float64)[None, :]
+    big = 1e9
+    lower = np.where(out == low, -big, out - 0.5)  # a clamped level bounds one side only
+    upper = np.where(out == high, big, out + 0.5)
+
+    def shift_range(a):
+        return (lower - s * a[:, None]).max(1), (upper - s * a[:, None]).min(1)
+
+    def margin(a):
+        lo, hi = shift_range(a)
+        return hi - lo
+
+    span = float(high - low + 1)
+    a_lo, a_hi = np.full(len(out), -span), np.full(len(out), span)
+    for _ in range(_FIT_STEPS):
+        m1, m2 = a_lo + (a_hi - a_lo) / 3, a_hi - (a_hi - a_lo) / 3
+        better = margin(m1) < margin(m2)
+        a_lo, a_hi = np.where(better, m1, a_lo), np.where(better, a_hi, m2)
+    a = (a_lo + a_hi) / 2
+    if power_of_two:
+        magnitude = np.abs(a)
+        snapped = np.sign(a) * 2.0 ** np.round(np.log2(np.where(magnitude > 0, magnitude, 1)))
+        a = np.where(magnitude > 1e-30, snapped, 0.0)
+    lo, hi = shift_range(a)
+    c = np.where(lo <= -big / 2, hi - 1, np.where(hi >= big / 2, lo + 1, (lo + hi) / 2))
+    a32, c32 = a.astype(np.float32), c.astype(np.float32)
+    return (a32, c32) if fits(a32, c32) else None
+
+
+def _pool_params(positions: np.ndarray, oh: int, ow: int):
+    """(kernel, stride, padding, ceil_mode) of the square max pool whose windows these are."""
+    for k in (2, 3, 5, 7):
+        for stride in (1, 2, 3):
+            for pad in range(k // 2 + 1):
+                for ceil in (False, True):
+                    pool = nn.MaxPool2d(k, stride, pad, ceil_mode=ceil)
+                    low = stride * (oh - 1) + k - 2 * pad - (stride - 1 if ceil else 0)
+                    for h in range(max(1, low), low + stride + 1):
+                        w = h + (ow - oh) * stride
+                        if w < 1:
+                            continue
+                        got, _, out_hw = windows(pool, h, w)
+                        if out_hw == (oh, ow) and np.array_equal(got.numpy(), positions):
+                            return k, stride, pad, ceil
+    return None
+
+
+class Int8Writer(QdqWriter):
+    def __init__(self, graph):
+        super().__init__(graph)
+        self.offset: dict[str, int] = {}  # uint8 tensors: value = stored + offset
+        self.pending: dict[str, Node] = {}  # convs and adds, written where they are read
+        self.floats: dict[str, str] = {}  # a tensor's values held in float32
+
+    # -- representations ---------------------------------------------------------------------
+    def image_codes(self) -> str:
+        scale = self.const("image/scale", np.float32(1 / 255))
+        quantize = ["image", scale, self.const("image/zero", np.uint8(0))]
+        return self.add("QuantizeLinear", quantize, "image/codes")
+
+    def f32(self, name: str) -> str:
+        """The tensor's integer values in float32 (written once)."""
+        if name in self.floats:
+            return self.floats[name]
+        if name in self.pending:
+            node = self.pending[name]
+            if node.op == "conv":
+                out = self._float_conv(node, f"{name}/acc")  # exact: at most 25 bits
+            elif node.op == "windowmax":
+                out = self._float_windows(node, self.f32(node.inputs[0]))
+            else:
+                out = self.add("Add", [self.f32(i) for i in node.inputs], f"{name}/f32")
+        else:
+            out = self.add("Cast", [name], f"{name}/f32", to=TensorProto.FLOAT)
+            if self.offset[name]:
+                offset = self.const(f"{name}/offset", np.float32(self.offset[name]))
+                out = self.add("Add", [out, offset], f"{name}/value")
+        self.floats[name] = out
+        return out
+
+    def uint8(self, values: str, out: str, lo: int) -> None:
+        """Float32 values of range [lo, lo + 255] stored as uint8 `out`."""
+        if lo:
+            values = self.add("Sub", [values, self.const(f"{out}/lo", np.float32(lo))], f"{out}/s")
+        self.add("Cast", [values], out, to=TensorProto.UINT8)
+        self.offset[out] = lo
+
+    def clip(self, x: str, out: str, low: int, high: int) -> None:
+        """uint8 x clamped to [low, high] (QuantizeLinear and QLinearConv saturate at 0, 255)."""
+        if (low, high) == (0, 255):
+            self.add("Identity", [x], out)
+            return
+        bounds = [self.const(f"{out}/min", np.uint8(low)), self.const(f"{out}/max", np.uint8(high))]
+        self.add("Clip", [x, *bounds], out)
+
+    # -- ops ---------------------------------------------------------------------------------
+    def op_input(self, node: Node, x) -> None:
+        zero = node.arrays["zero_point"]
+        if not zero.any():
+            self.add("Identity", [self.image_codes()], node.name)
+            self.offset[node.name] = 0
+            return
+        codes = self.add("Cast", [self.image_codes()], "image/float", to=TensorProto.FLOAT)
+        zp = self.const(f"{node.name}/zp", zero.astype(np.float32).reshape(1, -1, 1, 1))
+        self.floats[node.name] = self.add("Sub", [codes, zp], node.name)
+
+    def op_conv(self, node: Node, x: str) -> None:
+        self.pending[node.name] = node
+
+    op_add = op_conv
+
+    def op_threshold(self, node: Node, x: str) -> None:
+        lo, hi = node.attrs["range"]
+        if hi - lo > 255:
+            raise ExportError(f"node {node.name}: {hi - lo + 1} levels do not fit in uint8")
+        source = self.pending.get(x)
+        if source is not None and source.op == "conv" and self._requantized_conv(node, source):
+            return
+        if source is not None and source.op == "windowmax":  # max commutes with requantizing
+            codes = f"{node.name}/codes"
+            if self._requantized_conv(node, self.pending[source.inputs[0]], codes):
+                if not self._max_pool(source, codes, node.name):
+                    pooled = self._float_windows(source, self.f32(codes), f"{node.name}/pooled")
+                    self.uint8(pooled, node.name, self.offset[codes])
+                return
+        if source is not None and source.op == "add" and self._requantized_add(node, source):
+            return
+        self._codes_threshold(node, x)
+
+    def op_windowsum(self, node: Node, x: str) -> None:
+        self.floats[node.name] = self._float_windows(node, self.f32(x))
+
+    def op_windowmax(self, node: Node, x: str) -> None:
+        """Max pooling of a conv's accumulator waits for the threshold after it, which pools
+        the requantized codes instead (a monotonic requantization commutes with the max)."""
+        source = self.pending.get(x)
+        if source is not None and source.op == "conv" and (node.arrays["sign"] > 0).all():
+            self.pending[node.name] = node
+        else:
+            self.op_windowsum(node, x)
+
+    def _max_pool(self, node: Node, codes: str, out: str) -> bool:
+        """A windowmax of uint8 codes as onnxruntime's uint8 MaxPool, where its windows are
+        those of a square torch MaxPool2d (stride, padding, ceil mode found by trying them)."""
+        oh, ow = node.attrs["out_hw"]
+        found = _pool_params(node.arrays["windows"], oh, ow)
+        if found is None or (node.arrays["sign"] < 0).any():
+            return False
+        k, stride, pad, ceil = found
+        self.add(
+            "MaxPool",
+            [codes],
+            out,
+            kernel_shape=[k, k],
+            strides=[stride, stride],
+            pads=[pad] * 4,
+            ceil_mode=int(ceil),
+        )
+        self.offset[out] = self.offset[codes]  # the max of value - lo is the max's
+        return True
+
+    def _float_windows(self, node: Node, values: str, out: str | None = None) -> str:
+        """The window sum or max of float32 values (the other forms' ops), named `out`."""
+        inner = Node(node.op, out or f"{node.name}/f32", [values], node.attrs, node.arrays)
+        self.nodes.extend(_windows(inner, self.const))
+        return inner.name
+
+    def op_concat(self, node: Node, x: str) -> None:
+        self.floats[node.name] = self.add(
+            "Concat", [self.f32(i) for i in node.inputs], node.name, axis=1
+        )
+
+    def op_flatten(self, node: Node, x: str) -> None:
+        self.floats[node.name] = self.add("Flatten", [self.f32(x)], node.name, axis=1)
+
+    def op_sumpool(self, node: Node, x: str) -> None:
+        super().op_sumpool(node, self.f32(x))
+        self.floats[node.name] = node.name
+
+    def op_linear(self, node: Node, x: str) -> None:
+        super().op_linear(node, self.f32(x))
+        self.floats[node.name] = node.name
+
+    # -- requantizations ---------------------------------------------------------------------
+    def _requantized_conv(self, node: Node, conv: Node, out: str | None = None) -> bool:
+        """The threshold as QLinearConv's requantization, or as a float conv and the same
+        arithmetic in float ops (an input that is not uint8 codes, a multiplier that is not a
+        float32 number, a float bias), where that reproduces every level; False where not."""
+        lo = node.attrs["range"][0]
+        acc_lo, acc_hi = conv.attrs["range"]
+        channels = conv.arrays["weight"].shape[0]
+        if conv.attrs["acc_bits"] > FLOAT32_EXACT_BITS or (node.arrays["sign"] < 0).any():
+            return False
+        unit = np.broadcast_to(np.asarray(conv.attrs["scale"], np.float64), (channels,))
+        step = np.broadcast_to(np.asarray(node.attrs["scale"], np.float64), unit.shape)
+        shift = conv.arrays.get("float_bias")
+        # Both sides are monotonic: equal where the levels change and at the ends, equal
+        # everywhere in the accumulator's range.
+        t = node.arrays["thresholds"].astype(np.int64)
+        bounds = np.array([[acc_lo, acc_hi]]).repeat(channels, 0)
+        points = np.clip(np.concatenate([t, t - 1, bounds], 1), acc_lo, acc_hi)
+        want = levels(node, points)
+        low, high = int(want.min()), int(want.max())
+        if not np.array_equal(np.clip(requantize(points, unit, step, shift), low, high), want):
+            return False
+        multiplier = unit / step
+        if (
+            shift is None
+            and conv.inputs[0] in self.offset
+            and np.abs(conv.arrays["weight"]).max() <= 127
+            and bool((multiplier.astype(np.float32) == multiplier).all())
+        ):
+            self._qlinear_conv(
+                node, conv, multiplier.astype(np.float32), low - lo, high - lo, out or node.name
+            )
+            return True
+        out, shape = out or node.name, (1, -1, 1, 1)
+        value = self.add("Cast", [self.f32(conv.name)], f"{out}/acc64", to=TensorProto.DOUBLE)
+        value = self.add("Mul", [value, self.const(f"{out}/unit", unit.reshape(shape))], f"{out}/v")
+        if shift is not None:
+            value = self.add(
+                "Add", [value, self.const(f"{out}/shift", shift.reshape(shape))], f"{out}/b"
+            )
+        value = self.add("Div", [value, self.const(f"{out}/step", step.reshape(shape))], f"{out}/y")
+        product = self.add("Cast", [value], f"{out}/y32", to=TensorProto.FLOAT)
+        clamp = [self.const(f"{out}/{k}", np.float32(v)) for k, v in (("lo", low), ("hi", high))]
+        clipped = self.add("Clip", [self.add("Round", [product], f"{out}/r"), *clamp], f"{out}/cl")
+        self.uint8(clipped, out, lo)
+        return True
+
+    def _qlinear_conv(self, node: Node, conv: Node, multiplier, low: int, high: int, out) -> None:
+        source = conv.inputs[0]
+        lo = node.attrs["range"][0]
+        one = self.const(f"{out}/one", np.float32(1.0))
+        inputs = [
+            source,
+            one,
+            self.const(f"{out}/x_zero", np.uint8(-self.offset[source])),
+            self.const(f"{out}/w", conv.arrays["weight"].astype(np.int8)),
+            self.const(f"{out}/m", multiplier),
+            self.const(f"{out}/w_zero", np.zeros(len(multiplier), np.int8)),
+            one,
+            self.const(f"{out}/y_zero", np.uint8(-lo)),
+            self.const(f"{out}/b", conv.arrays["bias"].astype(np.int32)),
+        ]
+        attrs = conv.attrs
+        self.add(
+            "QLinearConv",
+            inputs,
+            f"{out}/q",
+            strides=list(attrs["stride"]),
+            pads=list(attrs["padding"]) * 2,
+            dilations=list(attrs.get("dilation", (1, 1))),
+            group=attrs["groups"],
+        )
+        self.clip(f"{out}/q", out, low, high)
+        self.offset[out] = lo
+
+    def _float_conv(self, conv: Node, out: str) -> str:
+        """The accumulator in float32 (exact: the conv's width is at most 25 bits)."""
+        if conv.attrs["acc_bits"] > FLOAT32_EXACT_BITS:
+            raise ExportError(f"layer {conv.name}: a {conv.attrs['acc_bits']}-bit accumulator")
+        super().op_conv(conv, self.f32(conv.inputs[0]))
+        self.nodes[-1].output[0] = out  # the Conv, named for its tensor
+        return out
+
+    def _requantized_add(self, node: Node, add: Node) -> bool:
+        """A residual sum's threshold as two DequantizeLinear, an Add and a QuantizeLinear,
+        where a power-of-two factor (exact on each operand and on their sum) reproduces every
+        level."""
+        if not all(i in self.offset for i in add.inputs):
+            return False
+        lo_in, hi_in = add.attrs["range"]
+        values = np.arange(lo_in, hi_in + 1)
+        out = levels(node, np.broadcast_to(values, (len(node.arrays["sign"]), len(values))))
+        offset = sum(self.offset[i] for i in add.inputs)
+        ratio = self.ratio(add.inputs[0], node)
+        guess = (ratio, None if ratio is None else ratio * offset)
+        fitted = fit_affine(out, values - offset, guess, True)
+        if fitted is None:
+            return False
+        self._affine(node, add.inputs, *fitted, out)
+        return True
+
+    def _codes_threshold(self, node: Node, x: str) -> None:
+        """A threshold on codes: a fitted DequantizeLinear, Add and QuantizeLinear, else a
+        lookup table."""
+        lo_in, hi_in = self.ranges_in(node)
+        if x not in self.offset or hi_in - lo_in >= MAX_TABLE:
+            self._table(node, self.f32(x))
+            return
+        values = np.arange(lo_in, hi_in + 1)
+        out = levels(node, np.broadcast_to(values, (len(node.arrays["sign"]), len(values))))
+        ratio = self.ratio(x, node)
+        guess = (ratio, None if ratio is None else ratio * lo_in)
+        fitted = fit_affine(out, values - lo_in, guess)
+        if fitted is None:
+            self._table(node, self.f32(x))
+            return
+        self._affine(node, [x], *fitted, out)
+
+    def _affine(self, node: Node, inputs, factor, shift, out_levels: np.ndarray) -> None:
+        """rne(A_c * (sum of the uint8 inputs) + C_c), stored and clamped to the levels: each
+        input dequantized (one DequantizeLinear where A is one number, MLAS's vectorized kernel;
+        else a Cast and a per-channel Mul, faster than its per-axis form), summed, shifted by C,
+        then QuantizeLinear (scale 1: rounding half to even; its zero point is added after the
+        rounding, whose ties an odd shift before it would move). Where A is one power of two
+        and C is A times the inputs' offsets, the offsets are the DequantizeLinear zero points
+        (exact, as is A * s + C) and no Add is written."""
+        out, lo = node.name, node.attrs["range"][0]
+        offsets = [self.offset[x] for x in inputs]
+        uniform = bool((factor == factor[0]).all())
+        absorbed = (
+            uniform
+            and np.frexp(factor[0])[0] == 0.5
+            and all(-255 <= o <= 0 for o in offsets)
+            and bool((shift == np.float32(factor[0] * sum(offsets))).all())
+        )
+        parts = []
+        for k, x in enumerate(inputs):
+            if uniform:
+                zero = np.uint8(-offsets[k] if absorbed else 0)
+                scale, zero = (
+                    self.const(f"{out}/{k}/scale", factor[0]),
+                    self.const(f"{out}/{k}/zero", zero),
+                )
+                parts.append(self.add("DequantizeLinear", [x, scale, zero], f"{out}/{k}/dq"))
+            else:
+                values = self.add("Cast", [x], f"{out}/{k}/f32", to=TensorProto.FLOAT)
+                scale = self.const(f"{out}/{k}/scale", factor.reshape(self.channel_shape(x)))
+                parts.append(self.add("Mul", [values, scale], f"{out}/{k}/scaled"))
+        total = parts[0] if len(parts) == 1 else self.add("Add", parts, f"{out}/sum")
+        if not absorbed and shift.any():
+            shift = self.const(f"{out}/shift", shift.reshape(self.channel_shape(node.inputs[0])))
+            total = self.add("Add", [total, shift], f"{out}/c")
+        one, zero = self.const(f"{out}/one", np.float32(1.0)), self.const(f"{out}/z", np.uint8(-lo))
+        self.add("QuantizeLinear", [total, one, zero], f"{out}/q")
+        self.clip(f"{out}/q", out, int(out_levels.min()) - lo, int(out_levels.max()) - lo)
+        self.offset[out] = lo
+
+    def _table(self, node: Node, values: str) -> None:
+        """Any threshold on a small range [lo, hi], as a lookup table per channel."""
+        out = node.name
+        lo_in, hi_in = self.ranges_in(node)
+        width = hi_in - lo_in + 1
+        if width > MAX_TABLE:
+            raise ExportError(
+                f"node {out}: no int8 requantization reproduces its thresholds on {width} "
+                "values (a network of quant=int8sim has one)"
+            )
+        channels = len(node.arrays["sign"])
+        a = np.arange(lo_in, hi_in + 1)[None, :].repeat(channels, 0)
+        table = (levels(node, a) - node.attrs["range"][0]).astype(np.uint8).reshape(-1)
+        start = (np.arange(channels) * width - lo_in).astype(np.int32)
+        index = self.add("Cast", [values], f"{out}/int", to=TensorProto.INT32)
+        start = self.const(f"{out}/start", start.reshape(self.channel_shape(node.inputs[0])))
+        index = self.add("Add", [index, start], f"{out}/index")
+        self.add("Gather", [self.const(f"{out}/table", table), index], out, axis=0)
+        self.offset[out] = node.attrs["range"][0]
+
+    def ratio(self, x: str, node: Node):
+        """The unit of x over the step of the threshold node reading it (None: x has none)."""
+        unit = self.graph.node(x).attrs.get("scale")
+        if unit is None:
+            return None
+        return np.asarray(unit, np.float64) / np.asarray(node.attrs["scale"], np.float64)
+
+    def ranges_in(self, node: Node) -> tuple[int, int]:
+        return tuple(self.graph.node(node.inputs[0]).attrs["range"])
+
+
+register(Form("int8", "model_int8.onnx", lambda graph: Int8Writer(graph).model(), qdq_runtime))
