@@ -9,7 +9,7 @@ from edmips.cost.weight_size import fixed_weight_bits
 from edmips.nn import input_space
 from edmips.nn.policy import POLICIES
 from edmips.records import arch as arch_file
-from edmips.search.joint import achieved, random_within, requested
+from edmips.search.joint import achieved, budgets_for, random_within
 
 BASELINES = ("uniform", "random", *POLICIES)
 
@@ -43,7 +43,7 @@ def baseline_arch(cfg: DictConfig, model, costs, data: str, quantizers=None):
     aspaces = [input_space(aquant, aspace, cfg.space.get("sbits")) for aquant in aquants]
     wspaces = [tuple(cfg.space.wbits)] * len(costs)
     # target_bits or budget keys (checks.py): one within 1%, several each an upper bound
-    labels, held = requested(cfg, costs, wspaces, aspaces, fixed)
+    labels, held = budgets_for(cfg, costs, wspaces, aspaces, fixed)
     wbits, abits = random_within(held, cfg.seed)
     record = budget_record(cfg, held, labels, wbits, abits)
     return as_arch(arch_file.space_of(cfg.space), wbits, abits, **record)

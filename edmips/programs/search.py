@@ -29,7 +29,7 @@ from edmips.records import history as history_file
 from edmips.report import write_search_figures
 from edmips.search.budget import Budget, check_reachable
 from edmips.search.discretize import MODES
-from edmips.search.joint import JointPrice, requested
+from edmips.search.joint import JointPrice, budgets_for
 from edmips.search.module import SearchModule
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def joint_budgets(cfg: DictConfig, model, costs, fixed=0) -> list | None:
     jointly against the search network's candidates before training; None unless several."""
     if not budgets.several(cfg):
         return None
-    labels, held = requested(cfg, costs, *_candidates(model, costs), fixed)
+    labels, held = budgets_for(cfg, costs, *_candidates(model, costs), fixed)
     return [(label, b.cost, b.target) for label, b in zip(labels, held)]
 
 

@@ -19,7 +19,7 @@ from edmips.ptq import sensitivity
 from edmips.ptq.stats import batches
 from edmips.quant import registry
 from edmips.records import arch as arch_file
-from edmips.search.joint import best_within, requested
+from edmips.search.joint import best_within, budgets_for
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def held_budgets(cfg: DictConfig, model, costs) -> tuple[list[str], list]:
     wspaces = [tuple(cfg.space.wbits)] * len(costs)
     aspaces = activation_spaces(cfg, model, [c.name for c in costs])
     fixed = fixed_weight_bits(model, [c.name for c in costs])
-    return requested(cfg, costs, wspaces, aspaces, fixed)
+    return budgets_for(cfg, costs, wspaces, aspaces, fixed)
 
 
 def allocate(cfg, model, costs, images, reference, stats, clip, data: str) -> arch_file.Arch:

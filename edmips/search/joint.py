@@ -170,7 +170,7 @@ def _totals(budget: Budget, found) -> np.ndarray:
     return sum(np.asarray(t)[i, j] for t, (i, j) in zip(budget.tables(), choice)) / total
 
 
-def requested(cfg, costs, wspaces, aspaces, fixed_weight_bits=0) -> tuple[list[str], list]:
+def budgets_for(cfg, costs, wspaces, aspaces, fixed_weight_bits=0) -> tuple[list[str], list]:
     """The budgets a config asks for (edmips.core.budgets) over these layers and candidates,
     with their key=value labels, checked: one against its reach, several together; ([], [])
     without one. `fixed_weight_bits`: the weights outside the layers, which a weight size
