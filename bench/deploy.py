@@ -12,11 +12,14 @@ Side by side, under one onnxruntime with a fixed thread count:
   qdq    model_qdq.onnx: float32 convolutions on integer values, thresholds as binary searches
   int8   model_int8.onnx: QLinearConv and QuantizeLinear requantizations (onnxruntime's int8)
 
-One JSON line per network and form: `ms_b1` / `ms_b64` (median of --runs runs at batch 1 and
-64), `mb` (file size); then per network the agreements that the export's check measures on
---check-images random images (edmips.export.verify: the integer runtime, model_qdq.onnx and
-model_int8.onnx against the fake-quantized float64 network), the ratios float / int8, and the
-int8 model's time per operator type at batch 64 from onnxruntime's profiler (`profile`, in %).
+One JSON line per network and form: `ms_b1` / `ms_b64` (median of --runs runs at batch 64 and
+3x as many at 1, the forms' runs interleaved), `mb` (file size); then per network the
+agreements that the export's check measures on --check-images random images
+(edmips.export.verify: the integer runtime, model_qdq.onnx and model_int8.onnx against the
+fake-quantized float64 network), the ratios float / int8, the weights' size at their bit-widths
+in KiB (`weight_bits_kb`) beside the integer bundle's (`bundle_kb`, and `bundle_weights_kb` its
+packed weights), and the int8 model's time per operator type at batch 64 from onnxruntime's profiler
+(`profile`, in %).
 """
 
 import argparse
@@ -36,6 +39,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo root, for `edmips`
+from edmips.cost.weight_size import fixed_weight_bits  # noqa: E402
 from edmips.export import export  # noqa: E402
 from edmips.export.verify import verify  # noqa: E402
 from edmips.models import create_model  # noqa: E402
@@ -86,21 +90,33 @@ def session(path: Path, threads: int, profile: bool = False):
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def latency_ms(sess, batch: int, size: int, runs: int) -> float:
+def latencies(sessions: dict, batch: int, size: int, runs: int) -> dict[str, float]:
+    """Median ms of each session at `batch`, the sessions' runs interleaved so that a load
+    that comes and goes falls on every form alike."""
     x = {"image": np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)}
-    sess.run(None, x)  # the first run allocates
-    times = []
+    for sess in sessions.values():
+        sess.run(None, x)  # the first run allocates
+    times = {form: [] for form in sessions}
     for _ in range(runs):
-        start = time.perf_counter()
-        sess.run(None, x)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        for form, sess in sessions.items():
+            start = time.perf_counter()
+            sess.run(None, x)
+            times[form].append((time.perf_counter() - start) * 1000)
+    return {form: statistics.median(t) for form, t in times.items()}
+
+
+def bundle_sizes(folder: Path) -> dict[str, float]:
+    """KiB of the integer bundle, and of the packed weights in it."""
+    with np.load(folder / "arrays.npz") as arrays:
+        weights = sum(arrays[k].nbytes for k in arrays.files if k.endswith("/weight"))
+    files = sum(f.stat().st_size for f in folder.iterdir())
+    return {"bundle_kb": round(files / 1024, 1), "bundle_weights_kb": round(weights / 1024, 1)}
 
 
 def op_profile(path: Path, size: int, threads: int) -> dict[str, float]:
     """Percent of the int8 model's kernel time per operator type at batch 64."""
     sess = session(path, threads, profile=True)
-    latency_ms(sess, 64, size, 3)
+    latencies({"int8": sess}, 64, size, 3)
     events = json.loads(Path(sess.end_profiling()).read_text())
     totals = Counter()
     for e in events:
@@ -121,18 +137,18 @@ def bench(spec: str, threads: int, runs: int, check_images: int) -> list[dict]:
         images = torch.rand(check_images, 3, size, size)
         labels = torch.zeros(check_images, dtype=torch.int64)
         checked = verify(model, out, [(images, labels)])
-        lines = []
-        for form, file_name in FORMS.items():
-            sess = session(out / file_name, threads)
-            lines.append(
-                {
-                    "network": spec,
-                    "form": form,
-                    "ms_b1": round(latency_ms(sess, 1, size, 3 * runs), 2),
-                    "ms_b64": round(latency_ms(sess, 64, size, runs), 1),
-                    "mb": round(os.path.getsize(out / file_name) / 2**20, 3),
-                }
-            )
+        sessions = {form: session(out / file_name, threads) for form, file_name in FORMS.items()}
+        b1, b64 = (latencies(sessions, n, size, r) for n, r in ((1, 3 * runs), (64, runs)))
+        lines = [
+            {
+                "network": spec,
+                "form": form,
+                "ms_b1": round(b1[form], 2),
+                "ms_b64": round(b64[form], 1),
+                "mb": round(os.path.getsize(out / file_name) / 2**20, 3),
+            }
+            for form, file_name in FORMS.items()
+        ]
         by_form = {line["form"]: line for line in lines}
         f, q = by_form["float"], by_form["int8"]
         lines.append(
@@ -147,6 +163,8 @@ def bench(spec: str, threads: int, runs: int, check_images: int) -> list[dict]:
                 "float_over_int8_b64": round(f["ms_b64"] / q["ms_b64"], 2),
                 "qdq_over_int8_b64": round(by_form["qdq"]["ms_b64"] / q["ms_b64"], 2),
                 "float_over_int8_size": round(f["mb"] / q["mb"], 2),
+                "weight_bits_kb": round(fixed_weight_bits(model, []) / 8 / 1024, 1),
+                **bundle_sizes(out / "integer"),
                 "profile": op_profile(out / FORMS["int8"], size, threads),
             }
         )

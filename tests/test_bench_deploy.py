@@ -1,9 +1,12 @@
 """bench/deploy.py: one line per form with its latencies and file size, then the agreements
-(1.0 for both ONNX forms) and the ratios, from which model_int8.onnx comes out smaller."""
+(1.0 for both ONNX forms) and the ratios, from which model_int8.onnx comes out smaller, and
+the integer bundle's packed weights as large as the weights at their bit-widths."""
 
 import importlib.util
 import json
 from pathlib import Path
+
+import pytest
 
 
 def test_deploy_prints_each_form_and_exact_agreements(capsys):
@@ -23,3 +26,5 @@ def test_deploy_prints_each_form_and_exact_agreements(capsys):
     assert summary["agreement"]["int8_agreement"] == summary["agreement"]["qdq_agreement"] == 1.0
     assert summary["float_over_int8_size"] > 1 and forms["int8"]["mb"] < forms["float"]["mb"]
     assert sum(summary["profile"].values()) <= 100.0 + 1e-6 and "QLinearConv" in summary["profile"]
+    assert summary["bundle_weights_kb"] == pytest.approx(summary["weight_bits_kb"], abs=0.1)
+    assert summary["bundle_kb"] > summary["bundle_weights_kb"]

@@ -19,6 +19,7 @@ from edmips.export import export
 from edmips.models import create_model
 from edmips.models.weights import network_state
 from edmips.nn import to_fixed
+from edmips.nn.convert import fixed_ends
 from edmips.nn.fold import fold_batch_norms
 from edmips.quant import FULL_PRECISION
 from edmips.quant.registry import Family
@@ -42,7 +43,7 @@ def load_retrained(source: Path):
         found.model, num_classes=spec["num_classes"], mean=spec["mean"], std=spec["std"]
     )
     # The family the run was built with (checkpoints from before families: edmips's).
-    to_fixed(model, found.bits(), Family(**spec.get("quant", {})))
+    to_fixed(model, {**fixed_ends(model), **found.bits()}, Family(**spec.get("quant", {})))
     if spec.get("bn_fold"):
         fold_batch_norms(model)
     state = network_state(ckpt["state_dict"])

@@ -12,10 +12,9 @@ from torch import Tensor, nn
 
 from edmips.models.registry import register_model
 from edmips.models.weights import load_weights
+from edmips.nn.convert import FIXED_BITS
 from edmips.nn.layers import QuantConv2d, QuantLinear
 from edmips.quant import HWGQ, InputQuant, StreamQuant
-
-FIXED_BITS = 8  # the unsearched first conv, its output, and the classifier
 
 
 def conv(cin, cout, k, stride=1, **bits) -> QuantConv2d:

@@ -13,10 +13,9 @@ from torch import Tensor, nn
 
 from edmips.models.registry import register_model
 from edmips.models.weights import WEIGHTS_MODULE, load_weights
-from edmips.nn.convert import first_and_last, to_fixed
+from edmips.nn.convert import fixed_ends, to_fixed
 from edmips.nn.fx_quantize import quantize
 
-FIXED_BITS = 8  # the unsearched first conv and last linear, as in edmips's ResNets
 # Networks whose auxiliary classifiers and input transform are off here: one output, the image
 # as the data module normalizes it.
 _NO_AUX = {"googlenet", "inception_v3"}
@@ -64,8 +63,7 @@ def float_model(
 def quantized_model(arch: str, **kw) -> nn.Module:
     model = quantize(float_model(arch, **kw))
     setattr(model, WEIGHTS_MODULE, "body")  # a weights file holds the torchvision network's
-    first, last = first_and_last(model)
-    return to_fixed(model, {first: (FIXED_BITS, FIXED_BITS), last: (FIXED_BITS, FIXED_BITS)})
+    return to_fixed(model, fixed_ends(model))
 
 
 def _builder(arch: str):

@@ -24,6 +24,7 @@ from edmips.quant.registry import Family, get
 
 SEARCH_TABLE = {QuantConv2d: MixedConv2d, QuantLinear: MixedLinear}
 FIXED_TABLE = {mixed: fixed for fixed, mixed in SEARCH_TABLE.items()}
+FIXED_BITS = 8  # the unsearched first conv, its output, and the classifier
 
 
 def quantizable_names(model: nn.Module) -> list[str]:
@@ -36,6 +37,13 @@ def first_and_last(model: nn.Module) -> tuple[str, str]:
     convs = [n for n in names if isinstance(model.get_submodule(n), nn.Conv2d)]
     linears = [n for n in names if isinstance(model.get_submodule(n), nn.Linear)]
     return convs[0], linears[-1]
+
+
+def fixed_ends(model: nn.Module, in_arch=()) -> dict[str, tuple[int, int]]:
+    """The first conv and the classifier at FIXED_BITS where an architecture leaves them out:
+    built so by a model, and made its run's family's like the other layers (an int8sim
+    network's first conv is then a QLinearConv too)."""
+    return {name: (FIXED_BITS, FIXED_BITS) for name in first_and_last(model) if name not in in_arch}
 
 
 def default_searched(
@@ -188,9 +196,10 @@ def to_fixed(model: nn.Module, bits: dict[str, tuple[int, int]], family=None):
 def to_family(model: nn.Module, family: Family) -> nn.Module:
     """Every activation quantizer outside the conv/linear layers (a stem activation, a residual
     stream's, a signed input's) made the family's member of its sign at its bits (in place); one
-    shared by several tensors stays shared. The image's quantizer, members already of the family
-    and quantizers at bits the member does not take (a family of 2-4 bit quantizers, say, and an
-    8-bit stem) stay as they are, their state kept."""
+    shared by several tensors stays shared. The image's quantizer stays (its scale made a power
+    of two where the family's requantization needs one), and so do members already of the
+    family and quantizers at bits the member does not take (a family of 2-4 bit quantizers, say,
+    and an 8-bit stem), their state kept."""
     in_layers = {
         id(q)
         for layer in model.modules()
@@ -200,7 +209,11 @@ def to_family(model: nn.Module, family: Family) -> nn.Module:
     made: dict[int, ActivationQuantizer] = {}
     for parent in list(model.modules()):
         for name, q in list(parent.named_children()):
-            if not isinstance(q, ActivationQuantizer) or id(q) in in_layers or q.defines_input:
+            if isinstance(q, ActivationQuantizer) and q.defines_input:
+                if get(family.activation).power_of_two_image:
+                    q.round_scale()
+                continue
+            if not isinstance(q, ActivationQuantizer) or id(q) in in_layers:
                 continue
             member = get(family.signed if q.signed else family.activation)
             if type(q) is member or q.bits not in (*member.supported_bits, FULL_PRECISION):

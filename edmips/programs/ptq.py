@@ -24,7 +24,7 @@ from edmips.core.builders import build_datamodule
 from edmips.export import export
 from edmips.export.verify import verify
 from edmips.nn import to_fixed
-from edmips.nn.convert import first_and_last
+from edmips.nn.convert import fixed_ends
 from edmips.nn.fold import absorb_batch_norms
 from edmips.programs import sensitivity
 from edmips.programs.retrain import arch_kind, arch_record, resolve_arch
@@ -34,8 +34,6 @@ from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
 
 log = logging.getLogger(__name__)
-
-FIXED_BITS = 8  # the first conv and the classifier, as in training
 
 
 def ptq(cfg: DictConfig) -> dict:
@@ -98,12 +96,9 @@ def _quantizable(cfg: DictConfig, datamodule):
     found = costs = None
     if cfg.arch == sensitivity.KIND:
         model, costs = sensitivity.model_at_8_bits(cfg, datamodule)
-        in_arch = {c.name for c in costs}
+        to_fixed(model, fixed_ends(model, {c.name for c in costs}), registry.family(cfg))
     else:
         model, found = resolve_arch(cfg, datamodule)
-        in_arch = {layer.name for layer in found.layers}
-    ends = {name: (FIXED_BITS, FIXED_BITS) for name in first_and_last(model) if name not in in_arch}
-    to_fixed(model, ends, registry.family(cfg))
     if cfg.bn_fold:
         absorb_batch_norms(model)
     bit_allocation.check(model, cfg.ptq.bit_allocation)

@@ -43,7 +43,7 @@ from edmips.nn import (
     to_float,
     to_search,
 )
-from edmips.nn.convert import first_and_last, quantizer_names
+from edmips.nn.convert import first_and_last, fixed_ends, quantizer_names
 from edmips.nn.fold import fold_batch_norms
 from edmips.nn.policy import POLICIES
 from edmips.programs.baselines import BASELINES, baseline_arch
@@ -89,8 +89,9 @@ def resolve_arch(cfg: DictConfig, datamodule, stored: dict | None = None):
         arch_file.check_matches(found, found.model, costs, str(path), image_input)
         if init == "search" and stored is None:  # resumed: the weights are the checkpoint's
             _load_search_weights(model, found, path)
-    to_fixed(model, found.bits(), registry.family(cfg))
-    built = quantizer_names(model, [layer.name for layer in found.layers])
+    in_arch = [layer.name for layer in found.layers]
+    to_fixed(model, {**fixed_ends(model, in_arch), **found.bits()}, registry.family(cfg))
+    built = quantizer_names(model, in_arch)
     return model, arch_file.with_quantizers(found, built)
 
 

@@ -5,6 +5,8 @@ float network's first conv sees what the quantized one sees, less the 8-bit roun
 for an image that was 8-bit to begin with), and the zero point stays in the state dict.
 """
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -38,6 +40,12 @@ class InputQuant(ActivationQuantizer):
     @property
     def num_levels(self) -> int:
         return 256 + int(self.zero_point.max() - self.zero_point.min())
+
+    def round_scale(self) -> None:
+        """The scale rounded to the nearest power of two, where a family's requantization needs
+        one; the batch norm after the first conv takes up the change (at most a factor of
+        sqrt 2) in training."""
+        self.scale = 2.0 ** round(math.log2(self.scale))
 
     def unit(self) -> float:
         return self.scale

@@ -13,6 +13,8 @@ the same thing when
   its scale rounded to float32), so the accumulator's unit `input step x weight scale` and the
   multiplier `M = unit / output step` are float32 numbers and the conv's output `acc x unit` is
   exact in float64;
+- the image's codes step by a power of two (edmips.quant.input.InputQuant.round_scale), so
+  that the first conv's unit is a float32 number too;
 - batch norm after a conv becomes the conv's weights and an int32 bias on the accumulator's grid
   in the network that is lowered (`absorbs_batch_norm`: edmips.nn.fold.absorb_into_bias), in
   every conv of a network that holds these quantizers (the stem's too, whatever its weights).
@@ -48,6 +50,7 @@ def rne_float32(x: Tensor) -> Tensor:
 class _Pow2(MovingMax):
     supported_bits = INT8_BITS
     absorbs_batch_norm = True
+    power_of_two_image = True
     relu = False  # a ReLU in front of the codes (the unsigned member)
 
     def unit(self) -> Tensor:

@@ -65,6 +65,10 @@ class ActivationQuantizer(Quantizer):
     # weights and a bias on its accumulator's grid where it is lowered
     # (edmips.nn.fold.absorb_into_bias): requantization is then one multiplier per channel.
     absorbs_batch_norm = False
+    # Whether, in a network of its family, the image's codes step by a power of two
+    # (edmips.quant.input.InputQuant.round_scale): the first conv's unit is then a float32
+    # number like every other conv's.
+    power_of_two_image = False
 
     def forward(self, x: Tensor) -> Tensor:
         raise NotImplementedError

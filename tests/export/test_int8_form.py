@@ -55,13 +55,104 @@ def test_model_int8_gives_the_integer_runtime_s_logits_on_int8_kernels(name, tmp
         source = graph.node(name)
         return source.op == "conv" or (source.op == "windowmax" and conv_read(source.inputs[0]))
 
-    # A conv read by two thresholds is written twice.
+    # A conv read by two thresholds is written twice; the image's codes, whose zero points are
+    # per channel, padded with them (one Pad per channel), so that the first conv is one too.
     readers = sum(n.op == "threshold" and conv_read(n.inputs[0]) for n in graph.nodes)
-    float_convs = 1 if name == "resnet20" else 0  # the image with per-channel zero points
-    assert ops["QLinearConv"] == readers - float_convs and ops["Conv"] == float_convs
-    assert readers >= convs and not _tables(int8)
-    weights = [t for t in int8.graph.initializer if t.name.endswith("/w")]
-    assert weights and all(t.data_type == onnx.TensorProto.INT8 for t in weights)
+    assert ops["Conv"] == 0 and not _tables(int8)
+    assert ops["Pad"] == (3 if name == "resnet20" else 0)
+    # The rest are thresholds on codes (the pre-activation batch norms'), 1x1 depthwise convs.
+    codes_read = sum(
+        n.op == "threshold" and not conv_read(n.inputs[0]) and graph.node(n.inputs[0]).op != "add"
+        for n in graph.nodes
+    )
+    assert readers >= convs and readers <= ops["QLinearConv"] <= readers + codes_read
+    if name == "resnet20":
+        assert ops["QLinearConv"] > readers
+    _assert_narrowest_weights(graph, int8)
+
+
+def _assert_narrowest_weights(graph: Graph, int8: onnx.ModelProto) -> None:
+    """Each QLinearConv's weights in the narrowest of INT2, INT4, INT8 that holds its codes,
+    packed as onnxruntime reads them: they decode to the integer graph's weights."""
+    inits = {t.name: t for t in int8.graph.initializer}
+    casts = {n.output[0]: n.input[0] for n in int8.graph.node if n.op_type == "Cast"}
+    by_layer = {n.name: n.arrays["weight"] for n in graph.nodes if n.op == "conv"}
+    kinds = Counter()
+    for node in (n for n in int8.graph.node if n.op_type == "QLinearConv"):
+        stored = inits[casts.get(node.input[3], node.input[3])]
+        codes = numpy_helper.to_array(stored).astype(np.int64)
+        low, high = codes.min(), codes.max()
+        want = (
+            TensorProto.INT2
+            if -2 <= low and high <= 1
+            else TensorProto.INT4
+            if -8 <= low and high <= 7
+            else TensorProto.INT8
+        )
+        assert stored.data_type == want
+        kinds[want] += 1
+        if stored.data_type != TensorProto.INT8:
+            bits = 2 if want == TensorProto.INT2 else 4
+            assert len(stored.raw_data) == -(-codes.size * bits // 8)
+        matches = [w for w in by_layer.values() if w.shape == codes.shape]
+        assert codes.shape[1:] == (1, 1, 1) or any(np.array_equal(w, codes) for w in matches)
+    assert kinds[TensorProto.INT2] and kinds[TensorProto.INT4] and kinds[TensorProto.INT8]
+
+
+def _codes_graph(thresholds: np.ndarray, sign: np.ndarray, levels: int, hw: int) -> Graph:
+    """The image's codes, a threshold node on them, a pool and a classifier."""
+    channels = len(sign)
+    graph = Graph("codes", [channels, hw, hw])
+    zero = np.zeros(channels, np.int16)
+    graph.add("input", "input", [], range=[0, 255], scale=1 / 255, arrays={"zero_point": zero})
+    graph.add(
+        "threshold",
+        "levels",
+        ["input"],
+        out_bias=0,
+        range=[0, levels],
+        scale=0.5,
+        arrays={"thresholds": thresholds.astype(np.int32), "sign": sign.astype(np.int8)},
+    )
+    graph.add("sumpool", "pool", ["levels"], range=[0, hw * hw * levels], scale=None)
+    weight = np.eye(channels, dtype=np.int8)  # the logits are the pooled levels
+    graph.add(
+        "linear",
+        "fc",
+        ["pool"],
+        acc_bits=18,
+        range=[-(2**17), 2**17 - 1],
+        scale=1.0,
+        arrays={"weight": weight, "bias": np.zeros(channels, np.int64)},
+    )
+    return graph
+
+
+def test_a_batch_norm_and_quantizer_on_codes_is_a_depthwise_qlinearconv_to_the_bit(tmp_path):
+    """Levels rne(A x + C) clamped to 0..15 of uint8 codes x, as a batch norm between a residual
+    stream and a quantizer gives them: negative scales, halves (A x + C on k + 1/2 for some x),
+    saturation at both ends, one level only; onnxruntime's 1x1 depthwise QLinearConv gives the
+    levels on every one of the 256 codes of every channel."""
+    a = np.array([0.5, 0.0625, -0.2, 0.137, 0.75, -0.031, 1e-6, 0.0995, 3.0, -1.0])
+    c = np.array([0.0, 0.5, 15.2, -3.3, -40.0, 7.8, 3.0, 0.49, -100.0, 120.5])
+    sign = np.where(a < 0, -1, 1)
+    x = np.arange(256)
+    want = np.clip(np.floor(a[:, None] * x + c[:, None] + 0.5), 0, 15).astype(np.int64)
+    u = sign[:, None] * x  # thresholds: the first u = sign * x at each level 1..15
+    thresholds = np.array(
+        [[u[k][want[k] >= j].min(initial=2**20) for j in range(1, 16)] for k in range(len(a))]
+    )
+    save_onnx(_codes_graph(thresholds, sign, 15, 16), tmp_path / "m.onnx", "int8")
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    convs = [n for n in model.graph.node if n.op_type == "QLinearConv"]
+    assert len(convs) == 1 and not _tables(model)
+    model.graph.output.append(helper.make_tensor_value_info("levels", TensorProto.UINT8, None))
+    sess = onnxruntime.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    images = np.tile(x.astype(np.float32) / 255, (1, len(a), 1)).reshape(1, len(a), 16, 16)
+    got = sess.run(["levels"], {"image": images})[0]
+    assert np.array_equal(got.reshape(len(a), 256).astype(np.int64), want)
 
 
 def test_a_threshold_that_no_requantization_fits_is_an_exact_lookup_table(tmp_path):

@@ -1,12 +1,13 @@
-"""quant=qatsim and quant=learned through the programs: a search over the family's bit-widths,
-the retrain of what it found, and an integer export that agrees exactly; the records name the
-quantizers the run built."""
+"""quant=qatsim, quant=learned and quant=int8sim through the programs: a search over the family's
+bit-widths, the retrain of what it found (the first conv and the classifier the family's too),
+and an integer export that agrees exactly; the records name the quantizers the run built."""
 
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -47,6 +48,12 @@ def test_a_family_searches_retrains_and_exports_exactly(search_cfg, retrain_cfg,
     if family == "int8sim":  # on onnxruntime's int8 kernels, recorded in metrics.json
         written = json.loads((tmp_path / "retrain" / "metrics.json").read_text())
         assert metrics["int8_agreement"] == written["int8_agreement"] == 1.0
+        int8 = onnx.load(str(tmp_path / "retrain" / "model_int8.onnx"))
+        assert not [n for n in int8.graph.node if n.op_type == "Conv"]  # the first conv's too
+    # The first conv and the classifier, outside the architecture, are the family's too.
+    model, _ = load_retrained(tmp_path / "retrain")
+    ends = [model.get_submodule(name).weight_quant for name in first_and_last(model)]
+    assert {type(q).name for q in ends} == {"maxabs_f32" if family == "int8sim" else "maxabs"}
     state = torch.load(tmp_path / "retrain" / "checkpoints" / "last.ckpt", weights_only=False)
     tracked = "input_quant.step" if family == "learned" else "input_quant.running_max"
     assert any(k.endswith(tracked) for k in state["state_dict"])  # the layers' own, trained

@@ -167,3 +167,19 @@ def test_int8sim_searches_and_fixes_like_every_family():
     to_fixed(model, {**dict.fromkeys(names, (4, 2)), **ends}, INT8SIM)
     kinds = {type(q).name for q in model.modules() if isinstance(q, Quantizer)}
     assert kinds == {"image", "pow2_relu", "pow2", "maxabs_f32"}
+
+
+def test_the_image_s_codes_step_by_a_power_of_two_in_an_int8sim_network_only():
+    """The first conv's unit, image step x float32 weight scale, is then a float32 number:
+    its requantization is QLinearConv's like every other conv's. Other families keep the
+    normalization's own scale, 1 / (255 std)."""
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10)
+    std_scale = model.input_quant.scale
+    first = first_and_last(model)[0]
+    to_fixed(model, {first: (8, 8)}, registry.EDMIPS)
+    assert model.input_quant.scale == std_scale
+    to_fixed(model, {first: (8, 8)}, INT8SIM)
+    scale = model.input_quant.scale
+    assert scale != std_scale and 2 ** round(np.log2(scale)) == scale
+    assert 2**-0.5 <= scale / std_scale <= 2**0.5

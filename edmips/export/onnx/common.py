@@ -32,6 +32,8 @@ def scoped(out: str):
 class Writer:
     """One ONNX model of an integer graph: `Form(graph).model()` in a subclass."""
 
+    opset = OPSET
+
     def __init__(self, graph: Graph):
         self.graph = graph
         self.nodes: list[onnx.NodeProto] = []
@@ -77,7 +79,7 @@ class Writer:
         return self.finish(helper.make_model(graph, opset_imports=self.opsets()))
 
     def opsets(self) -> list:
-        return [helper.make_opsetid("", OPSET)]
+        return [helper.make_opsetid("", self.opset)]
 
     def const(self, name: str, array: np.ndarray) -> str:
         self.inits.append(numpy_helper.from_array(np.asarray(array), name))
@@ -117,7 +119,7 @@ class Writer:
         )
 
     def op_windowsum(self, node: Node, x: str) -> None:
-        self.nodes.extend(_windows(node, self.const))
+        self.nodes.extend(_windows(node, self.const, self.opset))
 
     op_windowmax = op_windowsum
 
@@ -155,7 +157,7 @@ class Writer:
             self.add("Cast", [f"{out}/sum"], out, to=TensorProto.FLOAT)
 
 
-def _windows(node: Node, const) -> list[onnx.NodeProto]:
+def _windows(node: Node, const, opset: int) -> list[onnx.NodeProto]:
     """windowsum / windowmax: gather each output's input positions, then sum or max them.
     The index H*W reads one extra position holding what a missing position adds."""
     out, a = node.name, node.arrays
@@ -185,6 +187,9 @@ def _windows(node: Node, const) -> list[onnx.NodeProto]:
         reduced = op(
             "ReduceSum", [gathered, const(f"{out}/axes", np.array([3]))], "reduced", keepdims=0
         )
+    elif opset >= 18:
+        axes = const(f"{out}/axes", np.array([3]))
+        reduced = op("ReduceMax", [gathered, axes], "reduced", keepdims=0)
     else:  # ReduceMax takes its axes as an attribute before opset 18
         reduced = op("ReduceMax", [gathered], "reduced", axes=[3], keepdims=0)
     if sign is not None:

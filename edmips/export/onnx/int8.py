@@ -5,18 +5,28 @@ node becomes the arithmetic that onnxruntime runs fast, checked against its thre
 it is written:
 
 - a threshold on a conv's accumulator: `QLinearConv` (uint8 input with its zero point, int8
-  weights, the int32 bias), x_scale = y_scale = 1 and w_scale[c] = M_c, so that the kernel's
-  multiplier x_scale * w_scale / y_scale is exactly M_c and its output is
-  `clamp(rne(float32(acc + B) * M_c) + z)`, with a `Clip` where the levels stop below 255. A
-  conv whose input is not uint8 codes (an image with per-channel zero points) or whose
-  multiplier is not a float32 number runs as a float `Conv` (exact: accumulators within 2^24)
-  followed by the same requantization in float ops.
-- a threshold on codes or on a residual sum: `DequantizeLinear` (a per-channel float32 factor
-  A_c), `Add` (a per-channel C_c), `QuantizeLinear` (scale 1, so rounding half to even and
-  saturation), the residual sum's two operands dequantized apart (A_c a power of two keeps that
-  exact). A_c and C_c are fitted to the node's thresholds and checked on every input value;
-  where no such pair exists (a batch norm whose shift falls between the codes), a lookup table
-  (`Gather`), exact for any thresholds but about 15 times slower.
+  weights, the int32 bias), x_scale = y_scale = 1 and w_scale[c] = M_c, the units' ratio in
+  float32, so that the kernel's multiplier x_scale * w_scale / y_scale is M_c and its output
+  is `clamp(rne(float32(acc + B) * M_c) + z)`, with a `Clip` where the levels stop below 255.
+  The image's codes, whose zero points are per channel while QLinearConv's is one number, are
+  padded with each channel's zero point and its sum over the kernel taken off the bias. A conv
+  whose levels that product does not give (a float bias, a multiplier whose float32 rounding
+  moves a level) runs as a float `Conv` (exact: accumulators within 2^24) followed by the
+  reference's float64 requantization in float ops.
+- a threshold on codes (a pre-activation batch norm and the quantizer after it, a residual
+  stream moved onto another grid): a 1x1 depthwise `QLinearConv`, rne(float32(w_c s + B_c) *
+  M_c) on the stored codes s, an affine map fitted to the node's thresholds and checked on
+  every input value; one uint8 pass that keeps the int8 kernels' channels-last layout.
+- a residual sum's threshold (or a threshold on codes the depthwise conv does not fit):
+  `DequantizeLinear` (a float32 factor A_c), `Add` (a per-channel C_c), `QuantizeLinear`
+  (scale 1, so rounding half to even and saturation), the sum's two operands dequantized apart
+  (A_c a power of two keeps that exact), fitted and checked the same way; where no such pair
+  exists (a batch norm whose shift falls between the codes), a lookup table (`Gather`), exact
+  for any thresholds but about 15 times slower.
+
+Weights that fit INT4 or INT2 (the int8sim family's codes of 2 to 4 bits) are stored so, each
+behind a Cast to INT8 that onnxruntime folds when it loads the model: the file holds about as
+many bits per weight as the architecture gives them (opset 25).
 
 A max pool between a conv and its threshold (after a ReLU) pools the requantized codes: a
 monotonic requantization commutes with the max.
@@ -33,7 +43,7 @@ saturates u8 x s8 pair sums at 16 bits, which the check of an export (`int8_agre
 """
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 from torch import nn
 
 from edmips.export.ir import Node
@@ -45,6 +55,7 @@ from edmips.export.values import windows
 
 MAX_TABLE = 4096  # the widest input range a threshold on codes is enumerated over
 _FIT_STEPS = 100  # ternary-search steps for a fitted factor (the bracket shrinks by 2/3 each)
+_BIG = 1e9  # the bound of a clamped level's open side
 
 
 def levels(node: Node, a: np.ndarray) -> np.ndarray:
@@ -56,13 +67,18 @@ def levels(node: Node, a: np.ndarray) -> np.ndarray:
 
 def requantize(acc: np.ndarray, unit: np.ndarray, step, shift: np.ndarray | None) -> np.ndarray:
     """The levels rne(float32((acc * unit + shift) / step)) of integer accumulators [channels, n],
-    in float64 then float32 as the reference computes them (the step a power of two). Without a
-    shift and with M = unit / step a float32 number this is QLinearConv's
-    rne(float32(acc) * M): acc * M is exact in float64, so both round the same product."""
+    in float64 then float32 as the reference computes them (the step a power of two)."""
     value = acc.astype(np.float64) * unit[:, None]
     if shift is not None:
         value = value + shift[:, None]
     return np.rint((value / step[:, None]).astype(np.float32)).astype(np.int64)
+
+
+def qlinear(acc: np.ndarray, multiplier: np.ndarray) -> np.ndarray:
+    """QLinearConv's requantization before its zero point and saturation: rne(float32(acc) *
+    M), the product in float32. Where M = unit / step is a float32 number (the int8sim
+    family) it is `requantize`: acc * M is exact in float64, so both round the same product."""
+    return np.rint(acc.astype(np.float32) * multiplier[:, None]).astype(np.int64)
 
 
 def affine(stored: np.ndarray, factor: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -71,29 +87,21 @@ def affine(stored: np.ndarray, factor: np.ndarray, shift: np.ndarray) -> np.ndar
     return np.rint(scaled + shift.astype(np.float32)[:, None]).astype(np.int64)
 
 
-def fit_affine(out: np.ndarray, stored: np.ndarray, guess, power_of_two: bool = False):
-    """A_c, C_c (float32 [channels]) with clamp(affine(stored), low, high) == out[c], low and
-    high the levels' extremes, or None: `guess` (the units' ratio, which a requantization
-    without a batch norm between has, ties half to even included) if it is one, else the
-    widest margin around the half-integers, found by a ternary search over A (the margin is
-    concave in it); the float32 pair is checked on every input. `power_of_two`: A a power of
-    two (or 0), which a sum of two dequantized operands needs to stay exact."""
+def _level_bounds(out: np.ndarray):
+    """The open bounds (level - 1/2, level + 1/2) that A s + C must fall within to round to
+    each level, and the levels' extremes low, high, where a clamp bounds one side only."""
     low, high = int(out.min()), int(out.max())
+    lower = np.where(out == low, -_BIG, out - 0.5)
+    upper = np.where(out == high, _BIG, out + 0.5)
+    return lower, upper, low, high
 
-    def fits(a32, c32):
-        got = np.clip(affine(np.broadcast_to(stored, out.shape), a32, c32), low, high)
-        return np.array_equal(got, out)
 
-    if guess[0] is not None:
-        guess = [np.broadcast_to(np.asarray(g, np.float64), (len(out),)) for g in guess]
-        a32, c32 = (g.astype(np.float32) for g in guess)
-        exact = all(bool((g32 == g).all()) for g32, g in zip((a32, c32), guess))
-        if exact and fits(a32, c32):
-            return a32, c32
+def _widest_slope(out: np.ndarray, stored: np.ndarray):
+    """Per channel, the slope A with the widest interval of shifts C for which rne(A s + C)
+    gives the levels `out` (the interval's width is concave in A: a ternary search), and the
+    function that gives that interval, (lowest C, highest C), for any slopes."""
+    lower, upper, low, high = _level_bounds(out)
     s = stored.astype(np.float64)[None, :]
-    big = 1e9
-    lower = np.where(out == low, -big, out - 0.5)  # a clamped level bounds one side only
-    upper = np.where(out == high, big, out + 0.5)
 
     def shift_range(a):
         return (lower - s * a[:, None]).max(1), (upper - s * a[:, None]).min(1)
@@ -108,15 +116,101 @@ def fit_affine(out: np.ndarray, stored: np.ndarray, guess, power_of_two: bool = 
         m1, m2 = a_lo + (a_hi - a_lo) / 3, a_hi - (a_hi - a_lo) / 3
         better = margin(m1) < margin(m2)
         a_lo, a_hi = np.where(better, m1, a_lo), np.where(better, a_hi, m2)
-    a = (a_lo + a_hi) / 2
+    return (a_lo + a_hi) / 2, shift_range
+
+
+def _inside(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """A point of each interval (lo, hi): the middle, or 1 past the one finite end."""
+    return np.where(lo <= -_BIG / 2, hi - 1, np.where(hi >= _BIG / 2, lo + 1, (lo + hi) / 2))
+
+
+def fit_affine(out: np.ndarray, stored: np.ndarray, guess, power_of_two: bool = False):
+    """A_c, C_c (float32 [channels]) with clamp(affine(stored), low, high) == out[c], low and
+    high the levels' extremes, or None: `guess` (the units' ratio, which a requantization
+    without a batch norm between has, ties half to even included) if it is one, else the
+    widest margin around the half-integers; the float32 pair is checked on every input.
+    `power_of_two`: A a power of two (or 0), which a sum of two dequantized operands needs to
+    stay exact."""
+    low, high = int(out.min()), int(out.max())
+
+    def fits(a32, c32):
+        got = np.clip(affine(np.broadcast_to(stored, out.shape), a32, c32), low, high)
+        return np.array_equal(got, out)
+
+    if guess[0] is not None:
+        guess = [np.broadcast_to(np.asarray(g, np.float64), (len(out),)) for g in guess]
+        a32, c32 = (g.astype(np.float32) for g in guess)
+        exact = all(bool((g32 == g).all()) for g32, g in zip((a32, c32), guess))
+        if exact and fits(a32, c32):
+            return a32, c32
+    a, shift_range = _widest_slope(out, stored)
     if power_of_two:
         magnitude = np.abs(a)
         snapped = np.sign(a) * 2.0 ** np.round(np.log2(np.where(magnitude > 0, magnitude, 1)))
         a = np.where(magnitude > 1e-30, snapped, 0.0)
-    lo, hi = shift_range(a)
-    c = np.where(lo <= -big / 2, hi - 1, np.where(hi >= big / 2, lo + 1, (lo + hi) / 2))
-    a32, c32 = a.astype(np.float32), c.astype(np.float32)
+    a32, c32 = a.astype(np.float32), _inside(*shift_range(a)).astype(np.float32)
     return (a32, c32) if fits(a32, c32) else None
+
+
+def depthwise(stored: np.ndarray, weight, bias, multiplier) -> np.ndarray:
+    """A 1x1 depthwise QLinearConv before its saturation: rne(float32(w s + B) * M) per
+    channel (the product in float32), for stored inputs s [n]."""
+    acc = weight.astype(np.int64)[:, None] * stored.astype(np.int64)[None, :] + bias[:, None]
+    return np.rint(acc.astype(np.float32) * multiplier.astype(np.float32)[:, None]).astype(np.int64)
+
+
+def fit_depthwise(out: np.ndarray, read: np.ndarray, ratio=None):
+    """int8 weights w_c, int32 biases B_c and float32 multipliers M_c with which a 1x1
+    depthwise QLinearConv, clamped to the levels' extremes, gives the levels `out` [channels,
+    n] on the inputs it reads, or None. A channel takes
+    w = 1, B = 0 and M = `ratio` (the units' ratio, that of a requantization without a batch
+    norm between, ties half to even included) where that is a float32 number that gives its
+    levels; else the affine map A s + C of the widest margin becomes M (w s + B) with w = +-127
+    (then smaller magnitudes), M = |A| / |w| and B the integer that puts B M inside the margin.
+    Each candidate is checked on every input."""
+    channels = len(out)
+    _, _, low, high = _level_bounds(out)
+
+    def fits(w, b, m):
+        return (np.clip(depthwise(read, w, b, m), low, high) == out).all(1)
+
+    weight = np.zeros(channels, np.int64)
+    bias = out[:, 0].astype(np.int64)  # a channel of one level: w = 0, B = that level, M = 1
+    multiplier = np.ones(channels, np.float32)
+    todo = (out != out[:, :1]).any(1)
+    candidates = []
+    if ratio is not None:
+        ratio = np.broadcast_to(np.asarray(ratio, np.float64), (channels,))
+        if (ratio.astype(np.float32) == ratio).all():
+            candidates.append((np.ones(channels, np.int64), np.zeros(channels, np.int64), ratio))
+    a, shift_range = _widest_slope(out, read)
+    for magnitude in range(127, 63, -1):
+        w = np.where(a < 0, -magnitude, magnitude)
+        m = (np.abs(a) / magnitude).astype(np.float32)
+        m = np.where(m > 0, m, np.float32(1))
+        c = _inside(*shift_range(w * m.astype(np.float64)))
+        candidates.append((w, np.clip(np.rint(c / m), -(2**31), 2**31 - 1).astype(np.int64), m))
+    for w, b, m in candidates:
+        if not todo.any():
+            break
+        m = m.astype(np.float32)
+        good = todo & fits(w, b, m)
+        weight[good], bias[good], multiplier[good] = w[good], b[good], m[good]
+        todo &= ~good
+    if todo.any():
+        return None
+    return weight.astype(np.int8), bias.astype(np.int32), multiplier
+
+
+def _packed_tensor(name: str, kind: int, codes: np.ndarray):
+    """An INT2 or INT4 initializer: the two's-complement codes packed from the least
+    significant bits of each byte up, first element first."""
+    bits = 2 if kind == TensorProto.INT2 else 4
+    u = (codes.reshape(-1).astype(np.int64) & (2**bits - 1)).astype(np.uint8)
+    per_byte = 8 // bits
+    u = np.concatenate([u, np.zeros(-len(u) % per_byte, np.uint8)]).reshape(-1, per_byte)
+    packed = (u << (np.arange(per_byte, dtype=np.uint8) * bits)).sum(1).astype(np.uint8)
+    return helper.make_tensor(name, kind, codes.shape, packed.tobytes(), raw=True)
 
 
 def _pool_params(positions: np.ndarray, oh: int, ow: int):
@@ -138,11 +232,14 @@ def _pool_params(positions: np.ndarray, oh: int, ow: int):
 
 
 class Int8Writer(QdqWriter):
+    opset = 25  # INT2 weights
+
     def __init__(self, graph):
         super().__init__(graph)
         self.offset: dict[str, int] = {}  # uint8 tensors: value = stored + offset
         self.pending: dict[str, Node] = {}  # convs and adds, written where they are read
         self.floats: dict[str, str] = {}  # a tensor's values held in float32
+        self.zero_points: dict[str, np.ndarray] = {}  # the image's codes: value = code - zp_c
 
     # -- representations ---------------------------------------------------------------------
     def image_codes(self) -> str:
@@ -162,6 +259,10 @@ class Int8Writer(QdqWriter):
                 out = self._float_windows(node, self.f32(node.inputs[0]))
             else:
                 out = self.add("Add", [self.f32(i) for i in node.inputs], f"{name}/f32")
+        elif name in self.zero_points:
+            codes = self.add("Cast", [name], f"{name}/f32", to=TensorProto.FLOAT)
+            zp = self.zero_points[name].astype(np.float32).reshape(1, -1, 1, 1)
+            out = self.add("Sub", [codes, self.const(f"{name}/zp", zp)], f"{name}/value")
         else:
             out = self.add("Cast", [name], f"{name}/f32", to=TensorProto.FLOAT)
             if self.offset[name]:
@@ -187,14 +288,11 @@ class Int8Writer(QdqWriter):
 
     # -- ops ---------------------------------------------------------------------------------
     def op_input(self, node: Node, x) -> None:
+        self.add("Identity", [self.image_codes()], node.name)
+        self.offset[node.name] = 0
         zero = node.arrays["zero_point"]
-        if not zero.any():
-            self.add("Identity", [self.image_codes()], node.name)
-            self.offset[node.name] = 0
-            return
-        codes = self.add("Cast", [self.image_codes()], "image/float", to=TensorProto.FLOAT)
-        zp = self.const(f"{node.name}/zp", zero.astype(np.float32).reshape(1, -1, 1, 1))
-        self.floats[node.name] = self.add("Sub", [codes, zp], node.name)
+        if zero.any():  # value = code - zero point, per channel
+            self.zero_points[node.name] = zero.astype(np.int64)
 
     def op_conv(self, node: Node, x: str) -> None:
         self.pending[node.name] = node
@@ -254,7 +352,7 @@ class Int8Writer(QdqWriter):
     def _float_windows(self, node: Node, values: str, out: str | None = None) -> str:
         """The window sum or max of float32 values (the other forms' ops), named `out`."""
         inner = Node(node.op, out or f"{node.name}/f32", [values], node.attrs, node.arrays)
-        self.nodes.extend(_windows(inner, self.const))
+        self.nodes.extend(_windows(inner, self.const, self.opset))
         return inner.name
 
     def op_concat(self, node: Node, x: str) -> None:
@@ -275,9 +373,11 @@ class Int8Writer(QdqWriter):
 
     # -- requantizations ---------------------------------------------------------------------
     def _requantized_conv(self, node: Node, conv: Node, out: str | None = None) -> bool:
-        """The threshold as QLinearConv's requantization, or as a float conv and the same
-        arithmetic in float ops (an input that is not uint8 codes, a multiplier that is not a
-        float32 number, a float bias), where that reproduces every level; False where not."""
+        """The threshold as QLinearConv's requantization rne(float32(acc) * M_c), M_c the
+        units' ratio in float32, or as a float conv and the float64 arithmetic of the
+        reference in float ops (an input that is not uint8 codes, a float bias, a multiplier
+        whose float32 rounding moves a level), where that reproduces every level; False where
+        not."""
         lo = node.attrs["range"][0]
         acc_lo, acc_hi = conv.attrs["range"]
         channels = conv.arrays["weight"].shape[0]
@@ -293,19 +393,18 @@ class Int8Writer(QdqWriter):
         points = np.clip(np.concatenate([t, t - 1, bounds], 1), acc_lo, acc_hi)
         want = levels(node, points)
         low, high = int(want.min()), int(want.max())
-        if not np.array_equal(np.clip(requantize(points, unit, step, shift), low, high), want):
-            return False
-        multiplier = unit / step
+        multiplier = (unit / step).astype(np.float32)
         if (
             shift is None
             and conv.inputs[0] in self.offset
+            and (conv.inputs[0] not in self.zero_points or conv.attrs["groups"] == 1)
             and np.abs(conv.arrays["weight"]).max() <= 127
-            and bool((multiplier.astype(np.float32) == multiplier).all())
+            and np.array_equal(np.clip(qlinear(points, multiplier), low, high), want)
         ):
-            self._qlinear_conv(
-                node, conv, multiplier.astype(np.float32), low - lo, high - lo, out or node.name
-            )
+            self._qlinear_conv(node, conv, multiplier, low - lo, high - lo, out or node.name)
             return True
+        if not np.array_equal(np.clip(requantize(points, unit, step, shift), low, high), want):
+            return False
         out, shape = out or node.name, (1, -1, 1, 1)
         value = self.add("Cast", [self.f32(conv.name)], f"{out}/acc64", to=TensorProto.DOUBLE)
         value = self.add("Mul", [value, self.const(f"{out}/unit", unit.reshape(shape))], f"{out}/v")
@@ -321,32 +420,67 @@ class Int8Writer(QdqWriter):
         return True
 
     def _qlinear_conv(self, node: Node, conv: Node, multiplier, low: int, high: int, out) -> None:
-        source = conv.inputs[0]
+        source, attrs = conv.inputs[0], conv.attrs
         lo = node.attrs["range"][0]
+        weight, pads = conv.arrays["weight"], list(attrs["padding"]) * 2
+        bias = conv.arrays.get("bias", np.zeros(len(weight), np.int64))
+        if source in self.zero_points:
+            # QLinearConv's input zero point is one number: the codes, padded with each
+            # channel's zero point, and sum(w * zp) taken off the bias.
+            zero = self.zero_points[source]
+            source, pads = self._padded_codes(source, attrs["padding"]), [0] * 4
+            bias = bias - (weight.sum((2, 3)).astype(np.int64) @ zero)
         one = self.const(f"{out}/one", np.float32(1.0))
         inputs = [
             source,
             one,
             self.const(f"{out}/x_zero", np.uint8(-self.offset[source])),
-            self.const(f"{out}/w", conv.arrays["weight"].astype(np.int8)),
+            self.int_weight(f"{out}/w", weight),
             self.const(f"{out}/m", multiplier),
             self.const(f"{out}/w_zero", np.zeros(len(multiplier), np.int8)),
             one,
             self.const(f"{out}/y_zero", np.uint8(-lo)),
-            self.const(f"{out}/b", conv.arrays["bias"].astype(np.int32)),
+            self.const(f"{out}/b", bias.astype(np.int32)),
         ]
-        attrs = conv.attrs
         self.add(
             "QLinearConv",
             inputs,
             f"{out}/q",
             strides=list(attrs["stride"]),
-            pads=list(attrs["padding"]) * 2,
+            pads=pads,
             dilations=list(attrs.get("dilation", (1, 1))),
             group=attrs["groups"],
         )
         self.clip(f"{out}/q", out, low, high)
         self.offset[out] = lo
+
+    def _padded_codes(self, name: str, padding) -> str:
+        """The image's uint8 codes with each channel padded by its own zero point (a value of 0),
+        one Pad per channel (a Pad pads with one number)."""
+        (ph, pw), zero = padding, self.zero_points[name]
+        out = f"{name}/padded{ph}x{pw}"
+        if out in self.offset:
+            return out
+        channels = [f"{out}/{c}" for c in range(len(zero))]
+        split = self.const(f"{out}/split", np.ones(len(zero), np.int64))
+        self.nodes.append(helper.make_node("Split", [name, split], channels, axis=1))
+        pads = self.const(f"{out}/pads", np.array([0, 0, ph, pw, 0, 0, ph, pw], np.int64))
+        padded = [
+            self.add("Pad", [c, pads, self.const(f"{c}/zp", np.uint8(z))], f"{c}/pad")
+            for c, z in zip(channels, zero)
+        ]
+        self.add("Concat", padded, out, axis=1)
+        self.offset[out] = 0
+        return out
+
+    def int_weight(self, name: str, codes: np.ndarray) -> str:
+        """int8 weights for QLinearConv, stored in the narrowest ONNX integer type that holds
+        them (INT2, INT4: a Cast to INT8 that onnxruntime folds when it loads the model)."""
+        for kind, (lo, hi) in ((TensorProto.INT2, (-2, 1)), (TensorProto.INT4, (-8, 7))):
+            if lo <= codes.min() and codes.max() <= hi:
+                self.inits.append(_packed_tensor(f"{name}/codes", kind, codes))
+                return self.add("Cast", [f"{name}/codes"], name, to=TensorProto.INT8)
+        return self.const(name, codes.astype(np.int8))
 
     def _float_conv(self, conv: Node, out: str) -> str:
         """The accumulator in float32 (exact: the conv's width is at most 25 bits)."""
@@ -360,7 +494,7 @@ class Int8Writer(QdqWriter):
         """A residual sum's threshold as two DequantizeLinear, an Add and a QuantizeLinear,
         where a power-of-two factor (exact on each operand and on their sum) reproduces every
         level."""
-        if not all(i in self.offset for i in add.inputs):
+        if not all(self.codes(i) for i in add.inputs):
             return False
         lo_in, hi_in = add.attrs["range"]
         values = np.arange(lo_in, hi_in + 1)
@@ -375,14 +509,23 @@ class Int8Writer(QdqWriter):
         return True
 
     def _codes_threshold(self, node: Node, x: str) -> None:
-        """A threshold on codes: a fitted DequantizeLinear, Add and QuantizeLinear, else a
-        lookup table."""
+        """A threshold on codes: a 1x1 depthwise QLinearConv (one uint8 pass, which keeps the
+        int8 kernels' channels-last layout), else a fitted DequantizeLinear, Add and
+        QuantizeLinear, else a lookup table."""
         lo_in, hi_in = self.ranges_in(node)
-        if x not in self.offset or hi_in - lo_in >= MAX_TABLE:
+        if not self.codes(x) or hi_in - lo_in >= MAX_TABLE:
             self._table(node, self.f32(x))
             return
         values = np.arange(lo_in, hi_in + 1)
         out = levels(node, np.broadcast_to(values, (len(node.arrays["sign"]), len(values))))
+        offset = self.offset[x]
+        # The conv reads stored - x_zero: the values themselves where -offset fits uint8.
+        zero = -offset if -255 <= offset <= 0 else 0
+        ratio = self.ratio(x, node) if zero == -offset else None
+        fitted = fit_depthwise(out, values - offset - zero, ratio)
+        if fitted is not None and -255 <= node.attrs["range"][0] <= 0:
+            self._depthwise(node, x, zero, *fitted, out)
+            return
         ratio = self.ratio(x, node)
         guess = (ratio, None if ratio is None else ratio * lo_in)
         fitted = fit_affine(out, values - lo_in, guess)
@@ -390,6 +533,26 @@ class Int8Writer(QdqWriter):
             self._table(node, self.f32(x))
             return
         self._affine(node, [x], *fitted, out)
+
+    def _depthwise(self, node: Node, x: str, x_zero: int, weight, bias, multiplier, out_levels):
+        """rne(float32(w_c (x - x_zero) + B_c) * M_c), stored as level - lo (the y zero point)
+        and clamped to the levels."""
+        out, lo = node.name, node.attrs["range"][0]
+        one = self.const(f"{out}/one", np.float32(1.0))
+        inputs = [
+            x,
+            one,
+            self.const(f"{out}/x_zero", np.uint8(x_zero)),
+            self.int_weight(f"{out}/w", weight.reshape(-1, 1, 1, 1)),
+            self.const(f"{out}/m", multiplier),
+            self.const(f"{out}/w_zero", np.zeros(len(weight), np.int8)),
+            one,
+            self.const(f"{out}/y_zero", np.uint8(-lo)),
+            self.const(f"{out}/b", bias),
+        ]
+        self.add("QLinearConv", inputs, f"{out}/q", group=len(weight))
+        self.clip(f"{out}/q", out, int(out_levels.min()) - lo, int(out_levels.max()) - lo)
+        self.offset[out] = lo
 
     def _affine(self, node: Node, inputs, factor, shift, out_levels: np.ndarray) -> None:
         """rne(A_c * (sum of the uint8 inputs) + C_c), stored and clamped to the levels: each
@@ -449,6 +612,10 @@ class Int8Writer(QdqWriter):
         index = self.add("Add", [index, start], f"{out}/index")
         self.add("Gather", [self.const(f"{out}/table", table), index], out, axis=0)
         self.offset[out] = node.attrs["range"][0]
+
+    def codes(self, x: str) -> bool:
+        """Whether x is uint8 codes of values stored + offset."""
+        return x in self.offset and x not in self.zero_points
 
     def ratio(self, x: str, node: Node):
         """The unit of x over the step of the threshold node reading it (None: x has none)."""
