@@ -59,3 +59,15 @@ def no_hydra_state_between_tests():
     yield
     HydraConfig.instance().cfg = None
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def no_search_figures(monkeypatch):
+    """search() without its figures (bit_allocation.png, selector_evolution.png, ...), for a
+    test that reads neither them nor their drawing: they are drawn from what found.json and
+    history.json hold, after the search, and take seconds for a network of many layers (9 s
+    for tv_mobilenet_v2's 52). tests/report draws them; test_search_program.py checks a
+    search writes them."""
+    import edmips.programs.search
+
+    monkeypatch.setattr(edmips.programs.search, "write_search_figures", lambda *a, **k: [])

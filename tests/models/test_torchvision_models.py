@@ -154,7 +154,7 @@ TINY_RUN = [
 @pytest.mark.parametrize(
     "model", [pytest.param("tv_mobilenet_v2", marks=pytest.mark.slow), "tv_resnet18"]
 )
-def test_search_runs_on_a_torchvision_model(search_cfg, tmp_path, model):
+def test_search_runs_on_a_torchvision_model(search_cfg, tmp_path, model, no_search_figures):
     from edmips.programs.search import search
     from edmips.records import arch
 
