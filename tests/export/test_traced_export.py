@@ -14,7 +14,7 @@ from edmips.export.lower import lower
 from edmips.export.onnx.qdq import qdq_runtime
 from edmips.export.onnx.qonnx import run_qonnx
 from edmips.export.verify import integer_pair
-from edmips.models import create_model, tv
+from edmips.models import create_model
 from edmips.nn import default_searched, quantize, to_fixed
 
 BITS = [(2, 2), (3, 4), (4, 3), (1, 2)]  # (wbits, abits), cycled over the searched layers
@@ -86,29 +86,11 @@ def check_exports(model: nn.Module, size: int, out) -> None:
     [("tv_resnet18", 32), ("tv_mobilenet_v2", 32), ("tv_googlenet", 32), ("tv_alexnet", 64)],
 )
 def test_integer_qonnx_and_qdq_models_compute_the_fake_quantized_network(
-    name, size, tmp_path, monkeypatch
+    name, size, tmp_path, request
 ):
     if name == "tv_alexnet":
-        monkeypatch.setattr(tv, "float_model", _narrow_alexnet_classifier(tv.float_model))
+        request.getfixturevalue("narrow_alexnet")
     check_exports(trained_like(name, size), size, tmp_path)
-
-
-def _narrow_alexnet_classifier(float_model, width: int = 64):
-    """torchvision's AlexNet as tv_alexnet builds and converts it, its classifier's two hidden
-    linears `width` wide instead of 4096: the same graph (the adaptive pool repeating a 1 x 1
-    map to 6 x 6, dropouts, a flattened map into three linears) with 1/15 of the weights,
-    which at 4096 took most of a minute to lower, pack, check and run."""
-
-    def narrowed(arch, num_classes=1000, **kw):
-        net = float_model(arch, num_classes=num_classes, **kw)
-        layers = net.body.classifier  # Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear
-        assert all(isinstance(layers[i], nn.Linear) for i in (1, 4, 6))
-        layers[1] = nn.Linear(layers[1].in_features, width)
-        layers[4] = nn.Linear(width, width)
-        layers[6] = nn.Linear(width, num_classes)
-        return net
-
-    return narrowed
 
 
 class EveryOp(nn.Module):
