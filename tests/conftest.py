@@ -59,3 +59,40 @@ def no_hydra_state_between_tests():
     yield
     HydraConfig.instance().cfg = None
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def no_search_figures(monkeypatch):
+    """search() without its figures (bit_allocation.png, selector_evolution.png, ...), for a
+    test that reads neither them nor their drawing: they are drawn from what found.json and
+    history.json hold, after the search, and take seconds for a network of many layers (9 s
+    for tv_mobilenet_v2's 52). tests/report draws them; test_search_program.py checks a
+    search writes them."""
+    import edmips.programs.search
+
+    monkeypatch.setattr(edmips.programs.search, "write_search_figures", lambda *a, **k: [])
+
+
+@pytest.fixture
+def narrow_alexnet(monkeypatch):
+    """tv_alexnet built and converted as ever, its classifier's two hidden linears 64 wide
+    instead of 4096: the same graph (the adaptive pool repeating a 1 x 1 map to 6 x 6 at 64 px,
+    dropouts, a flattened map into three linears) with 1/15 of the weights, whose 54 million
+    otherwise take most of the time of every test of it."""
+    from torch import nn
+
+    from edmips.models import tv
+
+    float_model = tv.float_model
+
+    def narrowed(arch, num_classes=1000, **kw):
+        net = float_model(arch, num_classes=num_classes, **kw)
+        if arch == "alexnet":
+            layers = net.body.classifier  # Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear
+            assert all(isinstance(layers[i], nn.Linear) for i in (1, 4, 6))
+            layers[1] = nn.Linear(layers[1].in_features, 64)
+            layers[4] = nn.Linear(64, 64)
+            layers[6] = nn.Linear(64, num_classes)
+        return net
+
+    monkeypatch.setattr(tv, "float_model", narrowed)

@@ -83,14 +83,13 @@ def check_exports(model: nn.Module, size: int, out) -> None:
 
 @pytest.mark.parametrize(
     "name,size",
-    [
-        ("tv_resnet18", 32),
-        ("tv_mobilenet_v2", 32),
-        ("tv_googlenet", 32),
-        pytest.param("tv_alexnet", 64, marks=pytest.mark.slow),
-    ],
+    [("tv_resnet18", 32), ("tv_mobilenet_v2", 32), ("tv_googlenet", 32), ("tv_alexnet", 64)],
 )
-def test_integer_qonnx_and_qdq_models_compute_the_fake_quantized_network(name, size, tmp_path):
+def test_integer_qonnx_and_qdq_models_compute_the_fake_quantized_network(
+    name, size, tmp_path, request
+):
+    if name == "tv_alexnet":
+        request.getfixturevalue("narrow_alexnet")
     check_exports(trained_like(name, size), size, tmp_path)
 
 

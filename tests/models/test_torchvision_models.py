@@ -154,7 +154,7 @@ TINY_RUN = [
 @pytest.mark.parametrize(
     "model", [pytest.param("tv_mobilenet_v2", marks=pytest.mark.slow), "tv_resnet18"]
 )
-def test_search_runs_on_a_torchvision_model(search_cfg, tmp_path, model):
+def test_search_runs_on_a_torchvision_model(search_cfg, tmp_path, model, no_search_figures):
     from edmips.programs.search import search
     from edmips.records import arch
 
@@ -210,11 +210,13 @@ def test_an_export_failing_after_training_leaves_the_run_resumable(retrain_cfg, 
     "arch,size",
     [*MODELS[:3], *(pytest.param(*m, marks=pytest.mark.slow) for m in MODELS[3:])],
 )
-def test_a_search_step_and_a_retrain_step_train_every_layer(arch, size):
+def test_a_search_step_and_a_retrain_step_train_every_layer(arch, size, request):
     from edmips.cost import layers as cost_layers
     from edmips.cost.bitops import expected_equivalent_bits
     from edmips.nn import MIXED_LAYERS, default_searched, to_fixed, to_search
 
+    if arch == "alexnet":
+        request.getfixturevalue("narrow_alexnet")
     torch.manual_seed(0)
     model = create_model(f"tv_{arch}", num_classes=10)
     if arch == "alexnet":

@@ -127,7 +127,7 @@ def test_cifar10_integer_network_agrees_on_every_test_image(retrain_cfg):
             "wbits=2",
             "abits=2",
             "trainer.max_epochs=1",
-            "+trainer.limit_train_batches=80",
+            "+trainer.limit_train_batches=40",
             "+trainer.limit_val_batches=2",
             "data.batch_size=256",
             "integer_check_images=1000",
@@ -135,7 +135,7 @@ def test_cifar10_integer_network_agrees_on_every_test_image(retrain_cfg):
     )
     assert metrics["data"] == "cifar10"
     assert metrics["prediction_agreement"] == 1.0 and metrics["test_images"] == 1000
-    assert metrics["test_acc"] > 0.15  # 80 steps already beat chance
+    assert metrics["test_acc"] > 0.15  # 40 steps already beat chance (0.54)
 
 
 def cfg_path(cfg):

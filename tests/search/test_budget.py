@@ -133,7 +133,7 @@ def test_budget_discretization_keeps_winner_take_all_when_it_fits():
 
 @pytest.mark.slow
 def test_two_budgets_land_within_two_percent_and_the_sweep_reports(
-    search_cfg, retrain_cfg, tmp_path
+    search_cfg, retrain_cfg, tmp_path, no_search_figures
 ):
     """A budget sweep, a uniform baseline retrained, and the report built from the sweep dir."""
     sweep = tmp_path / "sweep"
