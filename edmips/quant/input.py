@@ -43,8 +43,10 @@ class InputQuant(ActivationQuantizer):
 
     def round_scale(self) -> None:
         """The scale rounded to the nearest power of two, where a family's requantization needs
-        one; the batch norm after the first conv takes up the change (at most a factor of
-        sqrt 2) in training."""
+        one. The first conv's weights are left as they are (a file of them may have been trained
+        on either scale): the batch norm after it takes up the change, at most a factor of
+        sqrt 2, in training, so a network quantized without training (ptq.py) is better kept
+        in a family that keeps the scale."""
         self.scale = 2.0 ** round(math.log2(self.scale))
 
     def unit(self) -> float:

@@ -157,40 +157,10 @@ def test_a_batch_norm_and_quantizer_on_codes_is_a_depthwise_qlinearconv_to_the_b
 
 def test_a_threshold_that_no_requantization_fits_is_an_exact_lookup_table(tmp_path):
     rng = np.random.default_rng(0)
-    graph = Graph("table", [3, 4, 4])
-    graph.add(
-        "input",
-        "input",
-        [],
-        range=[0, 255],
-        scale=1 / 255,
-        arrays={"zero_point": np.zeros(3, np.int16)},
-    )
     steps = np.sort(rng.choice(np.arange(1, 255), (3, 6), replace=True), 1)  # uneven levels
     sign = np.array([1, -1, 1], np.int8)
-    graph.add(
-        "threshold",
-        "levels",
-        ["input"],
-        out_bias=0,
-        range=[0, 6],
-        scale=0.5,
-        arrays={
-            "thresholds": np.where(sign[:, None] > 0, steps, -steps[:, ::-1]).astype(np.int32),
-            "sign": sign,
-        },
-    )
-    graph.add("sumpool", "pool", ["levels"], range=[0, 96], scale=None)
-    weight = rng.integers(-127, 128, (5, 3)).astype(np.int8)
-    graph.add(
-        "linear",
-        "fc",
-        ["pool"],
-        acc_bits=18,
-        range=[-(2**17), 2**17 - 1],
-        scale=0.01,
-        arrays={"weight": weight, "bias": rng.integers(-50, 50, 5)},
-    )
+    thresholds = np.where(sign[:, None] > 0, steps, -steps[:, ::-1])
+    graph = _codes_graph(thresholds, sign, 6, 4)
     save_onnx(graph, tmp_path / "m.onnx", "int8")
     assert len(_tables(onnx.load(str(tmp_path / "m.onnx")))) == 1
     codes = torch.randint(0, 256, (32, 3, 4, 4), dtype=torch.uint8)
