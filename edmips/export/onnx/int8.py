@@ -156,7 +156,7 @@ def depthwise(stored: np.ndarray, weight, bias, multiplier) -> np.ndarray:
     """A 1x1 depthwise QLinearConv before its saturation: rne(float32(w s + B) * M) per
     channel (the product in float32), for stored inputs s [n]."""
     acc = weight.astype(np.int64)[:, None] * stored.astype(np.int64)[None, :] + bias[:, None]
-    return np.rint(acc.astype(np.float32) * multiplier.astype(np.float32)[:, None]).astype(np.int64)
+    return qlinear(acc, multiplier.astype(np.float32))
 
 
 def fit_depthwise(out: np.ndarray, read: np.ndarray, ratio=None):
@@ -167,34 +167,33 @@ def fit_depthwise(out: np.ndarray, read: np.ndarray, ratio=None):
     norm between, ties half to even included) where that is a float32 number that gives its
     levels; else the affine map A s + C of the widest margin becomes M (w s + B) with w = +-127
     (then smaller magnitudes), M = |A| / |w| and B the integer that puts B M inside the margin.
-    Each candidate is checked on every input."""
+    Each candidate is checked on every input; the widest margin is searched for only where
+    the ratio leaves channels."""
     channels = len(out)
     _, _, low, high = _level_bounds(out)
 
-    def fits(w, b, m):
-        return (np.clip(depthwise(read, w, b, m), low, high) == out).all(1)
+    def candidates():
+        if ratio is not None:
+            r = np.broadcast_to(np.asarray(ratio, np.float64), (channels,))
+            if (r.astype(np.float32) == r).all():
+                yield np.ones(channels, np.int64), np.zeros(channels, np.int64), r
+        a, shift_range = _widest_slope(out, read)
+        for magnitude in range(127, 63, -1):
+            w = np.where(a < 0, -magnitude, magnitude)
+            m = (np.abs(a) / magnitude).astype(np.float32)
+            m = np.where(m > 0, m, np.float32(1))
+            c = _inside(*shift_range(w * m.astype(np.float64)))
+            yield w, np.clip(np.rint(c / m), -(2**31), 2**31 - 1).astype(np.int64), m
 
     weight = np.zeros(channels, np.int64)
     bias = out[:, 0].astype(np.int64)  # a channel of one level: w = 0, B = that level, M = 1
     multiplier = np.ones(channels, np.float32)
     todo = (out != out[:, :1]).any(1)
-    candidates = []
-    if ratio is not None:
-        ratio = np.broadcast_to(np.asarray(ratio, np.float64), (channels,))
-        if (ratio.astype(np.float32) == ratio).all():
-            candidates.append((np.ones(channels, np.int64), np.zeros(channels, np.int64), ratio))
-    a, shift_range = _widest_slope(out, read)
-    for magnitude in range(127, 63, -1):
-        w = np.where(a < 0, -magnitude, magnitude)
-        m = (np.abs(a) / magnitude).astype(np.float32)
-        m = np.where(m > 0, m, np.float32(1))
-        c = _inside(*shift_range(w * m.astype(np.float64)))
-        candidates.append((w, np.clip(np.rint(c / m), -(2**31), 2**31 - 1).astype(np.int64), m))
-    for w, b, m in candidates:
+    for w, b, m in candidates():
         if not todo.any():
             break
         m = m.astype(np.float32)
-        good = todo & fits(w, b, m)
+        good = todo & (np.clip(depthwise(read, w, b, m), low, high) == out).all(1)
         weight[good], bias[good], multiplier[good] = w[good], b[good], m[good]
         todo &= ~good
     if todo.any():
@@ -522,10 +521,11 @@ class Int8Writer(QdqWriter):
         # The conv reads stored - x_zero: the values themselves where -offset fits uint8.
         zero = -offset if -255 <= offset <= 0 else 0
         ratio = self.ratio(x, node) if zero == -offset else None
-        fitted = fit_depthwise(out, values - offset - zero, ratio)
-        if fitted is not None and -255 <= node.attrs["range"][0] <= 0:
-            self._depthwise(node, x, zero, *fitted, out)
-            return
+        if -255 <= node.attrs["range"][0] <= 0:  # the levels' lowest, as the y zero point
+            fitted = fit_depthwise(out, values - offset - zero, ratio)
+            if fitted is not None:
+                self._depthwise(node, x, zero, *fitted, out)
+                return
         ratio = self.ratio(x, node)
         guess = (ratio, None if ratio is None else ratio * lo_in)
         fitted = fit_affine(out, values - lo_in, guess)
