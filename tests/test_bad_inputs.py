@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from edmips.core import checks
 from edmips.cost import layers as cost_layers
 from edmips.data import CIFAR10DataModule
 from edmips.export.cli import main as export_main
@@ -39,6 +41,11 @@ def _files(path):
         ("space.skip_first=maybe", "space.skip_first must be true or false"),
         ("model=torchvision", "model.name is required: model=torchvision model.name=tv_<a tor"),
         ("model.name=resnet_huge", "model.name='resnet_huge': unknown model; choose from resn"),
+        ("seed=-1", "seed must be >= 0, got -1"),  # was numpy's traceback
+        ("seed=4294967296", "seed must be <= 4294967295, got 4294967296"),
+        ("target_bits=inf", "target_bits must be a finite number, got inf"),
+        ("budget.bitops=inf", "budget.bitops=inf: not finite; a budget is a positive amount"),
+        ("budget.weight_size=1e400MiB", "budget.weight_size=1e400MiB: not finite; a budget is"),
     ],
 )
 def test_bad_search_config(search_cfg, tmp_path, override, message):
@@ -80,6 +87,13 @@ def test_an_output_dir_through_a_file(request, tmp_path, make_cfg, program, over
         (("arch=uniform", "integer_check_images=0"), "integer_check_images must be >= 1"),
         (("arch=random",), "arch=random needs a budget: add target_bits=B"),
         (("arch=random", "target_bits=9"), "out of reach: the space spans 1.414 to 4.000"),
+        (("arch=random", "target_bits=2", "seed=-1"), "seed must be >= 0, got -1"),
+        (("arch=random", "budget.bitops=inf"), "budget.bitops=inf: not finite; a budget is a"),
+        (("arch=uniform", "target_bits=2"), "target_bits=2: arch=uniform takes no budget (a budge"),
+        (
+            ("arch=micronet", "budget.weight_size=2KiB"),
+            "budget.weight_size=2KiB: arch=micronet takes no budget (a budget is for arch=random)",
+        ),
     ],
 )
 def test_bad_retrain_config(retrain_cfg, tmp_path, overrides, message):
@@ -87,6 +101,54 @@ def test_bad_retrain_config(retrain_cfg, tmp_path, overrides, message):
         retrain(retrain_cfg(*overrides))
     assert message in str(e.value) and "\n" not in str(e.value)
     assert _files(tmp_path) == []
+
+
+NO_CLIP = "quant's activation quantizers ({}) have no clip to calibrate (quant=ptq's have): drop"
+NOT_MAXABS = "quant's weight quantizer (gauss) is not max-abs, the one bias correction adjusts"
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (("quant=edmips", "ptq.activation_clip=minmax"), NO_CLIP.format("hwgq, ema")),
+        (("quant=qatsim", "ptq.activation_clip=mse"), NO_CLIP.format("ema_relu, ema")),
+        (("quant=edmips", "ptq.bias_correction=mean_var"), NOT_MAXABS),
+        (("target_bits=2",), "target_bits=2: arch=uniform takes no budget (a budget is for arch=r"),
+        (("budget.bitops=1e6",), "budget.bitops=1000000.0: arch=uniform takes no budget"),
+        (("seed=-1",), "seed must be >= 0, got -1"),
+        (
+            ("arch=sensitivity", "target_bits=3", "sensitivity.images=300"),
+            "sensitivity.images=300 is more than calibration.images=256, the images it is measur",
+        ),
+    ],
+)
+def test_bad_ptq_config(ptq_cfg, tmp_path, overrides, message):
+    cfg = ptq_cfg("arch=uniform", "model.weights=weights.pt", *overrides)
+    with pytest.raises(ValueError) as e:
+        ptq(cfg)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert _files(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("quant=edmips",),  # conf/ptq.yaml's refinements: accepted, whatever the family
+        ("quant=edmips", "ptq.bias_correction=none"),  # what such a family does anyway
+        ("quant=qatsim", "ptq.bias_correction=mean_var"),  # max-abs weights: corrected
+        ("arch=random", "target_bits=3"),
+        ("arch=sensitivity", "budget.bitops=1e6", "calibration.images=8"),
+        # the statistics from a file: the images measured on are drawn for the measurement
+        ("arch=sensitivity", "target_bits=3", "sensitivity.images=300", "calibration.stats=s.pt"),
+    ],
+)
+def test_ptq_settings_that_are_applied_pass_the_checks(ptq_cfg, overrides):
+    checks.check_ptq(ptq_cfg("arch=uniform", "model.weights=weights.pt", *overrides))
+
+
+def test_the_ptq_defaults_the_checks_accept_are_conf_ptq_yaml_s(ptq_cfg):
+    cfg = ptq_cfg("arch=uniform")
+    assert {key: OmegaConf.select(cfg, key) for key in checks.PTQ_DEFAULTS} == checks.PTQ_DEFAULTS
 
 
 def _tiny_arch(input_size=(3, 32, 32)) -> dict:
@@ -165,6 +227,39 @@ def test_a_weights_file_that_is_no_state_dict(retrain_cfg, tmp_path, content, me
         retrain(cfg)
     assert str(e.value) == f"model weights {path}: {message}"
     assert _files(tmp_path) == ["weights.pt"]
+
+
+@pytest.mark.parametrize("value,what", [(float("nan"), "NaN"), (float("inf"), "an infinite value")])
+@pytest.mark.parametrize("program", ["retrain", "ptq"])
+def test_a_weights_file_with_a_non_finite_tensor(request, tmp_path, program, value, what):
+    model = create_model("resnet_tiny", num_classes=10)
+    state = model.state_dict()
+    state["conv1.weight"][0, 0, 0, 0] = value
+    path = tmp_path / "weights.pt"
+    torch.save(state, path)
+    if program == "retrain":
+        cfg = request.getfixturevalue("retrain_cfg")("arch=uniform", "init=float")
+    else:
+        cfg = request.getfixturevalue("ptq_cfg")("arch=uniform")
+    cfg.model.weights = str(path)
+    with pytest.raises(ValueError) as e:
+        {"retrain": retrain, "ptq": ptq}[program](cfg)
+    assert str(e.value) == f"model weights {path}: 'conv1.weight' holds {what}"
+    assert _files(tmp_path) == ["weights.pt"]
+
+
+def test_bits_the_family_does_not_take_name_the_arch_file_and_layer(ptq_cfg, tmp_path):
+    path = tmp_path / "found.json"
+    path.write_text(json.dumps(_layer(_tiny_arch(), wbits=1)))  # a search under quant=edmips
+    name = arch.load(path).layers[1].name
+    torch.save(create_model("resnet_tiny", num_classes=10).state_dict(), tmp_path / "w.pt")
+    cfg = ptq_cfg(f"arch={path}", f"model.weights={tmp_path / 'w.pt'}")  # quant=ptq: maxabs
+    with pytest.raises(ValueError) as e:
+        ptq(cfg)
+    assert str(e.value) == (
+        f"arch={path}: layer {name!r} (w1 a4): maxabs: unsupported bit-width 1: choose from "
+        "[2, 3, 4, 5, 6, 7, 8] or 32"
+    )
 
 
 def test_an_arch_path_that_is_a_directory(retrain_cfg, tmp_path):

@@ -5,6 +5,7 @@ so a wrong type or range is one line naming the key, never a traceback mid-run.
 """
 
 import math
+import string
 from pathlib import Path
 
 from hydra.utils import to_absolute_path
@@ -17,6 +18,8 @@ from edmips.models import list_models
 from edmips.nn.layers import INPUT_BITS
 from edmips.nn.policy import POLICIES
 from edmips.quant import registry
+from edmips.quant.clipped import ClippedQuant
+from edmips.quant.maxabs import MaxAbsWeight
 from edmips.quant.registry import get
 from edmips.records.files import check_folder
 
@@ -56,6 +59,15 @@ def _signed_space(cfg: DictConfig, family) -> None:
 INITS = ("scratch", "search", "float")  # where a retrain's weights start
 FLOAT = "float"  # arch=float: the float network, every layer and quantizer at 32 bits
 SENSITIVITY = "sensitivity"  # ptq.py: the allocation from each layer's measured loss increase
+MAX_SEED = 2**32 - 1  # numpy's generators take seeds 0 .. 2^32 - 1
+# conf/ptq.yaml's settings, accepted wherever they do not apply (its refinements under a family
+# without the quantizers they refine, sensitivity.images beside fewer calibration images): a
+# value set otherwise there would be recorded but never applied
+PTQ_DEFAULTS = {
+    "ptq.activation_clip": "aciq_mix",
+    "ptq.bias_correction": "mean",
+    "sensitivity.images": 64,
+}
 
 
 def check_retrain(cfg: DictConfig) -> None:
@@ -65,6 +77,7 @@ def check_retrain(cfg: DictConfig) -> None:
     _number(cfg, "integer_check_images", minimum=1, integer=True, optional=True)
     _flag(cfg, "bn_fold")
     _number(cfg, "bn_freeze_epoch", minimum=0, integer=True)
+    _no_unused_budget(cfg, ("random",))
 
 
 def check_ptq(cfg: DictConfig) -> None:
@@ -77,16 +90,17 @@ def check_ptq(cfg: DictConfig) -> None:
         raise ConfigError("model.weights is required: model.weights=<a float network's state dict>")
     _number(cfg, "calibration.images", minimum=1, integer=True)
     _flag(cfg, "bn_fold")
-    _number(cfg, "seed", integer=True)
+    _number(cfg, "seed", minimum=0, maximum=MAX_SEED, integer=True)
     if cfg.arch == SENSITIVITY:
         if not _budget(cfg) and OmegaConf.select(cfg, "target_bits") is None:
             raise ConfigError(
                 "arch=sensitivity needs a budget: add target_bits=B (or budget.<cost>=<value>)"
             )
         _number(cfg, "target_bits", minimum=0, optional=True)
-        _number(cfg, "sensitivity.images", minimum=1, integer=True)
+        _sensitivity_images(cfg)
     else:
         _check_arch(cfg)
+    _no_unused_budget(cfg, ("random", SENSITIVITY))
     if cfg.arch == FLOAT:
         raise ConfigError("arch=float: post-training quantization needs bits to quantize to")
     if cfg.arch in ("random", SENSITIVITY):
@@ -95,6 +109,58 @@ def check_ptq(cfg: DictConfig) -> None:
             _bit_list(cfg, f"space.{kind}", list(supported))
         _signed_space(cfg, family)
     _number(cfg, "integer_check_images", minimum=1, integer=True, optional=True)
+    _refinements_applied(cfg)
+
+
+def _sensitivity_images(cfg: DictConfig) -> None:
+    """arch=sensitivity measures each layer on the first sensitivity.images of the calibration
+    images (unless calibration.stats gives the statistics: then it draws its own); the default
+    number stands for all of them where there are fewer."""
+    _number(cfg, "sensitivity.images", minimum=1, integer=True)
+    if OmegaConf.select(cfg, "calibration.stats") is not None:
+        return
+    measured, calibration = cfg.sensitivity.images, cfg.calibration.images
+    if measured > calibration and measured != PTQ_DEFAULTS["sensitivity.images"]:
+        raise ConfigError(
+            f"sensitivity.images={measured} is more than calibration.images={calibration}, the "
+            "images it is measured on: lower it or raise calibration.images"
+        )
+
+
+def _no_unused_budget(cfg: DictConfig, takers: tuple[str, ...]) -> None:
+    """target_bits and budget.<key> are read by the archs `takers` only: elsewhere a budget
+    would be accepted and ignored."""
+    if cfg.arch in takers:
+        return
+    given = [("target_bits", OmegaConf.select(cfg, "target_bits"))]
+    given += [(f"budget.{k}", v) for k, v in (OmegaConf.select(cfg, "budget") or {}).items()]
+    for key, value in given:
+        if value is not None:
+            archs = " or ".join(f"arch={arch}" for arch in takers)
+            raise ConfigError(
+                f"{key}={value}: arch={cfg.arch} takes no budget (a budget is for {archs}): drop it"
+            )
+
+
+def _refinements_applied(cfg: DictConfig) -> None:
+    """ptq.activation_clip sets the clipped quantizers' clips and ptq.bias_correction corrects
+    max-abs weights: under a family without them, a setting other than conf/ptq.yaml's (or
+    `none`) would be recorded but never applied."""
+    family = _family(cfg)
+    clipped = [n for n in (family.activation, family.signed) if issubclass(get(n), ClippedQuant)]
+    clip = cfg.ptq.activation_clip
+    if not clipped and clip != PTQ_DEFAULTS["ptq.activation_clip"]:
+        raise ConfigError(
+            f"ptq.activation_clip={clip}: quant's activation quantizers ({family.activation}, "
+            f"{family.signed}) have no clip to calibrate (quant=ptq's have): drop it"
+        )
+    correction = cfg.ptq.bias_correction
+    corrected = issubclass(get(family.weight), MaxAbsWeight)
+    if not corrected and correction not in ("none", PTQ_DEFAULTS["ptq.bias_correction"]):
+        raise ConfigError(
+            f"ptq.bias_correction={correction}: quant's weight quantizer ({family.weight}) is "
+            "not max-abs, the one bias correction adjusts (quant=ptq's is): drop it"
+        )
 
 
 def _check_arch(cfg: DictConfig) -> None:
@@ -159,6 +225,7 @@ def _check_model(cfg: DictConfig) -> None:
 def _check_common(cfg: DictConfig) -> None:
     _check_model(cfg)
     _check_output_dir(cfg)
+    _finite_budgets(cfg)
     cost = OmegaConf.select(cfg, "cost.name")
     if cost not in cost_models.names():
         raise ConfigError(
@@ -168,14 +235,28 @@ def _check_common(cfg: DictConfig) -> None:
         build_cost(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    _number(cfg, "seed", integer=True)
+    _number(cfg, "seed", minimum=0, maximum=MAX_SEED, integer=True)
     _number(cfg, "trainer.max_epochs", minimum=1, integer=True)
     for key in ("space.skip_first", "space.skip_last", "fast"):
         _flag(cfg, key)
 
 
+def _finite_budgets(cfg) -> None:
+    """budget.<key>=inf (or nan, or 1e400MiB): not finite, which budgets.total, the check of
+    the amount, would call not positive."""
+    for key, value in (OmegaConf.select(cfg, "budget") or {}).items():
+        number = value.strip().rstrip(string.ascii_letters) if isinstance(value, str) else value
+        try:
+            amount = float(number)
+        except (TypeError, ValueError):
+            continue  # not a number: budgets.total says what it must be
+        if not math.isfinite(amount):
+            raise ConfigError(f"budget.{key}={value}: not finite; a budget is a positive amount")
+
+
 def _budget(cfg):
     """budget.<key>: valid amounts, none counting the cost target_bits / target_bitops does."""
+    _finite_budgets(cfg)
     try:
         return budgets.requested(cfg)
     except ValueError as e:
@@ -197,16 +278,20 @@ def _family(cfg) -> registry.Family:
     return family
 
 
-def _number(cfg, key, minimum=None, integer=False, optional=False) -> None:
+def _number(cfg, key, minimum=None, integer=False, optional=False, maximum=None) -> None:
     value = OmegaConf.select(cfg, key)
     if value is None and optional:
         return
     kind = "an integer" if integer else "a number"
     is_number = isinstance(value, int) or (not integer and isinstance(value, float))
-    if isinstance(value, bool) or not is_number or not math.isfinite(value):
+    if isinstance(value, bool) or not is_number:
         raise ConfigError(f"{key} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{key} must be <= {maximum}, got {value}")
 
 
 def _bits(cfg, key, supported) -> None:

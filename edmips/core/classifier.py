@@ -34,9 +34,7 @@ class Classifier(L.LightningModule):
         self.model = model
         self.channels_last = channels_last
         # compile: a torch.compile mode, None for eager (edmips.core.builders.compile_mode decides).
-        # A bound method rather than a submodule: the state dict holds the network once, under
-        # "model.", compiled or not, so a checkpoint loads whatever either run chose.
-        self.forward_fn = (torch.compile(model, mode=compile) if compile else model).__call__
+        self.set_compile(compile)
         # validate_args=False: argument checks read values back to the host on every update.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = self.train_acc.clone()
@@ -45,6 +43,15 @@ class Classifier(L.LightningModule):
             num_classes, top_k=min(5, num_classes), average="micro", validate_args=False
         )
         self.val_acc5, self.test_acc5 = top5, top5.clone()
+
+    def set_compile(self, mode: str | None) -> None:
+        """Run the network compiled with torch.compile `mode`, or eagerly (None): the start-of-run
+        check (edmips.core.device_check) turns compiling off where it fails. Compiling is lazy,
+        so this costs nothing until the next forward."""
+        self.compile_mode = mode
+        # A bound method rather than a submodule: the state dict holds the network once, under
+        # "model.", compiled or not, so a checkpoint loads whatever either run chose.
+        self.forward_fn = (torch.compile(self.model, mode=mode) if mode else self.model).__call__
 
     def forward(self, x: Tensor) -> Tensor:
         if self.channels_last:

@@ -6,10 +6,12 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from edmips.core import rundir
 from edmips.data.imagenet import UnreadableImage
 from edmips.records.files import check_folder
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the edmips package
+SWEEP_RECORD = "multirun.yaml"  # Hydra's record of a sweep, in its hydra.sweep.dir
 
 
 @contextmanager
@@ -18,10 +20,14 @@ def one_line_errors():
     raised by this package's own checks) stops the run with `error: <what is wrong>` and exit
     status 1. The same errors raised inside a library are faults, not bad input: they keep
     their traceback, as they do everywhere with HYDRA_FULL_ERROR=1. An unreadable image met by
-    a DataLoader worker is this package's too, though torch raises it again in this process."""
+    a DataLoader worker is this package's too, though torch raises it again in this process.
+    A run ending so before it was accepted leaves nothing behind (rundir.remove_unaccepted)."""
     try:
         yield
-    except (ValueError, FileNotFoundError) as e:
+    except BaseException as e:
+        rundir.remove_unaccepted()
+        if not isinstance(e, (ValueError, FileNotFoundError)):
+            raise
         ours = _raised_here(e) or isinstance(e, UnreadableImage)
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not ours:
             raise
@@ -38,18 +44,28 @@ def _raised_here(e: BaseException) -> bool:
 
 class CheckRunDir(Callback):
     """Hydra creates the run's directory before the program starts, out of reach of
-    one_line_errors: a `hydra.run.dir` (`hydra.sweep.dir`) through a file is refused here, in
-    one line, before Hydra creates anything. Named in the programs' configs (hydra.callbacks)."""
+    one_line_errors: a `hydra.run.dir` (`hydra.sweep.dir`) through a file, and a sweep
+    directory holding another sweep, are refused here, in one line, before Hydra creates
+    anything; what it will create is noted, for a run refused later to remove again
+    (rundir.note_hydra_dirs). Named in the programs' configs (hydra.callbacks)."""
 
     def on_run_start(self, config, **kwargs) -> None:
         _check_run_dir("hydra.run.dir", config.hydra.run.dir)
+        rundir.note_hydra_dirs(config.hydra.run.dir)
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        _check_run_dir("hydra.sweep.dir", config.hydra.sweep.dir)
+        sweep = _check_run_dir("hydra.sweep.dir", config.hydra.sweep.dir)
+        record = sweep / SWEEP_RECORD
+        if record.exists():  # Hydra would write over it before any run of this sweep is refused
+            raise SystemExit(
+                f"error: hydra.sweep.dir: {sweep} holds another sweep ({SWEEP_RECORD}): choose "
+                "another hydra.sweep.dir"
+            )
+        rundir.note_hydra_dirs(str(sweep), str(record))
 
 
-def _check_run_dir(key: str, path: str) -> None:
+def _check_run_dir(key: str, path: str) -> Path:
     try:
-        check_folder(path)
+        return check_folder(path)
     except ValueError as e:
         raise SystemExit(f"error: {key}: {e}") from None

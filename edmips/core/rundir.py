@@ -13,7 +13,13 @@ A run ends in exactly one of three states:
   exit status 143) or the process was killed (SIGKILL), and no result file exists;
 - refused: one line `error: ...`, and nothing written. Every refusal (the configuration, the
   checkpoint, the data, the export's lowering, a directory held by another run or another
-  process) comes before `Run.accepted`, which is the first write.
+  process) comes before `Run.accept`, which is the first write: the lock, Hydra's record of
+  the command (.hydra/) and its log, held until then (`RunLog`). What Hydra makes before the
+  program runs (the run's folders, a sweep's multirun.yaml) a refused run removes again
+  (`remove_unaccepted`): it leaves nothing behind, and never touches the run it was given.
+
+ptq.py goes through the same lifecycle without epochs: no checkpoint and no resume=, so its
+stopped state is only: no metrics.json, and the line to start it again in a new directory.
 
 Resumable phases rather than a signal handler that saves on the way out: SIGKILL (the OOM
 killer, a lost node) cannot be answered, so what a handler would save must be on disk
@@ -37,7 +43,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytorch_lightning as L
@@ -53,7 +59,17 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 FINAL = ("found.json", "metrics.json")  # written when a run has finished
-RESULTS = (*FINAL, "history.json", str(CHECKPOINT))
+# What marks a directory as another run's: its results, and every output only a run writes (a
+# run stopped before its result file keeps them); also any ONNX model (*.onnx).
+RESULTS = (
+    *FINAL,
+    "history.json",
+    str(CHECKPOINT),
+    "arch.json",
+    "integer",
+    "calibration_stats.pt",
+    "weights.pt",
+)
 CONFIG_KEY = "edmips_config"
 VALIDATION_KEY = "edmips_validation"
 STOPPED = 128 + signal.SIGTERM  # the exit status of a run stopped by SIGTERM
@@ -108,24 +124,30 @@ def _validation(trainer: L.Trainer) -> dict[str, float]:
 class Run:
     """One run of a program in its directory: what it runs, what it resumes, and how it ends."""
 
-    def __init__(self, cfg: DictConfig, command: DictConfig, checkpoint: Path | None = None):
+    def __init__(
+        self, cfg: DictConfig, command: DictConfig, program: str, checkpoint: Path | None = None
+    ):
         self.cfg = cfg  # what runs: the command's configuration, or the resumed run's
+        self.program = program
         self.command = command  # the command line's, recorded in .hydra/ as Hydra would
         self.dir = Path(cfg.output_dir)
         self.checkpoint = checkpoint  # the one resumed
         self.stored: dict = {}  # of the checkpoint resumed: its network, epoch and shapes
-        self._fitting = self._finishing = False
+        self.resumable = "resume" in command  # ptq.py has no resume=
+        self._lock = ExitStack()  # the directory's lock, from `accept` to the end of `stoppable`
+        self._accepted = self._fitting = self._finishing = False
 
     def check_directory(self) -> None:
         """A fresh run needs a directory without another run's files; a resume, a run that
         has not finished."""
         if self.checkpoint is None:
-            for name in RESULTS:
-                if (self.dir / name).exists():
-                    raise ValueError(
-                        f"{self.dir / name} exists: {self.dir} holds another run; start in a new "
-                        f"directory (hydra.run.dir=...) or continue that run with resume={self.dir}"
-                    )
+            found = _another_runs_file(self.dir)
+            if found is not None:
+                resume = f" or continue that run with resume={self.dir}" if self.resumable else ""
+                raise ValueError(
+                    f"{found} exists: {self.dir} holds another run; start in a new "
+                    f"directory (hydra.run.dir=...){resume}"
+                )
             return
         for name in FINAL:
             if (self.dir / name).exists():
@@ -140,26 +162,42 @@ class Run:
 
     @contextmanager
     def accepted(self, module):
-        """The run of `module` from its first write on: its directory locked against a second
-        process, Hydra's record of the command written (.hydra/), and a SIGTERM ending it with
-        status 143 and the way to continue. Refused before the first write: a checkpoint to
-        resume holding another network's tensors, a directory another process holds."""
+        """The run of `module` from its first write on (`accept`), stoppable by SIGTERM."""
+        with self.stoppable():
+            self.accept(module)
+            yield self
+
+    @contextmanager
+    def stoppable(self):
+        """A SIGTERM from here on ends the run with status 143 and a line saying what to do
+        next; the directory's lock, taken by `accept`, is held until the end."""
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if main else None
+        try:
+            with self._lock:
+                yield self
+        except (Stopped, SIGTERMException):
+            raise SystemExit(self._stopped()) from None
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
+
+    def accept(self, module=None) -> None:
+        """The run's first write, inside `stoppable`: its directory locked against a second
+        process, Hydra's record of the command written (.hydra/), its log opened. Refused
+        before it: a checkpoint to resume holding another network's tensors, a directory
+        another process holds."""
         if self.checkpoint is not None:
             check_weights(module.state_dict(), self.stored["shapes"], self.checkpoint)
         first = rank_zero_only.rank == 0  # the others are a distributed run's own processes
-        with _locked(self.dir) if first else nullcontext():
-            self.check_directory()  # again: another process may have finished it meanwhile
-            if first:
-                _write_hydra_record(self.command)
-            main = threading.current_thread() is threading.main_thread()
-            previous = signal.signal(signal.SIGTERM, self._on_sigterm) if main else None
-            try:
-                yield self
-            except (Stopped, SIGTERMException):
-                raise SystemExit(self._stopped()) from None
-            finally:
-                if main:
-                    signal.signal(signal.SIGTERM, previous)
+        if first:
+            self._lock.enter_context(_locked(self.dir))
+        self.check_directory()  # again: another process may have finished it meanwhile
+        if first:
+            _write_hydra_record(self.command)
+        _open_run_log()
+        _hydra_made.accepted(_hydra_output_dir())
+        self._accepted = True
 
     def fit(self, trainer: L.Trainer, module, datamodule) -> dict[str, float]:
         """trainer.fit, from the checkpoint resumed; the last validation's metrics (`val/...`)."""
@@ -187,7 +225,16 @@ class Run:
             raise Stopped  # Lightning's handler, which stops at the next batch, is not in place
 
     def _stopped(self) -> int:
-        if (self.dir / CHECKPOINT).exists():
+        name = self.program
+        if not self._accepted:
+            log.error("stopped by SIGTERM before it wrote anything: start %s.py again", name)
+        elif not self.resumable:
+            log.error(
+                "stopped by SIGTERM before its result (metrics.json): start %s.py again in a new "
+                "directory (hydra.run.dir=...)",
+                name,
+            )
+        elif (self.dir / CHECKPOINT).exists():
             log.error("stopped by SIGTERM: continue the run with resume=%s", self.dir)
         else:
             log.error("stopped by SIGTERM before its first checkpoint: start the run again")
@@ -199,7 +246,7 @@ def start(cfg: DictConfig, program: str) -> Run:
     with that run's stored configuration, in that run's directory. Reads only; refuses a
     directory holding another run's files and a checkpoint that is not the program's."""
     if cfg.get("resume") is None:
-        run = Run(cfg, cfg)
+        run = Run(cfg, cfg, program)
     else:
         ckpt = checkpoint_path(Path(str(cfg.resume)))
         content = load_checkpoint(ckpt)
@@ -211,7 +258,7 @@ def start(cfg: DictConfig, program: str) -> Run:
         with open_dict(resumed):
             resumed.output_dir = str(ckpt.parent.parent)
             resumed.resume = str(ckpt)
-        run = Run(resumed, cfg, ckpt)
+        run = Run(resumed, cfg, program, ckpt)
         run.stored = {
             "epoch": content.get("epoch", -1),
             "network": content.get("edmips_network"),
@@ -239,17 +286,116 @@ def _locked(run_dir: Path):
         os.close(held)
 
 
+def _another_runs_file(run_dir: Path) -> Path | None:
+    """The first of RESULTS (or an ONNX model) in run_dir, if any."""
+    for name in RESULTS:
+        if (run_dir / name).exists():
+            return run_dir / name
+    return next(iter(sorted(run_dir.glob("*.onnx"))), None)
+
+
+class RunLog(logging.FileHandler):
+    """Hydra's log file of a run (the `file` handler of hydra.job_logging in conf/*.yaml),
+    opened once the run is accepted: the records before are held and written then, so that a
+    refused run writes no log into the directory it was given."""
+
+    def __init__(self, filename, mode: str = "a", encoding: str | None = None):
+        super().__init__(filename, mode, encoding, delay=True)
+        self.held: list[logging.LogRecord] | None = []  # None once the run is accepted
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.held is None:
+            super().emit(record)
+        else:
+            self.held.append(record)
+
+    def open_log(self) -> None:
+        self.acquire()
+        try:
+            held, self.held = self.held or [], None
+            for record in held:
+                super().emit(record)
+        finally:
+            self.release()
+
+
+def _open_run_log() -> None:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, RunLog):
+            handler.open_log()
+
+
+class _HydraMade:
+    """What Hydra makes for a run before the program starts, which a run ending before it was
+    accepted removes: the folders of its run directory (of a sweep's, and its job's) that did
+    not exist, and a sweep's record of itself, multirun.yaml, kept once one of its runs is
+    accepted. Noted by edmips.core.cli.CheckRunDir before Hydra creates anything."""
+
+    def __init__(self):
+        self.top: Path | None = None  # hydra.run.dir, or hydra.sweep.dir
+        self.existing: Path | None = None  # the nearest folder of `top` that existed
+        self.record: Path | None = None  # a sweep's multirun.yaml
+        self.accepted_dirs: set[Path] = set()  # Hydra's output dirs of the runs accepted
+
+    def note(self, top: str, record: str | None = None) -> None:
+        self.top = Path(os.path.abspath(top))
+        self.existing = next(p for p in (self.top, *self.top.parents) if p.exists())
+        self.record = None if record is None else Path(os.path.abspath(record))
+        self.accepted_dirs = set()
+
+    def accepted(self, output_dir: Path | None) -> None:
+        if output_dir is not None:
+            self.accepted_dirs.add(output_dir)
+
+    def remove(self, output_dir: Path | None) -> None:
+        if self.top is None or output_dir is None or output_dir in self.accepted_dirs:
+            return
+        if not output_dir.is_relative_to(self.top):
+            return  # not a run of the Hydra command noted (a test's own config, say)
+        if self.record is not None and not self.accepted_dirs:
+            self.record.unlink(missing_ok=True)  # a sweep none of whose runs was accepted
+        for folder in (output_dir, *output_dir.parents):
+            if folder == self.existing or not folder.is_relative_to(self.existing):
+                break
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: another run's of the sweep, or files put there
+                break
+
+
+_hydra_made = _HydraMade()
+
+
+def note_hydra_dirs(top: str, record: str | None = None) -> None:
+    """Before Hydra creates `top` (hydra.run.dir, or hydra.sweep.dir and its `record`): what a
+    run refused later removes (`remove_unaccepted`)."""
+    _hydra_made.note(top, record)
+
+
+def remove_unaccepted() -> None:
+    """A run ending before it was accepted (refused, failed or stopped) leaves nothing behind:
+    the folders Hydra created for it, if empty, and a sweep's multirun.yaml if none of its runs
+    was accepted."""
+    _hydra_made.remove(_hydra_output_dir())
+
+
+def _hydra_output_dir() -> Path | None:
+    """The directory Hydra made for the run of this process (None outside a Hydra run)."""
+    if not HydraConfig.initialized():
+        return None
+    out = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", throw_on_missing=False)
+    return None if out is None else Path(out)
+
+
 def _write_hydra_record(command: DictConfig) -> None:
     """Hydra's record of the command (.hydra/config.yaml, hydra.yaml, overrides.yaml), which the
     configs keep Hydra from writing itself (hydra.output_subdir: null) so that a refused run
     never rewrites that of the run whose directory it was given."""
-    if not HydraConfig.initialized():
-        return
-    hydra = HydraConfig.get()
-    out = OmegaConf.select(hydra, "runtime.output_dir", throw_on_missing=False)
+    out = _hydra_output_dir()
     if out is None:
         return
-    record = Path(out) / ".hydra"
+    hydra = HydraConfig.get()
+    record = out / ".hydra"
     record.mkdir(parents=True, exist_ok=True)
     task = OmegaConf.masked_copy(command, [k for k in command if k != "hydra"])
     OmegaConf.save(task, record / "config.yaml")

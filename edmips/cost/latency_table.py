@@ -102,7 +102,7 @@ def load(path: str | Path) -> Entries:
     if path.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"{path}: a latency table is a .csv or a .json file")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's UTF-8 BOM is no header
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
     except (IsADirectoryError, UnicodeDecodeError) as e:

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, RandomSampler, Subset
 
 from edmips.data.common import check_classes, resolve_path, split_indices
+from edmips.data.tensor_loader import seed_for
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -54,6 +55,21 @@ def load_image(path: str):
         raise UnreadableImage(
             f"imagenet: {path} is not a readable image ({problem}): replace or remove it"
         ) from None
+
+
+class EpochSampler(RandomSampler):
+    """A random order that is a function of (seed, epoch), as are the loader's workers' seeds:
+    `set_epoch` (which Lightning calls before each training epoch) reseeds the generator the
+    loader and this sampler share, so a resumed run draws the batches and augmentations an
+    uninterrupted one draws."""
+
+    def __init__(self, data, seed: int, generator: torch.Generator):
+        super().__init__(data, generator=generator)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(seed_for(self.seed, epoch))
 
 
 def image_folder(folder: Path, transform):
@@ -134,17 +150,19 @@ class ImageNetDataModule(pl.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         if not self.datasets:
             raise RuntimeError("imagenet: call setup() before asking for a dataloader")
-        workers = self.num_workers
+        workers, generator = self.num_workers, torch.Generator()
+        sampler = EpochSampler(self.datasets[split], self.seed, generator) if train else None
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            sampler=sampler,
             drop_last=train,
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=workers > 0,
-            # Seeded shuffling: the generator advances, so each epoch gets a new order.
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            # Training workers start anew each epoch, seeded from the epoch's generator:
+            # persistent ones would carry their random state from one epoch into the next.
+            persistent_workers=workers > 0 and not train,
+            generator=generator,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -6,7 +6,8 @@ standard ops for onnxruntime), for edmips's ResNets and converted models (tv_mob
 retrain.py stores in its checkpoints what rebuilds the network (the arch, the number of
 classes, the data statistics and input size), so the checkpoint alone is enough. Without
 --out it writes into a new folder `export/`: in the run dir given, or beside the checkpoint
-file given (never into a run's own files); an `export/` that holds anything is refused.
+file given (never into a run's own files). The folder written into, --out or `export/`, is
+new or empty: one that holds anything is refused, never written over.
 """
 
 import argparse
@@ -65,7 +66,7 @@ def main(argv=None) -> list[Path]:
     )
     args = parser.parse_args(argv)
     with one_line_errors():
-        out = check_folder(args.out or default_out(args.source))  # before reading anything
+        out = check_empty(args.out or default_out(args.source))  # before reading anything
         model, input_size = load_retrained(args.source)
         paths = export(model, input_size, make_dir(out))
     for path in paths:
@@ -74,8 +75,14 @@ def main(argv=None) -> list[Path]:
 
 
 def default_out(source: Path) -> Path:
-    """export/ in the run dir, or beside the checkpoint file; refused unless new or empty."""
-    out = (source if source.is_dir() else source.parent) / DEFAULT_OUT
+    """export/ in the run dir, or beside the checkpoint file."""
+    return (source if source.is_dir() else source.parent) / DEFAULT_OUT
+
+
+def check_empty(out: Path) -> Path:
+    """The folder to export into: new or empty (the user's files, or a run's, are not ours to
+    replace: the export writes model.onnx over a file and replaces a whole integer/ folder)."""
+    out = check_folder(out)
     if out.is_dir() and any(out.iterdir()):
         raise ValueError(f"{out} holds files already: remove them or choose another --out")
     return out

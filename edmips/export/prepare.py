@@ -4,6 +4,7 @@ edmips's own ResNets are traced here, their quantized layers and quantizers kept
 
 import copy
 
+import torch
 from torch import fx, nn
 
 from edmips.nn.fold import absorb_into_bias
@@ -41,10 +42,11 @@ def check_exportable(model: nn.Module) -> None:
             raise ExportError(f"quantizer {name}: range never calibrated (train first)")
 
 
-def reference_copy(model: nn.Module) -> nn.Module:
-    """The float64 CPU copy, in eval mode, that the integer graph reproduces; in a network of
-    quantizers that absorb batch norms (int8sim), those are the convs' weights and biases."""
-    reference = copy.deepcopy(model).cpu().double().eval()
+def reference_copy(model: nn.Module, dtype=torch.float64, device="cpu") -> nn.Module:
+    """The float64 CPU copy, in eval mode, that the integer graph reproduces (or the same
+    network in another type or on another device); in a network of quantizers that absorb batch
+    norms (int8sim), those are the convs' weights and biases."""
+    reference = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     absorb_into_bias(reference)
     return reference
 

@@ -2,7 +2,8 @@
 
 The file holds a state dict, a dict with one under "state_dict", or a Lightning checkpoint
 (whose network's entries carry the "model." prefix of edmips's modules). A file that is not a
-state dict, or is one of another network, is refused in one line naming the file.
+state dict, is one of another network or holds a NaN or an infinite value, is refused in one
+line naming the file (and the tensor).
 `float_state(model)` is what such a file of a model holds, so the float network's weights load
 back into the model they came from.
 """
@@ -48,6 +49,10 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise ValueError(f"model weights {path}: not a state dict (names to tensors)")
     if any(k.startswith(PREFIX) for k in state):
         state = network_state(state)
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            what = "NaN" if bool(tensor.isnan().any()) else "an infinite value"
+            raise ValueError(f"model weights {path}: {name!r} holds {what}")
     return state
 
 

@@ -41,50 +41,55 @@ def ptq(cfg: DictConfig) -> dict:
     checks.check_ptq(cfg)
     method(cfg.ptq.activation_clip)  # an unknown clip is refused before anything is built
     bias_correction.check(cfg.ptq.bias_correction)
-    cfg = rundir.start(cfg, "ptq").cfg
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg)
-    model, found, costs = _quantizable(cfg, datamodule)
-    given = _given_stats(cfg, model)
-    datamodule.setup("fit")
-    datamodule.setup("test")
-    float_net = float_copy(model)
-    float_acc = accuracy(float_net, datamodule.test_dataloader())
-    calibrated = time.perf_counter()
-    clip = method(cfg.ptq.activation_clip)
-    if cfg.arch == sensitivity.KIND:
-        gathered, found = _sensitivity(cfg, model, costs, float_net, datamodule, given, clip)
-    else:
-        gathered = _gathered(cfg, model, datamodule, given)
-    stats.finish(model, clip)
-    bit_allocation.allocate_weights(model, cfg.ptq.bit_allocation)
-    bias_correction.correct(model, cfg.ptq.bias_correction)
-    out = Path(cfg.output_dir)
-    stats.save(gathered, out / stats.FILE)
-    export(model, datamodule.input_size, out)
-    exported = time.perf_counter()
-    record = {
-        **_record(cfg, found, datamodule.name),
-        "calibration_images": gathered.images,
-        "float_acc": float_acc,
-        **verify(model, out, datamodule.test_dataloader(), cfg.integer_check_images),
-        "wall_time_s": time.perf_counter() - start,
-    }
-    arch_file.save(found, out / "arch.json")
-    metrics = metrics_file.RetrainMetrics.from_record(record)
-    metrics_file.save(metrics, out / "metrics.json")
-    log.info(
-        "%s (%s): float %.4f, quantized %.4f, integer %.4f, agreement %.4f%s; "
-        "calibration and export %.1f s",
-        record["allocation"],
-        cfg.ptq.activation_clip,
-        float_acc,
-        metrics.test_acc,
-        metrics.test_acc_integer,
-        metrics.prediction_agreement,
-        "" if metrics.qdq_agreement is None else f", ONNX {metrics.qdq_agreement:.4f}",
-        exported - calibrated,
-    )
+    run = rundir.start(cfg, "ptq")
+    cfg = run.cfg
+    with run.stoppable():  # a SIGTERM from here on: status 143 and a line
+        L.seed_everything(cfg.seed, workers=True)
+        datamodule = build_datamodule(cfg)
+        model, found, costs = _quantizable(cfg, datamodule)
+        given = _given_stats(cfg, model)
+        datamodule.setup("fit")
+        datamodule.setup("test")
+        float_net = float_copy(model)
+        float_acc = accuracy(float_net, datamodule.test_dataloader())
+        calibrated = time.perf_counter()
+        clip = method(cfg.ptq.activation_clip)
+        if cfg.arch == sensitivity.KIND:
+            gathered, found = _sensitivity(cfg, model, costs, float_net, datamodule, given, clip)
+        else:
+            gathered = _gathered(cfg, model, datamodule, given)
+        stats.finish(model, clip)
+        bit_allocation.allocate_weights(model, cfg.ptq.bit_allocation)
+        bias_correction.correct(model, cfg.ptq.bias_correction)
+        out = Path(cfg.output_dir)
+        run.accept()  # the lock, .hydra/ and the log: the first write
+        stats.save(gathered, out / stats.FILE)
+        export(model, datamodule.input_size, out)
+        exported = time.perf_counter()
+        record = {
+            **_record(cfg, found, datamodule.name),
+            "calibration_images": gathered.images,
+            "float_acc": float_acc,
+            **verify(model, out, datamodule.test_dataloader(), cfg.integer_check_images),
+            "wall_time_s": time.perf_counter() - start,
+        }
+        arch_file.save(found, out / "arch.json")
+        metrics = metrics_file.RetrainMetrics.from_record(record)
+        run.finish(lambda: metrics_file.save(metrics, out / "metrics.json"))
+        log.info(
+            "%s (%s): float %.4f, quantized %.4f on %d images; integer check on %d: integer %.4f, "
+            "agreement %.4f%s; calibration and export %.1f s",
+            record["allocation"],
+            cfg.ptq.activation_clip,
+            float_acc,
+            metrics.test_acc,
+            metrics.test_images,
+            metrics.checked_images,
+            metrics.test_acc_integer,
+            metrics.prediction_agreement,
+            "" if metrics.qdq_agreement is None else f", ONNX {metrics.qdq_agreement:.4f}",
+            exported - calibrated,
+        )
     return metrics.to_dict()
 
 

@@ -20,10 +20,11 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from edmips.core import checks, rundir
+from edmips.core import checks, device_check, rundir
 from edmips.core.builders import (
     build_datamodule,
     build_model,
@@ -31,6 +32,7 @@ from edmips.core.builders import (
     compile_mode,
     fast_path,
     measure,
+    on_gpu,
 )
 from edmips.export import check_lowerable, export
 from edmips.export.verify import verify
@@ -80,6 +82,8 @@ def resolve_arch(cfg: DictConfig, datamodule, stored: dict | None = None):
     else:
         path = Path(to_absolute_path(str(cfg.arch)))
         found = _stored(stored) or arch_file.load(path, known_models=list_models())
+        if stored is None:  # resumed: the run's own config, checked when it started
+            _check_recorded_setup(cfg, found, datamodule, path)
         model = build_model(cfg, datamodule, name=found.model)
         first, last = first_and_last(model)
         in_file = {layer.name for layer in found.layers}
@@ -90,9 +94,54 @@ def resolve_arch(cfg: DictConfig, datamodule, stored: dict | None = None):
         if init == "search" and stored is None:  # resumed: the weights are the checkpoint's
             _load_search_weights(model, found, path)
     in_arch = [layer.name for layer in found.layers]
-    to_fixed(model, {**fixed_ends(model, in_arch), **found.bits()}, registry.family(cfg))
+    bits = {**fixed_ends(model, in_arch), **found.bits()}
+    source = "the checkpoint" if stored else f"arch={cfg.arch}"
+    _to_fixed(model, bits, registry.family(cfg), source)
     built = quantizer_names(model, in_arch)
     return model, arch_file.with_quantizers(found, built)
+
+
+def _to_fixed(model, bits: dict[str, tuple[int, int]], family, source: str) -> None:
+    """to_fixed, layer by layer: bits the family's quantizers do not take (a found.json's
+    1-bit weights under max-abs weights, say) are one line naming the arch and the layer."""
+    for name, (wbits, abits) in bits.items():
+        try:
+            to_fixed(model, {name: (wbits, abits)}, family)
+        except ValueError as e:
+            raise ValueError(f"{source}: layer {name!r} (w{wbits} a{abits}): {e}") from None
+
+
+def _check_recorded_setup(cfg: DictConfig, found: arch_file.Arch, datamodule, path) -> None:
+    """An arch file's network is built on the data and model it records: other data than the
+    file's is refused unless the command line chose it (data=..., or an experiment=), and
+    either difference is one line in the log. The input size is the data's, which
+    arch_file.check_matches compares with the file's layers."""
+    if found.data is not None and found.data != datamodule.name:
+        if not _chosen("data"):
+            raise ValueError(
+                f"arch={path} was searched on {found.data}, this run's data is the config's "
+                f"default {datamodule.name}: add data={found.data} (or data={datamodule.name} "
+                "to use it)"
+            )
+        log.warning(
+            "arch=%s was searched on %s; this run uses data=%s, as asked",
+            path,
+            found.data,
+            datamodule.name,
+        )
+    if found.model != cfg.model.name:
+        (log.warning if _chosen("model") else log.info)(
+            "arch=%s is a %s network: built instead of model=%s", path, found.model, cfg.model.name
+        )
+
+
+def _chosen(group: str) -> bool:
+    """Whether the command line chose the config group `group` (group=..., group.name=... or
+    an experiment=, whose recipe chooses data and model)."""
+    if not HydraConfig.initialized():
+        return False
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    return bool(keys & {group, f"{group}.name", "experiment"})
 
 
 def _stored(stored: dict | None) -> arch_file.Arch | None:
@@ -155,10 +204,11 @@ def retrain(cfg: DictConfig) -> dict:
     if cfg.arch != float_net.KIND:
         check_lowerable(model, datamodule.input_size)
     module = _module(cfg, model, found, datamodule)
+    paths = device_check.check_paths(cfg, module, datamodule)  # on a GPU, what runs there
     trainer = build_trainer(cfg)
     with run.accepted(module):
         validation = run.fit(trainer, module, datamodule)
-        record = _record(cfg, found, datamodule, validation)
+        record = {**_record(cfg, found, datamodule, validation), **paths.record()}
         if trainer.is_global_zero:
             out = Path(cfg.output_dir)
             arch_file.save(found, out / "arch.json")
@@ -260,12 +310,17 @@ def _export_and_verify(cfg: DictConfig, model, out: Path, datamodule) -> dict:
     """The integer bundle and ONNX forms, and their check on the test split."""
     export(model, datamodule.input_size, out)
     datamodule.setup("test")
-    checked = verify(model, out, datamodule.test_dataloader(), cfg.integer_check_images)
+    device = torch.device("cuda" if on_gpu(cfg) else "cpu")
+    loader = datamodule.test_dataloader()
+    checked = verify(model, out, loader, cfg.integer_check_images, device)
     qdq = checked.get("qdq_agreement")
     log.info(
-        "test acc %.4f (top-5 %.4f), integer %.4f, agreement %.4f%s",
+        "test acc %.4f (top-5 %.4f) on %d images; integer check on %d: integer %.4f, "
+        "agreement %.4f%s",
         checked["test_acc"],
         checked["test_acc_top5"],
+        checked["test_images"],
+        checked["checked_images"],
         checked["test_acc_integer"],
         checked["prediction_agreement"],
         "" if qdq is None else f", ONNX {qdq:.4f}",

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
-from edmips.core import budgets, checks, rundir
+from edmips.core import budgets, checks, device_check, rundir
 from edmips.core.builders import (
     build_cost,
     build_datamodule,
@@ -184,6 +184,7 @@ def search(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build_search(cfg)
     checks.check_data(cfg, datamodule)
+    paths = device_check.check_paths(cfg, module, datamodule)  # on a GPU, what runs there
     trainer = build_trainer(cfg, callbacks=[ArchSnapshot(cfg)])
     with run.accepted(module):
         validation = run.fit(trainer, module, datamodule)
@@ -195,7 +196,7 @@ def search(cfg: DictConfig) -> dict:
         }
         metrics["wall_time_s"] = time.perf_counter() - start
         mode = "budget" if module.budget is not None else cfg.search.discretize
-        found = current_arch(module, cfg, mode, **metrics)
+        found = current_arch(module, cfg, mode, **metrics, **paths.record())
         if trainer.is_global_zero:
             out = Path(cfg.output_dir)
             history_file.save(module.history, out / "history.json")

@@ -37,10 +37,24 @@ def round_ste(x: Tensor) -> Tensor:
     return _RoundSTE.apply(x)
 
 
+# Whether eager CUDA tensors may go through the fused kernels. Cleared, for the rest of the
+# process, by disable_kernels() when the check at the start of a GPU run
+# (edmips.core.device_check) finds a kernel failing or disagreeing with the PyTorch reference:
+# the run then goes on with the reference formulas rather than stopping or training on wrong values.
+KERNELS_ENABLED = True
+
+
+def disable_kernels() -> None:
+    """From now on every quantizer computes its PyTorch reference formulas, on the GPU too."""
+    global KERNELS_ENABLED
+    KERNELS_ENABLED = False
+
+
 def use_kernels(t: Tensor) -> bool:
-    """Eager CUDA tensors go through the fused Triton kernels (edmips.quant.kernels); the CPU and
-    torch.compile, which fuses these formulas by itself, use the PyTorch reference."""
-    return t.is_cuda and not torch.compiler.is_compiling()
+    """Eager CUDA tensors go through the fused Triton kernels (edmips.quant.kernels) unless they
+    were disabled; the CPU and torch.compile, which fuses these formulas by itself, use the
+    PyTorch reference."""
+    return KERNELS_ENABLED and t.is_cuda and not torch.compiler.is_compiling()
 
 
 class _HWGQ(torch.autograd.Function):

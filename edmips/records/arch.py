@@ -18,6 +18,10 @@ layer reads, per sample) is optional: a file without it has no `activation_bits_
 the file take (the first conv and the classifier of a search that skips them, at their fixed
 bits); `weight_bits_total` counts them with the layers', every quantized weight (a file without
 it counts its layers only).
+`kernels` and `compiled` (optional, absent from older files) say which path the search ran:
+"triton" (the fused quantizer kernels) or "eager" (their PyTorch formulas: a CPU run, or a GPU
+whose kernels failed the start-of-run check, edmips.core.device_check), and whether the network
+was torch.compiled.
 Totals are recomputed from the layers when a file is built, so they always agree with them.
 Every problem with a file is an ArchError whose message is one line naming the file and the
 problem.
@@ -89,6 +93,11 @@ BUDGETS = Kind(
     'a list of {"budget": "key=value", "cost": <a cost>, "target": <a number>, ...}',
 )
 
+# The quantizers' two implementations a run may go through (the `kernels` field here and in
+# metrics.json): the fused Triton kernels, or the PyTorch formulas.
+KERNEL_PATHS = ("triton", "eager")
+KERNELS = Kind(lambda x: x in KERNEL_PATHS, " or ".join(f'"{k}"' for k in KERNEL_PATHS))
+
 
 # Every field the writers put beside the layers, and what its value must be (or null). A field
 # not listed here is kept but read by nothing.
@@ -125,6 +134,8 @@ FIELDS = {
     "sensitivity_images": COUNT,
     "loss_at_8_bits": NUMBER,
     "loss_increase": OBJECT,
+    "kernels": KERNELS,
+    "compiled": FLAG,
 }
 
 

@@ -29,6 +29,7 @@ FIELDS = {
     "val_acc": FRACTION,
 }
 SELECTORS = ("probs_w", "probs_a")
+SUM_TOLERANCE = 1e-4  # a layer's probabilities, float32 softmax outputs, sum to 1 within it
 
 
 def save(history: list[dict], path: str | Path) -> Path:
@@ -38,7 +39,8 @@ def save(history: list[dict], path: str | Path) -> Path:
 def load(path: str | Path, arch: Arch | None = None) -> list[dict]:
     """The entries of a history file, each an object with an integer epoch and fields of their
     kinds. With `arch` (the search's found.json), every entry must hold a probability for each
-    candidate of each of its layers: a history of another search is refused."""
+    candidate of each of its layers, summing to 1 per layer: a history of another search, or
+    one whose numbers are not a selector's, is refused."""
     try:
         history = json.loads(Path(path).read_text(), parse_constant=reject_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -77,3 +79,5 @@ def _check_selectors(entry: dict, arch: Arch, fail) -> None:
                     f"{key} of layer {layer.name!r} has {len(p)} candidates, the search's "
                     f"found.json {width}"
                 )
+            if abs(sum(p) - 1) > SUM_TOLERANCE:
+                fail(f"{key} of layer {layer.name!r} sums to {sum(p):.6g}, not 1")

@@ -9,8 +9,14 @@
      "budget" and "budgets" (the budget keys it was found within, and with several each one's
      target and spend, as found.json records them), "val_acc", "val_acc_top5",
      "test_acc", "test_acc_top5",
-     "test_acc_integer", "prediction_agreement", "qdq_agreement", "test_images",
-     "integer_export", "quant": {"activation", "weight", "signed"}, "bn_fold", "wall_time_s"}
+     "test_images", "test_acc_integer", "prediction_agreement", "qdq_agreement",
+     "checked_images", "integer_export", "quant": {"activation", "weight", "signed"},
+     "bn_fold", "wall_time_s",
+     "kernels": "triton" | "eager", "compiled": true | false}
+
+`kernels` and `compiled` say which path the training ran (edmips.core.device_check): the fused
+Triton quantizer kernels or their PyTorch formulas (a CPU run, or kernels that failed the
+start-of-run check on the GPU), and whether the network was torch.compiled.
 
 A post-training quantized network (kind "ptq", written by ptq.py) adds "activation_clip" (the
 clip method), "bias_correction" and "bit_allocation" (the weight refinements),
@@ -18,11 +24,13 @@ clip method), "bias_correction" and "bit_allocation" (the weight refinements),
 run) and "allocation" (where its bits came from: "uniform", "random", "searched" or
 "sensitivity"); it has no val_acc.
 
-Accuracies are fractions; test accuracies are on the test split through the float64
-fake-quantized reference, `test_acc_integer` through the integer runtime;
-`prediction_agreement` is how often the two predict the same class, `qdq_agreement` the same
-for `model_qdq.onnx` under onnxruntime (None where no ONNX model was written); every other
-ONNX form with a runner adds its own `<form>_agreement`. `integer_export` says whether the
+Accuracies are fractions. `test_acc` and `test_acc_top5` are the fake-quantized network's on
+all `test_images` of the test split; the integer check (edmips.export.verify) runs on
+`checked_images` of them (all, or a seeded draw across the split where `integer_check_images`
+limits it): `test_acc_integer` through the integer runtime, `prediction_agreement` how often it
+predicts the network's class, `qdq_agreement` the same for `model_qdq.onnx` under onnxruntime
+(None where no ONNX model was written); every other ONNX form with a runner adds its own
+`<form>_agreement`. `integer_export` says whether the
 integer graph was written and checked: false for the float network (`kind: "float"`, every
 layer at 32 bits), which has nothing quantized to export, so its test accuracies are the float
 network's and its integer fields are None. Fields missing from an older file read
@@ -33,7 +41,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from edmips.records.arch import BUDGETS
+from edmips.records.arch import BUDGETS, KERNELS
 from edmips.records.files import write_text_atomic
 from edmips.records.json_values import (
     COUNT,
@@ -85,10 +93,13 @@ class RetrainMetrics:
     prediction_agreement: float | None = None
     qdq_agreement: float | None = None
     test_images: int | None = None
+    checked_images: int | None = None  # the images of the integer check, of test_images
     integer_export: bool | None = None
     quant: dict | None = None  # the quantizer family's members
     bn_fold: bool | None = None  # whether batch norms were folded into the convs before them
     wall_time_s: float | None = None
+    kernels: str | None = None  # "triton" or "eager": the quantizers' path in training
+    compiled: bool | None = None  # whether the network trained torch.compiled
     activation_clip: str | None = None  # ptq only, as the five below
     bias_correction: str | None = None
     bit_allocation: str | None = None
@@ -143,6 +154,7 @@ FIELDS = {
     "prediction_agreement": FRACTION,
     "qdq_agreement": FRACTION,
     "test_images": COUNT,
+    "checked_images": COUNT,
     "integer_export": FLAG,
     "quant": Kind(
         lambda x: (
@@ -152,6 +164,8 @@ FIELDS = {
     ),
     "bn_fold": FLAG,
     "wall_time_s": NON_NEGATIVE,
+    "kernels": KERNELS,
+    "compiled": FLAG,
     "activation_clip": TEXT,
     "bias_correction": TEXT,
     "bit_allocation": TEXT,

@@ -1,10 +1,13 @@
 """python -m edmips report <sweep or run dirs...> [--out DIR] [--x COST] [--figures]
+(or python -m edmips.report ...).
 
-(or python -m edmips.report ...)."""
+Writes into the folder --out (report/ by default), never loose files beside it, and refuses a
+folder holding anything else than an earlier report; its last line says where the files went."""
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from edmips.report.collect import COLUMNS, SUMMARY_COLUMNS, collect, shown
 from edmips.report.costs import AXES, DEFAULT, axis
@@ -39,7 +42,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "paths", nargs="+", help="run dirs or Hydra sweep dirs, searched recursively"
     )
-    parser.add_argument("--out", default=".", help="where to write the report (default: here)")
+    parser.add_argument(
+        "--out",
+        default="report",
+        help="the folder to write the report into: new, empty or an earlier report's "
+        "(default: report)",
+    )
     parser.add_argument(
         "--x",
         default=DEFAULT,
@@ -65,7 +73,9 @@ def main(argv=None) -> int:
     except ValueError as e:  # ReportError, an unknown cost, an unwritable --out: one line
         raise SystemExit(f"{PROG}: {e}") from None
     _print(runs)
-    print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    figures = f"; figures into {len(drawn)} search run dirs" if drawn else ""
+    names = ", ".join(p.name for p in paths.values())
+    print(f"report written to {Path(args.out)}/ ({names}){figures}", file=sys.stderr)
     return 0
 
 

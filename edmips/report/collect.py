@@ -2,20 +2,26 @@
 
 `collect(paths)` walks the given directories (Hydra sweep dirs or single run dirs) and returns
 one `Run` per run found, with every cost the run recorded (edmips.report.summary writes them).
+Every file is read through its validating reader (edmips.records), after a check that each of
+its numbers is one a float holds; a copy of a run found elsewhere is counted once.
 """
 
+import json
 import logging
+import math
 import os
+import reprlib
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edmips.core import budgets as budget_keys
 from edmips.cost import model as cost_models
 from edmips.nn.policy import POLICIES
 from edmips.quant.registry import EDMIPS
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
-from edmips.report.costs import readable_size
+from edmips.report.costs import SIZES, readable_size
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,14 @@ NETWORKS = ("searched", "uniform", "random", "sensitivity", *POLICIES, "float")
 FLOAT = "float"  # the float network's kind and network: every layer at 32 bits
 PTQ = "ptq"  # a post-training quantized network (ptq.py): never trained at its bits
 TESTED = ("retrain", PTQ, FLOAT)  # the kinds of run with a test accuracy
+KINDS = (*NETWORKS, PTQ)  # what metrics.json's `kind` may be
+# each cost as a budget reads: its name and the unit of its stated number (target_bits)
+STATED = {
+    "bitops": ("BitOps", "bits eq."),
+    "weight_size": ("weight size", "bits/weight"),
+    "activation_memory": ("activation memory", "bits/activation"),
+    "latency_table": ("latency", "ms"),
+}
 
 
 class ReportError(ValueError):
@@ -74,7 +88,7 @@ class Run:
     kind: str  # "search", "retrain", "ptq" or "float" (the float network: the ceiling)
     model: str
     data: str | None
-    budget: str  # "2 bits", "mu=0.02", "uniform W2A2"
+    budget: str  # "BitOps 2 bits eq.", "weight size 2 MiB", "mu=0.02", "uniform W2A2"
     equivalent_bits: float
     bitops: int
     weight_bits: int
@@ -86,10 +100,12 @@ class Run:
     agreement: float | None
     wall_time_s: float | None
     run_dir: str
-    network: str = "searched"  # or a baseline: "uniform", "random", "sensitivity"
-    budget_bits: float | None = None  # the equivalent bits asked for (uniform: sqrt(w * a))
+    network: str = "searched"  # the allocation: "searched", "uniform", "random", "sensitivity"
+    # the budget a baseline without one is compared at: uniform W2A2 at "BitOps 2 bits eq."
+    compared_at: str | None = None
     quant: str = f"{EDMIPS.activation}/{EDMIPS.weight}"  # activation/weight quantizers, bn_fold
     latency_ms: float | None = None  # where a file records one (measured: cost=latency_table)
+    record: str = field(default="", repr=False, compare=False)  # its files: copies are equal
 
     @property
     def weight_size(self) -> str:
@@ -126,7 +142,7 @@ def collect(paths) -> list[Run]:
         )
     # overlapping paths ("sweep", "sweep/0") name a run twice
     unique = {(r.kind, os.path.realpath(r.run_dir)): r for r in runs}
-    return sorted(
+    ordered = sorted(
         unique.values(),
         key=lambda r: (
             r.kind != "search",
@@ -137,6 +153,22 @@ def collect(paths) -> list[Run]:
             r.run_dir,
         ),
     )
+    return _once(ordered)
+
+
+def _once(runs: list[Run]) -> list[Run]:
+    """The runs less copies of one (a run dir copied elsewhere: the same config, seed and
+    results), each named in one warning line."""
+    first: dict[str, Run] = {}
+    for r in runs:
+        original = first.setdefault(r.record, r)
+        if original is not r:
+            log.warning(
+                "%s and %s are copies of one run (same config, seed and results): counted once",
+                original.run_dir,
+                r.run_dir,
+            )
+    return list(first.values())
 
 
 # -- reading runs ----------------------------------------------------------------------------
@@ -151,16 +183,13 @@ def _walk(root: Path):
 
 
 def _search_run(run_dir: Path) -> Run:
-    a = arch_file.load(run_dir / "found.json")
+    path = run_dir / "found.json"
+    a = _load_arch(path)
     return Run(
         "search",
         a.model,
         a.data,
-        " + ".join(b["budget"] for b in a.extra["budgets"])  # several: every one's key=value
-        if a.extra.get("budgets")
-        else _budget(
-            a.extra.get("target_bits"), a.extra.get("target_bitops"), a.mu, a.extra.get("cost")
-        ),
+        budget_label(a.extra, path) or _mu(a.mu),
         a.equivalent_bits,
         a.bitops,
         a.weight_bits_total,
@@ -172,8 +201,10 @@ def _search_run(run_dir: Path) -> Run:
         None,
         a.extra.get("wall_time_s"),
         str(run_dir),
+        network=_arch_kind(a, path) or "searched",
         quant=_quant_label(Counter((x.aquant, x.wquant) for x in a.layers).most_common(1)[0][0]),
         latency_ms=a.extra.get("latency_ms"),
+        record=_record(a.to_dict(), run_dir),
     )
 
 
@@ -183,25 +214,40 @@ def _quant_label(pair: tuple[str, str], bn_fold: bool = False) -> str:
 
 
 def _retrain_run(run_dir: Path) -> Run:
-    m = metrics_file.load(run_dir / "metrics.json")
+    path = run_dir / "metrics.json"
+    _check_numbers(path)
+    m = metrics_file.load(path)
+    if m.kind not in KINDS:
+        raise ValueError(f"{path}: kind={m.kind!r} is not one of {', '.join(KINDS)}")
+    if m.allocation is not None and m.allocation not in NETWORKS:
+        raise ValueError(f"{path}: allocation={m.allocation!r} is not one of {', '.join(NETWORKS)}")
+    # the architecture the run trained (retrain.py and ptq.py write it beside metrics.json): it
+    # records the allocation that made it (kind) and the cost its budget counts
+    arch_path = run_dir / "arch.json"
+    made = _load_arch(arch_path) if arch_path.exists() else None
+    made_by = made and _arch_kind(made, arch_path)
     family = m.quant or asdict(EDMIPS)  # files older than `quant`: edmips's
     quant = _quant_label((family["activation"], family["weight"]), bool(m.bn_fold))
-    network = "uniform" if m.uniform else m.kind  # files older than `kind` name uniform only
     if m.kind == PTQ:  # files older than `allocation` name the arch only
-        network = m.allocation or ("uniform" if m.uniform else _ptq_network(m.arch))
-    if network not in NETWORKS:
-        raise ValueError(f"unknown network kind {network!r}")
+        network = m.allocation or made_by or ("uniform" if m.uniform else _ptq_network(m.arch))
+    elif m.uniform:  # files older than `kind` name uniform only
+        network = "uniform"
+    else:  # retrain.py's kind of an arch file is "searched", whatever allocation made it
+        network = made_by if m.kind == "searched" and made_by else m.kind
+    compared_at = None
     if network == FLOAT:
-        budget, budget_bits, quant = FLOAT, None, "-"  # nothing is quantized
+        budget, quant = FLOAT, "-"  # nothing is quantized
     elif network in POLICIES:
-        budget, budget_bits = f"{network} policy", m.equivalent_bits
+        budget, compared_at = f"{network} policy", _stated("bitops", m.equivalent_bits)
     elif m.uniform:
         budget = f"uniform W{m.uniform['wbits']}A{m.uniform['abits']}"
-        bitops = cost_models.get("bitops")
-        budget_bits = float(bitops.stated(m.uniform["wbits"] * m.uniform["abits"]))
+        bits = cost_models.get("bitops").stated(m.uniform["wbits"] * m.uniform["abits"])
+        compared_at = _stated("bitops", float(bits))
     else:
-        budget = _budget(m.target_bits, None, m.mu)
-        budget_bits = m.target_bits
+        given = {k: getattr(m, k) for k in ("target_bits", "budget", "budgets", "latency_table")}
+        # metrics.json does not record the cost: its arch.json does (none: bitops, the default)
+        given["cost"] = made.extra.get("cost") if made else None
+        budget = budget_label(given, path) or _mu(m.mu)
     return Run(
         FLOAT if network == FLOAT else PTQ if m.kind == PTQ else "retrain",
         m.model,
@@ -220,21 +266,120 @@ def _retrain_run(run_dir: Path) -> Run:
         str(run_dir),
         network=network,
         quant=quant,
-        budget_bits=budget_bits,
+        compared_at=compared_at,
         latency_ms=m.latency_ms,
+        record=_record([m.to_dict(), made and made.to_dict()], run_dir),
     )
+
+
+def _load_arch(path: Path) -> arch_file.Arch:
+    _check_numbers(path)
+    return arch_file.load(path)
+
+
+def _arch_kind(a: arch_file.Arch, path: Path) -> str | None:
+    """The allocation an arch file records having made it (sensitivity), None where none."""
+    kind = a.extra.get("kind")
+    if kind is not None and kind not in NETWORKS:
+        raise ValueError(f"{path}: kind={kind!r} is not one of {', '.join(NETWORKS)}")
+    return kind
 
 
 def _ptq_network(arch: str | None) -> str:
     return arch if arch in ("random", "sensitivity") else "searched"
 
 
-def _budget(target_bits, target_bitops, mu, cost=None) -> str:
-    # in budget mode mu is the multiplier the search ended with, not what the user asked for
-    if target_bits is not None and cost not in (None, "bitops"):
-        return f"{target_bits:g} {cost_models.get(cost).unit}"
-    if target_bits is not None:
-        return f"{target_bits:g} bits"
-    if target_bitops is not None:
-        return f"{target_bitops:.3g} BitOps"
+def _record(content, run_dir: Path) -> str:
+    """What makes two run dirs one run: the files' content (results, seed, the architecture)
+    and the config the run was started with, where Hydra saved it."""
+    config = run_dir / ".hydra" / "config.yaml"
+    return json.dumps([content, config.read_text() if config.is_file() else None], sort_keys=True)
+
+
+def _check_numbers(path: Path) -> None:
+    """Refuse a file with a number no float holds (JSON reads 1e400 as inf, NaN as nan, and a
+    400-digit integer overflows a float), in one line naming the field. A file that is not JSON
+    is left to its reader to name."""
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    bad = _non_finite(content)
+    if bad:
+        where, value = bad
+        raise ValueError(f"{path}: {where}={reprlib.repr(value)} is not a finite number")
+
+
+def _non_finite(value, where: str = "") -> tuple[str, object] | None:
+    """(the field, the value) of the first number inside `value` that is no finite float."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return None if math.isfinite(float(value)) else (where or "value", value)
+        except OverflowError:
+            return where or "value", value
+    if not isinstance(value, (dict, list)):
+        return None
+    for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+        found = _non_finite(item, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
+# -- budgets ---------------------------------------------------------------------------------
+def budget_label(given: dict, path: Path) -> str | None:
+    """The budget a run was held to, its cost and unit named: "BitOps 3 bits eq.", "weight size
+    2 MiB", "latency 1.2 ms", several joined by " + "; None without one. `given`: the fields of
+    found.json (or metrics.json) that record it: budget, budgets, target_bits, target_bitops,
+    cost, latency_table."""
+    keys = {key: _given(key, value, path) for key, value in (given.get("budget") or {}).items()}
+    if given.get("budgets"):  # several, each with its cost: a key as given, a target as stated
+        return " + ".join(
+            keys.get(b["budget"].removeprefix("budget.").partition("=")[0])
+            or _stated(b["cost"], b["target"])
+            for b in given["budgets"]
+        )
+    if keys:
+        return " + ".join(keys.values())
+    if given.get("target_bits") is not None:
+        cost = given.get("cost") or ("latency_table" if given.get("latency_table") else "bitops")
+        return _stated(cost, given["target_bits"])
+    if given.get("target_bitops") is not None:
+        return f"BitOps {given['target_bitops']:.4g}"
+    return None
+
+
+def _given(key: str, value, path: Path) -> str:
+    """A budget key's value (budget.weight_size=2MiB) in its cost's own count and unit."""
+    if key not in budget_keys.COSTS:
+        raise ValueError(
+            f"{path}: budget.{key} is not a budget key ({', '.join(budget_keys.COSTS)})"
+        )
+    try:
+        amount = budget_keys.total(key, value)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    if key in budget_keys.MEMORY:
+        return f"{STATED[key][0]} {_memory(amount)}"
+    if key == "latency_ms":
+        return f"latency {amount:.4g} ms"
+    return f"BitOps {amount:.4g}"
+
+
+def _memory(bits: float) -> str:
+    """Bits in the largest unit that counts them whole: 2 MiB, 1200 B (bits where none does)."""
+    for unit, scale in SIZES:
+        if bits % scale == 0:
+            return f"{bits / scale:.10g} {unit}"
+    return f"{bits:.10g} bits"
+
+
+def _stated(cost: str, target: float) -> str:
+    """A target in its cost's stated unit (target_bits): "BitOps 3 bits eq."."""
+    name, unit = STATED[cost] if cost in STATED else (cost, cost_models.get(cost).unit)
+    return f"{name} {target:.4g} {unit}"
+
+
+def _mu(mu: float | None) -> str:
+    # without a budget, the multiplier the search was run with
     return "-" if mu is None else f"mu={mu:g}"

@@ -25,23 +25,34 @@ from edmips.report.tables import markdown_table, write_csv
 
 log = logging.getLogger(__name__)
 AVERAGED = tuple(c for c in COSTS if c != "weight_size")  # weight_size: weight_bits as text
+FILES = {  # what the report writes into its folder
+    "csv": "report.csv",
+    "md": "report.md",
+    "summary_csv": "summary.csv",
+    "summary_md": "summary.md",
+    "pareto": "pareto.png",
+}
 
 
 class NoCost(ReportError):
     """No run records the cost the Pareto plot was asked to draw."""
 
 
-def write_report(runs: list[Run], out=".", x: str = DEFAULT) -> dict[str, Path]:
-    """Write the tables and the Pareto plot against cost `x` into `out`; returns their paths."""
+def write_report(runs: list[Run], out="report", x: str = DEFAULT) -> dict[str, Path]:
+    """Write the tables and the Pareto plot against cost `x` into the folder `out`; returns
+    their paths. A folder holding anything else than an earlier report is refused: the report
+    overwrites only what it wrote."""
     points, ylabel = pareto_points(runs, x)  # before writing: a cost nobody records is refused
+    out = Path(out)
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if p.name not in FILES.values())
+        if others:
+            raise ReportError(
+                f"{out}: not empty and not a report's folder (it holds {others[0]}); "
+                "name a new or empty folder with --out"
+            )
     out = make_dir(out)
-    paths = {
-        "csv": out / "report.csv",
-        "md": out / "report.md",
-        "summary_csv": out / "summary.csv",
-        "summary_md": out / "summary.md",
-        "pareto": out / "pareto.png",
-    }
+    paths = {key: out / name for key, name in FILES.items()}
     rows = [r.row() for r in runs]
     columns = shown(COLUMNS, rows)
     summary = summarize(runs)
@@ -55,8 +66,9 @@ def write_report(runs: list[Run], out=".", x: str = DEFAULT) -> dict[str, Path]:
 
 
 def budget_key(r: Run) -> str:
-    """The budget a run was held to, one name for a search's seeds and its baselines'."""
-    return f"{r.budget_bits:.3g} bits" if r.budget_bits is not None else r.budget
+    """The budget a run was held to, its cost and unit named: one name for a search's seeds
+    and the baselines compared with them (uniform W2A2 at "BitOps 2 bits eq.")."""
+    return r.compared_at or r.budget
 
 
 def summarize(runs: list[Run]) -> list[dict]:

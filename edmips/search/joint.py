@@ -58,7 +58,9 @@ class JointPrice(nn.Module):
         self.register_buffer("tables", tables, persistent=False)
         per_size = [b.cost.per_size(b.target) for b in budgets]
         self.register_buffer("targets", torch.tensor(per_size), persistent=False)
-        self.register_buffer("prices", torch.zeros(k), persistent=False)
+        # In the checkpoint: each step's bisection starts from the last prices, so a resumed
+        # search continues from them as an uninterrupted one does.
+        self.register_buffer("prices", torch.zeros(k))
 
     @property
     def target(self) -> None:

@@ -242,6 +242,8 @@ class SearchModule(Classifier):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = checkpoint.get("arch_history", [])
+        if isinstance(self.budget, JointPrice):  # checkpoints before the prices were kept
+            checkpoint["state_dict"].setdefault("budget.prices", self.budget.prices.clone())
         # The sharpness of the checkpoint's epoch (a buffer outside the state dict): a resume
         # after the last epoch starts no epoch that would set it, and discretizes with it.
         self._sharpen(checkpoint["epoch"])

@@ -10,6 +10,7 @@ own target, or within each of its budgets where it had several).
 """
 
 import argparse
+import logging
 from pathlib import Path
 
 import torch
@@ -22,6 +23,9 @@ from edmips.records import history as history_file
 from edmips.search.budget import Budget, check_reachable
 from edmips.search.discretize import MODES, choose_bits
 from edmips.search.joint import achieved
+
+log = logging.getLogger(__name__)
+TOLERANCE = 0.01  # how close to its target the budget discretization lands (closest_to_budget)
 
 
 def rediscretize(
@@ -65,6 +69,8 @@ def rediscretize(
         )
         check_reachable(budget)  # the search's own check: a target the space can meet
     wbits, abits = choose_bits(pw, pa, wspace, aspace, mode, trials, seed, budget)
+    if isinstance(budget, Budget):
+        _warn_off_target(budget, wbits, abits)
     return arch_file.build(
         found.model,
         found.space,
@@ -89,6 +95,25 @@ def rediscretize(
         shared_weights=found.extra.get("shared_weights", True),
         **_budgets_record(budget, several, costs, wbits, abits),
     )
+
+
+def _warn_off_target(budget: Budget, wbits, abits) -> None:
+    """One line where the allocation lands further than TOLERANCE from the target: the layers'
+    few (w, a) choices can leave every allocation that far off (closest_to_budget then takes
+    the nearest)."""
+    cost = budget.cost
+    spent = cost.stated_total(cost.total(budget.layers, wbits, abits), budget.layers)
+    off = abs(spent - budget.target) / budget.target
+    if off > TOLERANCE:
+        log.warning(
+            "no allocation within %.0f%% of the target %.4g %s was found: the nearest, %.4g, is "
+            "%.2f%% off",
+            100 * TOLERANCE,
+            budget.target,
+            cost.unit,
+            spent,
+            100 * off,
+        )
 
 
 def _budgets_record(budget, several, costs, wbits, abits) -> dict:

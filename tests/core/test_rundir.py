@@ -1,6 +1,7 @@
 """One run per directory, its per-epoch checkpoint, resume= and what it refuses; divergence."""
 
 import fcntl
+import logging
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 import torch
 from conftest import ROOT
 
+from edmips.core import rundir
 from edmips.core.divergence import Diverged
 from edmips.export.cli import main as export_main
 from edmips.programs.retrain import retrain
@@ -174,3 +176,36 @@ def test_a_search_without_training_batches_is_refused(search_cfg, tmp_path):
     with pytest.raises(ValueError, match="data.batch_size=401 is more than the training split"):
         search(search_cfg("data.batch_size=401"))
     assert not list(tmp_path.iterdir())
+
+
+def test_the_run_log_holds_its_records_until_the_run_is_accepted(tmp_path):
+    path = tmp_path / "run.log"
+    handler = rundir.RunLog(str(path))
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("test_run_log")
+    logger.addHandler(handler)
+    try:
+        logger.warning("before")
+        assert not path.exists()  # a run refused now writes no log
+        handler.open_log()
+        logger.warning("after")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert path.read_text() == "WARNING before\nWARNING after\n"
+
+
+def test_a_sweeps_refused_run_removes_its_own_folder_only(tmp_path):
+    made = rundir._HydraMade()
+    sweep = tmp_path / "multirun" / "sweep"
+    made.note(str(sweep), str(sweep / "multirun.yaml"))  # before Hydra creates any of it
+    (sweep / "1").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("the sweep's")
+    (sweep / "0").mkdir()
+    (sweep / "0" / "metrics.json").write_text("{}")
+    made.accepted(sweep / "0")
+    made.remove(sweep / "1")  # its second run, refused
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "multirun.yaml"]
+    made.remove(sweep / "0")  # accepted: kept, as the record of the sweep that ran
+    made.remove(tmp_path / "elsewhere")  # not a run of this sweep
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "multirun.yaml"]

@@ -69,7 +69,7 @@ def test_target_bits_beside_a_budget_is_a_second_upper_bound(search_cfg, tmp_pat
         "budget.weight_size=1200B",
     ]
     (run,) = collect([tmp_path])  # the report names every budget
-    assert run.budget == "target_bits=3 + budget.weight_size=1200B"
+    assert run.budget == "BitOps 3 bits eq. + weight size 1200 B"
 
 
 def _slow_binary_csv(tmp_path):

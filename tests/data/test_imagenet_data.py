@@ -115,3 +115,24 @@ def test_an_image_that_does_not_decode_stops_in_one_line_naming_it(tmp_path, wor
                 pass
     assert str(e.value).startswith(f"error: imagenet: {bad} is not a readable image (")
     assert str(e.value).endswith("): replace or remove it") and "\n" not in str(e.value)
+
+
+def _epoch(loader, epoch):
+    loader.sampler.set_epoch(epoch)  # as Lightning does before each training epoch
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+@pytest.mark.slow
+def test_a_resumed_run_draws_the_batches_and_augmentations_of_an_uninterrupted_one(tmp_path):
+    """Worker processes crop and flip at random: epoch 2 of a loader made anew (a resume)
+    equals epoch 2 of the loader that ran epochs 0 and 1, and differs from epoch 1."""
+    make_tree(tmp_path, per_class=8)
+    dm = module(tmp_path, num_workers=2, val_size=0)
+    dm.setup("fit")
+    going_on = dm.train_dataloader()
+    first, second = _epoch(going_on, 0), _epoch(going_on, 1)
+    third = _epoch(going_on, 2)
+    resumed = _epoch(dm.train_dataloader(), 2)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(third, resumed))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(second, third))
+    assert len(first) == len(resumed) > 1

@@ -60,15 +60,17 @@ def test_integer_graph_equals_the_fake_quantized_network(name, size, tmp_path):
     assert torch.equal(int_logits.argmax(1), float_logits.argmax(1))
 
 
+INTEGER_TYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 def test_every_tensor_of_the_graph_is_integer_and_within_its_range():
     graph = lower(trained_like("resnet8", 32, seed=1), (3, 32, 32))
     values = run_all(graph, image_codes(torch.rand(4, 3, 32, 32)))
     for node in graph.nodes:
         lo, hi = node.attrs["range"]
         v = values[node.name]
-        assert (
-            v.dtype in (torch.int32, torch.int64) and lo <= int(v.min()) and int(v.max()) <= hi
-        ), node.name
+        integral = v.dtype in INTEGER_TYPES or torch.equal(v, v.round())  # float conv: exact
+        assert integral and lo <= int(v.min()) and int(v.max()) <= hi, node.name
 
 
 def test_qonnx_model_executed_by_qonnx_gives_the_runtime_integers(tmp_path):

@@ -1,10 +1,10 @@
 """model_int8.onnx: the integer graph on onnxruntime's int8 kernels. A network of the int8sim
 family (edmips's ResNet-20, converted tv_mobilenet_v2 and tv_resnet18, mixed bit-widths) gives,
 under plain onnxruntime, the integer runtime's logits to the bit, with every conv a QLinearConv
-and no lookup table; a threshold no requantization fits is a lookup table, exact too; a family
-that does not train with QLinearConv's arithmetic gets no such file, and the check says so."""
+and no lookup table; a threshold no requantization fits is a lookup table, exact too (a family
+that does not train with QLinearConv's arithmetic counts its thresholds on ConvInteger's
+accumulators: tests/export/test_int8_fallbacks.py)."""
 
-import logging
 from collections import Counter
 
 import numpy as np
@@ -20,7 +20,6 @@ from edmips.export import IntegerRuntime, export, load_bundle
 from edmips.export.ir import Graph
 from edmips.export.onnx import save_onnx
 from edmips.export.onnx.qdq import qdq_runtime
-from edmips.export.verify import verify
 
 SIZE = 32
 
@@ -166,17 +165,6 @@ def test_a_threshold_that_no_requantization_fits_is_an_exact_lookup_table(tmp_pa
     codes = torch.randint(0, 256, (32, 3, 4, 4), dtype=torch.uint8)
     got = qdq_runtime(tmp_path / "m.onnx")(codes.float() / 255)
     assert torch.equal(got, _scaled_logits(graph, codes))
-
-
-def test_a_family_without_qlinearconv_s_arithmetic_writes_no_int8_model(tmp_path, caplog):
-    model = calibrated(_in_family("resnet20", "qatsim"), SIZE)
-    with caplog.at_level(logging.WARNING):
-        paths = export(model, (3, SIZE, SIZE), tmp_path)
-    assert [p.name for p in paths] == ["integer", "model.onnx", "model_qdq.onnx"]
-    assert any("no model_int8.onnx" in r.message for r in caplog.records)
-    images = torch.rand(4, 3, SIZE, SIZE)
-    record = verify(model, tmp_path, [(images, torch.zeros(4, dtype=torch.int64))])
-    assert record["int8_agreement"] is None and record["qdq_agreement"] == 1.0
 
 
 def test_onnxruntime_s_fused_residual_requantization_rounds_ties_half_to_even():

@@ -53,25 +53,27 @@ def _loader(n=12, batch=5, seed=0):
 def test_a_registered_form_is_written_and_verified(tmp_path, negated_form):
     model = trained_like("resnet_tiny", SIZE, seed=4)
     paths = export(model, (3, SIZE, SIZE), tmp_path)
-    names = ["integer", "model.onnx", "model_negated.onnx", "model_qdq.onnx"]
+    names = ["integer", "model.onnx", "model_int8.onnx", "model_negated.onnx", "model_qdq.onnx"]
     assert [p.name for p in paths] == names
     onnx.checker.check_model(str(tmp_path / "model_negated.onnx"))
-    record = verify(model, tmp_path, _loader(), max_images=11)
+    record = verify(model, tmp_path, _loader(), check_images=11)
     assert negated_form == [tmp_path / "model_negated.onnx"]
     assert list(record) == [
         "test_acc",
         "test_acc_top5",
+        "test_images",
         "test_acc_integer",
         "prediction_agreement",
         "int8_agreement",
         "negated_agreement",
         "qdq_agreement",
-        "test_images",
+        "checked_images",
     ]
-    assert record["test_images"] == 11
+    assert record["test_images"] == 12 and record["checked_images"] == 11
     assert record["prediction_agreement"] == record["qdq_agreement"] == 1.0
     assert record["negated_agreement"] == 0.0
-    assert record["test_acc_integer"] == record["test_acc"]
+    whole = verify(model, tmp_path, _loader())  # every image checked: the same predictions
+    assert whole["test_acc_integer"] == whole["test_acc"] and whole["checked_images"] == 12
 
 
 def test_a_form_that_cannot_hold_the_graph_is_skipped_with_a_warning(tmp_path, caplog, monkeypatch):
@@ -80,11 +82,12 @@ def test_a_form_that_cannot_hold_the_graph_is_skipped_with_a_warning(tmp_path, c
     lowered.node("stages.0.0.conv1").attrs["acc_bits"] = 30
     monkeypatch.setattr(edmips.export, "lower", lambda *args: lowered)
     paths = export(model, (3, SIZE, SIZE), tmp_path)
-    assert [p.name for p in paths] == ["integer"]
+    assert [p.name for p in paths] == ["integer", "model_int8.onnx"]  # int32 holds 30 bits
     assert "no model.onnx: layer stages.0.0.conv1: a 30-bit accumulator" in caplog.text
     assert "no model_qdq.onnx" in caplog.text
-    record = verify(model, tmp_path, _loader(), max_images=None)
-    assert record["qdq_agreement"] is None and record["test_images"] == 12
+    record = verify(model, tmp_path, _loader(), check_images=None)
+    assert record["qdq_agreement"] is None and record["checked_images"] == 12
+    assert record["int8_agreement"] == 1.0
 
 
 def test_unknown_forms_are_refused_by_name():

@@ -184,7 +184,7 @@ def test_retrain_exports_a_torchvision_model_that_predicts_as_the_network(retrai
     from edmips.export.cli import main as export_main  # from the checkpoint alone
 
     again = export_main([str(out / "checkpoints" / "last.ckpt"), "--out", str(out / "again")])
-    assert [p.name for p in again] == ["integer", "model.onnx", "model_qdq.onnx"]
+    assert [p.name for p in again] == ["integer", "model.onnx", "model_int8.onnx", "model_qdq.onnx"]
     for p in again[1:]:
         assert p.read_bytes() == (out / p.name).read_bytes()
     first, second = load_bundle(out / "integer"), load_bundle(again[0])

@@ -134,7 +134,8 @@ def test_cifar10_integer_network_agrees_on_every_test_image(retrain_cfg):
         )
     )
     assert metrics["data"] == "cifar10"
-    assert metrics["prediction_agreement"] == 1.0 and metrics["test_images"] == 1000
+    assert metrics["prediction_agreement"] == 1.0 and metrics["checked_images"] == 1000
+    assert metrics["test_images"] == 10000  # test_acc: the whole split, whatever is checked
     assert metrics["test_acc"] > 0.15  # 40 steps already beat chance (0.54)
 
 

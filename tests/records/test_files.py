@@ -68,7 +68,7 @@ def _entry(**changes):
         "epoch": 1,
         "mu": 0.1,
         "probs_w": [[0.5, 0.5]] * 2,
-        "probs_a": [[0.2] * 3] * 2,
+        "probs_a": [[0.2, 0.3, 0.5]] * 2,
         **changes,
     }
 

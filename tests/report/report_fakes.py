@@ -45,9 +45,10 @@ def _towards(n: int, winner: int, t: float) -> list[float]:
 
 def search_arch(wbits, abits, **meta) -> arch.Arch:
     n = len(COSTS)
+    space = {k: sorted({*SPACE[k], *bits}) for k, bits in (("wbits", wbits), ("abits", abits))}
     return arch.build(
         "resnet8",
-        SPACE,
+        space,
         COSTS,
         wbits,
         abits,
@@ -69,11 +70,14 @@ def make_search_run(run_dir: Path, wbits, abits, epochs=5, **meta) -> arch.Arch:
     return a
 
 
-def make_retrain_run(run_dir: Path, wbits, abits, uniform=None, **metrics) -> dict:
+def make_retrain_run(run_dir: Path, wbits, abits, uniform=None, arch_meta=None, **metrics) -> dict:
+    """A retrain run dir: its arch.json (with `arch_meta`: what the arch file recorded of the
+    allocation that made it, its kind and cost) and metrics.json (`metrics` over the defaults)."""
+    arch_meta = arch_meta or {}
     if uniform:
-        a = arch.uniform("resnet8", COSTS, uniform[0], uniform[1], data="synthetic")
+        a = arch.uniform("resnet8", COSTS, uniform[0], uniform[1], data="synthetic", **arch_meta)
     else:
-        a = search_arch(wbits, abits)
+        a = search_arch(wbits, abits, **arch_meta)
     arch.save(a, run_dir / "arch.json")
     m = {
         "model": "resnet8",

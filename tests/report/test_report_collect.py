@@ -77,7 +77,7 @@ def test_a_sweep_becomes_one_row_per_run(sweep, tmp_path, capsys):
     assert [search[str(root / "search" / str(i))]["budget"] for i in range(3)] == [
         "mu=0.04",
         "mu=0.01",
-        "2 bits",
+        "BitOps 2 bits eq.",
     ]  # a target is the budget, not the mu it ended with
     assert search[str(root / "search" / "2")]["test_acc"] == ""
 
@@ -90,7 +90,7 @@ def test_a_sweep_becomes_one_row_per_run(sweep, tmp_path, capsys):
         assert float(r["wall_time_s"]) == m["wall_time_s"]
     assert [retrain[str(root / s)]["budget"] for s in ("retrain/0", "retrain/1")] == [
         "mu=0.04",
-        "2 bits",
+        "BitOps 2 bits eq.",
     ]
     assert retrain[str(root / "retrain/1")]["test_acc_integer"] == ""
     assert [r["budget"] for r in rows[5:]] == ["uniform W2A2", "uniform W4A4"]  # ordered by bits
@@ -111,7 +111,7 @@ def test_pareto_uses_retrained_test_accuracy_and_splits_out_the_baselines(sweep)
     for p in points:
         by_group.setdefault(p["group"], []).append((p["label"], p["acc"]))
     assert by_group == {
-        "resnet8 synthetic searched": [("mu=0.04", 0.71), ("2 bits", 0.73)],
+        "resnet8 synthetic searched": [("mu=0.04", 0.71), ("BitOps 2 bits eq.", 0.73)],
         "resnet8 synthetic uniform": [("W2A2", 0.69), ("W4A4", 0.8)],
     }
 
@@ -184,9 +184,9 @@ def test_the_summary_compares_searched_uniform_and_random_at_one_budget(tmp_path
     make_search_run(tmp_path / "search", [2] * 6, [2] * 6, target_bits=2.0)  # not retrained
     rows = summarize(collect([tmp_path]))
     assert [(r["budget"], r["network"], r["runs"]) for r in rows] == [
-        ("2 bits", "searched", 2),
-        ("2 bits", "uniform", 2),
-        ("2 bits", "random", 3),
+        ("BitOps 2 bits eq.", "searched", 2),
+        ("BitOps 2 bits eq.", "uniform", 2),
+        ("BitOps 2 bits eq.", "random", 3),
     ]
     for row in rows:
         values = accs[row["network"]]

@@ -31,11 +31,11 @@ def test_bad_values_leave_their_run_out_with_one_line_each(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     warned = _warnings(caplog)
-    assert f"skipped {nan}: {nan}: test_acc=nan is not a fraction in [0, 1]" in warned
+    assert f"skipped {nan}: {nan}: test_acc=nan is not a finite number" in warned
     assert any(w.startswith(f"skipped {tmp_path / 'text' / 'metrics.json'}: ") for w in warned)
     assert f"{tmp_path / 'untested'}: no test accuracy, left out of the summary" in warned
     assert (
-        "2 bits random: no mean activation_bits, 1 of 3 runs do not record it: "
+        "BitOps 2 bits eq. random: no mean activation_bits, 1 of 3 runs do not record it: "
         f"{tmp_path / 'older'}"
     ) in warned
     assert len(warned) == 4 and all("\n" not in w for w in warned)
@@ -45,8 +45,8 @@ def test_bad_values_leave_their_run_out_with_one_line_each(tmp_path, caplog):
 
 
 def test_a_damaged_history_draws_no_figures_for_its_run_and_nothing_half_written(tmp_path, caplog):
-    make_search_run(tmp_path / "good", [2] * 6, [2] * 6, target_bits=2.0)
-    make_search_run(tmp_path / "cut", [2] * 6, [2] * 6, target_bits=2.0)
+    make_search_run(tmp_path / "good", [2] * 6, [2] * 6, target_bits=2.0, val_acc=0.6)
+    make_search_run(tmp_path / "cut", [2] * 6, [2] * 6, target_bits=2.0, val_acc=0.5)
     history = tmp_path / "cut" / "history.json"
     history.write_text(history.read_text()[:200])  # a history.json cut short
     with caplog.at_level(logging.WARNING):

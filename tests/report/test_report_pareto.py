@@ -82,7 +82,11 @@ def test_one_marker_per_kind_and_budget_with_the_seeds_spread(tmp_path, budgets)
         assert all(a < b for a, b in itertools.pairwise(xs)), "joined in order of cost"
         assert container.has_xerr and container.has_yerr
     searched = bars["resnet8 synthetic searched"].lines[0]
-    bits = [r.equivalent_bits for r in runs if r.network == "searched" and r.budget_bits == 2.0]
+    bits = [
+        r.equivalent_bits
+        for r in runs
+        if r.network == "searched" and r.budget == "BitOps 2 bits eq."
+    ]
     assert searched.get_xdata()[0] == pytest.approx(statistics.fmean(bits))
     assert searched.get_ydata()[0] == pytest.approx(statistics.fmean(ACC["searched"]))
     # the spread: the x bar reaches from the seeds' fewest bits to their most
@@ -132,8 +136,8 @@ def test_every_cost_is_a_column_and_a_missing_one_reads_as_a_dash(protocol, tmp_
     assert "latency_ms" not in header  # nobody measured one
 
     summary = {(r["budget"], r["network"]): r for r in summarize(runs)}
-    row = summary[("2 bits", "searched")]
-    searched = [r for r in runs if r.network == "searched" and r.budget_bits == 2.0]
+    row = summary[("BitOps 2 bits eq.", "searched")]
+    searched = [r for r in runs if r.network == "searched" and r.budget == "BitOps 2 bits eq."]
     assert row["runs"] == 3
     assert row["weight_bits"] == pytest.approx(statistics.fmean(r.weight_bits for r in searched))
     assert row["micronet_score"] == pytest.approx(
@@ -149,7 +153,10 @@ def test_a_latency_is_a_column_where_a_run_records_it(tmp_path):
     make_retrain_run(tmp_path / "u", None, None, uniform=(2, 2))
     paths = write_report(collect([tmp_path]), tmp_path / "out", x="latency_table")
     rows = {r["budget"]: r for r in csv.DictReader(open(paths["csv"]))}
-    assert (rows["2 bits"]["latency_ms"], rows["uniform W2A2"]["latency_ms"]) == ("1.25", "")
+    assert (rows["BitOps 2 bits eq."]["latency_ms"], rows["uniform W2A2"]["latency_ms"]) == (
+        "1.25",
+        "",
+    )
 
 
 @pytest.mark.parametrize("x", sorted(set(AXES) - {"latency_table"}))

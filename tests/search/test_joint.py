@@ -66,3 +66,21 @@ def test_a_random_allocation_under_two_budgets_is_fixed_by_its_seed():
     budgets = _budgets(2.2, 2.0)
     draws = [joint_random(budgets, s) for s in (0, 0, 1)]
     assert draws[0] == draws[1] != draws[2]
+
+
+def test_a_resumed_search_restores_the_prices_and_continues_as_an_uninterrupted_one():
+    """The prices warm-start each step's bisection: a checkpoint holds them, and a price module
+    loaded from it takes the same next step as the one that went on."""
+    torch.manual_seed(0)
+    logits_w, logits_a = torch.randn(len(LAYERS), 4), torch.randn(len(LAYERS), 3)
+    going_on = JointPrice(_budgets(2.0, 1.5), ["bitops", "weight_size"])
+    for _ in range(5):
+        going_on.tilts(logits_w, logits_a)
+        logits_w += 0.3 * torch.tensor(SPACE_W)  # the selectors drift: the prices must follow
+    resumed = JointPrice(_budgets(2.0, 1.5), ["bitops", "weight_size"])
+    resumed.load_state_dict(going_on.state_dict())
+    assert torch.equal(resumed.prices, going_on.prices) and bool((resumed.prices > 0).any())
+    assert torch.equal(going_on.tilts(logits_w, logits_a)[1], resumed.tilts(logits_w, logits_a)[1])
+    fresh = JointPrice(_budgets(2.0, 1.5), ["bitops", "weight_size"])  # what a resume had
+    fresh.tilts(logits_w, logits_a)
+    assert not torch.equal(fresh.prices, going_on.prices)

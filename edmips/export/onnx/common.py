@@ -82,6 +82,10 @@ class Writer:
         return [helper.make_opsetid("", self.opset)]
 
     def const(self, name: str, array: np.ndarray) -> str:
+        # A name written twice makes a file that onnx.checker refuses: a writer's bug, caught
+        # here where the second one is made (a ValueError, not an ExportError: no form skips it).
+        if any(t.name == name for t in self.inits):
+            raise ValueError(f"initializer {name!r} written twice by {type(self).__name__}")
         self.inits.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 

@@ -12,7 +12,15 @@ it is written:
   padded with each channel's zero point and its sum over the kernel taken off the bias. A conv
   whose levels that product does not give (a float bias, a multiplier whose float32 rounding
   moves a level) runs as a float `Conv` (exact: accumulators within 2^24) followed by the
-  reference's float64 requantization in float ops.
+  reference's float64 requantization in float ops. Where neither gives the levels (a batch
+  norm between the conv and its quantizer, as the post-training and qatsim families have;
+  levels falling with the accumulator; an accumulator float32 does not hold, as W8A8's 3x3
+  convs of 64 channels have), the thresholds are counted on the exact int32 accumulator:
+  `ConvInteger` (weights beyond 8 bits split into base-256 digits, a ConvInteger each), then
+  where the accumulators (bounded by the weights and the input's range) and the thresholds
+  are within 2^24, the accumulator in float32 and the qdq form's affine or corrected map on
+  it (qdq.threshold_ops, checked at export), else a binary search over each channel's
+  thresholds in int32, exact for any thresholds but slower.
 - a threshold on codes (a pre-activation batch norm and the quantizer after it, a residual
   stream moved onto another grid): a 1x1 depthwise `QLinearConv`, rne(float32(w_c s + B_c) *
   M_c) on the stored codes s, an affine map fitted to the node's thresholds and checked on
@@ -35,11 +43,15 @@ Only standard ONNX ops are used, no com.microsoft contrib op (QLinearAdd, QLinea
 standard ops are specified to the bit (QuantizeLinear rounds half to even and saturates), while
 the contrib ops' arithmetic is the implementation's (MLAS's QLinearAdd computes in fixed point
 on x86, its ties rounded up). Pools and the classifier run on exact
-integers held in floats, as in the other forms. A threshold whose requantization this form
-cannot reproduce refuses the form (the export then writes the others): the `int8sim` family
-(edmips.quant.pow2) trains with exactly this requantization, other families generally do not.
-The kernels' int32 accumulation is exact on a CPU with VNNI (vpdpbusd); AVX2 without VNNI
+integers held in floats, as in the other forms. The `int8sim` family (edmips.quant.pow2)
+trains with exactly QLinearConv's requantization and runs on it; other families mostly count
+their thresholds on ConvInteger. The form is refused (the export writes the others and logs
+why, in one line) where an accumulator can leave int32, or where a threshold that reads
+neither a conv nor codes spans more than MAX_TABLE inputs.
+QLinearConv's int32 accumulation is exact on a CPU with VNNI (vpdpbusd); AVX2 without VNNI
 saturates u8 x s8 pair sums at 16 bits, which the check of an export (`int8_agreement`) shows.
+ConvInteger's weights are stored u8 (zero point 128), whose products MLAS widens to 16 bits
+before summing: no saturation there.
 """
 
 import numpy as np
@@ -49,7 +61,7 @@ from torch import nn
 from edmips.export.ir import Node
 from edmips.export.onnx import Form, register
 from edmips.export.onnx.common import FLOAT32_EXACT_BITS, _windows
-from edmips.export.onnx.qdq import QdqWriter, qdq_runtime
+from edmips.export.onnx.qdq import QdqWriter, qdq_runtime, threshold_form, threshold_ops
 from edmips.export.prepare import ExportError
 from edmips.export.values import windows
 
@@ -201,6 +213,21 @@ def fit_depthwise(out: np.ndarray, read: np.ndarray, ratio=None):
     return weight.astype(np.int8), bias.astype(np.int32), multiplier
 
 
+def accumulator_range(conv: Node, x_range) -> tuple[int, int]:
+    """Bounds [lo, hi] on every output channel's accumulator, for inputs in x_range: the bias
+    plus each product w x at its extreme over the inputs and 0 (a padded position), within the
+    conv's own range."""
+    x_lo, x_hi = (int(v) for v in x_range)
+    weight = conv.arrays["weight"].astype(np.int64)
+    weight = weight.reshape(len(weight), -1)
+    bias = conv.arrays.get("bias", np.zeros(len(weight), np.int64)).astype(np.int64)
+    products = np.stack([weight * x_lo, weight * x_hi, np.zeros_like(weight)])
+    low = products.min(0).sum(1) + bias
+    high = products.max(0).sum(1) + bias
+    acc_lo, acc_hi = conv.attrs["range"]
+    return max(int(low.min()), acc_lo), min(int(high.max()), acc_hi)
+
+
 def _packed_tensor(name: str, kind: int, codes: np.ndarray):
     """An INT2 or INT4 initializer: the two's-complement codes packed from the least
     significant bits of each byte up, first element first."""
@@ -239,6 +266,7 @@ class Int8Writer(QdqWriter):
         self.pending: dict[str, Node] = {}  # convs and adds, written where they are read
         self.floats: dict[str, str] = {}  # a tensor's values held in float32
         self.zero_points: dict[str, np.ndarray] = {}  # the image's codes: value = code - zp_c
+        self.accumulators: dict[str, str] = {}  # a conv's exact int32 accumulator (ConvInteger)
 
     # -- representations ---------------------------------------------------------------------
     def image_codes(self) -> str:
@@ -305,7 +333,9 @@ class Int8Writer(QdqWriter):
         source = self.pending.get(x)
         if source is not None and source.op == "conv" and self._requantized_conv(node, source):
             return
-        if source is not None and source.op == "windowmax":  # max commutes with requantizing
+        rising = (node.arrays["sign"] > 0).all()
+        if source is not None and source.op == "windowmax" and rising:
+            # the max commutes with a requantization that rises with the accumulator
             codes = f"{node.name}/codes"
             if self._requantized_conv(node, self.pending[source.inputs[0]], codes):
                 if not self._max_pool(source, codes, node.name):
@@ -375,13 +405,15 @@ class Int8Writer(QdqWriter):
         """The threshold as QLinearConv's requantization rne(float32(acc) * M_c), M_c the
         units' ratio in float32, or as a float conv and the float64 arithmetic of the
         reference in float ops (an input that is not uint8 codes, a float bias, a multiplier
-        whose float32 rounding moves a level), where that reproduces every level; False where
-        not."""
+        whose float32 rounding moves a level), where that reproduces every level; else its
+        thresholds counted on the exact int32 accumulator (`_counted_conv`). False where none
+        of them can read the conv's input."""
+        out = out or node.name
+        if (node.arrays["sign"] < 0).any():  # levels falling with the accumulator
+            return self._counted_conv(node, conv, out)
         lo = node.attrs["range"][0]
         acc_lo, acc_hi = conv.attrs["range"]
         channels = conv.arrays["weight"].shape[0]
-        if conv.attrs["acc_bits"] > FLOAT32_EXACT_BITS or (node.arrays["sign"] < 0).any():
-            return False
         unit = np.broadcast_to(np.asarray(conv.attrs["scale"], np.float64), (channels,))
         step = np.broadcast_to(np.asarray(node.attrs["scale"], np.float64), unit.shape)
         shift = conv.arrays.get("float_bias")
@@ -393,18 +425,22 @@ class Int8Writer(QdqWriter):
         want = levels(node, points)
         low, high = int(want.min()), int(want.max())
         multiplier = (unit / step).astype(np.float32)
+        # QLinearConv accumulates in int32 and rounds float32(acc) as `qlinear` does, so any
+        # accumulator int32 holds is checked here, not only those float32 holds.
         if (
             shift is None
-            and conv.inputs[0] in self.offset
-            and (conv.inputs[0] not in self.zero_points or conv.attrs["groups"] == 1)
+            and conv.attrs["acc_bits"] <= 32
             and np.abs(conv.arrays["weight"]).max() <= 127
             and np.array_equal(np.clip(qlinear(points, multiplier), low, high), want)
+            and self._conv_input(conv) is not None
         ):
-            self._qlinear_conv(node, conv, multiplier, low - lo, high - lo, out or node.name)
+            self._qlinear_conv(node, conv, multiplier, low - lo, high - lo, out)
             return True
-        if not np.array_equal(np.clip(requantize(points, unit, step, shift), low, high), want):
-            return False
-        out, shape = out or node.name, (1, -1, 1, 1)
+        if conv.attrs["acc_bits"] > FLOAT32_EXACT_BITS or not np.array_equal(
+            np.clip(requantize(points, unit, step, shift), low, high), want
+        ):
+            return self._counted_conv(node, conv, out)
+        shape = (1, -1, 1, 1)
         value = self.add("Cast", [self.f32(conv.name)], f"{out}/acc64", to=TensorProto.DOUBLE)
         value = self.add("Mul", [value, self.const(f"{out}/unit", unit.reshape(shape))], f"{out}/v")
         if shift is not None:
@@ -413,27 +449,161 @@ class Int8Writer(QdqWriter):
             )
         value = self.add("Div", [value, self.const(f"{out}/step", step.reshape(shape))], f"{out}/y")
         product = self.add("Cast", [value], f"{out}/y32", to=TensorProto.FLOAT)
-        clamp = [self.const(f"{out}/{k}", np.float32(v)) for k, v in (("lo", low), ("hi", high))]
+        # Named low / high: `uint8` writes {out}/lo, the offset of the stored codes.
+        clamp = [self.const(f"{out}/{k}", np.float32(v)) for k, v in (("low", low), ("high", high))]
         clipped = self.add("Clip", [self.add("Round", [product], f"{out}/r"), *clamp], f"{out}/cl")
         self.uint8(clipped, out, lo)
         return True
 
-    def _qlinear_conv(self, node: Node, conv: Node, multiplier, low: int, high: int, out) -> None:
+    def _conv_input(self, conv: Node):
+        """(uint8 input, its zero point, pads, int64 bias) with which an int8 kernel computes
+        the conv's accumulator, or None where its input is not uint8 codes it can read."""
         source, attrs = conv.inputs[0], conv.attrs
-        lo = node.attrs["range"][0]
         weight, pads = conv.arrays["weight"], list(attrs["padding"]) * 2
-        bias = conv.arrays.get("bias", np.zeros(len(weight), np.int64))
+        bias = conv.arrays.get("bias", np.zeros(len(weight), np.int64)).astype(np.int64)
         if source in self.zero_points:
-            # QLinearConv's input zero point is one number: the codes, padded with each
+            if attrs["groups"] != 1:
+                return None
+            # The kernels' input zero point is one number: the codes, padded with each
             # channel's zero point, and sum(w * zp) taken off the bias.
             zero = self.zero_points[source]
-            source, pads = self._padded_codes(source, attrs["padding"]), [0] * 4
             bias = bias - (weight.sum((2, 3)).astype(np.int64) @ zero)
+            return self._padded_codes(source, attrs["padding"]), 0, [0] * 4, bias
+        if source not in self.offset or not -255 <= self.offset[source] <= 0:
+            return None  # a zero point (-offset) uint8 cannot hold
+        return source, -self.offset[source], pads, bias
+
+    def _counted_conv(self, node: Node, conv: Node, out: str) -> bool:
+        """The threshold counted on the conv's exact int32 accumulator: any thresholds (a batch
+        norm between the conv and its quantizer, a step on no power-of-two grid, levels falling
+        with the accumulator), where no requantization reproduces them. False where the conv's
+        input is not uint8 codes."""
+        acc = self._int32_accumulator(conv)
+        if acc is None:
+            return False
+        self._counted_levels(node, acc, out, accumulator_range(conv, self.ranges_in(conv)))
+        return True
+
+    def _int32_accumulator(self, conv: Node) -> str | None:
+        """The conv's accumulator as int32 (written once, whoever reads it), or None where its
+        input is not uint8 codes. ConvInteger multiplies the codes by weights stored as uint8
+        with zero point 128: MLAS sums u8 x u8 products exactly, where u8 x s8 pair sums
+        saturate at 16 bits on a CPU without VNNI. Weights beyond 8 bits (bias-corrected codes,
+        the image's per-channel grids) are split into base-256 digits, a ConvInteger each,
+        scaled and summed in int32. An ExportError where a partial sum can leave int32."""
+        if conv.name in self.accumulators:
+            return self.accumulators[conv.name]
+        read = self._conv_input(conv)
+        if read is None:
+            return None
+        source, x_zero, pads, bias = read
+        attrs, weight = conv.attrs, conv.arrays["weight"].astype(np.int64)
+        digits, rest = [], weight
+        while not digits or rest.any():
+            digit = (rest + 128) % 256 - 128
+            digits.append(digit)
+            rest = (rest - digit) // 256
+        # A kernel sums K products of two bytes (before its zero points are taken off); the
+        # k-th digit's partial sum, scaled, is at most 255 * sum |digit| * 256^k; their total
+        # and the bias bound the accumulator.
+        partials = [
+            255 * int(np.abs(d).reshape(len(d), -1).sum(1).max()) * 256**k
+            for k, d in enumerate(digits)
+        ]
+        peak = max(weight[0].size * 255 * 255, sum(partials) + int(np.abs(bias).max()))
+        if peak >= 2**31 - 1:
+            raise ExportError(
+                f"layer {conv.name}: a {peak.bit_length() + 1}-bit accumulator does not fit "
+                "the int32 of ConvInteger"
+            )
+        name = f"{conv.name}/int32"
+        zeros = [
+            self.const(f"{name}/x_zero", np.uint8(x_zero)),
+            self.const(f"{name}/w_zero", np.uint8(128)),
+        ]
+        acc = None
+        for k, digit in enumerate(digits):
+            stored = self.const(f"{name}/w{k}", (digit + 128).astype(np.uint8))
+            part = self.add(
+                "ConvInteger",
+                [source, stored, *zeros],
+                f"{name}/digit{k}",
+                strides=list(attrs["stride"]),
+                pads=pads,
+                dilations=list(attrs.get("dilation", (1, 1))),
+                group=attrs["groups"],
+            )
+            if k:
+                scale = self.const(f"{name}/scale{k}", np.int32(256**k))
+                part = self.add("Mul", [part, scale], f"{name}/digit{k}/scaled")
+                part = self.add("Add", [acc, part], f"{name}/sum{k}")
+            acc = part
+        if bias.any():
+            b = self.const(f"{name}/b", bias.astype(np.int32).reshape(1, -1, 1, 1))
+            acc = self.add("Add", [acc, b], f"{name}/biased")
+        self.accumulators[conv.name] = acc
+        return acc
+
+    def _counted_levels(self, node: Node, acc: str, out: str, acc_range) -> None:
+        """uint8 `out` (level - lo) of int32 accumulators in acc_range: #{k : sign acc >= T_k}.
+        Where the qdq form's affine or corrected map holds (its `threshold_form`, checked at
+        export: the accumulators and thresholds within 2^24, which float32 holds), the
+        accumulator cast to float32 and that map, on a node whose out_bias is less lo so that
+        it gives the stored code (a small integer: exact) itself; else a binary search over
+        each channel's thresholds, in int32 (exact for any thresholds and accumulators)."""
+        lo = node.attrs["range"][0]
+        attrs = {**node.attrs, "out_bias": node.attrs["out_bias"] - lo}
+        shifted = Node(node.op, f"{out}/level", [acc], attrs, node.arrays)
+        if threshold_form(shifted, acc_range)[0] != "binary search":
+            values = self.add("Cast", [acc], f"{shifted.name}/acc", to=TensorProto.FLOAT)
+            shape = (1, -1, 1, 1)
+            self.nodes.extend(threshold_ops(shifted, values, acc_range, shape, self.const))
+            self.add("Cast", [shifted.name], out, to=TensorProto.UINT8)
+            self.offset[out] = lo
+            return
+        t, sign = node.arrays["thresholds"].astype(np.int64), node.arrays["sign"]
+        channels, count = t.shape
+        shape = (1, -1, 1, 1)
+        if (sign < 0).any():
+            sign = self.const(f"{out}/sign", sign.astype(np.int32).reshape(shape))
+            acc = self.add("Mul", [acc, sign], f"{out}/signed")
+        steps = max(1, int(count).bit_length())  # 2^steps - 1 >= count
+        width = 2**steps - 1
+        # Past the last threshold: never reached (|acc| < 2^31 - 1); one below int32: always.
+        top = 2**31 - 1
+        table = np.full((channels, width), top, np.int64)
+        table[:, :count] = np.clip(t, -top, top)
+        table = self.const(f"{out}/table", table.astype(np.int32).reshape(-1))
+        rows = np.arange(channels, dtype=np.int64) * width  # where each channel's T start
+        at = self.const(f"{out}/rows", rows.astype(np.int32).reshape(shape))
+        for j in reversed(range(steps)):
+            probe = self.add(
+                "Add", [at, self.const(f"{out}/probe{j}", np.int32(2**j - 1))], f"{out}/p{j}"
+            )
+            reached = self.add(
+                "GreaterOrEqual",
+                [acc, self.add("Gather", [table, probe], f"{out}/t{j}", axis=0)],
+                f"{out}/ge{j}",
+            )
+            # at + reached * 2^j: about three times faster than a Where under onnxruntime
+            step = self.add("Cast", [reached], f"{out}/s{j}", to=TensorProto.INT32)
+            jump = self.const(f"{out}/jump{j}", np.int32(2**j))
+            at = self.add("Add", [at, self.add("Mul", [step, jump], f"{out}/j{j}")], f"{out}/at{j}")
+        # level - lo = position - row + out_bias - lo
+        start = (rows - node.attrs["out_bias"] + lo).astype(np.int32).reshape(shape)
+        stored = self.add("Sub", [at, self.const(f"{out}/start", start)], f"{out}/level")
+        self.add("Cast", [stored], out, to=TensorProto.UINT8)
+        self.offset[out] = lo
+
+    def _qlinear_conv(self, node: Node, conv: Node, multiplier, low: int, high: int, out) -> None:
+        attrs, weight = conv.attrs, conv.arrays["weight"]
+        lo = node.attrs["range"][0]
+        source, x_zero, pads, bias = self._conv_input(conv)
         one = self.const(f"{out}/one", np.float32(1.0))
         inputs = [
             source,
             one,
-            self.const(f"{out}/x_zero", np.uint8(-self.offset[source])),
+            self.const(f"{out}/x_zero", np.uint8(x_zero)),
             self.int_weight(f"{out}/w", weight),
             self.const(f"{out}/m", multiplier),
             self.const(f"{out}/w_zero", np.zeros(len(multiplier), np.int8)),
@@ -484,7 +654,10 @@ class Int8Writer(QdqWriter):
     def _float_conv(self, conv: Node, out: str) -> str:
         """The accumulator in float32 (exact: the conv's width is at most 25 bits)."""
         if conv.attrs["acc_bits"] > FLOAT32_EXACT_BITS:
-            raise ExportError(f"layer {conv.name}: a {conv.attrs['acc_bits']}-bit accumulator")
+            raise ExportError(
+                f"layer {conv.name}: a {conv.attrs['acc_bits']}-bit accumulator is not exact "
+                "in the float32 of ONNX Conv (at most 25 bits)"
+            )
         super().op_conv(conv, self.f32(conv.inputs[0]))
         self.nodes[-1].output[0] = out  # the Conv, named for its tensor
         return out
