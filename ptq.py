@@ -12,7 +12,9 @@ def main(cfg: DictConfig) -> float | None:
     from edmips.programs.ptq import ptq
 
     with one_line_errors():
-        return ptq(cfg).get("test_acc")
+        result = ptq(cfg)
+    print(f"results in {cfg.output_dir}")  # the last line: the run's directory
+    return result.get("test_acc")
 
 
 if __name__ == "__main__":

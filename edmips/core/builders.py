@@ -1,5 +1,7 @@
 """What search.py and retrain.py share: data, model and Trainer from the Hydra config."""
 
+import logging
+import warnings
 from pathlib import Path
 
 import hydra
@@ -15,6 +17,7 @@ from edmips.core.divergence import StopOnDivergence
 from edmips.core.rundir import RunState, epoch_checkpoint
 from edmips.cost import layers as cost_layers
 from edmips.cost import model as cost_models
+from edmips.models.tv import check_image_size
 
 
 def instantiate(node: DictConfig, **kwargs):
@@ -34,14 +37,17 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 
 
 def build_model(cfg: DictConfig, datamodule, **overrides) -> nn.Module:
-    """The registered model named in `cfg.model`, sized for the data's classes and statistics."""
-    return instantiate(
+    """The registered model named in `cfg.model`, sized for the data's classes and statistics;
+    refused where it is built for another image size than the data's."""
+    model = instantiate(
         cfg.model,
         num_classes=datamodule.num_classes,
         mean=datamodule.mean,
         std=datamodule.std,
         **overrides,
     )
+    check_image_size(model, datamodule.input_size)
+    return model
 
 
 def on_gpu(cfg: DictConfig) -> bool:
@@ -72,9 +78,37 @@ def compile_mode(setting, cfg: DictConfig) -> str | None:
     )
 
 
+# What Lightning and the libraries under it print that says nothing about the run: its "💡 Tip"
+# advertisements (litlogger, litmodels), the accelerators no run here uses, and, for a run of a
+# few batches (the README's short runs), a logging interval longer than the epoch.
+LIGHTNING_CHATTER = ("💡 Tip", "TPU available", "HPU available")
+CHATTER_WARNINGS = (r"The number of training batches \(\d+\) is smaller than the logging interval",)
+# Deprecation notices a dependency raises about its own use of another (Lightning calling a
+# deprecated torch API): nothing a user of edmips can act on. Those raised in edmips' own code
+# (and in __main__) still show.
+DEPENDENCY = r"(?!edmips\b|__main__\b)"
+
+
+def _not_chatter(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(LIGHTNING_CHATTER)
+
+
+def quiet_dependencies() -> None:
+    """Keep a run's output to what it does: drop LIGHTNING_CHATTER and the dependencies'
+    deprecation warnings (idempotent: called for every Trainer)."""
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if _not_chatter not in rank_zero.filters:
+        rank_zero.addFilter(_not_chatter)
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=DEPENDENCY)
+    for message in CHATTER_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
 def build_trainer(cfg: DictConfig, callbacks=()) -> L.Trainer:
     """The Trainer of a run: stops on divergence (before the epoch's outputs are written),
-    checkpoints every epoch with the run's configuration inside."""
+    checkpoints every epoch with the run's configuration inside; quiet (quiet_dependencies)."""
+    quiet_dependencies()
     out = Path(cfg.output_dir)
     precision = "bf16-mixed" if fast_path(cfg) else cfg.trainer.get("precision", "32-true")
     progress = [RichProgressBar(leave=True)] if cfg.trainer.get("enable_progress_bar", True) else []

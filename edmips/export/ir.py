@@ -14,7 +14,12 @@ weights take the bits the architecture says. Ops:
                (`windows` [outputs, k], index H*W = none; attrs: out_hw): any max pooling
     windowsum  the sum over the same windows: any average pooling, less its division
     add        a + b (a residual add on one shared grid)
+    table      level = table[c, x - in_lo] (`table` [channels or 1, in range's size]; attrs:
+               in_lo): any function of codes, read as the next quantizer's levels
+    mul        a * b, broadcast (a squeeze-excitation's gate times its features)
     concat     the inputs joined along the channels
+    gather_channels  the input's channels `index` (a channel shuffle, chunk or slice)
+    relu       max(x, 0) (a ReLU on an accumulator that a pool or the logits read)
     flatten    N x C x H x W -> N x CHW
     sumpool    sum over the spatial positions
     linear     x @ W.T + bias (integer logits)

@@ -4,16 +4,19 @@ The network's float64 copy, traced (edmips.export.prepare), is the fake-quantize
 the integer graph must reproduce. Its graph is walked in order, and every value the network
 computes is held as a function of one integer tensor of the integer graph:
 
-    value = f_c(v)    v an integer tensor, f_c a monotonic float64 function per channel
+    value = f_c(v)    v an integer tensor, f_c a float64 function per channel, monotonic
+                      unless a function that rises and falls (SiLU) of a few codes is in it
 
 f starts as `v * unit` where a quantizer, an integer add or a pool has just made v, and grows
 with every elementwise step after it (a conv's bias, batch norm, ReLU, the normalization of
 the image), each computed by the reference's own module. A quantizer on f becomes a
 threshold node bisected on f then the quantizer, so the integer levels are the reference's
-levels (edmips.export.thresholds). Max pooling commutes with a monotonic f (on -v where f
-falls); concatenation joins the channels' functions. What needs v * unit itself (a conv, an
-add, an average pool, the logits) refuses any other f, naming the node; a conv needs one unit
-for all its input channels, except a depthwise one, whose output channels each read one.
+levels (edmips.export.thresholds); on a non-monotonic f, a table of every code's level. A
+product of two quantized tensors is the product of their codes (`mul`). Max pooling
+commutes with a monotonic f (on -v where f falls); concatenation joins the channels'
+functions. What needs v * unit itself (a conv, an add, an average pool, the logits) refuses
+any other f, naming the node; a conv needs one unit for all its input channels, except a
+depthwise one, whose output channels each read one.
 """
 
 import functools
@@ -23,11 +26,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.operator_schemas import normalize_function
+from torchvision.ops import StochasticDepth
 
 from edmips.export.ir import Graph
+from edmips.export.moves import (
+    ShapesAndConstants,
+    channel_index,
+    gathered,
+    is_move,
+    moved,
+    positions,
+)
 from edmips.export.prepare import ExportError, check_exportable, reference_copy, traced
-from edmips.export.thresholds import accumulator_bits, compute_thresholds
+from edmips.export.thresholds import accumulator_bits, apply_thresholds, compute_thresholds
 from edmips.export.values import (
     ShapeSteps,
     Value,
@@ -37,7 +49,7 @@ from edmips.export.values import (
     is_constant,
     per_channel,
 )
-from edmips.nn.fx_quantize import ADD_FUNCTIONS
+from edmips.nn.fx_quantize import ADD_FUNCTIONS, MUL_FUNCTIONS, TABLE_FUNCTIONS, TABLE_MODULES
 from edmips.nn.layers import QuantConv2d, QuantLinear, is_depthwise, per_output_channel
 from edmips.quant import ActivationQuantizer
 
@@ -45,9 +57,21 @@ MAX_ACC_BITS = 62  # int64 arithmetic in the runtime
 
 
 # Per-channel elementwise steps, run by the reference's own module or function.
-_ELEMENTWISE_MODULES = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Dropout, nn.Identity)
+_ELEMENTWISE_MODULES = (
+    *(nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Dropout, nn.Identity),
+    *(nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, StochasticDepth),  # monotone, or the identity
+)
 _ELEMENTWISE_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.hardtanh, F.dropout}
-_ELEMENTWISE_METHODS = {"relu", "relu_", "contiguous", "clone"}
+_ELEMENTWISE_FUNCTIONS |= {torch.sigmoid, F.sigmoid, F.hardsigmoid, torch.tanh, F.tanh}
+_ELEMENTWISE_METHODS = {"relu", "relu_", "contiguous", "clone", "sigmoid", "tanh"}
+MAX_TABLE = 2**16  # the most input values a table node maps
+# Transformers' steps: refused by name, before the walk (`refuse_transformers`).
+_TRANSFORMER_MODULES = (nn.LayerNorm, nn.MultiheadAttention)
+_TRANSFORMER_FUNCTIONS = {
+    F.layer_norm,
+    F.scaled_dot_product_attention,
+    F.multi_head_attention_forward,
+}
 _AFFINE_FUNCTIONS = {operator.add, operator.sub, operator.mul, operator.truediv}
 _MAX_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
 _MAX_POOL_FUNCTIONS = {F.max_pool2d, F.adaptive_max_pool2d}
@@ -62,6 +86,9 @@ class _GraphLowering(ShapeSteps):
         self.graph = Graph(getattr(model, "name", type(model).__name__), list(input_size))
         self.values: dict[fx.Node, Value] = {}
         self.requantized: dict[tuple, Value] = {}  # (value, quantizer) -> threshold node
+        self.products: dict[str, tuple] = {}  # mul node -> its operands and its f
+        self.moves: dict[fx.Node, tuple] = {}  # a rearrangement: (value, its shape, positions)
+        self.relus: dict[int, tuple] = {}  # id(ReLU of an exact value) -> (node name, value)
 
     # -- helpers -------------------------------------------------------------------------------
     def shape(self, node: fx.Node) -> tuple[int, ...]:
@@ -74,6 +101,8 @@ class _GraphLowering(ShapeSteps):
         return tuple(meta.shape)
 
     def exact(self, name: str, x: Value, what: str) -> Value:
+        if x.unit is None and id(x) in self.relus:
+            x = self.integer_relu(*self.relus[id(x)])
         if x.unit is None:
             raise ExportError(
                 f"node {name}: {what} needs an integer tensor, but its input "
@@ -86,6 +115,9 @@ class _GraphLowering(ShapeSteps):
         q runs on the network's layout (`shape`, the node's), as a step per channel needs."""
         key = (x.name, id(x.f), q.grid())
         if key in self.requantized:
+            return self.requantized[key]
+        if not x.monotone:
+            self.requantized[key] = self.table(x, name, shape, q)
             return self.requantized[key]
         channels, codes = shape[1], per_channel(q.codes, len(shape))
         num_levels, out_bias = q.num_levels, q.lowest
@@ -109,32 +141,175 @@ class _GraphLowering(ShapeSteps):
                 "sign": sign.numpy().astype(np.int8),
             },
         )
+        if x.name in self.products:
+            self.check_product(name, x, q, shape, thresholds, sign, out_bias)
         unit = unit.expand(channels)
         out = Value(name, out_bias, hi, lambda v: v * unit[:, None], unit)
         self.requantized[key] = out
         return out
 
+    def table(self, x: Value, name: str, shape, q: ActivationQuantizer) -> Value:
+        """A table node: the quantizer q's code of f(v) for every integer v in x's range, f a
+        function that rises and falls (SiLU, Hardswish, GELU) of codes.
+
+        Exact by construction: each entry is q.codes(f(v)), the reference's own arithmetic
+        run on v, and every v the input can hold has its entry. (One caveat, torch's: its
+        vectorized and scalar float64 kernels of exp-based functions, SiLU and GELU, differ in
+        the last bit for a few per cent of inputs, which moves a level only where the value
+        lies within an ulp of a level boundary.)"""
+        size = x.hi - x.lo + 1
+        if size > MAX_TABLE:
+            raise ExportError(f"node {name}: a table of {size} inputs (at most {MAX_TABLE})")
+        channels = shape[1]
+        v = torch.arange(x.lo, x.hi + 1, dtype=torch.float64).expand(channels, size)
+        table = per_channel(q.codes, len(shape))(x.f(v)).round().long()
+        if bool((table == table[:1]).all()):
+            table = table[:1]  # one table for every channel
+        lo, hi = q.lowest, q.lowest + q.num_levels - 1
+        unit = torch.as_tensor(q.unit(), dtype=torch.float64)
+        self.graph.add(
+            "table",
+            name,
+            [x.name],
+            in_lo=x.lo,
+            range=[lo, hi],
+            scale=unit.tolist(),
+            arrays={"table": table.numpy().astype(np.int16 if hi < 2**15 else np.int32)},
+        )
+        unit = unit.expand(channels)
+        return Value(name, lo, hi, lambda v: v * unit[:, None], unit)
+
+    def check_product(self, name: str, x: Value, q, shape, thresholds, sign, out_bias) -> None:
+        """The thresholds on a product of codes p = a * b are bisected on p * (unit_a unit_b);
+        the reference computes (a unit_a) * (b unit_b), rounded otherwise. Every pair of codes
+        is checked to give the reference's level (channels alike in their units and q's
+        step checked once), and a pair that does not is refused by its codes."""
+        a, b, f = self.products[x.name]
+        if x.f is not f:
+            raise ExportError(f"node {name}: float steps between a product and its quantizer")
+        step = torch.as_tensor(q.unit(), dtype=torch.float64).expand(shape[1])
+        keys = torch.stack([a.unit, b.unit, step], 1)
+        codes_a = torch.arange(a.lo, a.hi + 1, dtype=torch.float64)[:, None]
+        codes_b = torch.arange(b.lo, b.hi + 1, dtype=torch.float64)[None, :]
+        width = 1 if torch.as_tensor(q.unit()).numel() == 1 else shape[1]  # q's channels
+        for c in np.unique(keys.numpy(), axis=0, return_index=True)[1]:
+            value = (codes_a * a.unit[c]) * (codes_b * b.unit[c])  # the reference's roundings
+            lanes = torch.zeros(1, width, *[1] * (len(shape) - 2), dtype=torch.float64)
+            lanes = lanes + value.reshape(-1, *[1] * (len(shape) - 1))  # in channel c's lane
+            want = q.codes(lanes).reshape(value.numel(), width)[:, min(c, width - 1)]
+            product = (codes_a * codes_b).long().reshape(1, -1)
+            got = apply_thresholds(product, thresholds[c : c + 1], sign[c : c + 1], 0)[0]
+            wrong = (got + out_bias != want).nonzero()
+            if len(wrong):
+                i = int(wrong[0])
+                code_a, code_b = a.lo + i // codes_b.numel(), b.lo + i % codes_b.numel()
+                raise ExportError(
+                    f"node {name}: the product of codes {code_a} and {code_b} rounds to "
+                    "another level in the reference"
+                )
+
     # -- nodes -----------------------------------------------------------------------------------
     def lower(self) -> Graph:
         output = None
+        self.refuse_transformers()
         for node in self.model.graph.nodes:
             if node.op == "placeholder":
                 self.values[node] = self.image(node)
             elif node.op == "output":
                 output = node.all_input_nodes
-            elif node.op == "get_attr" or (node.op == "call_method" and node.target == "size"):
-                continue  # constants and shapes: read where they are used
+            elif node.op == "get_attr" or "constant" in node.meta:
+                continue  # constants and shapes (moves.ShapesAndConstants): read where used
+            elif is_move(node) and not self.flattens(node):
+                self.move(node)
             else:
+                for source in node.all_input_nodes:  # a rearrangement waiting: refused by name
+                    if source in self.moves:
+                        self.tensor(source)
                 self.values[node] = self.node(node)
         if output is None or len(output) != 1:
             raise ExportError("output: the model must return one tensor (the logits)")
-        logits = self.values[output[0]]
+        logits = self.tensor(output[0])
+        if logits.unit is None and id(logits) in self.relus:  # a conv head's ReLU
+            logits = self.exact(output[0].name, logits, "the logits")
         if logits.unit is None or self.graph.output != logits.name:
             raise ExportError(
                 f"node {output[0].name}: the logits must be a layer's integer accumulator "
                 "times its scale (a float step follows it, or its bias is off the grid)"
             )
+        if len(self.shape(output[0])) != 2:
+            raise ExportError(f"node {output[0].name}: the logits must be N x classes")
+        # what the integer logits are multiplied by (a pooled conv head's last node is no layer)
+        self.graph.nodes[-1].attrs["scale"] = logits.unit.tolist()
         return self.graph
+
+    def tensor(self, node: fx.Node) -> Value:
+        """The value of a node read as a tensor, refused by name where it is none the integer
+        graph holds (a rearrangement of positions within channels, say)."""
+        if node in self.values:
+            return self.values[node]
+        if node in self.moves:
+            raise ExportError(
+                f"node {node.name}: a rearrangement that moves values between positions, not "
+                "whole channels, is not lowered"
+            )
+        raise ExportError(f"node {node.name}: its value is not a tensor of the integer graph")
+
+    def refuse_transformers(self) -> None:
+        """A transformer (ViT, Swin, MaxViT) refused at its first LayerNorm or attention, by
+        name: the integer graph has no lowering for a per-token normalization."""
+        for node in self.model.graph.nodes:
+            if node.op == "call_module":
+                found = type(self.modules[node.target])
+                found = found if issubclass(found, _TRANSFORMER_MODULES) else None
+            else:
+                found = node.target if node.target in _TRANSFORMER_FUNCTIONS else None
+            if found is not None:
+                raise ExportError(
+                    f"node {node.name}: no integer lowering for {describe(found)} (a transformer's "
+                    "normalization or attention); export a convolutional network instead"
+                )
+
+    def flattens(self, node: fx.Node) -> bool:
+        """A flatten of a lowered tensor to N x features (the `flatten` node's own case)."""
+        flat = node.target in ("view", "reshape", "flatten", torch.flatten, torch.reshape)
+        source = node.args[0]
+        return (
+            flat
+            and source in self.values
+            and len(self.shape(node)) == 2
+            and len(self.shape(source)) > 2
+        )
+
+    def move(self, node: fx.Node) -> None:
+        """A step that only moves values (edmips.export.moves), run on the positions of the
+        lowered tensor the chain starts from: a result that holds whole channels of it is a
+        gather_channels node (none where it holds them all in order), any other waits in
+        `moves` for the next step."""
+        source = node.args[0]
+        if source in self.moves:
+            x, shape, where = self.moves[source]
+        else:
+            x, shape = self.tensor(source), self.shape(source)
+            where = positions(shape)
+        result = moved(node, where)
+        index = channel_index(result, shape)
+        if index is None:
+            self.moves[node] = (x, shape, result)
+        elif len(index) == shape[1] and torch.equal(index, torch.arange(shape[1])):
+            self.values[node] = x
+        elif len(torch.unique(index)) != len(index):
+            raise ExportError(f"node {node.name}: a channel taken twice is not lowered")
+        else:
+            unit = None if x.unit is None else x.unit[index].tolist()
+            self.graph.add(
+                "gather_channels",
+                node.name,
+                [x.name],
+                range=[x.lo, x.hi],
+                scale=unit,
+                arrays={"index": index.numpy().astype(np.int32)},
+            )
+            self.values[node] = gathered(node.name, x, index, shape[1])
 
     def image(self, node: fx.Node) -> Value:
         channels = self.shape(node)[1]
@@ -169,10 +344,15 @@ class _GraphLowering(ShapeSteps):
                     return self.input_codes(x, m)
                 return self.threshold(x, node.name, self.shape(node), m)
             if isinstance(m, _ELEMENTWISE_MODULES):
-                return x.then(per_channel(m, len(self.shape(node))))
+                return self.relu_of(node, x, x.then(per_channel(m, len(self.shape(node)))))
+            if isinstance(m, TABLE_MODULES):
+                step = per_channel(m, len(self.shape(node)))
+                return self.rises_and_falls(node, x, step, type(m).__name__)
             if isinstance(m, (*_MAX_POOLS, *_AVG_POOLS)):
                 op = "windowmax" if isinstance(m, _MAX_POOLS) else "windowsum"
-                return self.window(node.name, x, m, self.shape(node.args[0]), op)
+                return self.window(
+                    node.name, self.pooled(node, x, op), m, self.shape(node.args[0]), op
+                )
             if isinstance(m, nn.Flatten):
                 return self.flatten(node, x)
             if type(m) in (nn.Conv2d, nn.Linear):
@@ -186,7 +366,13 @@ class _GraphLowering(ShapeSteps):
         if node.op == "call_method":
             x = self.values[node.args[0]]
             if node.target in _ELEMENTWISE_METHODS:  # shape-blind: any rank will do
-                return x.then(per_channel(lambda t: getattr(t, node.target)(), 2))
+                step = per_channel(lambda t: getattr(t, node.target)(), 2)
+                return self.relu_of(node, x, x.then(step))
+            if node.target == "mean":
+                return self.mean(node, x)
+            if node.target in MUL_FUNCTIONS and len(node.args) == 2:
+                if all(a in self.values for a in node.args):
+                    return self.product(node, *(self.values[a] for a in node.args))
             if node.target in ("view", "reshape", "flatten"):
                 return self.flatten(node, x)
         raise ExportError(f"node {node.name}: no integer lowering for {describe(node.target)}")
@@ -196,7 +382,16 @@ class _GraphLowering(ShapeSteps):
         rank = len(self.shape(node))
         if target in _ELEMENTWISE_FUNCTIONS:
             x = self.values[args[0]]
-            return x.then(per_channel(lambda t: target(t, *args[1:], **node.kwargs), rank))
+            step = per_channel(lambda t: target(t, *args[1:], **node.kwargs), rank)
+            return self.relu_of(node, x, x.then(step))
+        if target is torch.mean:
+            return self.mean(node, self.values[args[0]])
+        if target in TABLE_FUNCTIONS:
+            step = per_channel(lambda t: target(t, *args[1:], **node.kwargs), rank)
+            return self.rises_and_falls(node, self.values[args[0]], step, describe(target))
+        if target in MUL_FUNCTIONS and len(args) == 2 and not node.kwargs:
+            if all(a in self.values for a in args):
+                return self.product(node, *(self.values[a] for a in args))
         if target in ADD_FUNCTIONS and len(args) == 2 and not node.kwargs:
             if all(a in self.values for a in args):
                 return self.add(node, *(self.values[a] for a in args))
@@ -210,9 +405,8 @@ class _GraphLowering(ShapeSteps):
                 return self.values[args[1]].then(per_channel(lambda t: target(c, t), rank))
         if target in _MAX_POOL_FUNCTIONS or target in _AVG_POOL_FUNCTIONS:
             op = "windowmax" if target in _MAX_POOL_FUNCTIONS else "windowsum"
-            return self.window(
-                node.name, self.values[args[0]], bound(node), self.shape(args[0]), op
-            )
+            x = self.pooled(node, self.values[args[0]], op)
+            return self.window(node.name, x, bound(node), self.shape(args[0]), op)
         if target is torch.flatten:
             return self.flatten(node, self.values[args[0]])
         if target is torch.cat:
@@ -286,8 +480,81 @@ class _GraphLowering(ShapeSteps):
         unit = a.unit
         return Value(node.name, lo, hi, lambda v: v * unit[:, None], unit)
 
+    def rises_and_falls(self, node: fx.Node, x: Value, step, what: str) -> Value:
+        """A function that rises and falls (SiLU, Hardswish): a table of its input's codes
+        where a quantizer reads it (`table`), so its input must be a few codes."""
+        if x.hi - x.lo + 1 > MAX_TABLE:
+            raise ExportError(
+                f"node {node.name}: {what} of a value no quantizer rounded "
+                f"({x.hi - x.lo + 1} values); it needs an activation quantizer in front"
+            )
+        return x.then(step, monotone=False)
+
+    def product(self, node: fx.Node, a: Value, b: Value) -> Value:
+        """The product of two quantized tensors (a gate times its features), broadcast: the
+        integer product of their codes, on the grid unit_a * unit_b per channel (its
+        quantizer's thresholds checked on every pair of codes: `check_product`)."""
+        a, b = self.exact(node.name, a, "a product"), self.exact(node.name, b, "a product")
+        ends = [a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi]
+        lo, hi = min(ends), max(ends)
+        unit = a.unit * b.unit
+        self.graph.add("mul", node.name, [a.name, b.name], range=[lo, hi], scale=unit.tolist())
+        out = Value(node.name, lo, hi, lambda v: v * unit[:, None], unit)
+        self.products[node.name] = (a, b, out.f)
+        return out
+
+    def relu_of(self, node: fx.Node, x: Value, out: Value) -> Value:
+        """`out`, the step of `node` on x; where that is a ReLU of an exact x (f = v * unit,
+        units > 0), what needs it exact (a pool, the logits: `exact`) gets `integer_relu`."""
+        if node.op == "call_module":
+            relu = type(self.modules[node.target]) is nn.ReLU
+        else:
+            relu = node.target in (F.relu, torch.relu, "relu", "relu_")
+        if relu and x.unit is not None and bool((x.unit > 0).all()):
+            self.relus[id(out)] = (node.name, x)
+        return out
+
+    def pooled(self, node: fx.Node, x: Value, op: str) -> Value:
+        """What a pool reads: an average pool of a ReLU of an exact value, the integer one."""
+        if op == "windowsum" and id(x) in self.relus:
+            return self.exact(node.name, x, "average pooling")
+        return x
+
+    def integer_relu(self, name: str, x: Value) -> Value:
+        """A relu node, max(v, 0), for ReLU(v * unit): exact, as a product with a unit > 0 has
+        v's sign (and 0 * unit = 0), so max(v * unit, 0) = max(v, 0) * unit."""
+        if not any(n.name == name for n in self.graph.nodes):
+            lo, hi = max(x.lo, 0), max(x.hi, 0)
+            self.graph.add("relu", name, [x.name], range=[lo, hi], scale=x.unit.tolist())
+        unit = x.unit
+        return Value(name, max(x.lo, 0), max(x.hi, 0), lambda v: v * unit[:, None], unit)
+
+    def mean(self, node: fx.Node, x: Value) -> Value:
+        """A mean over the positions of N x C x H x W: the sum of the positions' integers, the
+        division in the unit (a sumpool node; a windowsum of one window with keepdim)."""
+        args = normalize_function(
+            torch.mean, node.args, node.kwargs, normalize_to_only_use_kwargs=True
+        )
+        shape = self.shape(node.args[0])
+        dims = args.kwargs.get("dim") if args is not None else None
+        if len(shape) != 4 or not isinstance(dims, (list, tuple)):
+            raise ExportError(f"node {node.name}: only a mean over the positions is lowered")
+        if sorted(d % 4 for d in dims) != [2, 3]:
+            raise ExportError(f"node {node.name}: only a mean over the positions is lowered")
+        if args.kwargs.get("keepdim", False):
+            pool = lambda t: t.mean((2, 3), keepdim=True)  # noqa: E731
+            return self.window(node.name, x, pool, shape, "windowsum")
+        x = self.exact(node.name, x, "a mean")
+        count = shape[2] * shape[3]
+        lo, hi = min(x.lo, 0) * count, max(x.hi, 0) * count
+        unit = x.unit / count
+        self.graph.add("sumpool", node.name, [x.name], range=[lo, hi], scale=unit.tolist())
+        return Value(node.name, lo, hi, lambda v: v * unit[:, None], unit)
+
     def constant(self, arg):
         """A number, or a tensor the model holds (a get_attr node)."""
+        if isinstance(arg, fx.Node) and "constant" in arg.meta:
+            return arg.meta["constant"]  # shape arithmetic, folded
         if isinstance(arg, fx.Node):
             return functools.reduce(getattr, arg.target.split("."), self.model)
         return arg
@@ -298,5 +565,5 @@ def lower(model: nn.Module, input_size) -> Graph:
     of edmips's own."""
     check_exportable(model)
     reference = traced(reference_copy(model))
-    ShapeProp(reference).propagate(torch.zeros(1, *input_size, dtype=torch.float64))
+    ShapesAndConstants(reference).propagate(torch.zeros(1, *input_size, dtype=torch.float64))
     return _GraphLowering(reference, input_size).lower()

@@ -88,6 +88,16 @@ def _windows(x: Tensor, windows: Tensor, out_hw, reduce: str) -> Tensor:
     return out.view(n, c, *out_hw)
 
 
+def _table(x: Tensor, table: Tensor, in_lo: int) -> Tensor:
+    """table[c, x - in_lo] for x [N, C, ...] (a table of one row serves every channel): one
+    gather on the flat table, row c starting at c * width."""
+    channels, width = table.shape
+    rows = torch.arange(channels, device=x.device) * width - in_lo
+    rows = rows.view([1, -1] + [1] * (x.dim() - 2))
+    index = x.to(torch.int64) + rows
+    return table.flatten().index_select(0, index.flatten()).view(index.shape)
+
+
 def _dtype(lo: int, hi: int):
     """int32 where the range fits (faster products and searches), else int64."""
     return torch.int32 if -(2**31) <= lo and hi < 2**31 - 1 else torch.int64  # T <= hi + 1
@@ -252,10 +262,18 @@ class IntegerRuntime:
                 out = sign * _windows(sign * x[0].to(out_dtype), windows, hw, "max")
             elif node.op == "concat":
                 out = torch.cat([t.to(out_dtype) for t in x], 1)
+            elif node.op == "gather_channels":
+                out = x[0].to(out_dtype).index_select(1, a["index"])
+            elif node.op == "relu":
+                out = x[0].to(out_dtype).clamp_min(0)
             elif node.op == "flatten":
                 out = x[0].to(out_dtype).flatten(1)
             elif node.op == "add":
                 out = x[0].to(out_dtype) + x[1].to(out_dtype)
+            elif node.op == "mul":  # products of codes: the range bounds them (int64 if wide)
+                out = x[0].to(out_dtype) * x[1].to(out_dtype)
+            elif node.op == "table":
+                out = _table(x[0], a["table"], node.attrs["in_lo"]).to(out_dtype)
             elif node.op == "sumpool":
                 out = x[0].to(out_dtype).sum(dim=(2, 3), dtype=out_dtype)
             elif node.op == "linear":

@@ -21,10 +21,12 @@ class Value:
     hi: int
     f: Callable[[Tensor], Tensor]  # float64 [channels, n] -> [channels, n]
     unit: Tensor | None  # [channels] where f is exactly v * unit, else None
+    monotone: bool = True  # False after a step such as SiLU: f can rise and fall with v
 
-    def then(self, step: Callable[[Tensor], Tensor]) -> "Value":
+    def then(self, step: Callable[[Tensor], Tensor], monotone: bool = True) -> "Value":
         f = self.f
-        return Value(self.name, self.lo, self.hi, lambda v: step(f(v)), None)
+        rises = self.monotone and monotone
+        return Value(self.name, self.lo, self.hi, lambda v: step(f(v)), None, rises)
 
 
 def per_channel(module_or_fn, rank: int) -> Callable[[Tensor], Tensor]:
@@ -51,6 +53,8 @@ class ShapeSteps:
         positions, divisors, (out_h, out_w) = windows(pool, height, width)
         count = positions.shape[1]
         if op == "windowmax":
+            if not x.monotone:  # the max of f(v) is not f of the max of v
+                raise ExportError(f"node {name}: max pooling of a function that is not monotone")
             sign = self.direction(x, channels)
             lo, hi, f, unit = x.lo, x.hi, x.f, x.unit
             arrays = {"windows": positions.numpy().astype(np.int32), "sign": sign}
@@ -81,7 +85,7 @@ class ShapeSteps:
         channels, spatial = shape_in[1], int(np.prod(shape_in[2:], dtype=np.int64))
         self.graph.add("flatten", node.name, [x.name], range=[x.lo, x.hi], scale=None)
         if spatial == 1:
-            return Value(node.name, x.lo, x.hi, x.f, x.unit)
+            return Value(node.name, x.lo, x.hi, x.f, x.unit, x.monotone)
         f = x.f
 
         def per_feature(v: Tensor) -> Tensor:  # feature c * spatial + p belongs to channel c
@@ -89,7 +93,7 @@ class ShapeSteps:
             return f(v.reshape(channels, spatial * n)).reshape(channels * spatial, n)
 
         unit = None if x.unit is None else x.unit.repeat_interleave(spatial)
-        return Value(node.name, x.lo, x.hi, per_feature, unit)
+        return Value(node.name, x.lo, x.hi, per_feature, unit, x.monotone)
 
     def concat(self, node: fx.Node) -> Value:
         tensors = node.args[0]
@@ -112,7 +116,8 @@ class ShapeSteps:
 
         units = [p.unit for p in parts]
         unit = None if any(u is None for u in units) else torch.cat(units)
-        return Value(node.name, min(p.lo for p in parts), max(p.hi for p in parts), f, unit)
+        lo, hi = min(p.lo for p in parts), max(p.hi for p in parts)
+        return Value(node.name, lo, hi, f, unit, all(p.monotone for p in parts))
 
 
 def windows(pool, height: int, width: int) -> tuple[Tensor, Tensor, tuple[int, int]]:

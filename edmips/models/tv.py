@@ -61,9 +61,21 @@ def float_model(
 
 
 def quantized_model(arch: str, **kw) -> nn.Module:
-    model = quantize(float_model(arch, **kw))
+    net = float_model(arch, **kw)
+    model = quantize(net)
     setattr(model, WEIGHTS_MODULE, "body")  # a weights file holds the torchvision network's
+    model.image_size = getattr(net.body, "image_size", None)  # a ViT's one size, else None
     return to_fixed(model, fixed_ends(model))
+
+
+def check_image_size(model: nn.Module, input_size) -> None:
+    """Refuse, in one line, data of another size than the one the network is built for (a
+    torchvision ViT's `image_size`), before anything runs it."""
+    size = getattr(model, "image_size", None)
+    if size is not None and tuple(input_size[1:]) != (size, size):
+        name = getattr(model, "name", type(model).__name__)
+        height, width = input_size[1:]
+        raise ValueError(f"model {name} needs {size}x{size} images, the data has {height}x{width}")
 
 
 def _builder(arch: str):

@@ -32,11 +32,15 @@ def quantizable_names(model: nn.Module) -> list[str]:
 
 
 def first_and_last(model: nn.Module) -> tuple[str, str]:
-    """The first conv and the last linear layer, which EdMIPS leaves out of the search."""
+    """The first and the last quantized layer, which EdMIPS leaves out of the search: the first
+    conv and the classifier, the last linear layer, or the last layer where the network has no
+    linear one (SqueezeNet's classifier is a conv)."""
     names = quantizable_names(model)
+    if not names:
+        raise ValueError(f"model {type(model).__name__}: no conv or linear layer to quantize")
     convs = [n for n in names if isinstance(model.get_submodule(n), nn.Conv2d)]
     linears = [n for n in names if isinstance(model.get_submodule(n), nn.Linear)]
-    return convs[0], linears[-1]
+    return (convs or names)[0], (linears or names)[-1]
 
 
 def fixed_ends(model: nn.Module, in_arch=()) -> dict[str, tuple[int, int]]:
@@ -49,7 +53,7 @@ def fixed_ends(model: nn.Module, in_arch=()) -> dict[str, tuple[int, int]]:
 def default_searched(
     model: nn.Module, skip_first: bool = True, skip_last: bool = True
 ) -> list[str]:
-    """Every conv/linear, less the first conv and the last linear unless asked for."""
+    """Every conv/linear, less the first and the last layer (`first_and_last`) unless asked for."""
     first, last = first_and_last(model)
     skipped = {first} if skip_first else set()
     skipped |= {last} if skip_last else set()

@@ -17,7 +17,8 @@ Two more rewrites make the network computable with integers only (edmips.export.
 
 - both operands of a residual add pass through one signed quantizer, so they meet on one grid;
 - a layer takes over the average pool in front of it: a conv as its `input_pool`, a linear
-  after a global pool (through flatten and dropout) as `pool_input=True`. It quantizes first
+  after a global pool (an adaptive one, or a mean over the positions; through flatten and
+  dropout) as `pool_input=True`. It quantizes first
   and averages after, so the pool sums integers (edmips's own ResNet classifier does the same).
 
 At 32 bits all of these are the identity, so the converted network is the float one.
@@ -34,9 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.operator_schemas import normalize_function
+from torchvision.ops import StochasticDepth
 
 from edmips.nn.layers import QuantConv2d, QuantLinear
 from edmips.quant import EDMIPS, FULL_PRECISION, Family
+from edmips.quant.protocol import ActivationQuantizer
 from edmips.quant.registry import get
 
 SIGNED_BITS = 8  # signed layer inputs (their bit-width is not searched)
@@ -64,7 +67,20 @@ _SIGN_KEEPING_FUNCTIONS = {
     torch.flatten,
     torch.cat,
 }
-_SIGN_KEEPING_METHODS = {"view", "reshape", "flatten", "contiguous", "mean"}
+_SIGN_KEEPING_METHODS = {
+    "view",
+    "reshape",
+    "flatten",
+    "contiguous",
+    "mean",
+    "transpose",
+    "permute",
+    "chunk",
+    "split",
+}
+# Functions that only move the values of their first argument (the rest: shapes, dims, indices).
+_MOVING_FUNCTIONS = {torch.transpose, torch.permute, torch.reshape, torch.chunk, torch.split}
+_MOVING_FUNCTIONS |= {torch.flatten, operator.getitem}
 
 
 def _tensor_args(node: fx.Node) -> list[fx.Node]:
@@ -83,14 +99,17 @@ def is_nonnegative(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     elif node.op == "call_function":
         if node.target in _NONNEG_FUNCTIONS:
             return True
-        keeps = node.target in _SIGN_KEEPING_FUNCTIONS
+        keeps = node.target in _SIGN_KEEPING_FUNCTIONS | _MOVING_FUNCTIONS
     elif node.op == "call_method":
         if node.target in _NONNEG_METHODS:
             return True
         keeps = node.target in _SIGN_KEEPING_METHODS
     else:
         return False
-    inputs = _tensor_args(node)
+    # A method's values are its tensor's, a moving function's its first argument's (the other
+    # arguments, shapes and indices, may be computed from a tensor's size)
+    moving = node.op == "call_method" or node.target in _MOVING_FUNCTIONS
+    inputs = [node.args[0]] if moving else _tensor_args(node)
     return keeps and bool(inputs) and all(is_nonnegative(n, modules) for n in inputs)
 
 
@@ -135,11 +154,13 @@ def quantize(
 ) -> fx.GraphModule:
     """The model traced, with every conv/linear (those `filter(name, layer)` accepts) made a
     fixed-bit quantized layer of the family; layer names stay those of the model."""
-    gm = fx.symbolic_trace(model)
+    gm = fx.GraphModule(model, _Tracer().trace(model))
     signed_quant = get(family.signed)
     _quantize_adds(gm, lambda: signed_quant(signed_bits))
     modules = dict(gm.named_modules())
     signed: dict[fx.Node, fx.Node] = {}  # producer -> its signed quantizer's node
+    _quantize_tables_and_products(gm, signed, lambda: signed_quant(signed_bits))
+    modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
             continue
@@ -202,7 +223,18 @@ def _avg_pool(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:
         if node.target is F.avg_pool2d:
             return nn.AvgPool2d(**kw)
         return nn.AdaptiveAvgPool2d(**kw)
+    if _is_global_mean(node):
+        return nn.AdaptiveAvgPool2d(1)
     return None
+
+
+def _is_global_mean(node: fx.Node) -> bool:
+    """x.mean([2, 3]) or torch.mean(x, (2, 3)) (keepdim or not): a global average pool."""
+    method = node.op == "call_method" and node.target == "mean"
+    if not (method or (node.op == "call_function" and node.target is torch.mean)):
+        return False
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    return isinstance(dims, (list, tuple)) and sorted(d % 4 for d in dims) == [2, 3]
 
 
 def _fold_pool(node: fx.Node, layer: nn.Module, modules: dict[str, nn.Module]) -> nn.Module | None:
@@ -232,6 +264,53 @@ def _fold_pool(node: fx.Node, layer: nn.Module, modules: dict[str, nn.Module]) -
 
 
 ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+MUL_FUNCTIONS = {operator.mul, operator.imul, torch.mul, "mul"}  # "mul": the method
+# Elementwise functions that rise and fall: the integer graph maps their input's codes through
+# a table, so the converted network quantizes their input.
+TABLE_MODULES = (nn.SiLU, nn.Hardswish, nn.GELU, nn.Mish)
+TABLE_FUNCTIONS = {F.silu, F.hardswish, F.gelu, F.mish}
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with torchvision's StochasticDepth kept whole: traced through, its
+    training flag would be fixed at the mode of the trace."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, StochasticDepth) or super().is_leaf_module(m, qualname)
+
+
+def _quantize_tables_and_products(gm: fx.GraphModule, signed: dict, make_quantizer) -> None:
+    """A signed quantizer (one per producing tensor, in `signed`, which the layers after it
+    share) in front of each function that rises and falls (SiLU, Hardswish: a table of codes
+    in the integer graph) and on each operand of a product of two tensors (a squeeze-excitation's
+    gate times its features: a product of codes), so the network computes what the integer
+    one does."""
+
+    def quantized(source: fx.Node) -> fx.Node:
+        if source.op == "call_module" and isinstance(
+            gm.get_submodule(source.target), ActivationQuantizer
+        ):
+            return source
+        if source not in signed:
+            name = f"{SIGNED_PREFIX}.{source.name}"
+            gm.add_submodule(name, make_quantizer())
+            with gm.graph.inserting_after(source):
+                signed[source] = gm.graph.call_module(name, (source,))
+        return signed[source]
+
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module":
+            table = isinstance(gm.get_submodule(node.target), TABLE_MODULES)
+        else:
+            table = node.op == "call_function" and node.target in TABLE_FUNCTIONS
+        product = node.op in ("call_function", "call_method") and node.target in MUL_FUNCTIONS
+        operands = node.args[:1] if table else node.args if product else ()
+        if product and (node.kwargs or len(operands) != 2):
+            continue
+        if not all(isinstance(a, fx.Node) and a.op != "get_attr" for a in operands):
+            continue  # a constant factor: a float step of the other operand
+        for a in operands:
+            node.replace_input_with(a, quantized(a))
 
 
 def _quantize_adds(gm: fx.GraphModule, make_quantizer: Callable[[], nn.Module]) -> None:

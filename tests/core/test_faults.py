@@ -68,7 +68,7 @@ PHASES = {
         "training": (RetrainModule, "training_step", _in_last_epoch),
         "validation": (Classifier, "validation_step", _in_last_epoch),
         "export": (edmips.export, "save_bundle", _always),
-        "integer check": (edmips.export.verify, "_agreements", _always),
+        "integer check": (edmips.export.verify, "_count", _always),
         "result": (edmips.records.metrics, "save", _always),
     },
 }

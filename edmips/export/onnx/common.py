@@ -41,6 +41,7 @@ class Writer:
         self.ranges: dict[str, list | None] = {}  # each node's integer range, for annotations
         self.ranks: dict[str, int] = {}
         self.classes = 0
+        self.wide: set[str] = set()  # tensors in float64: a conv classifier's accumulators
 
     # -- what each form writes its own way ---------------------------------------------------
     def weight(self, name: str, codes: np.ndarray, dtype) -> str:
@@ -65,13 +66,24 @@ class Writer:
     def model(self) -> onnx.ModelProto:
         for node in self.graph.nodes:
             x = node.inputs[0] if node.inputs else None
-            flat = node.op in ("flatten", "linear")
+            flat = node.op in ("flatten", "linear", "sumpool")
             self.ranks[node.name] = 2 if flat else self.ranks.get(x, 4)
             write = getattr(self, f"op_{node.op}", None)
             if write is None:
                 raise ExportError(f"node {node.name}: op {node.op!r} has no ONNX form")
+            if any(i in self.wide for i in node.inputs):
+                if node.op not in WIDE_OPS:
+                    raise ExportError(f"node {node.name}: reads integers beyond float32's")
+                self.wide.add(node.name)
             write(node, x)
             self.ranges[node.name] = node.attrs.get("range")
+        last = self.graph.nodes[-1]
+        if last.op != "linear":  # a conv head, pooled: the logits are its last node's integers
+            self.classes = len(last.attrs["scale"])
+            wide = self.add(
+                "Cast", [self.integers(last.name)], f"{last.name}/x64", to=TensorProto.DOUBLE
+            )
+            self.logits(wide, last)
         c, h, w = self.graph.input_shape
         image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", c, h, w])
         logits = helper.make_tensor_value_info("logits", TensorProto.DOUBLE, ["N", self.classes])
@@ -104,6 +116,10 @@ class Writer:
 
     def op_conv(self, node: Node, x: str) -> None:
         a, attrs, out = node.arrays, node.attrs, node.name
+        pointwise = attrs["groups"] == 1 and a["weight"].shape[2:] == (1, 1)
+        if attrs["acc_bits"] > FLOAT32_EXACT_BITS and pointwise and attrs["stride"] == [1, 1]:
+            self.wide_conv(node, x)
+            return
         if attrs["acc_bits"] > FLOAT32_EXACT_BITS:
             raise ExportError(
                 f"layer {out}: a {attrs['acc_bits']}-bit accumulator is not exact "
@@ -122,7 +138,32 @@ class Writer:
             group=attrs["groups"],
         )
 
+    def integers(self, name: str) -> str:
+        """The tensor holding the integers of the graph's tensor `name`, in float32."""
+        return name
+
+    def wide_conv(self, node: Node, x: str) -> None:
+        """A 1x1 conv whose accumulator float32 does not hold (a conv classifier at 8 bits):
+        a MatMul over the channels in float64, exact below 2^53, whose readers (WIDE_OPS) stay
+        in float64."""
+        a, out = node.arrays, node.name
+        if any(node.attrs["padding"]):
+            raise ExportError(f"layer {out}: a padded 1x1 conv beyond 25 bits")
+        x64 = self.add("Cast", [x], f"{out}/x64", to=TensorProto.DOUBLE)
+        last = self.add("Transpose", [x64], f"{out}/nhwc", perm=[0, 2, 3, 1])
+        weight = a["weight"].reshape(len(a["weight"]), -1).T.copy()
+        acc = self.add("MatMul", [last, self.weight(f"{out}/w", weight, np.float64)], f"{out}/acc")
+        if "bias" in a:
+            b = self.const(f"{out}/b", a["bias"].astype(np.float64))
+            acc = self.add("Add", [acc, b], f"{out}/sum")
+        self.add("Transpose", [acc], out, perm=[0, 3, 1, 2])
+        self.wide.add(out)
+
     def op_windowsum(self, node: Node, x: str) -> None:
+        if x in self.wide:  # in float64: exact below 2^53
+            self.nodes.extend(_windows(node, self.const, self.opset, np.float64))
+            return
+        check_float32_sum(node)
         self.nodes.extend(_windows(node, self.const, self.opset))
 
     op_windowmax = op_windowsum
@@ -136,7 +177,34 @@ class Writer:
     def op_add(self, node: Node, x: str) -> None:
         self.add("Add", node.inputs, node.name)
 
+    def op_mul(self, node: Node, x: str) -> None:
+        """Exact in float32: a product of codes within 2^24 (a wider one is refused)."""
+        lo, hi = node.attrs["range"]
+        if max(-lo, hi) > 2**24:
+            raise ExportError(f"node {node.name}: products in {lo} .. {hi} leave float32")
+        self.add("Mul", node.inputs, node.name)
+
+    def op_table(self, node: Node, x: str) -> None:
+        """table[c, x - in_lo]: a Gather on the flat table (levels, integers: exact in float32),
+        at x plus row c's start less in_lo."""
+        out, table = node.name, node.arrays["table"]
+        channels, width = table.shape
+        rows = np.arange(channels, dtype=np.int64) * width - node.attrs["in_lo"]
+        rows = self.const(f"{out}/rows", rows.reshape(self.channel_shape(x)))
+        index = self.add("Cast", [x], f"{out}/x", to=TensorProto.INT64)
+        index = self.add("Add", [index, rows], f"{out}/index")
+        flat = self.const(f"{out}/table", table.astype(np.float32).reshape(-1))
+        self.add("Gather", [flat, index], out, axis=0)
+
+    def op_gather_channels(self, node: Node, x: str) -> None:
+        index = self.const(f"{node.name}/index", node.arrays["index"].astype(np.int64))
+        self.add("Gather", [x, index], node.name, axis=1)
+
+    def op_relu(self, node: Node, x: str) -> None:
+        self.add("Relu", [x], node.name)
+
     def op_sumpool(self, node: Node, x: str) -> None:
+        check_float32_sum(node)
         axes = self.const(f"{node.name}/axes", np.array([2, 3]))
         self.add("ReduceSum", [x, axes], node.name, keepdims=0)
 
@@ -161,7 +229,18 @@ class Writer:
             self.add("Cast", [f"{out}/sum"], out, to=TensorProto.FLOAT)
 
 
-def _windows(node: Node, const, opset: int) -> list[onnx.NodeProto]:
+def check_float32_sum(node: Node) -> None:
+    """A pool's sums are exact in float32 where its range is within 2^24; a wider one (the
+    pooled accumulators of a conv head at a large input) is refused."""
+    lo, hi = node.attrs["range"]
+    if max(-lo, hi) > 2**24:
+        raise ExportError(f"node {node.name}: sums in {lo} .. {hi} are not exact in float32")
+
+
+WIDE_OPS = ("relu", "windowsum", "windowmax", "flatten", "gather_channels")
+
+
+def _windows(node: Node, const, opset: int, dtype=np.float32) -> list[onnx.NodeProto]:
     """windowsum / windowmax: gather each output's input positions, then sum or max them.
     The index H*W reads one extra position holding what a missing position adds."""
     out, a = node.name, node.arrays
@@ -170,16 +249,16 @@ def _windows(node: Node, const, opset: int) -> list[onnx.NodeProto]:
     flat = op("Reshape", [node.inputs[0], const(f"{out}/flat_shape", np.array([0, 0, -1]))], "flat")
     sign = None
     if node.op == "windowmax" and (a["sign"] < 0).any():
-        sign = const(f"{out}/sign", a["sign"].astype(np.float32).reshape(1, -1, 1))
+        sign = const(f"{out}/sign", a["sign"].astype(dtype).reshape(1, -1, 1))
         flat = op("Mul", [flat, sign], "signed")
-    empty = np.float32(0.0 if node.op == "windowsum" else -(2.0**30))
+    empty = dtype(0.0 if node.op == "windowsum" else -(2.0**30))
     first = op(
         "Slice", [flat, *(const(f"{out}/slice{i}", np.array([i])) for i in (0, 1, 2))], "first"
     )
     extra = op(
         "Add",
         [
-            op("Mul", [first, const(f"{out}/zero", np.float32(0))], "zeros"),
+            op("Mul", [first, const(f"{out}/zero", dtype(0))], "zeros"),
             const(f"{out}/empty", empty),
         ],
         "extra",

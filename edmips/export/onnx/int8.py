@@ -60,7 +60,7 @@ from torch import nn
 
 from edmips.export.ir import Node
 from edmips.export.onnx import Form, register
-from edmips.export.onnx.common import FLOAT32_EXACT_BITS, _windows
+from edmips.export.onnx.common import FLOAT32_EXACT_BITS, _windows, check_float32_sum
 from edmips.export.onnx.qdq import QdqWriter, qdq_runtime, threshold_form, threshold_ops
 from edmips.export.prepare import ExportError
 from edmips.export.values import windows
@@ -347,6 +347,7 @@ class Int8Writer(QdqWriter):
         self._codes_threshold(node, x)
 
     def op_windowsum(self, node: Node, x: str) -> None:
+        check_float32_sum(node)
         self.floats[node.name] = self._float_windows(node, self.f32(x))
 
     def op_windowmax(self, node: Node, x: str) -> None:
@@ -391,6 +392,44 @@ class Int8Writer(QdqWriter):
 
     def op_flatten(self, node: Node, x: str) -> None:
         self.floats[node.name] = self.add("Flatten", [self.f32(x)], node.name, axis=1)
+
+    def op_gather_channels(self, node: Node, x: str) -> None:
+        """uint8 codes gathered as they are (the same offset), anything else in float32."""
+        index = self.const(f"{node.name}/index", node.arrays["index"].astype(np.int64))
+        if self.codes(x):
+            self.add("Gather", [x, index], node.name, axis=1)
+            self.offset[node.name] = self.offset[x]
+        else:
+            self.floats[node.name] = self.add("Gather", [self.f32(x), index], node.name, axis=1)
+
+    def op_relu(self, node: Node, x: str) -> None:
+        self.floats[node.name] = self.add("Relu", [self.f32(x)], node.name)
+
+    def integers(self, name: str) -> str:
+        return self.f32(name)
+
+    def op_mul(self, node: Node, x: str) -> None:
+        """On the operands' values in float32 (exact within 2^24, as in the other forms); the
+        threshold after it counts on those values (a lookup table where its range is small)."""
+        inputs = [self.f32(i) for i in node.inputs]
+        super().op_mul(Node(node.op, node.name, inputs, node.attrs, node.arrays), x)
+        self.floats[node.name] = node.name
+
+    def op_table(self, node: Node, x: str) -> None:
+        """table[c, x - in_lo] as stored codes (level - lo, uint8): a Gather on the flat
+        table at x's value plus row c's start less in_lo."""
+        out, (lo, hi) = node.name, node.attrs["range"]
+        if hi - lo > 255:
+            raise ExportError(f"node {out}: {hi - lo + 1} levels do not fit in uint8")
+        table = node.arrays["table"]
+        channels, width = table.shape
+        rows = np.arange(channels, dtype=np.int64) * width - node.attrs["in_lo"]
+        rows = self.const(f"{out}/rows", rows.reshape(self.channel_shape(x)))
+        index = self.add("Cast", [self.f32(x)], f"{out}/x", to=TensorProto.INT64)
+        index = self.add("Add", [index, rows], f"{out}/index")
+        stored = self.const(f"{out}/table", (table - lo).astype(np.uint8).reshape(-1))
+        self.add("Gather", [stored, index], out, axis=0)
+        self.offset[out] = lo
 
     def op_sumpool(self, node: Node, x: str) -> None:
         super().op_sumpool(node, self.f32(x))

@@ -229,7 +229,12 @@ def qdq_runtime(path: str | Path):
     """The qdq model under plain onnxruntime, as a function of a batch of images in [0, 1]."""
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    # No spinning after a run: the check runs torch between the sessions' runs, and spinning
+    # threads would take its cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(["logits"], {"image": x.float().numpy()})[0])
 
 
