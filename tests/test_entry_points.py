@@ -65,6 +65,24 @@ BAD_INPUT = [
     ("search.py", ["mu=abc"], "mu must be a number, got 'abc'"),
     ("retrain.py", [], "arch is required"),
     ("ptq.py", ["arch=uniform"], "model.weights is required"),
+    # a misspelled key: the closest known one, never Hydra's hint "+target_bit=2"
+    (
+        "search.py",
+        ["target_bit=2"],
+        "target_bit is not a setting of search.py: did you mean target_bits?",
+    ),
+    (
+        "search.py",
+        ["+target_bit=2"],
+        "target_bit is not a setting of search.py: did you mean target_bits?",
+    ),
+    ("search.py", ["search.warmup_epoch=1"], "did you mean search.warmup_epochs?"),
+    (
+        "retrain.py",
+        ["arch=uniform", "wbit=2"],
+        "wbit is not a setting of retrain.py: did you mean wbits?",
+    ),
+    ("ptq.py", ["arch=uniform", "+calibration_images=8"], "did you mean calibration.images?"),
 ]
 # One case per script as a real process; every case in this process.
 AS_A_PROCESS = [BAD_INPUT[0], BAD_INPUT[3], BAD_INPUT[5]]

@@ -103,7 +103,7 @@ def _dtype(lo: int, hi: int):
     return torch.int32 if -(2**31) <= lo and hi < 2**31 - 1 else torch.int64  # T <= hi + 1
 
 
-TABLE_ENTRIES = 2**22  # the most entries (buckets x channels) of a threshold node's table
+TABLE_ENTRIES = 2**20  # the most entries (buckets x channels) of a threshold node's table
 
 
 def _level_type(lo: int, hi: int) -> torch.dtype:
@@ -143,14 +143,15 @@ class Levels:
         # Levels change at x = T where they rise with x, at x = 1 - T where they fall.
         changes = torch.where(sign[:, None] > 0, thresholds, 1 - thresholds)
         inside = (changes > lo) & (changes <= hi)
-        rows = [torch.unique(row[keep]) for row, keep in zip(changes, inside)]
-        crowded = any(bool((torch.diff(r) < 2**self.shift).any()) for r in rows)
+        ordered = torch.where(inside, changes, hi + 1).sort(1).values  # outside: past hi
+        gaps = ordered.diff(1)
+        crowded = (gaps > 0) & (gaps < 2**self.shift) & (ordered[:, 1:] <= hi)
         self.start = None
-        if crowded:
+        if bool(crowded.any()):
             return
 
-        def levels(v: Tensor, c=slice(None)) -> Tensor:  # [channels, n] -> the node's output
-            found = apply_thresholds(v, thresholds[c], sign[c], channel_dim=0) + self.out_bias
+        def levels(v: Tensor) -> Tensor:  # [channels, n] -> the node's output
+            found = apply_thresholds(v, thresholds, sign, channel_dim=0) + self.out_bias
             return found.to(self.out_dtype)
 
         starts = lo + torch.arange(buckets) * 2**self.shift
@@ -163,14 +164,17 @@ class Levels:
         self.offsets = offsets.to(device, self.index_type)
         if self.shift == 0:
             return
-        point = torch.full((channels, buckets), hi + 1, dtype=torch.int64)
-        change = torch.zeros(channels, buckets, dtype=self.out_dtype)
-        for c, row in enumerate(rows):
-            at = (row - lo) >> self.shift
-            point[c, at] = row
-            change[c, at] = levels(row[None], slice(c, c + 1))[0] - start_level[c, at]
-        self.point = point.to(_dtype(lo, hi + 1)).flatten().to(device)
-        self.change = change.flatten().to(device)
+        # Each change point's bucket, the point and the change of level there (equal
+        # thresholds are one point; the crowding check left no bucket two points).
+        at = ((changes - lo) >> self.shift).clamp(0, buckets - 1)
+        change = levels(changes.clamp(lo, hi)) - start_level.gather(1, at)
+        where = torch.arange(channels)[:, None] * buckets + at
+        point = torch.full((channels * buckets,), hi + 1, dtype=_dtype(lo, hi + 1))
+        point[where[inside]] = changes[inside].to(point.dtype)
+        self.point = point.to(device)
+        self.change = torch.zeros(channels * buckets, dtype=self.out_dtype)
+        self.change[where[inside]] = change[inside]
+        self.change = self.change.to(device)
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.start is None:

@@ -124,8 +124,9 @@ def _count(network, reference, integer, runners: dict, loader, positions, device
             first = counts["tested"]
             counts["tested"] += len(y)
             if positions is not None:  # the batch's images among the checked positions
-                inside = positions[(positions >= first) & (positions < first + len(y))] - first
-                x, y, pred = x[inside.to(device)], y[inside.to(device)], pred[inside.to(device)]
+                keep = positions[(positions >= first) & (positions < first + len(y))] - first
+                keep = keep.to(device)
+                x, y, pred = x[keep], y[keep], pred[keep]
             if len(y):
                 pred_integer = integer(x).argmax(1)
                 differ = pred_integer != pred

@@ -106,13 +106,17 @@ def test_threshold_tables_equal_the_search_on_every_input_value(
     assert all(expected[0, c].unique().numel() > 2 for c in range(2, channels))  # levels vary
 
 
-def quantized(name: str, bits: tuple[int, int], size: int, seed: int):
-    """A network at uniform `bits` (first conv and classifier at 8), batch norms and signed
-    ranges as a few training steps set them."""
+BITS = list(zip(range(1, 9), [2, 3, 4, 5, 6, 7, 8, 2]))  # weights 1-8, activations 2-8
+
+
+def quantized(name: str, size: int, seed: int):
+    """A network whose searched layers cycle through every weight and activation width 1-8
+    (the first conv and classifier at 8, reading the image's 8-bit codes), batch norms and
+    signed ranges as a few training steps set them."""
     torch.manual_seed(seed)
     model = create_model(name, num_classes=10)
     searched = default_searched(model)
-    to_fixed(model, {n: bits for n in searched})
+    to_fixed(model, {n: BITS[(i + seed) % len(BITS)] for i, n in enumerate(searched)})
     to_fixed(model, {n: (8, 8) for n in first_and_last(model) if n not in searched})
     model.train()
     with torch.no_grad():
@@ -122,18 +126,20 @@ def quantized(name: str, bits: tuple[int, int], size: int, seed: int):
 
 
 @pytest.mark.parametrize(
-    "name,bits",
+    "name,seed",
     [
-        ("resnet8", (1, 2)),
-        ("resnet8", (4, 4)),
-        ("resnet_tiny", (8, 8)),
-        ("resnet_tiny", (5, 7)),
-        ("tv_resnet18", (2, 3)),
-        ("tv_mobilenet_v2", (6, 6)),
+        ("resnet8", 0),  # residual adds
+        ("resnet8", 3),
+        ("resnet_tiny", 5),
+        ("tv_resnet18", 0),  # max pooling
+        ("tv_mobilenet_v2", 1),  # depthwise convolutions
+        ("tv_googlenet", 2),  # concatenation, max pools of every kind
+        ("tv_mobilenet_v3_small", 0),  # tables and gates
+        ("tv_shufflenet_v2_x0_5", 0),  # channel moves
     ],
 )
-def test_the_fast_path_equals_the_int64_path_on_every_node(name, bits):
-    model = quantized(name, bits, 32, seed=bits[0])
+def test_the_fast_path_equals_the_int64_path_on_every_node(name, seed):
+    model = quantized(name, 32, seed)
     graph = lower(model, (3, 32, 32))
     codes = image_codes(torch.rand(3, 3, 32, 32))
     fast = IntegerRuntime(graph).run_all(codes)
