@@ -1,5 +1,6 @@
 """Shared fixtures: Hydra configs composed once, shrunk for the CPU, writing under tmp_path."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,22 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+
+
+def _threads_per_worker() -> int | None:
+    """Under pytest-xdist (pyproject's addopts: `-n 2`), a worker's share of the cores: the
+    workers run at once, each with torch's default of a thread per core would oversubscribe."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not workers:
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // int(workers))
+
+
+# Set before torch is imported (none of the imports above imports it): its OpenMP pool, and
+# that of every process a test starts (entry points, DDP ranks, forked runs), at the worker's
+# share.
+if _threads_per_worker() is not None:
+    os.environ["OMP_NUM_THREADS"] = str(_threads_per_worker())
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR10_NPZ = ROOT.parent / "shared" / "data" / "cifar10-jpeg.npz"
@@ -34,6 +51,14 @@ def make_config(name: str, tmp_path: Path, overrides=(), base=QUICK) -> DictConf
         if "trainer" in cfg:
             cfg.trainer.enable_progress_bar = False
     return cfg
+
+
+def pytest_configure(config):
+    threads = _threads_per_worker()
+    if threads is not None:  # torch already imported (by a plugin): its pool too
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture

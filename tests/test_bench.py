@@ -10,6 +10,9 @@ import torch
 
 from edmips.nn.layers import MixedConv2d
 
+# bench/step.py loaded once (a module fixture), on one worker.
+pytestmark = pytest.mark.xdist_group("bench")
+
 WBITS, ABITS = (1, 2, 3, 4), (2, 3, 4)
 
 

@@ -28,6 +28,10 @@ from pathlib import Path
 
 import pytest
 
+# The blocks run in order in one directory, and the last test reads what the others recorded:
+# one worker runs them all.
+pytestmark = pytest.mark.xdist_group("readme")
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 PROGRAMS = ("search.py", "retrain.py", "ptq.py")

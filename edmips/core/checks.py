@@ -42,6 +42,8 @@ def check_search(cfg: DictConfig) -> None:
             f"train in (trainer.max_epochs={cfg.trainer.max_epochs})"
         )
     _number(cfg, "search.trials", minimum=1, integer=True)
+    for key in ("search.shared_weights", "search.alternating"):
+        _flag(cfg, key)
     family = _family(cfg)
     for kind, supported in (("wbits", family.weight_bits), ("abits", family.activation_bits)):
         _bit_list(cfg, f"space.{kind}", list(supported))
@@ -85,6 +87,7 @@ def check_ptq(cfg: DictConfig) -> None:
     checked by edmips.ptq.clipping, which defines them)."""
     _check_model(cfg)
     _check_output_dir(cfg)
+    _check_data(cfg)
     weights = OmegaConf.select(cfg, "model.weights")
     if weights in (None, ""):
         raise ConfigError("model.weights is required: model.weights=<a float network's state dict>")
@@ -225,6 +228,7 @@ def _check_model(cfg: DictConfig) -> None:
 def _check_common(cfg: DictConfig) -> None:
     _check_model(cfg)
     _check_output_dir(cfg)
+    _check_data(cfg)
     _finite_budgets(cfg)
     cost = OmegaConf.select(cfg, "cost.name")
     if cost not in cost_models.names():
@@ -239,6 +243,55 @@ def _check_common(cfg: DictConfig) -> None:
     _number(cfg, "trainer.max_epochs", minimum=1, integer=True)
     for key in ("space.skip_first", "space.skip_last", "fast"):
         _flag(cfg, key)
+    for key in ("optimizer", "search.optimizer", "search.arch_optimizer"):
+        _check_optimizer(cfg, key)
+    _check_schedule(cfg)
+
+
+def _check_data(cfg: DictConfig) -> None:
+    """The data group's sizes and switches (those of conf/data/*.yaml a data set has)."""
+    _number(cfg, "data.batch_size", minimum=1, integer=True)
+    _number(cfg, "data.eval_batch_size", minimum=1, integer=True, optional=True)
+    _number(cfg, "data.val_size", minimum=0, integer=True)
+    for key, minimum in (
+        ("num_train", 1),
+        ("num_test", 1),
+        ("image_size", 1),
+        ("resize_size", 1),
+        ("num_workers", 0),
+        ("num_classes", 2),
+        ("noise", 0),
+    ):
+        if OmegaConf.select(cfg, f"data.{key}") is not None:
+            _number(cfg, f"data.{key}", minimum=minimum, integer=key != "noise")
+    for key in ("augment", "on_device", "download", "pin_memory"):
+        if OmegaConf.select(cfg, f"data.{key}") is not None:
+            _flag(cfg, f"data.{key}")
+
+
+def _check_optimizer(cfg: DictConfig, key: str) -> None:
+    """An optimizer's rate, momentum and weight decay, where the config sets them (torch would
+    refuse a negative one in a traceback, and a NaN rate trains nothing)."""
+    if OmegaConf.select(cfg, key) is None:
+        return
+    for name in ("lr", "momentum", "weight_decay"):
+        if OmegaConf.select(cfg, f"{key}.{name}") is not None:
+            _number(cfg, f"{key}.{name}", minimum=0)
+
+
+def _check_schedule(cfg: DictConfig) -> None:
+    """The scheduler's and the trainer's counts (conf/scheduler/, conf/trainer/)."""
+    for key, minimum in (
+        ("scheduler.T_max", 1),
+        ("scheduler.step_size", 1),
+        ("trainer.log_every_n_steps", 1),
+    ):
+        if OmegaConf.select(cfg, key) is not None:
+            _number(cfg, key, minimum=minimum, integer=True)
+    if isinstance(OmegaConf.select(cfg, "trainer.devices"), int):  # or auto, or a list
+        _number(cfg, "trainer.devices", minimum=1, integer=True)
+    if OmegaConf.select(cfg, "scheduler.gamma") is not None:
+        _number(cfg, "scheduler.gamma", minimum=0)
 
 
 def _finite_budgets(cfg) -> None:

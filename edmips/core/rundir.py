@@ -196,6 +196,11 @@ class Run:
         if first:
             _write_hydra_record(self.command)
         _open_run_log()
+        if not first:  # its log then exists, and says why the run's other files are not its own
+            log.info(
+                "process %d of a distributed run: rank 0 writes the run's files",
+                rank_zero_only.rank,
+            )
         _hydra_made.accepted(_hydra_output_dir())
         self._accepted = True
 

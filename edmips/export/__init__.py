@@ -47,10 +47,13 @@ def export(model, input_size, out) -> list[Path]:
 
 def check_lowerable(model, input_size) -> None:
     """Raise the lowering's refusals (an operation it cannot lower, a layer it cannot hold)
-    before training, not after it: a copy of the network, its ranges calibrated on two random
-    images, is lowered and dropped. What it refuses, it refuses for any trained weights."""
-    trial = copy.deepcopy(model).cpu().eval()
+    before training, not after it: a copy of the network, its ranges and batch norms calibrated
+    on two random images, is lowered and dropped. What it refuses, it refuses for any trained
+    weights. The copy runs in training mode (batch statistics): through an untrained network's
+    running statistics the activations can fade to nothing, its ranges to their floor, and a
+    product of codes (a gate of exactly 0.5 times such a range) land on a rounding tie."""
+    trial = copy.deepcopy(model).cpu().train()
     images = torch.rand(2, *input_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), calibration(trial):
         trial(images)
-    lower(trial, input_size)
+    lower(trial.eval(), input_size)

@@ -129,6 +129,8 @@ def _rebuild(layer: nn.Module, cls: type, family: Family | None, **bits) -> nn.M
     new.weight.data.copy_(layer.weight.data)
     if layer.bias is not None:
         new.bias.data.copy_(layer.bias.data)
+    if hasattr(layer, "arrives_through"):
+        object.__setattr__(new, "arrives_through", layer.arrives_through)
     return new
 
 
@@ -225,6 +227,9 @@ def to_family(model: nn.Module, family: Family) -> nn.Module:
             if id(q) not in made:
                 made[id(q)] = member(q.bits)
             setattr(parent, name, made[id(q)])
+    for layer in model.modules():  # what a layer's input arrives through: the new member
+        if id(getattr(layer, "arrives_through", None)) in made:
+            object.__setattr__(layer, "arrives_through", made[id(layer.arrives_through)])
     return model
 
 

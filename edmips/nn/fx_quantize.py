@@ -185,6 +185,8 @@ def quantize(
                 with gm.graph.inserting_after(source):
                     signed[source] = gm.graph.call_module(name, (source,))
             node.replace_input_with(source, signed[source])
+            # not registered: the network holds the quantizer once, at its own name
+            object.__setattr__(new, "arrives_through", gm.get_submodule(signed[source].target))
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()
@@ -258,9 +260,22 @@ def _fold_pool(node: fx.Node, layer: nn.Module, modules: dict[str, nn.Module]) -
     for n in reversed(chain):  # dropouts stay: elementwise, they act as well on the map
         if n.target is F.dropout or isinstance(modules.get(n.target), nn.Dropout):
             n.args = (x, *n.args[1:])
+            _out_of_place(n, modules)
             x = n
     node.args = (x,)
     return pool
+
+
+def _out_of_place(dropout: fx.Node, modules: dict[str, nn.Module]) -> None:
+    """A dropout moved onto the map computes out of place: in place, it would overwrite what it
+    now reads, an in-place ReLU's output whose gradient needs it (MNASNet's head) rather than
+    the mean it read before. The same values either way."""
+    if dropout.op == "call_module":
+        modules[dropout.target].inplace = False
+    elif len(dropout.args) > 3:  # F.dropout(input, p, training, inplace)
+        dropout.args = (*dropout.args[:3], False)
+    else:
+        dropout.kwargs = {**dropout.kwargs, "inplace": False}
 
 
 ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}

@@ -102,12 +102,23 @@ class _FixedBits:
         """int64 codes and a scale per output channel (or one): codes * scale, the weights."""
         return self.weight_quant.integer(self.weight.detach())
 
+    def input_grid(self) -> nn.Module | None:
+        """The quantizer whose grid the layer's input is on: its own, or the shared one its
+        input arrives through (`arrives_through`, set by edmips.nn.fx_quantize; a plain
+        attribute, not a submodule: the network holds that quantizer once); None if unknown."""
+        if self.input_quant is not None:
+            return self.input_quant
+        return getattr(self, "arrives_through", None)
+
     def quant_bias(self, pool_size: int = 1) -> Tensor | None:
         """The bias on the accumulator grid (input step x weight scale), so integer inference
-        adds it exactly; float where either side is not quantized."""
+        adds it exactly (a classifier's must be: its logits are the accumulator); float where
+        either side is not quantized."""
+        grid = self.input_grid()
         if (
             self.bias is None
-            or self.abits in (None, FULL_PRECISION)
+            or grid is None
+            or grid.bits >= FULL_PRECISION
             or self.wbits >= FULL_PRECISION
         ):
             return self.bias
@@ -117,7 +128,7 @@ class _FixedBits:
     def bias_unit(self, pool_size: int = 1) -> Tensor:
         """The accumulator's grid per output channel, input step / pool_size x weight scale
         (a step per input channel, at a depthwise conv's input: per_output_channel)."""
-        step = self.input_quant.unit()
+        step = self.input_grid().unit()
         if isinstance(step, Tensor) and step.dim() > 0:
             step = per_output_channel(self, step)
         return self.weight_quant.scale(self.weight, step / pool_size)

@@ -51,7 +51,7 @@ def accumulator_peak(layer: nn.Module, magnitude: int) -> float:
     """The largest |accumulator| of the layer with its weight quantizer as it is set now."""
     q = layer.weight_quant
     peak = layer.weight[0].numel() * magnitude * q.max_code
-    if layer.bias is not None and layer.input_quant is not None:
+    if layer.bias is not None and layer.input_grid() is not None:
         unit = layer.bias_unit().detach()
         peak += float((layer.bias.detach() / unit).abs().max()) + 1
     return peak

@@ -39,6 +39,11 @@ def rediscretize(
     """The architecture `mode` derives from the selectors after `epoch` epochs (0: the start)."""
     if mode not in (*MODES, "budget"):
         raise ValueError(f"unknown discretization {mode!r}: choose from {', '.join(MODES)}, budget")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(
+            f"{run_dir}: a file, not a search run: name the folder holding found.json and "
+            "history.json"
+        )
     found = arch_file.load(run_dir / "found.json")
     history_path = run_dir / "history.json"
     if not history_path.is_file():
@@ -149,6 +154,8 @@ def main(argv=None) -> Path:
             raise ValueError(f"--out {args.out}: exists; choose a new file")
         if args.trials < 1:
             raise ValueError(f"--trials must be >= 1, got {args.trials}")
+        if not 0 <= args.seed < 2**32:  # the seeds search.py takes (core.checks.MAX_SEED)
+            raise ValueError(f"--seed must be in 0 .. 4294967295, got {args.seed}")
         found = rediscretize(
             args.run_dir, args.epoch, args.discretize, args.target_bits, args.trials, args.seed
         )

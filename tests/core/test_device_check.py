@@ -22,6 +22,9 @@ from edmips.quant import activation
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
 
+# The interpreted kernels (a module fixture): built once, on one worker.
+pytestmark = pytest.mark.xdist_group("device_check")
+
 CPU = torch.device("cpu")
 EAGER_QUANTIZERS = "running the eager quantizers"
 EAGER_NETWORK = "running the network eagerly"

@@ -159,8 +159,8 @@ def test_a_resume_after_the_last_epoch_restores_what_the_epochs_set(search_cfg, 
     ("overrides", "refusal"),
     [
         (["data.batch_size=1000"], "data.batch_size=1000 is more than the training split"),
-        (["data.num_test=0"], "the test split is empty"),
-        (["model=torchvision", "model.name=tv_convnext_tiny"], "no integer lowering for layer_norm"),
+        (["data.num_test=0"], "data.num_test must be >= 1, got 0"),
+        (["model=torchvision", "model.name=tv_convnext_tiny"], "integer lowering for layer_norm"),
         (["model=torchvision", "model.name=tv_vit_b_16"], "tv_vit_b_16 needs 224x224 images"),
     ],
 )

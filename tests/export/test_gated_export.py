@@ -14,8 +14,9 @@ from edmips.export.runtime import _table
 from edmips.export.verify import integer_pair
 from edmips.models import create_model
 from edmips.nn import default_searched, quantize, to_fixed
+from edmips.nn.convert import to_family
 from edmips.nn.fx_quantize import SIGNED_PREFIX
-from edmips.quant import ActivationQuantizer
+from edmips.quant import ActivationQuantizer, Family
 
 
 def calibrated(model: nn.Module, size: int) -> nn.Module:
@@ -152,3 +153,38 @@ def test_gated_networks_export_exactly_at_w4a4(name, tmp_path):
     assert expected.std() > 1e-3  # a real signal
     assert (got - expected).abs().max() <= 1e-9 * expected.abs().max()
     assert torch.equal(qdq_runtime(tmp_path / "model_qdq.onnx")(images), got)
+
+
+class Classified(nn.Module):
+    """A classifier with a bias reading a table's output (MobileNetV3's, EfficientNet's head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x):
+        return self.fc(F.hardswish(self.bn(self.conv(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("family", [None, Family("lsq", "maxabs", "lsq_signed")])
+def test_a_classifier_reading_a_shared_signed_input_keeps_its_bias_on_the_grid(family, tmp_path):
+    """Its logits are its accumulator, so a trained bias must be a whole number of units of the
+    shared quantizer its input arrives through (after a change of family, the new one's)."""
+    torch.manual_seed(0)
+    model = quantize(Classified(), wbits=4, abits=4)
+    if family is not None:
+        to_family(model, family)
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.randn(10))  # trained: no longer torchvision's zeros
+    model = calibrated(model, 8)
+    assert any(q is model.fc.arrives_through for q in model.modules())
+    bias = model.fc.quant_bias(pool_size=36)
+    units = bias / model.fc.bias_unit(pool_size=36)
+    assert torch.equal(units, units.round()) and not torch.equal(bias, model.fc.bias)
+    export(model, (3, 8, 8), tmp_path)
+    assert "float_bias" not in load_bundle(tmp_path / "integer").node("fc").arrays
+    reference, integer = integer_pair(model, tmp_path / "integer")
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8).float() / 255
+    expected, got = reference(images), integer(images)
+    assert (got - expected).abs().max() <= 1e-9 * expected.abs().max()

@@ -115,6 +115,20 @@ def test_adds_share_one_quantizer_and_layers_take_over_the_average_pools_before_
     assert any(n.target == "body.classifier.0" for n in mobilenet.graph.nodes)
 
 
+def test_a_dropout_moved_onto_the_map_trains_out_of_place():
+    """MNASNet's head: an in-place ReLU, a mean, an in-place dropout, the linear. The linear
+    takes over the mean, so the dropout reads the ReLU's output, whose gradient needs it: in
+    place it would overwrite it (autograd's error in the first backward)."""
+    torch.manual_seed(0)
+    model = quantize(float_model("mnasnet0_5", num_classes=10), wbits=4, abits=4).train()
+    dropout, linear = (model.get_submodule(f"body.classifier.{i}") for i in (0, 1))
+    assert linear.pool_input and not dropout.inplace
+    x = torch.rand(2, 3, 32, 32)
+    loss = model(x).square().sum()
+    loss.backward()
+    assert linear.weight.grad.abs().sum() > 0
+
+
 def test_filter_leaves_the_rejected_layers_as_they_are():
     model = quantize(
         float_model("alexnet", num_classes=10), filter=lambda name, m: isinstance(m, nn.Conv2d)

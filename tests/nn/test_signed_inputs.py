@@ -13,6 +13,9 @@ from edmips.programs.baselines import baseline_arch
 from edmips.quant.registry import get
 from edmips.records import arch
 
+# One network for the module (a module fixture): built once, on one worker.
+pytestmark = pytest.mark.xdist_group("signed_inputs")
+
 
 @pytest.fixture(scope="module")
 def mobilenet():

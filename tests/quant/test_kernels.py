@@ -14,6 +14,9 @@ from edmips.quant import HWGQ_STEPS, StreamQuant, hwgq, mixed_hwgq, mixed_weight
 from edmips.quant.activation import hwgq_codes
 from edmips.quant.mixed import mixed_hwgq_reference_backward
 
+# The interpreted kernels (a module fixture): built once, on one worker.
+pytestmark = pytest.mark.xdist_group("kernels")
+
 ABITS, WBITS = (2, 3, 4), (1, 2, 3, 4)
 # float32: the sums over candidates differ only in rounding; bfloat16 outputs carry its 8 bits.
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}

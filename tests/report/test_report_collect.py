@@ -11,6 +11,7 @@ from report_fakes import make_retrain_run, make_search_run
 from edmips.report import ReportError, collect, write_report
 from edmips.report.cli import main
 from edmips.report.collect import COLUMNS
+from edmips.report.costs import AXES
 from edmips.report.summary import pareto_points, summarize
 
 SEARCHES = [  # (wbits, abits, meta)
@@ -158,17 +159,26 @@ def test_nothing_to_report_is_a_one_line_error(tmp_path, make, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_module_entry_point(tmp_path):
+@pytest.mark.parametrize(
+    "module, args, line",
+    [
+        ("edmips", ["report", "{tmp}/nowhere"], "{tmp}/nowhere: no such file or directory"),
+        (  # the cost is checked before the runs are read
+            "edmips.report",
+            ["{tmp}", "--x", "flops"],
+            f"--x flops: unknown cost; choose from {', '.join(AXES)}",
+        ),
+    ],
+)
+def test_the_module_entry_points_end_a_refusal_with_one_line_and_status_1(
+    tmp_path, module, args, line
+):
+    argv = [a.format(tmp=tmp_path) for a in args]
     done = subprocess.run(
-        [sys.executable, "-m", "edmips", "report", str(tmp_path / "nowhere")],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == [
-        f"edmips.report: {tmp_path / 'nowhere'}: no such file or directory"
-    ]
+    assert done.stderr.strip().splitlines() == [f"edmips.report: {line.format(tmp=tmp_path)}"]
 
 
 def test_the_summary_compares_searched_uniform_and_random_at_one_budget(tmp_path):

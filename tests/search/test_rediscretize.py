@@ -89,9 +89,22 @@ def test_rediscretize_any_epoch_of_a_search(search_cfg, tmp_path):
     [
         (["--epoch", "0"], "found.json: no such file"),
         (["--epoch", "0", "--trials", "0"], "--trials must be >= 1"),
+        (["--epoch", "0", "--seed", "-1"], "--seed must be in 0 .. 4294967295, got -1"),
     ],
 )
 def test_rediscretize_bad_input(tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
         main([str(tmp_path), *args, "--out", str(tmp_path / "a.json")])
+    assert not (tmp_path / "a.json").exists()
+
+
+def test_rediscretize_a_file_named_as_the_run(tmp_path):
+    """Issue 32's fuzz round: a file (the run's found.json) named as the run was a traceback."""
+    (tmp_path / "found.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "found.json"), "--epoch", "1", "--out", str(tmp_path / "a.json")])
+    assert str(e.value) == (
+        f"error: {tmp_path / 'found.json'}: a file, not a search run: name the folder holding "
+        "found.json and history.json"
+    )
     assert not (tmp_path / "a.json").exists()
