@@ -141,6 +141,10 @@ NOT_MAXABS = "quant's weight quantizer (gauss) is not max-abs, the one bias corr
             ("arch=sensitivity", "target_bits=3", "sensitivity.images=300"),
             "sensitivity.images=300 is more than calibration.images=256, the images it is measur",
         ),
+        (
+            ("arch=sensitivity", "target_bits=3", "space.sbits=[4,8]"),
+            "space.sbits: arch=sensitivity measures signed inputs only at their shared 8 bits",
+        ),
     ],
 )
 def test_bad_ptq_config(ptq_cfg, tmp_path, overrides, message):

@@ -41,6 +41,16 @@ def test_an_arch_file_of_other_data_needs_its_data_named(retrain_cfg, tmp_path):
     )
 
 
+def test_an_arch_file_of_data_no_config_names_lists_the_data_configs(retrain_cfg, tmp_path):
+    path = _found_json(tmp_path, data="banana")  # hand-edited, or an ImageFolder run's
+    cfg = retrain_cfg(f"arch={path}")
+    with pytest.raises(ValueError) as e:
+        resolve_arch(cfg, _synthetic())
+    assert str(e.value).endswith(
+        "synthetic: add data=<one of cifar10, imagenet, synthetic> (or data=synthetic to use it)"
+    )
+
+
 def test_the_data_the_command_line_chose_is_used_and_said(retrain_cfg, tmp_path, caplog):
     path = _found_json(tmp_path)
     cfg = retrain_cfg(f"arch={path}", "data=synthetic")

@@ -101,6 +101,11 @@ def check_ptq(cfg: DictConfig) -> None:
             )
         _number(cfg, "target_bits", minimum=0, optional=True)
         _sensitivity_images(cfg)
+        if OmegaConf.select(cfg, "space.sbits") is not None:
+            raise ConfigError(
+                "space.sbits: arch=sensitivity measures signed inputs only at their shared 8 "
+                "bits; drop space.sbits (a search or arch=random allocates them)"
+            )
     else:
         _check_arch(cfg)
     _no_unused_budget(cfg, ("random", SENSITIVITY))

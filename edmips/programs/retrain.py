@@ -34,6 +34,7 @@ from edmips.core.builders import (
     measure,
     on_gpu,
 )
+from edmips.core.cli import PACKAGE
 from edmips.export import check_lowerable, export
 from edmips.export.verify import verify
 from edmips.models import list_models
@@ -118,10 +119,15 @@ def _check_recorded_setup(cfg: DictConfig, found: arch_file.Arch, datamodule, pa
     arch_file.check_matches compares with the file's layers."""
     if found.data is not None and found.data != datamodule.name:
         if not _chosen("data"):
+            groups = sorted(p.stem for p in (PACKAGE.parent / "conf" / "data").glob("*.yaml"))
+            add = (
+                f"data={found.data}"
+                if found.data in groups
+                else f"data=<one of {', '.join(groups)}>"
+            )
             raise ValueError(
                 f"arch={path} was searched on {found.data}, this run's data is the config's "
-                f"default {datamodule.name}: add data={found.data} (or data={datamodule.name} "
-                "to use it)"
+                f"default {datamodule.name}: add {add} (or data={datamodule.name} to use it)"
             )
         log.warning(
             "arch=%s was searched on %s; this run uses data=%s, as asked",

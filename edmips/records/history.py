@@ -49,6 +49,7 @@ def load(path: str | Path, arch: Arch | None = None) -> list[dict]:
         raise ValueError(f"{path}: {e}") from None
     if not isinstance(history, list):
         raise ValueError(f"{path}: expected a JSON list of epochs")
+    previous = None
     for i, entry in enumerate(history):
         if not isinstance(entry, dict) or not isinstance(entry.get("epoch"), int):
             raise ValueError(f"{path}: entry {i} is not an epoch (an object with an integer epoch)")
@@ -57,6 +58,9 @@ def load(path: str | Path, arch: Arch | None = None) -> list[dict]:
             raise ValueError(f"{path}: entry {i}: {problem}")
 
         check_fields(entry, FIELDS, fail)
+        if previous is not None and entry["epoch"] <= previous:
+            fail(f"epoch {entry['epoch']} after epoch {previous} (each epoch once, in order)")
+        previous = entry["epoch"]
         if arch is not None:
             _check_selectors(entry, arch, fail)
     return history

@@ -24,8 +24,9 @@ from test_traced_export import calibrated, image_batch
 from edmips.export import ExportError, IntegerRuntime, export, load_bundle
 from edmips.export.ir import Graph, Node
 from edmips.export.onnx import save_onnx
-from edmips.export.onnx.int8 import Int8Writer, accumulator_range, levels
+from edmips.export.onnx.int8 import Int8Writer
 from edmips.export.onnx.qdq import FLOAT32_INTEGERS, qdq_runtime, threshold_form
+from edmips.export.onnx.requant import accumulator_range, levels
 from edmips.models import create_model
 from edmips.programs.ptq import ptq
 from edmips.ptq import bias_correction

@@ -151,10 +151,10 @@ def test_what_cannot_be_lowered_is_named():
     class PoolThenReLU(nn.Module):  # averages a float value before any quantizer rounds it
         def __init__(self):
             super().__init__()
-            self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+            self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2)
 
         def forward(self, x):
-            x = F.relu(F.avg_pool2d(self.conv(x), 2))
+            x = F.relu(F.avg_pool2d(self.bn(self.conv(x)), 2))
             return self.fc(x.mean((2, 3)))
 
     model = calibrated(quantize(PoolThenReLU(), wbits=4, abits=4), 8)

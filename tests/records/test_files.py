@@ -79,6 +79,7 @@ def _entry(**changes):
         (_entry(val_acc="high"), "entry 1: val_acc='high' is not a fraction in [0, 1]"),
         (_entry(mu=[0.1]), "entry 1: mu=[0.1] is not a finite number"),
         (_entry(epoch=-2), "entry 1: epoch=-2 is not a non-negative integer"),
+        (_entry(epoch=0), "entry 1: epoch 0 after epoch 0 (each epoch once, in order)"),
         (_entry(probs_w=[[0.5, 0.5]]), "entry 1: probs_w has 1 layers, the search's found.json 2"),
         (_entry(probs_a=[[0.5, 0.5]] * 2), "probs_a of layer 'l0' has 2 candidates, the search's"),
         (_entry(probs_w=[[0.5, "x"]] * 2), "entry 1: probs_w is not a list of probabilities"),
