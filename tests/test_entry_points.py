@@ -83,6 +83,13 @@ BAD_INPUT = [
         "wbit is not a setting of retrain.py: did you mean wbits?",
     ),
     ("ptq.py", ["arch=uniform", "+calibration_images=8"], "did you mean calibration.images?"),
+    # added under a node that builds nothing: read by nothing
+    ("search.py", ["+search.warmup=1"], "did you mean search.warmup_epochs?"),
+    (
+        "retrain.py",
+        ["logger=banana"],
+        "logger=banana: no such logger; choose from csv, tensorboard",
+    ),
 ]
 # One case per script as a real process; every case in this process.
 AS_A_PROCESS = [BAD_INPUT[0], BAD_INPUT[3], BAD_INPUT[5]]

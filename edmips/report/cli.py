@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         for run_dir, read in drawn.items():
             write_search_figures(run_dir, *read)
     except ValueError as e:  # ReportError, an unknown cost, an unwritable --out: one line
-        raise SystemExit(f"{PROG}: {e}") from None
+        raise SystemExit(f"error: {e}") from None
     _print(runs)
     figures = f"; figures into {len(drawn)} search run dirs" if drawn else ""
     names = ", ".join(p.name for p in paths.values())

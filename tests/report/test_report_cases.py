@@ -257,7 +257,7 @@ def test_a_folder_the_report_did_not_write_is_refused(tmp_path, monkeypatch):
         with pytest.raises(SystemExit) as e:
             main(["runs", *argv])
         assert str(e.value.code) == (
-            f"edmips.report: {argv[1]}: not empty and not a report's folder (it holds "
+            f"error: {argv[1]}: not empty and not a report's folder (it holds "
             f"{'notes.txt' if out.name == 'results' else 'results'}); name a new or empty "
             "folder with --out"
         )

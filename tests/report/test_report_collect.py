@@ -178,7 +178,7 @@ def test_the_module_entry_points_end_a_refusal_with_one_line_and_status_1(
         [sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == [f"edmips.report: {line.format(tmp=tmp_path)}"]
+    assert done.stderr.strip().splitlines() == [f"error: {line.format(tmp=tmp_path)}"]
 
 
 def test_the_summary_compares_searched_uniform_and_random_at_one_budget(tmp_path):

@@ -80,7 +80,6 @@ def test_an_out_through_a_file_is_one_line_and_nothing_is_written(tmp_path):
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path / "run"), "--out", str(tmp_path / "file" / "out"), "--figures"])
     assert str(e.value.code) == (
-        f"edmips.report: {tmp_path / 'file' / 'out'}: {tmp_path / 'file'} is a file, not a "
-        "directory"
+        f"error: {tmp_path / 'file' / 'out'}: {tmp_path / 'file'} is a file, not a directory"
     )
     assert not list((tmp_path / "run").glob("*.png"))

@@ -181,7 +181,7 @@ def test_the_cli_takes_the_cost_and_refuses_an_unknown_one_in_one_line(tmp_path)
     assert (tmp_path / "out" / "pareto.png").exists()
     with pytest.raises(SystemExit) as e:  # as a process: test_report_collect.py
         main([str(root), "--out", str(tmp_path / "out2"), "--x", "flops"])
-    assert e.value.code == f"edmips.report: --x flops: unknown cost; choose from {', '.join(AXES)}"
+    assert e.value.code == f"error: --x flops: unknown cost; choose from {', '.join(AXES)}"
     assert not (tmp_path / "out2").exists()
 
 
