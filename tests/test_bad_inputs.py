@@ -364,3 +364,25 @@ def test_only_this_package_s_own_errors_become_one_line(search_cfg):
             import io
 
             csv.DictWriter(io.StringIO(), ["a"]).writerow({"b": 1})
+
+
+@pytest.mark.parametrize(
+    "raised,line",
+    [
+        (OSError(28, "No space left on device", "run/found.json"), "run/found.json: No space left"),
+        (OSError(30, "Read-only file system", "run/x"), "run/x: Read-only file system"),
+        (
+            RuntimeError(
+                "[enforce fail] PytorchStreamWriter failed writing file data/0: file write failed"
+            ),
+            "writing a checkpoint failed ([enforce fail] PytorchStreamWriter",
+        ),
+    ],
+)
+def test_a_file_the_machine_cannot_write_is_one_line(raised, line):
+    from edmips.core.cli import one_line_errors
+
+    with pytest.raises(SystemExit) as e:
+        with one_line_errors():
+            raise raised
+    assert str(e.value.code).startswith(f"error: {line}") and "\n" not in str(e.value.code)

@@ -1,8 +1,10 @@
 """What the entry points share: bad input ends a run with one line, not a traceback."""
 
 import difflib
+import errno
 import os
 import re
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,12 +30,32 @@ def one_line_errors():
         yield
     except BaseException as e:
         rundir.remove_unaccepted()
+        written = _write_failure(e)
+        if written is not None:
+            raise SystemExit(f"error: {written}") from None
         if not isinstance(e, (ValueError, FileNotFoundError)):
             raise
         ours = _raised_here(e) or isinstance(e, UnreadableImage)
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not ours:
             raise
         raise SystemExit(f"error: {e}") from None
+
+
+# What the operating system says when a file cannot be written: the machine's, not the code's.
+WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG}
+
+
+def _write_failure(e: BaseException) -> str | None:
+    """A file this run could not write, in one line naming the path and the cause ("No space
+    left on device", "Read-only file system"); torch's checkpoint writer reports it as a
+    RuntimeError without the cause, so the free space is said. None for anything else."""
+    if isinstance(e, OSError) and e.errno in WRITE_ERRORS:
+        return f"{e.filename}: {e.strerror}" if e.filename else str(e)
+    if isinstance(e, RuntimeError) and "file write failed" in str(e):
+        free = shutil.disk_usage(Path.cwd()).free / 2**20
+        first = str(e).splitlines()[0]
+        return f"writing a checkpoint failed ({first}); {free:.0f} MiB free in {Path.cwd()}"
+    return None
 
 
 def _raised_here(e: BaseException) -> bool:

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         paths = write_report(runs, args.out, args.x)
         for run_dir, read in drawn.items():
             write_search_figures(run_dir, *read)
-    except ValueError as e:  # ReportError, an unknown cost, an unwritable --out: one line
+    except (ValueError, OSError) as e:  # ReportError, an unknown cost, a full disk: one line
         raise SystemExit(f"error: {e}") from None
     _print(runs)
     figures = f"; figures into {len(drawn)} search run dirs" if drawn else ""
