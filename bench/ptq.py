@@ -8,6 +8,8 @@ accuracy), is quantized at W4A4 with the post-training family (clipped activatio
 weights; first conv and classifier at 8 bits, as ptq.py), and prints one JSON line per phase:
 
   calibrate  the calibration images through the network, then ACIQ-mix clips (edmips.ptq.stats)
+  adaround   with --rounding adaround: every layer's rounding learned on the calibration images
+             against the float network (edmips.ptq.adaround, conf/ptq.yaml's settings)
   lower      the integer graph (edmips.export.lower)
   export     the bundle and both ONNX files written (edmips.export.export, lowering included)
   verify     the test images through the reference, the integer runtime and the QDQ ONNX model
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo root, for `edmips`
@@ -32,7 +35,7 @@ from edmips.export.verify import verify  # noqa: E402
 from edmips.models import create_model  # noqa: E402
 from edmips.nn import default_searched, to_fixed  # noqa: E402
 from edmips.nn.convert import first_and_last  # noqa: E402
-from edmips.ptq import method, stats  # noqa: E402
+from edmips.ptq import adaround, float_copy, method, stats  # noqa: E402
 from edmips.quant.registry import Family  # noqa: E402
 
 PTQ = Family("clipped", "maxabs", "clipped_signed")  # conf/quant/ptq.yaml
@@ -49,6 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounding", choices=adaround.ROUNDINGS, default="nearest")
     p.add_argument("--out", type=Path, help="also write the lines to this file")
     return p.parse_args(argv)
 
@@ -84,6 +88,14 @@ def calibrate(model, batches, clip) -> dict[str, float]:
     return stats.finish(model, clip)
 
 
+def learn_rounding(model, batches) -> dict:
+    """AdaRound at conf/ptq.yaml's settings, against the float network, on the calibration
+    images."""
+    settings = adaround.Settings(**OmegaConf.load(ROOT / "conf" / "ptq.yaml").ptq.adaround)
+    images = torch.cat([x for x, _ in batches])
+    return adaround.round_network(model, float_copy(model), images, settings)
+
+
 def bench(spec: str, args) -> list[dict]:
     name, size = spec.split(":")
     size = int(size)
@@ -93,12 +105,16 @@ def bench(spec: str, args) -> list[dict]:
     clip = method("aciq_mix")
     lines = []
     with tempfile.TemporaryDirectory() as out:
-        steps = (
+        steps = [
             ("calibrate", lambda: calibrate(model, calib, clip), args.calibration_images),
             ("lower", lambda: lower(model, (3, size, size)), None),
             ("export", lambda: export(model, (3, size, size), out), None),
             ("verify", lambda: verify(model, out, test), args.test_images),
-        )
+        ]
+        if args.rounding == "adaround":
+            steps.insert(
+                1, ("adaround", lambda: learn_rounding(model, calib), args.calibration_images)
+            )
         for phase, run, count in steps:
             line, result = timed(phase, run, name, size, args, count)
             if phase == "verify":

@@ -21,8 +21,9 @@ start-of-run check on the GPU), and whether the network was torch.compiled.
 A post-training quantized network (kind "ptq", written by ptq.py) adds "activation_clip" (the
 clip method), "bias_correction" and "bit_allocation" (the weight refinements),
 "calibration_images" and "float_acc" (the float network's test accuracy, measured in the same
-run) and "allocation" (where its bits came from: "uniform", "random", "searched" or
-"sensitivity"); it has no val_acc.
+run), "allocation" (where its bits came from: "uniform", "random", "searched" or
+"sensitivity"), "rounding" (how its weights were rounded: "nearest" or "adaround") and
+"rounding_time_s" (the seconds a learned rounding took); it has no val_acc.
 
 Accuracies are fractions. `test_acc` and `test_acc_top5` are the fake-quantized network's on
 all `test_images` of the test split; the integer check (edmips.export.verify) runs on
@@ -106,6 +107,8 @@ class RetrainMetrics:
     calibration_images: int | None = None
     float_acc: float | None = None
     allocation: str | None = None  # ptq: "uniform", "random", "searched" or "sensitivity"
+    rounding: str | None = None  # ptq: "nearest" or "adaround" (edmips.ptq.adaround)
+    rounding_time_s: float | None = None  # ptq: the learned rounding's seconds
     other_agreements: dict = field(default_factory=dict)  # "<form>_agreement" of other forms
 
     @classmethod
@@ -172,6 +175,8 @@ FIELDS = {
     "calibration_images": COUNT,
     "float_acc": FRACTION,
     "allocation": TEXT,
+    "rounding": TEXT,
+    "rounding_time_s": NON_NEGATIVE,
 }
 
 

@@ -1,0 +1,338 @@
+"""Learned rounding of max-abs weights, `ptq.rounding=adaround`: AdaRound (Nagel et al. 2020,
+"Up or Down? Adaptive Rounding for Post-Training Quantization").
+
+Layer by layer, in the order the network runs them, each weight's code is its floor on the
+max-abs grid plus h(V) = clip(sigmoid(V) * (ZETA - GAMMA) + GAMMA, 0, 1), V starting where h(V)
+is the weight's fractional part. Adam minimises the layer's output error against the float
+network's output of that layer, the squared error summed over channels and averaged over
+positions and images, with the layer's input taken from the network quantized so far (the
+layers before it already rounded: AdaRound's asymmetric reconstruction, so a layer also makes up
+for the error arriving at it), plus `regularization` (the paper's lambda) times
+sum(1 - |2h - 1|^beta), which drives every h to 0 or 1: off for the first WARMUP of the
+iterations, then beta falls linearly from 20 to 2. A weight rounds up where h(V) >= 1/2.
+
+The grid stays the calibration's. The weights at a channel's max |w| keep their code, so the
+scale max|W_c| / max_code is kept; every code is the floor or the ceiling of the weight's level
+(at most one level from nearest) within the narrow range. The codes go back into `layer.weight`
+as `codes * scale`, the top codes as the channel's own max |w| (the float product
+`max_code * scale` can miss it by a unit in the last place and move the scale), so nearest
+rounding of the stored weights gives the learned codes on the same scale: the export and its
+integer check are those of any max-abs network.
+
+Bias correction moves the quantized weights toward the float weights' mean, which the stored
+weights then are: after AdaRound it has nothing left to correct, so AdaRound replaces it
+(conf/ptq.yaml's default is accepted and not applied; another value is refused).
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from rich.progress import track
+from torch import Tensor, nn
+
+from edmips.core.checks import PTQ_DEFAULTS
+from edmips.nn.layers import QUANT_LAYERS, QuantLinear
+from edmips.ptq.stats import batches
+from edmips.quant.maxabs import MaxAbsWeight
+from edmips.quant.primitives import FULL_PRECISION
+from edmips.quant.registry import family, get
+
+log = logging.getLogger(__name__)
+
+ROUNDINGS = ("nearest", "adaround")
+ZETA, GAMMA = 1.1, -0.1  # h's stretch beyond [0, 1]: h reaches 0 and 1 at a finite V
+BETA_START, BETA_END = 20.0, 2.0  # the regularizer's exponent, annealed
+WARMUP = 0.2  # the first iterations fit the output alone, before the regularizer
+LEARNING_RATE = 3e-2  # Adam on V, which moves ~lr a step: AIMET's 1e-3 is for 10,000 steps
+
+
+@dataclass(frozen=True)
+class Settings:
+    """conf/ptq.yaml's `ptq.adaround` (its defaults are there)."""
+
+    iterations: int
+    images: int
+    batch_size: int
+    regularization: float
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> "Settings":
+        s = cfg.ptq.adaround
+        return cls(int(s.iterations), int(s.images), int(s.batch_size), float(s.regularization))
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """A layer's output error (as the loss measures it) on every image, before and after."""
+
+    nearest_error: float
+    learned_error: float
+    changed: int  # weights rounded the other way than nearest
+    weights: int
+
+
+def check(cfg: DictConfig) -> None:
+    """ptq.rounding and its settings, before anything is built."""
+    rounding = cfg.ptq.rounding
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"ptq.rounding={rounding}: choose from {', '.join(ROUNDINGS)}")
+    if rounding == "nearest":
+        return
+    weight = family(cfg).weight
+    if not issubclass(get(weight), MaxAbsWeight):
+        raise ValueError(
+            f"ptq.rounding=adaround: quant's weight quantizer ({weight}) is not max-abs, the grid "
+            "AdaRound learns on (quant=ptq's is): drop it"
+        )
+    correction = cfg.ptq.bias_correction
+    if correction not in ("none", PTQ_DEFAULTS["ptq.bias_correction"]):
+        raise ValueError(
+            f"ptq.bias_correction={correction}: ptq.rounding=adaround stores the learned weights, "
+            "so there is nothing left to correct: drop it"
+        )
+    for key in ("iterations", "images", "batch_size"):
+        value = cfg.ptq.adaround[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"ptq.adaround.{key}={value}: a whole number, at least 1")
+    value = cfg.ptq.adaround.regularization
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"ptq.adaround.regularization={value}: a number, at least 0")
+
+
+def correction(cfg: DictConfig) -> str:
+    """The bias correction applied: none under AdaRound (see the module's docstring)."""
+    return "none" if cfg.ptq.rounding == "adaround" else cfg.ptq.bias_correction
+
+
+def apply(cfg: DictConfig, model: nn.Module, float_net: nn.Module, loader) -> dict:
+    """Round `model`'s weights as ptq.rounding says; what metrics.json records of it."""
+    if cfg.ptq.rounding == "nearest":
+        return {"rounding": "nearest"}
+    if cfg.ptq.bias_correction != "none":
+        log.info("ptq.bias_correction=%s is not applied after adaround", cfg.ptq.bias_correction)
+    start = time.perf_counter()
+    settings = Settings.of(cfg)
+    images = torch.cat(list(batches(loader, settings.images)))
+    if len(images) < settings.images:
+        raise ValueError(
+            f"ptq.adaround.images={settings.images}: the training split has only {len(images)}"
+        )
+    results = round_network(model, float_net, images, settings, cfg.seed)
+    seconds = time.perf_counter() - start
+    changed = sum(r.changed for r in results.values())
+    total = sum(r.weights for r in results.values())
+    ratio = sum(r.learned_error / max(r.nearest_error, 1e-30) for r in results.values())
+    log.info(
+        "adaround: %d layers on %d images in %.1f s; %d of %d weights rounded away from "
+        "nearest; output error %.2f of nearest rounding's (mean over layers)",
+        len(results),
+        len(images),
+        seconds,
+        changed,
+        total,
+        ratio / max(1, len(results)),
+    )
+    return {"rounding": "adaround", "rounding_time_s": seconds}
+
+
+def learnable(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers whose weights are quantized, as the network names them."""
+    layers = {}
+    for name, layer in model.named_modules():
+        if not isinstance(layer, QUANT_LAYERS) or layer.weight_quant.bits >= FULL_PRECISION:
+            continue
+        q = layer.weight_quant
+        if not isinstance(q, MaxAbsWeight):
+            raise ValueError(
+                f"ptq.rounding=adaround: layer {name}'s weight quantizer ({q.name}) is not max-abs"
+            )
+        if getattr(layer, "folded_bn", None) is not None or q.corrected:
+            raise ValueError(
+                f"ptq.rounding=adaround: layer {name} quantizes a folded or corrected weight"
+            )
+        layers[name] = layer
+    return layers
+
+
+def round_network(
+    model: nn.Module, float_net: nn.Module, images: Tensor, settings: Settings, seed: int = 0
+) -> dict[str, LayerResult]:
+    """Every learnable layer of `model` rounded in turn, against `float_net` (the same network at
+    full precision, same layer names) on `images`; {layer: result}."""
+    model.eval()
+    float_net.eval()
+    generator = torch.Generator().manual_seed(seed)
+    results = {}
+    for name, layer in _in_run_order(model, learnable(model), images[:1]).items():
+        inputs = _captured(model, layer, images, settings.batch_size, output=False)
+        float_layer = float_net.get_submodule(name)
+        targets = _captured(float_net, float_layer, images, settings.batch_size, output=True)
+        results[name] = round_layer(layer, inputs, targets, settings, generator, name)
+        log.debug("adaround %s: %s", name, results[name])
+    return results
+
+
+@torch.no_grad()
+def _in_run_order(model: nn.Module, layers: dict[str, nn.Module], image: Tensor) -> dict:
+    """The layers in the order a forward runs them (a layer's input then comes from layers
+    already rounded); a layer the forward never runs has nothing to learn from and is left."""
+    order = []
+    handles = [
+        layer.register_forward_pre_hook(lambda m, args, name=name: order.append(name))
+        for name, layer in layers.items()
+    ]
+    try:
+        model(image)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: layers[name] for name in dict.fromkeys(order)}
+
+
+class _Stop(Exception):
+    """Raised by a capturing hook: the rest of the network is not needed."""
+
+
+@torch.no_grad()
+def _captured(model: nn.Module, module: nn.Module, images: Tensor, batch_size: int, output: bool):
+    """`module`'s input (or output) as `model` runs `images`, each forward stopped there."""
+    got = []
+
+    def keep(value):
+        got.append(value.detach())
+        raise _Stop
+
+    if output:
+        handle = module.register_forward_hook(lambda m, args, out: keep(out))
+    else:
+        handle = module.register_forward_pre_hook(lambda m, args: keep(args[0]))
+    try:
+        for x in images.split(batch_size):
+            try:
+                model(x)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return torch.cat(got)
+
+
+@torch.no_grad()
+def layer_input(layer: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    """What the layer's weights multiply (its input quantized, then pooled where it pools) and
+    its bias on the accumulator grid: fixed while the rounding is learned, as the scale is."""
+    x = layer.quant_input(x)
+    if isinstance(layer, QuantLinear):
+        pool_size = 1
+        if layer.pool_input:
+            pool_size = x.shape[-2] * x.shape[-1]
+            x = x.mean(dim=(-2, -1))
+        return x, layer.quant_bias(pool_size)
+    if layer.input_pool is not None:
+        x = layer.input_pool(x)
+    return x, layer.quant_bias()
+
+
+def layer_output(layer: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """The layer's forward from layer_input's values, with `weight` for the quantized weights."""
+    if isinstance(layer, QuantLinear):
+        return F.linear(x, weight, bias)
+    return layer._conv_forward(x, weight, bias)
+
+
+def rectified_sigmoid(v: Tensor) -> Tensor:
+    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
+
+
+def beta_at(step: int, iterations: int) -> float | None:
+    """The regularizer's exponent at `step`; None during the warm-up."""
+    warm = int(WARMUP * iterations)
+    if step < warm:
+        return None
+    done = (step - warm) / max(1, iterations - warm)
+    return BETA_END + (BETA_START - BETA_END) * (1 - done)
+
+
+def _error(layer, x, bias, weight, targets, batch_size) -> float:
+    """The loss's output error on every image (a mean over them)."""
+    with torch.no_grad():
+        total = sum(
+            float(((layer_output(layer, xb, weight, bias) - tb) ** 2).sum(1).mean()) * len(xb)
+            for xb, tb in zip(x.split(batch_size), targets.split(batch_size))
+        )
+    return total / len(x)
+
+
+def round_layer(
+    layer: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    settings: Settings,
+    generator: torch.Generator | None = None,
+    name: str = "layer",
+) -> LayerResult:
+    """Learn the rounding of `layer`'s weights so its output on `inputs` (what arrives at the
+    layer) approaches `targets`, and store the rounded weights in `layer.weight`."""
+    q = layer.weight_quant
+    w = layer.weight.detach()
+    nearest, scale = q.integer(w)
+    top = q.channel_max_codes()
+    if isinstance(top, Tensor):
+        top = top.view(-1, *([1] * (w.dim() - 1))).to(w.dtype)
+    levels = (w / scale).clamp(-top, top)
+    if scale.dim():  # one scale per channel: each channel's max |w| sets its scale
+        peak = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True)
+    else:
+        peak = w.abs().amax()
+    # The weights at a channel's max |w| keep their code, so the scale is kept; a channel of
+    # zeros keeps its zeros.
+    pinned = (w.abs() == peak) | (peak == 0)
+    floor = levels.floor()
+    frac = levels - floor
+    v = nn.Parameter(-torch.log((ZETA - GAMMA) / (frac - GAMMA) - 1))  # h(v) = frac
+    x, bias = layer_input(layer, inputs)
+    fixed = nearest.to(w.dtype)
+
+    def quantized(h: Tensor) -> Tensor:
+        return torch.where(pinned, fixed, (floor + h).clamp(-top, top)) * scale
+
+    nearest_error = _error(layer, x, bias, fixed * scale, targets, settings.batch_size)
+    optimizer = torch.optim.Adam([v], lr=LEARNING_RATE)
+    free = (~pinned).to(w.dtype)
+    with torch.enable_grad():
+        for step in track(
+            range(settings.iterations), description=f"adaround {name}", transient=True
+        ):
+            pick = torch.randint(len(x), (min(settings.batch_size, len(x)),), generator=generator)
+            h = rectified_sigmoid(v)
+            out = layer_output(layer, x[pick], quantized(h), bias)
+            loss = ((out - targets[pick]) ** 2).sum(1).mean()
+            beta = beta_at(step, settings.iterations)
+            if beta is not None and settings.regularization > 0:
+                spread = 1 - (2 * h - 1).abs().pow(beta)
+                loss = loss + settings.regularization * (spread * free).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    up = (v.detach() >= 0).to(w.dtype)  # h(v) >= 1/2
+    codes = torch.where(pinned, fixed, (floor + up).clamp(-top, top))
+    learned_error = _error(layer, x, bias, codes * scale, targets, settings.batch_size)
+    _store(layer, codes, scale, top, peak)
+    return LayerResult(
+        nearest_error, learned_error, int((codes != fixed).sum()), int(codes.numel())
+    )
+
+
+@torch.no_grad()
+def _store(layer: nn.Module, codes: Tensor, scale: Tensor, top, peak: Tensor) -> None:
+    """`layer.weight` = codes * scale, with the top codes at the channel's max |w|; checked to
+    round back to the same codes on the same scale."""
+    values = torch.where(codes.abs() == top, codes.sign() * peak, codes * scale)
+    layer.weight.copy_(values)
+    stored, kept = layer.weight_quant.integer(layer.weight.detach())
+    if not (torch.equal(stored, codes.to(stored.dtype)) and torch.equal(kept, scale)):
+        raise RuntimeError(f"adaround: {layer} does not round back to its learned codes")
