@@ -180,29 +180,21 @@ def run_isolated(name: str, params_m: float, timeout: float, threads: int) -> di
     """`check` in a process of its own, at most `timeout` seconds."""
     command = [sys.executable, __file__, "--one", name, str(params_m), "--threads", str(threads)]
     start = time.perf_counter()
+
+    def failed(result: str) -> dict:
+        seconds = round(time.perf_counter() - start, 1)
+        return dict(name=name, params_m=round(params_m, 2), image_size=None, result=result,
+                    agreement=None, seconds=seconds)  # fmt: skip
+
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return dict(
-            name=name,
-            params_m=round(params_m, 2),
-            image_size=None,
-            result=f"timeout after {timeout:.0f} s",
-            agreement=None,
-            seconds=round(time.perf_counter() - start, 1),
-        )
+        return failed(f"timeout after {timeout:.0f} s")
     lines = done.stdout.strip().splitlines()
     if done.returncode == 0 and lines:
         return json.loads(lines[-1])
     last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    return dict(
-        name=name,
-        params_m=round(params_m, 2),
-        image_size=None,
-        result=f"bug: the process exited with {done.returncode}: {last}",
-        agreement=None,
-        seconds=round(time.perf_counter() - start, 1),
-    )
+    return failed(f"bug: the process exited with {done.returncode}: {last}")
 
 
 def table(rows: list[dict]) -> str:
