@@ -185,8 +185,15 @@ def quantize(
                 with gm.graph.inserting_after(source):
                     signed[source] = gm.graph.call_module(name, (source,))
             node.replace_input_with(source, signed[source])
-            # not registered: the network holds the quantizer once, at its own name
-            object.__setattr__(new, "arrives_through", gm.get_submodule(signed[source].target))
+            if any(user.op == "output" for user in node.users):
+                # the classifier: its logits are its accumulator, so its bias must be on the
+                # grid of its input (a plain attribute, not a submodule: the network holds
+                # that quantizer once). Other layers keep a float bias, which the quantizer
+                # after them absorbs: one on the grid would meet that quantizer's ties exactly
+                # (a gate's sigmoid(0) = 0.5 halfway between two levels), where the float64
+                # reference's sums land a unit in the last place to either side.
+                quantizer = gm.get_submodule(signed[source].target)
+                object.__setattr__(new, "arrives_through", quantizer)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()

@@ -104,8 +104,8 @@ class _FixedBits:
 
     def input_grid(self) -> nn.Module | None:
         """The quantizer whose grid the layer's input is on: its own, or the shared one its
-        input arrives through (`arrives_through`, set by edmips.nn.fx_quantize; a plain
-        attribute, not a submodule: the network holds that quantizer once); None if unknown."""
+        input arrives through (`arrives_through`, which edmips.nn.fx_quantize sets on a traced
+        network's classifier only); None where neither is known: the bias stays float."""
         if self.input_quant is not None:
             return self.input_quant
         return getattr(self, "arrives_through", None)

@@ -171,7 +171,8 @@ class Classified(nn.Module):
 @pytest.mark.parametrize("family", [None, Family("lsq", "maxabs", "lsq_signed")])
 def test_a_classifier_reading_a_shared_signed_input_keeps_its_bias_on_the_grid(family, tmp_path):
     """Its logits are its accumulator, so a trained bias must be a whole number of units of the
-    shared quantizer its input arrives through (after a change of family, the new one's)."""
+    shared quantizer its input arrives through (after a change of family, the new one's); the
+    conv before it, reading the image through another, keeps its float bias."""
     torch.manual_seed(0)
     model = quantize(Classified(), wbits=4, abits=4)
     if family is not None:
@@ -180,6 +181,9 @@ def test_a_classifier_reading_a_shared_signed_input_keeps_its_bias_on_the_grid(f
         model.fc.bias.copy_(torch.randn(10))  # trained: no longer torchvision's zeros
     model = calibrated(model, 8)
     assert any(q is model.fc.arrives_through for q in model.modules())
+    # an inner layer keeps its float bias: the quantizer after it absorbs it, and a bias on
+    # the grid would meet that quantizer's ties exactly (a gate's sigmoid(0) = 0.5)
+    assert torch.equal(model.conv.quant_bias(), model.conv.bias)
     bias = model.fc.quant_bias(pool_size=36)
     units = bias / model.fc.bias_unit(pool_size=36)
     assert torch.equal(units, units.round()) and not torch.equal(bias, model.fc.bias)
