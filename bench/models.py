@@ -41,6 +41,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo root, for `edmips`
+from edmips.core.cli import raised_here  # noqa: E402
 from edmips.export import ExportError, export  # noqa: E402
 from edmips.export.onnx.qdq import qdq_runtime  # noqa: E402
 from edmips.export.verify import integer_pair  # noqa: E402
@@ -50,7 +51,6 @@ from edmips.nn import QUANT_LAYERS, default_searched, to_fixed  # noqa: E402
 
 SIZES = (32, 64, 75, 128, 224)  # the inputs tried, smallest first
 BEGIN, END = "<!-- models table: bench/models.py -->", "<!-- end models table -->"
-PACKAGE = str(ROOT / "edmips")
 
 
 def parameters_m(name: str, limit_m: float) -> float:
@@ -136,10 +136,7 @@ def one_line(e: BaseException) -> str:
 
 def is_ours(e: BaseException) -> bool:
     """An ExportError, or a ValueError raised in edmips's code: its one-line refusal."""
-    if isinstance(e, ExportError):
-        return True
-    frames = traceback.extract_tb(e.__traceback__)
-    return isinstance(e, ValueError) and bool(frames) and frames[-1].filename.startswith(PACKAGE)
+    return isinstance(e, ExportError) or (isinstance(e, ValueError) and raised_here(e))
 
 
 def where(e: BaseException) -> str:

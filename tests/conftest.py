@@ -38,6 +38,16 @@ QUICK_SYNTHETIC = [
 ]
 
 
+def load_bench(name: str):
+    """bench/<name>.py as a module (bench/ is scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_config(name: str, tmp_path: Path, overrides=(), base=QUICK) -> DictConfig:
     """Compose conf/<name>.yaml as Hydra would, with its output under tmp_path."""
     GlobalHydra.instance().clear()

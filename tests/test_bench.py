@@ -1,12 +1,11 @@
 """bench/step.py: the naive composite layer is a fair stand-in for MixedConv2d (same values,
 same gradients, more saved tensors), and the benchmark's main emits the promised lines."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_bench
 
 from edmips.nn.layers import MixedConv2d
 
@@ -18,11 +17,7 @@ WBITS, ABITS = (1, 2, 3, 4), (2, 3, 4)
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "step.py"
-    spec = importlib.util.spec_from_file_location("bench_step", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("step")
 
 
 @pytest.fixture(autouse=True)
@@ -183,10 +178,7 @@ def test_cuda_defaults_add_the_compiled_configurations(bench):
 
 
 def test_epoch_bench_times_one_whole_epoch_per_configuration(tmp_path):
-    path = Path(__file__).resolve().parents[1] / "bench" / "epoch.py"
-    spec = importlib.util.spec_from_file_location("bench_epoch", path)
-    epoch = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(epoch)
+    epoch = load_bench("epoch")
     out = tmp_path / "epoch.jsonl"
     args = ["--data", "synthetic", "--model", "resnet_tiny", "--batch-size", "4"]
     lines = epoch.main([*args, "--warmup", "1", "--out", str(out)])
@@ -198,10 +190,7 @@ def test_epoch_bench_times_one_whole_epoch_per_configuration(tmp_path):
 
 
 def test_ptq_bench_prints_one_line_per_network_and_phase(tmp_path, capsys):
-    path = Path(__file__).resolve().parents[1] / "bench" / "ptq.py"
-    spec = importlib.util.spec_from_file_location("bench_ptq", path)
-    ptq = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ptq)
+    ptq = load_bench("ptq")
     out = tmp_path / "ptq.jsonl"
     args = ["--model", "resnet_tiny:16", "--calibration-images", "4", "--test-images", "4"]
     lines = ptq.main([*args, "--threads", "1", "--out", str(out)])

@@ -3,21 +3,18 @@ float network) with its latencies and file size, then per network the agreements
 integer reference for edmips's forms), the agreements with the float network and the ratios;
 --quant picks the family whose network is exported."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import onnx
 import pytest
+from conftest import load_bench
 
 FORMS = ["float", "int8", "ort_qdq", "ort_qop", "qdq"]
 
 
 def run_deploy(capsys, out: Path, *options: str) -> tuple[dict, dict]:
-    path = Path(__file__).resolve().parents[1] / "bench" / "deploy.py"
-    spec = importlib.util.spec_from_file_location("bench_deploy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_bench("deploy")
     module.main(
         ["--model", "resnet_tiny:16", "--runs", "1", "--check-images", "4", "--threads", "1"]
         + ["--out", str(out), *options]

@@ -267,8 +267,7 @@ def _check_data(cfg: DictConfig) -> None:
         ("num_classes", 2),
         ("noise", 0),
     ):
-        if OmegaConf.select(cfg, f"data.{key}") is not None:
-            _number(cfg, f"data.{key}", minimum=minimum, integer=key != "noise")
+        _number(cfg, f"data.{key}", minimum=minimum, integer=key != "noise", optional=True)
     for key in ("augment", "on_device", "download", "pin_memory"):
         if OmegaConf.select(cfg, f"data.{key}") is not None:
             _flag(cfg, f"data.{key}")
@@ -277,11 +276,8 @@ def _check_data(cfg: DictConfig) -> None:
 def _check_optimizer(cfg: DictConfig, key: str) -> None:
     """An optimizer's rate, momentum and weight decay, where the config sets them (torch would
     refuse a negative one in a traceback, and a NaN rate trains nothing)."""
-    if OmegaConf.select(cfg, key) is None:
-        return
     for name in ("lr", "momentum", "weight_decay"):
-        if OmegaConf.select(cfg, f"{key}.{name}") is not None:
-            _number(cfg, f"{key}.{name}", minimum=0)
+        _number(cfg, f"{key}.{name}", minimum=0, optional=True)
 
 
 def _check_schedule(cfg: DictConfig) -> None:
@@ -291,12 +287,10 @@ def _check_schedule(cfg: DictConfig) -> None:
         ("scheduler.step_size", 1),
         ("trainer.log_every_n_steps", 1),
     ):
-        if OmegaConf.select(cfg, key) is not None:
-            _number(cfg, key, minimum=minimum, integer=True)
+        _number(cfg, key, minimum=minimum, integer=True, optional=True)
     if isinstance(OmegaConf.select(cfg, "trainer.devices"), int):  # or auto, or a list
         _number(cfg, "trainer.devices", minimum=1, integer=True)
-    if OmegaConf.select(cfg, "scheduler.gamma") is not None:
-        _number(cfg, "scheduler.gamma", minimum=0)
+    _number(cfg, "scheduler.gamma", minimum=0, optional=True)
 
 
 def _finite_budgets(cfg) -> None:

@@ -35,7 +35,7 @@ def one_line_errors():
             raise SystemExit(f"error: {written}") from None
         if not isinstance(e, (ValueError, FileNotFoundError)):
             raise
-        ours = _raised_here(e) or isinstance(e, UnreadableImage)
+        ours = raised_here(e) or isinstance(e, UnreadableImage)
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not ours:
             raise
         raise SystemExit(f"error: {e}") from None
@@ -58,7 +58,7 @@ def _write_failure(e: BaseException) -> str | None:
     return None
 
 
-def _raised_here(e: BaseException) -> bool:
+def raised_here(e: BaseException) -> bool:
     """Whether the innermost Python frame of e's traceback is in this package."""
     tb, innermost = e.__traceback__, None
     while tb is not None:

@@ -225,21 +225,41 @@ class _MixedBits:
 
 
 class _ConvForward:
-    def forward(self, x: Tensor) -> Tensor:
+    """forward = weighted(operands' input, the quantized weight, the bias at operands' pool
+    size): the two halves serve what replaces the weights (edmips.ptq.adaround)."""
+
+    def operands(self, x: Tensor) -> tuple[Tensor, int]:
+        """What the weights multiply (the input quantized, then pooled), and the pool size
+        the bias is on the grid of (1: a conv's pool is a window sum's, in its input's unit)."""
         x = self.quant_input(x)
         if self.input_pool is not None:
             x = self.input_pool(x)
-        return self._conv_forward(x, self.quant_weight(), self.quant_bias())
+        return x, 1
+
+    def weighted(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return self._conv_forward(x, weight, bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, pool_size = self.operands(x)
+        return self.weighted(x, self.quant_weight(), self.quant_bias(pool_size))
 
 
 class _LinearForward:
-    def forward(self, x: Tensor) -> Tensor:
+    """As _ConvForward."""
+
+    def operands(self, x: Tensor) -> tuple[Tensor, int]:
+        """The input quantized, then averaged over space where the layer pools its input."""
         x = self.quant_input(x)
-        pool_size = 1
-        if self.pool_input:
-            pool_size = x.shape[-2] * x.shape[-1]
-            x = x.mean(dim=(-2, -1))
-        return F.linear(x, self.quant_weight(), self.quant_bias(pool_size))
+        if not self.pool_input:
+            return x, 1
+        return x.mean(dim=(-2, -1)), x.shape[-2] * x.shape[-1]
+
+    def weighted(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.linear(x, weight, bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, pool_size = self.operands(x)
+        return self.weighted(x, self.quant_weight(), self.quant_bias(pool_size))
 
 
 _QUANT_DEFAULTS = dict(per_channel=True, wquant=EDMIPS.weight, aquant=EDMIPS.activation)

@@ -29,13 +29,12 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from rich.progress import track
 from torch import Tensor, nn
 
 from edmips.core.checks import PTQ_DEFAULTS
-from edmips.nn.layers import QUANT_LAYERS, QuantLinear
+from edmips.nn.layers import QUANT_LAYERS
 from edmips.ptq.stats import batches
 from edmips.quant.maxabs import MaxAbsWeight
 from edmips.quant.primitives import FULL_PRECISION
@@ -223,25 +222,10 @@ def _captured(model: nn.Module, module: nn.Module, images: Tensor, batch_size: i
 
 @torch.no_grad()
 def layer_input(layer: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
-    """What the layer's weights multiply (its input quantized, then pooled where it pools) and
-    its bias on the accumulator grid: fixed while the rounding is learned, as the scale is."""
-    x = layer.quant_input(x)
-    if isinstance(layer, QuantLinear):
-        pool_size = 1
-        if layer.pool_input:
-            pool_size = x.shape[-2] * x.shape[-1]
-            x = x.mean(dim=(-2, -1))
-        return x, layer.quant_bias(pool_size)
-    if layer.input_pool is not None:
-        x = layer.input_pool(x)
-    return x, layer.quant_bias()
-
-
-def layer_output(layer: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """The layer's forward from layer_input's values, with `weight` for the quantized weights."""
-    if isinstance(layer, QuantLinear):
-        return F.linear(x, weight, bias)
-    return layer._conv_forward(x, weight, bias)
+    """What the layer's weights multiply and its bias on the accumulator grid (the layer's own
+    `operands`): fixed while the rounding is learned, as the scale is."""
+    x, pool_size = layer.operands(x)
+    return x, layer.quant_bias(pool_size)
 
 
 def rectified_sigmoid(v: Tensor) -> Tensor:
@@ -261,7 +245,7 @@ def _error(layer, x, bias, weight, targets, batch_size) -> float:
     """The loss's output error on every image (a mean over them)."""
     with torch.no_grad():
         total = sum(
-            float(((layer_output(layer, xb, weight, bias) - tb) ** 2).sum(1).mean()) * len(xb)
+            float(((layer.weighted(xb, weight, bias) - tb) ** 2).sum(1).mean()) * len(xb)
             for xb, tb in zip(x.split(batch_size), targets.split(batch_size))
         )
     return total / len(x)
@@ -309,7 +293,7 @@ def round_layer(
         ):
             pick = torch.randint(len(x), (min(settings.batch_size, len(x)),), generator=generator)
             h = rectified_sigmoid(v)
-            out = layer_output(layer, x[pick], quantized(h), bias)
+            out = layer.weighted(x[pick], quantized(h), bias)
             loss = ((out - targets[pick]) ** 2).sum(1).mean()
             beta = beta_at(step, settings.iterations)
             if beta is not None and settings.regularization > 0:

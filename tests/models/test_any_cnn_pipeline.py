@@ -56,14 +56,9 @@ def test_search_then_retrain_exports_exactly(
 @pytest.fixture
 def bench_models():
     """bench/models.py as a module."""
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_bench
 
-    path = Path(__file__).resolve().parents[2] / "bench" / "models.py"
-    spec = importlib.util.spec_from_file_location("bench_models", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("models")
 
 
 def test_the_coverage_script_records_exact_refused_and_bugs(bench_models, monkeypatch, tmp_path):

@@ -49,7 +49,7 @@ def learned(layer: nn.Module, x: torch.Tensor, iterations: int = 60, seed: int =
     """`layer` rounded by AdaRound against its own float output on x; the result."""
     with torch.no_grad():
         target = layer.weight.detach().clone()
-        float_out = adaround.layer_output(layer, x, target, layer.bias)
+        float_out = layer.weighted(x, target, layer.bias)
     settings = adaround.Settings(iterations, len(x), batch_size=16, regularization=0.01)
     generator = torch.Generator().manual_seed(seed)
     return adaround.round_layer(layer, x, float_out, settings, generator)
@@ -113,7 +113,7 @@ def test_the_reconstruction_computes_the_layer_s_forward():
     for layer, x in ((pooled, torch.randn(2, 4, 10, 10)), (classifier, torch.randn(2, 6, 4, 4))):
         with torch.no_grad():
             inputs, bias = adaround.layer_input(layer, x)
-            out = adaround.layer_output(layer, inputs, layer.quant_weight(), bias)
+            out = layer.weighted(inputs, layer.quant_weight(), bias)
             assert torch.equal(out, layer(x))
 
 
