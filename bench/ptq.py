@@ -9,7 +9,8 @@ weights; first conv and classifier at 8 bits, as ptq.py), and prints one JSON li
 
   calibrate  the calibration images through the network, then ACIQ-mix clips (edmips.ptq.stats)
   adaround   with --rounding adaround: every layer's rounding learned on the calibration images
-             against the float network (edmips.ptq.adaround, conf/ptq.yaml's settings)
+             against the float network (edmips.ptq.adaround, conf/ptq.yaml's settings); with
+             --reconstruction block, every block's rounding and clips (edmips.ptq.reconstruct)
   lower      the integer graph (edmips.export.lower)
   export     the bundle and both ONNX files written (edmips.export.export, lowering included)
   verify     the test images through the reference, the integer runtime and the QDQ ONNX model
@@ -35,7 +36,8 @@ from edmips.export.verify import verify  # noqa: E402
 from edmips.models import create_model  # noqa: E402
 from edmips.nn import default_searched, to_fixed  # noqa: E402
 from edmips.nn.convert import first_and_last  # noqa: E402
-from edmips.ptq import adaround, float_copy, method, stats  # noqa: E402
+from edmips.ptq import adaround, float_copy, method, rounding, stats  # noqa: E402
+from edmips.ptq.reconstruct import reconstruct_network  # noqa: E402
 from edmips.quant.registry import Family  # noqa: E402
 
 PTQ = Family("clipped", "maxabs", "clipped_signed")  # conf/quant/ptq.yaml
@@ -52,7 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounding", choices=adaround.ROUNDINGS, default="nearest")
+    p.add_argument("--rounding", choices=rounding.ROUNDINGS, default="nearest")
+    p.add_argument("--reconstruction", choices=rounding.RECONSTRUCTIONS, default="layer")
     p.add_argument("--out", type=Path, help="also write the lines to this file")
     return p.parse_args(argv)
 
@@ -88,12 +91,13 @@ def calibrate(model, batches, clip) -> dict[str, float]:
     return stats.finish(model, clip)
 
 
-def learn_rounding(model, batches) -> dict:
+def learn_rounding(model, batches, reconstruction: str) -> dict:
     """AdaRound at conf/ptq.yaml's settings, against the float network, on the calibration
-    images."""
+    images, layer by layer or block by block."""
     settings = adaround.Settings(**OmegaConf.load(ROOT / "conf" / "ptq.yaml").ptq.adaround)
     images = torch.cat([x for x, _ in batches])
-    return adaround.round_network(model, float_copy(model), images, settings)
+    learn = reconstruct_network if reconstruction == "block" else adaround.round_network
+    return learn(model, float_copy(model), images, settings)
 
 
 def bench(spec: str, args) -> list[dict]:
@@ -113,7 +117,12 @@ def bench(spec: str, args) -> list[dict]:
         ]
         if args.rounding == "adaround":
             steps.insert(
-                1, ("adaround", lambda: learn_rounding(model, calib), args.calibration_images)
+                1,
+                (
+                    "adaround",
+                    lambda: learn_rounding(model, calib, args.reconstruction),
+                    args.calibration_images,
+                ),
             )
         for phase, run, count in steps:
             line, result = timed(phase, run, name, size, args, count)

@@ -30,11 +30,11 @@ from edmips.programs import sensitivity
 from edmips.programs.retrain import arch_kind, arch_record, resolve_arch
 from edmips.ptq import (
     accuracy,
-    adaround,
     bias_correction,
     bit_allocation,
     float_copy,
     method,
+    rounding,
     stats,
 )
 from edmips.quant import registry
@@ -49,7 +49,7 @@ def ptq(cfg: DictConfig) -> dict:
     checks.check_ptq(cfg)
     method(cfg.ptq.activation_clip)  # an unknown clip is refused before anything is built
     bias_correction.check(cfg.ptq.bias_correction)
-    adaround.check(cfg)
+    rounding.check(cfg)
     run = rundir.start(cfg, "ptq")
     cfg = run.cfg
     with run.stoppable():  # a SIGTERM from here on: status 143 and a line
@@ -69,8 +69,8 @@ def ptq(cfg: DictConfig) -> dict:
             gathered = _gathered(cfg, model, datamodule, given)
         stats.finish(model, clip)
         bit_allocation.allocate_weights(model, cfg.ptq.bit_allocation)
-        rounding = adaround.apply(cfg, model, float_net, datamodule.train_dataloader())
-        bias_correction.correct(model, adaround.correction(cfg))
+        rounded = rounding.apply(cfg, model, float_net, datamodule.train_dataloader())
+        bias_correction.correct(model, rounding.correction(cfg))
         out = Path(cfg.output_dir)
         run.accept()  # the lock, .hydra/ and the log: the first write
         stats.save(gathered, out / stats.FILE)
@@ -78,7 +78,7 @@ def ptq(cfg: DictConfig) -> dict:
         exported = time.perf_counter()
         record = {
             **_record(cfg, found, datamodule.name),
-            **rounding,
+            **rounded,
             "calibration_images": gathered.images,
             "float_acc": float_acc,
             **verify(model, out, datamodule.test_dataloader(), cfg.integer_check_images),
@@ -128,7 +128,7 @@ def _record(cfg: DictConfig, found, data: str) -> dict:
         "kind": "ptq",
         "allocation": found.extra.get("kind") or arch_kind(cfg),
         "activation_clip": cfg.ptq.activation_clip,
-        "bias_correction": adaround.correction(cfg),
+        "bias_correction": rounding.correction(cfg),
         "bit_allocation": cfg.ptq.bit_allocation,
     }
 

@@ -19,30 +19,27 @@ as `codes * scale`, the top codes as the channel's own max |w| (the float produc
 rounding of the stored weights gives the learned codes on the same scale: the export and its
 integer check are those of any max-abs network.
 
+`ptq.reconstruction=block` learns the same roundings from each residual block's output instead
+of each layer's, with the activation clips (edmips.ptq.reconstruct).
+
 Bias correction moves the quantized weights toward the float weights' mean, which the stored
 weights then are: after AdaRound it has nothing left to correct, so AdaRound replaces it
 (conf/ptq.yaml's default is accepted and not applied; another value is refused).
 """
 
 import logging
-import time
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
 from rich.progress import track
 from torch import Tensor, nn
 
-from edmips.core.checks import PTQ_DEFAULTS
 from edmips.nn.layers import QUANT_LAYERS
-from edmips.ptq.stats import batches
 from edmips.quant.maxabs import MaxAbsWeight
 from edmips.quant.primitives import FULL_PRECISION
-from edmips.quant.registry import family, get
 
 log = logging.getLogger(__name__)
 
-ROUNDINGS = ("nearest", "adaround")
 ZETA, GAMMA = 1.1, -0.1  # h's stretch beyond [0, 1]: h reaches 0 and 1 at a finite V
 BETA_START, BETA_END = 20.0, 2.0  # the regularizer's exponent, annealed
 WARMUP = 0.2  # the first iterations fit the output alone, before the regularizer
@@ -51,17 +48,13 @@ LEARNING_RATE = 3e-2  # Adam on V, which moves ~lr a step: AIMET's 1e-3 is for 1
 
 @dataclass(frozen=True)
 class Settings:
-    """conf/ptq.yaml's `ptq.adaround` (its defaults are there)."""
+    """conf/ptq.yaml's `ptq.adaround` (its defaults are there; edmips.ptq.rounding reads it)."""
 
     iterations: int
     images: int
     batch_size: int
     regularization: float
-
-    @classmethod
-    def of(cls, cfg: DictConfig) -> "Settings":
-        s = cfg.ptq.adaround
-        return cls(int(s.iterations), int(s.images), int(s.batch_size), float(s.regularization))
+    drop: float = 0.0  # QDrop's probability, in block reconstruction (edmips.ptq.reconstruct)
 
 
 @dataclass(frozen=True)
@@ -72,70 +65,6 @@ class LayerResult:
     learned_error: float
     changed: int  # weights rounded the other way than nearest
     weights: int
-
-
-def check(cfg: DictConfig) -> None:
-    """ptq.rounding and its settings, before anything is built."""
-    rounding = cfg.ptq.rounding
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"ptq.rounding={rounding}: choose from {', '.join(ROUNDINGS)}")
-    if rounding == "nearest":
-        return
-    weight = family(cfg).weight
-    if not issubclass(get(weight), MaxAbsWeight):
-        raise ValueError(
-            f"ptq.rounding=adaround: quant's weight quantizer ({weight}) is not max-abs, the grid "
-            "AdaRound learns on (quant=ptq's is): drop it"
-        )
-    correction = cfg.ptq.bias_correction
-    if correction not in ("none", PTQ_DEFAULTS["ptq.bias_correction"]):
-        raise ValueError(
-            f"ptq.bias_correction={correction}: ptq.rounding=adaround stores the learned weights, "
-            "so there is nothing left to correct: drop it"
-        )
-    for key in ("iterations", "images", "batch_size"):
-        value = cfg.ptq.adaround[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"ptq.adaround.{key}={value}: a whole number, at least 1")
-    value = cfg.ptq.adaround.regularization
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"ptq.adaround.regularization={value}: a number, at least 0")
-
-
-def correction(cfg: DictConfig) -> str:
-    """The bias correction applied: none under AdaRound (see the module's docstring)."""
-    return "none" if cfg.ptq.rounding == "adaround" else cfg.ptq.bias_correction
-
-
-def apply(cfg: DictConfig, model: nn.Module, float_net: nn.Module, loader) -> dict:
-    """Round `model`'s weights as ptq.rounding says; what metrics.json records of it."""
-    if cfg.ptq.rounding == "nearest":
-        return {"rounding": "nearest"}
-    if cfg.ptq.bias_correction != "none":
-        log.info("ptq.bias_correction=%s is not applied after adaround", cfg.ptq.bias_correction)
-    start = time.perf_counter()
-    settings = Settings.of(cfg)
-    images = torch.cat(list(batches(loader, settings.images)))
-    if len(images) < settings.images:
-        raise ValueError(
-            f"ptq.adaround.images={settings.images}: the training split has only {len(images)}"
-        )
-    results = round_network(model, float_net, images, settings, cfg.seed)
-    seconds = time.perf_counter() - start
-    changed = sum(r.changed for r in results.values())
-    total = sum(r.weights for r in results.values())
-    ratio = sum(r.learned_error / max(r.nearest_error, 1e-30) for r in results.values())
-    log.info(
-        "adaround: %d layers on %d images in %.1f s; %d of %d weights rounded away from "
-        "nearest; output error %.2f of nearest rounding's (mean over layers)",
-        len(results),
-        len(images),
-        seconds,
-        changed,
-        total,
-        ratio / max(1, len(results)),
-    )
-    return {"rounding": "adaround", "rounding_time_s": seconds}
 
 
 def learnable(model: nn.Module) -> dict[str, nn.Module]:
@@ -251,6 +180,57 @@ def _error(layer, x, bias, weight, targets, batch_size) -> float:
     return total / len(x)
 
 
+class LearnedRounding:
+    """One layer's weights as floor(level) + h(V) on the layer's max-abs grid: `soft()` while V
+    is learned, `codes()` once it is; the weights at a channel's max |w| keep their code, so the
+    scale is kept (a channel of zeros keeps its zeros)."""
+
+    def __init__(self, layer: nn.Module):
+        self.layer = layer
+        q = layer.weight_quant
+        w = layer.weight.detach()
+        nearest, self.scale = q.integer(w)
+        top = q.channel_max_codes()
+        if isinstance(top, Tensor):
+            top = top.view(-1, *([1] * (w.dim() - 1))).to(w.dtype)
+        self.top = top
+        levels = (w / self.scale).clamp(-top, top)
+        if self.scale.dim():  # one scale per channel: each channel's max |w| sets its scale
+            self.peak = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True)
+        else:
+            self.peak = w.abs().amax()
+        self.pinned = (w.abs() == self.peak) | (self.peak == 0)
+        self.floor = levels.floor()
+        frac = levels - self.floor
+        self.v = nn.Parameter(-torch.log((ZETA - GAMMA) / (frac - GAMMA) - 1))  # h(v) = frac
+        self.nearest = nearest.to(w.dtype)
+        self.free = (~self.pinned).to(w.dtype)
+
+    def _weights(self, codes: Tensor) -> Tensor:
+        return torch.where(self.pinned, self.nearest, codes.clamp(-self.top, self.top)) * self.scale
+
+    def soft(self) -> Tensor:
+        """The weights at h(V): differentiable in V."""
+        return self._weights(self.floor + rectified_sigmoid(self.v))
+
+    def codes(self) -> Tensor:
+        """The learned codes: up where h(V) >= 1/2."""
+        up = (self.v.detach() >= 0).to(self.floor.dtype)
+        return torch.where(self.pinned, self.nearest, (self.floor + up).clamp(-self.top, self.top))
+
+    def regularizer(self, beta: float) -> Tensor:
+        """sum(1 - |2h - 1|^beta) over the free weights: zero once every h is 0 or 1."""
+        h = rectified_sigmoid(self.v)
+        return ((1 - (2 * h - 1).abs().pow(beta)) * self.free).sum()
+
+    def changed(self) -> int:
+        return int((self.codes() != self.nearest).sum())
+
+    def store(self) -> None:
+        """The learned codes into `layer.weight` (see _store)."""
+        _store(self.layer, self.codes(), self.scale, self.top, self.peak)
+
+
 def round_layer(
     layer: nn.Module,
     inputs: Tensor,
@@ -261,54 +241,30 @@ def round_layer(
 ) -> LayerResult:
     """Learn the rounding of `layer`'s weights so its output on `inputs` (what arrives at the
     layer) approaches `targets`, and store the rounded weights in `layer.weight`."""
-    q = layer.weight_quant
-    w = layer.weight.detach()
-    nearest, scale = q.integer(w)
-    top = q.channel_max_codes()
-    if isinstance(top, Tensor):
-        top = top.view(-1, *([1] * (w.dim() - 1))).to(w.dtype)
-    levels = (w / scale).clamp(-top, top)
-    if scale.dim():  # one scale per channel: each channel's max |w| sets its scale
-        peak = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True)
-    else:
-        peak = w.abs().amax()
-    # The weights at a channel's max |w| keep their code, so the scale is kept; a channel of
-    # zeros keeps its zeros.
-    pinned = (w.abs() == peak) | (peak == 0)
-    floor = levels.floor()
-    frac = levels - floor
-    v = nn.Parameter(-torch.log((ZETA - GAMMA) / (frac - GAMMA) - 1))  # h(v) = frac
+    rounding = LearnedRounding(layer)
     x, bias = layer_input(layer, inputs)
-    fixed = nearest.to(w.dtype)
-
-    def quantized(h: Tensor) -> Tensor:
-        return torch.where(pinned, fixed, (floor + h).clamp(-top, top)) * scale
-
-    nearest_error = _error(layer, x, bias, fixed * scale, targets, settings.batch_size)
-    optimizer = torch.optim.Adam([v], lr=LEARNING_RATE)
-    free = (~pinned).to(w.dtype)
+    nearest_error = _error(
+        layer, x, bias, rounding.nearest * rounding.scale, targets, settings.batch_size
+    )
+    optimizer = torch.optim.Adam([rounding.v], lr=LEARNING_RATE)
     with torch.enable_grad():
         for step in track(
             range(settings.iterations), description=f"adaround {name}", transient=True
         ):
             pick = torch.randint(len(x), (min(settings.batch_size, len(x)),), generator=generator)
-            h = rectified_sigmoid(v)
-            out = layer.weighted(x[pick], quantized(h), bias)
+            out = layer.weighted(x[pick], rounding.soft(), bias)
             loss = ((out - targets[pick]) ** 2).sum(1).mean()
             beta = beta_at(step, settings.iterations)
             if beta is not None and settings.regularization > 0:
-                spread = 1 - (2 * h - 1).abs().pow(beta)
-                loss = loss + settings.regularization * (spread * free).sum()
+                loss = loss + settings.regularization * rounding.regularizer(beta)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    up = (v.detach() >= 0).to(w.dtype)  # h(v) >= 1/2
-    codes = torch.where(pinned, fixed, (floor + up).clamp(-top, top))
-    learned_error = _error(layer, x, bias, codes * scale, targets, settings.batch_size)
-    _store(layer, codes, scale, top, peak)
-    return LayerResult(
-        nearest_error, learned_error, int((codes != fixed).sum()), int(codes.numel())
-    )
+    codes = rounding.codes()
+    learned_error = _error(layer, x, bias, codes * rounding.scale, targets, settings.batch_size)
+    changed = rounding.changed()
+    rounding.store()
+    return LayerResult(nearest_error, learned_error, changed, int(codes.numel()))
 
 
 @torch.no_grad()

@@ -22,8 +22,9 @@ A post-training quantized network (kind "ptq", written by ptq.py) adds "activati
 clip method), "bias_correction" and "bit_allocation" (the weight refinements),
 "calibration_images" and "float_acc" (the float network's test accuracy, measured in the same
 run), "allocation" (where its bits came from: "uniform", "random", "searched" or
-"sensitivity"), "rounding" (how its weights were rounded: "nearest" or "adaround") and
-"rounding_time_s" (the seconds a learned rounding took); it has no val_acc.
+"sensitivity"), "rounding" (how its weights were rounded: "nearest" or "adaround"),
+"reconstruction" (what a learned rounding reproduced: each "layer"'s output or each "block"'s)
+and "rounding_time_s" (the seconds a learned rounding took); it has no val_acc.
 
 Accuracies are fractions. `test_acc` and `test_acc_top5` are the fake-quantized network's on
 all `test_images` of the test split; the integer check (edmips.export.verify) runs on
@@ -108,6 +109,7 @@ class RetrainMetrics:
     float_acc: float | None = None
     allocation: str | None = None  # ptq: "uniform", "random", "searched" or "sensitivity"
     rounding: str | None = None  # ptq: "nearest" or "adaround" (edmips.ptq.adaround)
+    reconstruction: str | None = None  # ptq adaround: "layer" or "block"
     rounding_time_s: float | None = None  # ptq: the learned rounding's seconds
     other_agreements: dict = field(default_factory=dict)  # "<form>_agreement" of other forms
 
@@ -176,6 +178,7 @@ FIELDS = {
     "float_acc": FRACTION,
     "allocation": TEXT,
     "rounding": TEXT,
+    "reconstruction": TEXT,
     "rounding_time_s": NON_NEGATIVE,
 }
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from edmips.nn.layers import QuantConv2d, QuantLinear
 from edmips.programs.ptq import ptq
-from edmips.ptq import adaround, float_copy
+from edmips.ptq import adaround, float_copy, rounding
 
 QUICK = ["data.num_test=64", "calibration.images=16"]
 # A few steps: the end-to-end test checks the export, not how well the rounding is learned.
@@ -143,9 +143,9 @@ def test_nearest_rounding_leaves_the_network_as_it_is(ptq_cfg):
     cfg = ptq_cfg("arch=uniform", "model.weights=weights.pt")
     layer = conv(3)
     before = layer.weight.detach().clone()
-    assert adaround.apply(cfg, layer, None, None) == {"rounding": "nearest"}
+    assert rounding.apply(cfg, layer, None, None) == {"rounding": "nearest"}
     assert torch.equal(layer.weight, before)
-    assert adaround.correction(cfg) == cfg.ptq.bias_correction == "mean"
+    assert rounding.correction(cfg) == cfg.ptq.bias_correction == "mean"
 
 
 def test_the_regularizer_waits_then_anneals():
@@ -156,13 +156,15 @@ def test_the_regularizer_waits_then_anneals():
     assert torch.equal(adaround.rectified_sigmoid(v), torch.tensor([0.0, 0.5, 1.0]))
 
 
-def test_ptq_with_adaround_exports_bit_exactly(ptq_cfg, float_weights):  # noqa: F811
+@pytest.mark.parametrize("reconstruction", ["layer", "block"])
+def test_ptq_with_adaround_exports_bit_exactly(ptq_cfg, float_weights, reconstruction):  # noqa: F811
     cfg = ptq_cfg(
         f"model.weights={float_weights}",
         "arch=uniform",
         "wbits=2",  # codes -1, 0, 1: every top code stored at its channel's max |w|
         "abits=4",
         "ptq.rounding=adaround",
+        f"ptq.reconstruction={reconstruction}",  # block: the clips are learned too
         *QUICK_ADAROUND,
         *QUICK,
     )
@@ -170,6 +172,7 @@ def test_ptq_with_adaround_exports_bit_exactly(ptq_cfg, float_weights):  # noqa:
     stored = json.loads(open(f"{cfg.output_dir}/metrics.json").read())
     assert stored == result
     assert stored["rounding"] == "adaround" and stored["rounding_time_s"] > 0
+    assert stored["reconstruction"] == reconstruction
     assert stored["bias_correction"] == "none"  # replaced by the learned rounding
     assert stored["prediction_agreement"] == 1.0 and stored["qdq_agreement"] == 1.0
 
@@ -189,6 +192,18 @@ def test_ptq_with_adaround_exports_bit_exactly(ptq_cfg, float_weights):  # noqa:
         (
             ["ptq.rounding=adaround", "ptq.adaround.iterations=0"],
             "ptq.adaround.iterations=0: a whole number, at least 1",
+        ),
+        (
+            ["ptq.rounding=adaround", "ptq.reconstruction=banana"],
+            "ptq.reconstruction=banana: choose from layer, block",
+        ),
+        (
+            ["ptq.reconstruction=block"],
+            "ptq.reconstruction=block learns the rounding: add ptq.rounding=adaround",
+        ),
+        (
+            ["ptq.rounding=adaround", "ptq.adaround.drop=1"],
+            "ptq.adaround.drop=1: a probability, at least 0 and below 1",
         ),
     ],
 )
