@@ -175,6 +175,7 @@ def test_ptq_with_adaround_exports_bit_exactly(ptq_cfg, float_weights, reconstru
     assert stored["reconstruction"] == reconstruction
     assert stored["bias_correction"] == "none"  # replaced by the learned rounding
     assert stored["prediction_agreement"] == 1.0 and stored["qdq_agreement"] == 1.0
+    assert stored["int8_agreement"] == 1.0  # model_int8.onnx too
 
 
 @pytest.mark.parametrize(
