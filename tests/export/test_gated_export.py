@@ -2,6 +2,8 @@
 quantized tensors (a squeeze-excitation's gate times its features): each exact on every input
 code, and the networks built of them (EfficientNet, MobileNetV3, RegNetY) exported exactly."""
 
+import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ from torch import nn
 from edmips.export import ExportError, IntegerRuntime, export, load_bundle
 from edmips.export.lower import lower
 from edmips.export.onnx.qdq import qdq_runtime
+from edmips.export.onnx.qonnx import run_qonnx
 from edmips.export.runtime import _table
 from edmips.export.verify import integer_pair
 from edmips.models import create_model
@@ -193,3 +196,23 @@ def test_a_classifier_reading_a_shared_signed_input_keeps_its_bias_on_the_grid(f
     images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8).float() / 255
     expected, got = reference(images), integer(images)
     assert (got - expected).abs().max() <= 1e-9 * expected.abs().max()
+
+
+def test_thresholds_on_sums_beyond_float32_compare_in_float64(tmp_path):
+    """At 8 bits on a 64x64 map the squeeze-excitation's pooled sums times its weights need a
+    31-bit accumulator: both ONNX files hold it in float64 and compare it with the thresholds
+    there, and compute the integer runtime's logits."""
+    torch.manual_seed(0)
+    model = calibrated(quantize(Gate(), wbits=8, abits=8), 66)
+    paths = [p.name for p in export(model, (3, 66, 66), tmp_path)]
+    assert paths == ["integer", "model.onnx", "model_qdq.onnx"]  # int8: refused, one line
+    graph = load_bundle(tmp_path / "integer")
+    assert graph.node("fc1").attrs["acc_bits"] > 25
+    codes = _codes(66, n=2)
+    logits = IntegerRuntime(graph)(codes)
+    qdq = onnx.load(str(tmp_path / "model_qdq.onnx"))
+    onnx.checker.check_model(qdq, full_check=True)
+    _, integer = integer_pair(model, tmp_path / "integer")
+    images = codes.float() / 255
+    assert torch.equal(qdq_runtime(tmp_path / "model_qdq.onnx")(images), integer(images))
+    assert np.array_equal(run_qonnx(tmp_path / "model.onnx", codes.numpy()), logits.numpy())

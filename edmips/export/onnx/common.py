@@ -72,9 +72,10 @@ class Writer:
             if write is None:
                 raise ExportError(f"node {node.name}: op {node.op!r} has no ONNX form")
             if any(i in self.wide for i in node.inputs):
-                if node.op not in WIDE_OPS:
+                if node.op in WIDE_OPS:
+                    self.wide.add(node.name)
+                elif node.op != "threshold":  # a threshold compares in float64 (`wide_input`)
                     raise ExportError(f"node {node.name}: reads integers beyond float32's")
-                self.wide.add(node.name)
             write(node, x)
             self.ranges[node.name] = node.attrs.get("range")
         last = self.graph.nodes[-1]
@@ -137,6 +138,11 @@ class Writer:
             dilations=list(attrs.get("dilation", (1, 1))),
             group=attrs["groups"],
         )
+
+    def wide_input(self, x: str) -> bool:
+        """Whether `x` holds integers in float64 (beyond float32's, thresholds included): a
+        threshold node reading it compares in float64, and its levels are float32 again."""
+        return x in self.wide
 
     def integers(self, name: str) -> str:
         """The tensor holding the integers of the graph's tensor `name`, in float32."""

@@ -59,7 +59,10 @@ class QdqWriter(Writer):
         return self.add("Cast", [codes], "image/float", to=TensorProto.FLOAT)
 
     def op_threshold(self, node: Node, x: str) -> None:
-        ops = threshold_ops(node, x, self.ranges.get(x), self.channel_shape(x), self.const)
+        if self.wide_input(x):
+            ops = _binary_search(node, x, self.channel_shape(x), self.const, np.float64)
+        else:
+            ops = threshold_ops(node, x, self.ranges.get(x), self.channel_shape(x), self.const)
         self.nodes.extend(ops)
 
     def logits(self, acc: str, node: Node) -> None:  # integers times their units
@@ -189,23 +192,22 @@ def threshold_ops(node: Node, x: str, x_range, channel_shape, const) -> list:
     return ops
 
 
-def _binary_search(node: Node, x: str, channel_shape, const) -> list:
+def _binary_search(node: Node, x: str, channel_shape, const, dtype=np.float32) -> list:
     """A threshold node in standard ops: level = #{k : u >= T_k}, u = sign * x, found by
     testing T at lo + 2^j - 1 for j from high to low (thresholds rise with k). The search
     walks an int32 position in the flat table and adds each step as reached * 2^j: onnxruntime
-    runs that about three times faster than a Where on int64."""
+    runs that about three times faster than a Where on int64. `dtype` is x's: float32, or
+    float64 for integers beyond float32's (the thresholds then are too)."""
     out, a = node.name, node.arrays
-    thresholds = a["thresholds"].astype(np.float32)  # integers within 2^24: exact
+    thresholds = a["thresholds"].astype(dtype)  # integers within the type's exact range
     channels, count = thresholds.shape
     steps = max(1, int(count).bit_length())  # 2^steps - 1 >= count
     width = 2**steps - 1
-    table = np.full((channels, width), 2.0**30, np.float32)  # past the last: never reached
+    table = np.full((channels, width), np.inf, dtype)  # past the last: never reached
     table[:, :count] = thresholds
     ops, op = scoped(out)
 
-    u = op(
-        "Mul", [x, const(f"{out}/sign", a["sign"].astype(np.float32).reshape(channel_shape))], "u"
-    )
+    u = op("Mul", [x, const(f"{out}/sign", a["sign"].astype(dtype).reshape(channel_shape))], "u")
     table = const(f"{out}/table", table.reshape(-1))
     rows = const(
         f"{out}/rows", (np.arange(channels, dtype=np.int32) * width).reshape(channel_shape)

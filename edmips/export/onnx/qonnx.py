@@ -29,19 +29,23 @@ class QonnxWriter(Writer):
 
     def op_threshold(self, node: Node, x: str) -> None:
         a, out = node.arrays, node.name
+        wide = self.wide_input(x)  # compared in float64, the levels cast back to float32
+        dtype = np.float64 if wide else np.float32
         if (a["sign"] < 0).any():
-            sign = a["sign"].astype(np.float32).reshape(self.channel_shape(x))
+            sign = a["sign"].astype(dtype).reshape(self.channel_shape(x))
             x = self.add("Mul", [x, self.const(f"{out}/sign", sign)], f"{out}/signed")
         lo, hi = node.attrs["range"]
         self.add(
             "MultiThreshold",
-            [x, self.const(f"{out}/t", a["thresholds"].astype(np.float32))],
-            out,
+            [x, self.const(f"{out}/t", a["thresholds"].astype(dtype))],
+            f"{out}/levels" if wide else out,
             domain="qonnx.custom_op.general",
             out_dtype=_datatype(lo, hi).name,
             out_bias=float(node.attrs["out_bias"]),
             out_scale=1.0,
         )
+        if wide:
+            self.add("Cast", [f"{out}/levels"], out, to=TensorProto.FLOAT)
 
     def logits(self, acc: str, node: Node) -> None:  # the integer logits
         self.add("Identity", [acc], "logits")
