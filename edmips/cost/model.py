@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edmips import import_submodules
+from edmips import Registry
 from edmips.cost.layers import LayerCost
 
-_MODELS: dict[str, "CostModel"] = {}
+_MODELS = Registry("cost", "edmips.cost")  # CostModel instances
 
 
 class CostModel:
@@ -91,23 +91,13 @@ class CostModel:
 
 def register(cls: type[CostModel]) -> type[CostModel]:
     """Class decorator: the cost model, under its name."""
-    if cls.name in _MODELS:
-        raise ValueError(f"cost model {cls.name!r} is registered twice")
-    _MODELS[cls.name] = cls()
+    _MODELS.add(cls.name, cls())
     return cls
 
 
 def get(name: str) -> CostModel:
-    _import_all()
-    if name not in _MODELS:
-        raise ValueError(f"unknown cost {name!r}: choose from {', '.join(names())}")
-    return _MODELS[name]
+    return _MODELS.get(name)
 
 
 def names() -> list[str]:
-    _import_all()
-    return sorted(_MODELS)
-
-
-def _import_all() -> None:
-    import_submodules("edmips.cost")
+    return _MODELS.names()

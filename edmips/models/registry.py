@@ -4,21 +4,20 @@ from collections.abc import Callable
 
 from torch import nn
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+from edmips import Registry
+
+_MODELS = Registry("model")
 
 
 def register_model(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    _MODELS[builder.__name__] = builder
-    return builder
+    return _MODELS.add(builder.__name__, builder)
 
 
 def list_models() -> list[str]:
-    return sorted(_MODELS)
+    return _MODELS.names()
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}: choose from {', '.join(list_models())}")
-    model = _MODELS[name](**kwargs)
+    model = _MODELS.get(name)(**kwargs)
     model.name = name
     return model

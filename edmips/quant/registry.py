@@ -9,41 +9,30 @@ residual sum, a normalized image in a traced model). `conf/quant/<family>.yaml` 
 
 from dataclasses import dataclass
 
-from edmips import import_submodules
+from edmips import Registry
 from edmips.quant.protocol import ActivationQuantizer, WeightQuantizer
 
-_QUANTIZERS: dict[str, type] = {}
 # Modules of edmips.quant that define no quantizer: the Triton kernels need triton (and a GPU).
-_SKIPPED = frozenset({"kernels"})
+_QUANTIZERS = Registry("quantizer", __package__, skip=frozenset({"kernels"}))
 
 
 def register(name: str):
     """Class decorator: the quantizer is found by `get(name)`."""
 
     def add(cls):
-        if _QUANTIZERS.get(name, cls) is not cls:
-            raise ValueError(f"quantizer {name!r} is registered twice")
+        _QUANTIZERS.add(name, cls)
         cls.name = name
-        _QUANTIZERS[name] = cls
         return cls
 
     return add
 
 
-def _load_all() -> None:
-    import_submodules(__package__, _SKIPPED)
-
-
 def get(name: str) -> type:
-    _load_all()
-    if name not in _QUANTIZERS:
-        raise ValueError(f"unknown quantizer {name!r}: choose from {', '.join(names())}")
-    return _QUANTIZERS[name]
+    return _QUANTIZERS.get(name)
 
 
 def names() -> list[str]:
-    _load_all()
-    return sorted(_QUANTIZERS)
+    return _QUANTIZERS.names()
 
 
 @dataclass(frozen=True)

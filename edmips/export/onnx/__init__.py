@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 from torch import Tensor
 
-from edmips import import_submodules
+from edmips import Registry
 from edmips.export.ir import Graph
 from edmips.records.files import write_file_atomic
 
@@ -26,31 +26,24 @@ class Form:
     runner: Callable[[Path], Callable[[Tensor], Tensor]] | None = None
 
 
-_FORMS: dict[str, Form] = {}
+_FORMS = Registry("ONNX form", __name__)
 
 
 def register(form: Form) -> Form:
-    if form.name in _FORMS:
-        raise ValueError(f"ONNX form {form.name!r} is registered twice")
-    _FORMS[form.name] = form
-    return form
+    return _FORMS.add(form.name, form)
 
 
 def unregister(name: str) -> None:
-    _FORMS.pop(name)
+    _FORMS.remove(name)
 
 
 def forms() -> list[Form]:
     """Every registered form, by file name (model.onnx first)."""
-    import_submodules(__name__)
-    return sorted(_FORMS.values(), key=lambda form: form.file_name)
+    return sorted(_FORMS.members().values(), key=lambda form: form.file_name)
 
 
 def form(name: str) -> Form:
-    found = {f.name: f for f in forms()}
-    if name not in found:
-        raise ValueError(f"unknown ONNX form {name!r}: choose from {', '.join(found)}")
-    return found[name]
+    return _FORMS.get(name)
 
 
 def to_onnx(graph: Graph, name: str = "qonnx") -> onnx.ModelProto:
