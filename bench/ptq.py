@@ -8,9 +8,10 @@ accuracy), is quantized at W4A4 with the post-training family (clipped activatio
 weights; first conv and classifier at 8 bits, as ptq.py), and prints one JSON line per phase:
 
   calibrate  the calibration images through the network, then ACIQ-mix clips (edmips.ptq.stats)
-  adaround   with --rounding adaround: every layer's rounding learned on the calibration images
-             against the float network (edmips.ptq.adaround, conf/ptq.yaml's settings); with
-             --reconstruction block, every block's rounding and clips (edmips.ptq.reconstruct)
+  adaround   with --rounding adaround: every block's rounding and clips learned on the
+             calibration images against the float network (edmips.ptq.reconstruct,
+             conf/ptq.yaml's settings); with --reconstruction layer, every layer's rounding
+             (edmips.ptq.adaround)
   lower      the integer graph (edmips.export.lower)
   export     the bundle and both ONNX files written (edmips.export.export, lowering included)
   verify     the test images through the reference, the integer runtime and the QDQ ONNX model
@@ -55,7 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounding", choices=rounding.ROUNDINGS, default="nearest")
-    p.add_argument("--reconstruction", choices=rounding.RECONSTRUCTIONS, default="layer")
+    p.add_argument("--reconstruction", choices=rounding.RECONSTRUCTIONS, default="block")
     p.add_argument("--out", type=Path, help="also write the lines to this file")
     return p.parse_args(argv)
 

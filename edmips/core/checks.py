@@ -68,6 +68,7 @@ MAX_SEED = 2**32 - 1  # numpy's generators take seeds 0 .. 2^32 - 1
 PTQ_DEFAULTS = {
     "ptq.activation_clip": "aciq_mix",
     "ptq.bias_correction": "mean",
+    "ptq.reconstruction": "block",
     "sensitivity.images": 64,
 }
 

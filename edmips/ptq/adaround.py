@@ -1,5 +1,5 @@
-"""Learned rounding of max-abs weights, `ptq.rounding=adaround`: AdaRound (Nagel et al. 2020,
-"Up or Down? Adaptive Rounding for Post-Training Quantization").
+"""Learned rounding of max-abs weights, `ptq.rounding=adaround ptq.reconstruction=layer`:
+AdaRound (Nagel et al. 2020, "Up or Down? Adaptive Rounding for Post-Training Quantization").
 
 Layer by layer, in the order the network runs them, each weight's code is its floor on the
 max-abs grid plus h(V) = clip(sigmoid(V) * (ZETA - GAMMA) + GAMMA, 0, 1), V starting where h(V)
@@ -19,8 +19,9 @@ as `codes * scale`, the top codes as the channel's own max |w| (the float produc
 rounding of the stored weights gives the learned codes on the same scale: the export and its
 integer check are those of any max-abs network.
 
-`ptq.reconstruction=block` learns the same roundings from each residual block's output instead
-of each layer's, with the activation clips (edmips.ptq.reconstruct).
+`ptq.reconstruction=block` (the default) learns the same roundings (LearnedRounding) from each
+residual block's output instead of each layer's, with the activation clips
+(edmips.ptq.reconstruct).
 
 Bias correction moves the quantized weights toward the float weights' mean, which the stored
 weights then are: after AdaRound it has nothing left to correct, so AdaRound replaces it

@@ -33,9 +33,9 @@ def check(cfg: DictConfig) -> None:
             f"ptq.reconstruction={reconstruction}: choose from {', '.join(RECONSTRUCTIONS)}"
         )
     if rounding == "nearest":
-        if reconstruction != "layer":
+        if reconstruction != PTQ_DEFAULTS["ptq.reconstruction"]:
             raise ValueError(
-                f"ptq.reconstruction={reconstruction} learns the rounding: "
+                f"ptq.reconstruction={reconstruction}: only a learned rounding reconstructs; "
                 "add ptq.rounding=adaround"
             )
         return

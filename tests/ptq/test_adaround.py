@@ -199,8 +199,8 @@ def test_ptq_with_adaround_exports_bit_exactly(ptq_cfg, float_weights, reconstru
             "ptq.reconstruction=banana: choose from layer, block",
         ),
         (
-            ["ptq.reconstruction=block"],
-            "ptq.reconstruction=block learns the rounding: add ptq.rounding=adaround",
+            ["ptq.reconstruction=layer"],
+            "ptq.reconstruction=layer: only a learned rounding reconstructs; add ptq.rounding",
         ),
         (
             ["ptq.rounding=adaround", "ptq.adaround.drop=1"],
