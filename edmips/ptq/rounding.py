@@ -83,7 +83,14 @@ def apply(cfg: DictConfig, model: nn.Module, float_net: nn.Module, loader) -> di
             f"ptq.adaround.images={settings.images}: the training split has only {len(images)}"
         )
     learn = reconstruct_network if cfg.ptq.reconstruction == "block" else round_network
-    results = learn(model, float_net, images, settings, cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:  # on the GPU where there is one (an ImageNet network's blocks); the rest runs on the CPU
+        results = learn(
+            model.to(device), float_net.to(device), images.to(device), settings, cfg.seed
+        )
+    finally:
+        model.cpu()
+        float_net.cpu()
     seconds = time.perf_counter() - start
     changed = sum(r.changed for r in results.values())
     total = sum(r.weights for r in results.values())
