@@ -205,12 +205,20 @@ def _weights(roundings: dict[str, LearnedRounding], which: str):
             del rounding.layer.quant_weight
 
 
+def _uniform(shape, generator: torch.Generator, device: torch.device) -> Tensor:
+    """QDrop's draws: from `generator` on the CPU; on a GPU from the device's own generator
+    (seeded with the run), not drawn on the host and copied every step."""
+    if device.type == "cpu":
+        return torch.rand(shape, generator=generator)
+    return torch.rand(shape, device=device)
+
+
 @contextmanager
 def _dropped(clips: dict[str, ClippedQuant], drop: float, generator: torch.Generator):
     """QDrop: each value a quantizer outputs is its float value with probability `drop`."""
 
     def hook(q, args, out):
-        keep = (torch.rand(out.shape, generator=generator) >= drop).to(out.device)
+        keep = _uniform(out.shape, generator, out.device) >= drop
         return torch.where(keep, out, q.float_forward(args[0]))
 
     handles = [q.register_forward_hook(hook) for q in clips.values()] if drop > 0 else []
@@ -253,7 +261,7 @@ def reconstruct_block(
                 )
                 x = inputs[pick]
                 if settings.drop > 0:
-                    take = (torch.rand(x.shape, generator=generator) < settings.drop).to(x.device)
+                    take = _uniform(x.shape, generator, x.device) < settings.drop
                     x = torch.where(take, float_inputs[pick], x)
                 loss = _loss(module(x), targets[pick])
                 beta = beta_at(step, settings.iterations)
