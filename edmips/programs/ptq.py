@@ -25,7 +25,7 @@ from edmips.export import export
 from edmips.export.verify import verify
 from edmips.nn import to_fixed
 from edmips.nn.convert import fixed_ends
-from edmips.nn.fold import absorb_batch_norms
+from edmips.nn.fold import absorb_batch_norms, absorb_into_bias
 from edmips.programs import sensitivity
 from edmips.programs.retrain import arch_kind, arch_record, resolve_arch
 from edmips.ptq import (
@@ -68,6 +68,9 @@ def ptq(cfg: DictConfig) -> dict:
         else:
             gathered = _gathered(cfg, model, datamodule, given)
         stats.finish(model, clip)
+        # int8sim's batch norms become the convs' weights and biases, as its lowering makes
+        # them: the refinements below then correct the weights that are exported
+        absorb_into_bias(model)
         bit_allocation.allocate_weights(model, cfg.ptq.bit_allocation)
         rounded = rounding.apply(cfg, model, float_net, datamodule.train_dataloader())
         bias_correction.correct(model, rounding.correction(cfg))

@@ -377,6 +377,27 @@ def test_ptq_in_the_int8sim_family_with_its_defaults_succeeds(tmp_path, resnet8_
     _assert_int8_file_is_the_runtime(out)
 
 
+def test_int8sim_corrects_the_weights_it_exports(tmp_path, resnet8_weights):
+    """int8sim's lowering absorbs each batch norm into the conv before it (weights W * s): mean
+    bias correction must correct those weights, not W. With batch norms whose scales s are far
+    from 1, the corrected network at W8A8 computes what the uncorrected one does, to within a
+    few percent (correcting W, then scaling it by s, was off by s)."""
+    state = torch.load(resnet8_weights)
+    g = torch.Generator().manual_seed(0)
+    for key in [k for k in state if k.endswith("running_var")]:
+        state[key] = torch.rand(state[key].shape, generator=g) * 4 + 0.05
+    weights = tmp_path / "scaled.pt"
+    torch.save(state, weights)
+    logits = {}
+    for correction in ("none", "mean"):
+        args = ("quant=int8sim", "wbits=8", "abits=8", f"ptq.bias_correction={correction}")
+        _, out = _ptq(tmp_path / correction, weights, *args)
+        graph = load_bundle(out / "integer")
+        unit = torch.as_tensor(graph.node(graph.output).attrs["scale"], dtype=torch.float64)
+        logits[correction] = IntegerRuntime(graph)(image_batch(32)[0]) * unit
+    assert (logits["mean"] - logits["none"]).norm() < 0.1 * logits["none"].norm()
+
+
 def test_a_family_without_qlinearconv_s_arithmetic_counts_on_convinteger(tmp_path):
     """qatsim's thresholds (a batch norm between each conv and its quantizer) fit no
     requantization: model_int8.onnx counts them on ConvInteger, to the bit."""
