@@ -71,6 +71,7 @@ def ptq(cfg: DictConfig) -> dict:
         # int8sim's batch norms become the convs' weights and biases, as its lowering makes
         # them: the refinements below then correct the weights that are exported
         absorb_into_bias(model)
+        absorb_into_bias(float_net)  # the learned rounding's targets: the same convs in float
         bit_allocation.allocate_weights(model, cfg.ptq.bit_allocation)
         rounded = rounding.apply(cfg, model, float_net, datamodule.train_dataloader())
         bias_correction.correct(model, rounding.correction(cfg))
