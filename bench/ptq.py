@@ -37,8 +37,7 @@ from edmips.export.verify import verify  # noqa: E402
 from edmips.models import create_model  # noqa: E402
 from edmips.nn import default_searched, to_fixed  # noqa: E402
 from edmips.nn.convert import first_and_last  # noqa: E402
-from edmips.ptq import adaround, float_copy, method, rounding, stats  # noqa: E402
-from edmips.ptq.reconstruct import reconstruct_network  # noqa: E402
+from edmips.ptq import float_copy, method, rounding, stats  # noqa: E402
 from edmips.quant.registry import Family  # noqa: E402
 
 PTQ = Family("clipped", "maxabs", "clipped_signed")  # conf/quant/ptq.yaml
@@ -95,10 +94,9 @@ def calibrate(model, batches, clip) -> dict[str, float]:
 def learn_rounding(model, batches, reconstruction: str) -> dict:
     """AdaRound at conf/ptq.yaml's settings, against the float network, on the calibration
     images, layer by layer or block by block."""
-    settings = adaround.Settings(**OmegaConf.load(ROOT / "conf" / "ptq.yaml").ptq.adaround)
+    settings = rounding.adaround_settings(OmegaConf.load(ROOT / "conf" / "ptq.yaml"))
     images = torch.cat([x for x, _ in batches])
-    learn = reconstruct_network if reconstruction == "block" else adaround.round_network
-    return learn(model, float_copy(model), images, settings)
+    return rounding.LEARNERS[reconstruction](model, float_copy(model), images, settings)
 
 
 def bench(spec: str, args) -> list[dict]:

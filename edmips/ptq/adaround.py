@@ -30,6 +30,7 @@ weights then are: after AdaRound it has nothing left to correct, so AdaRound rep
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from rich.progress import track
@@ -171,14 +172,33 @@ def beta_at(step: int, iterations: int) -> float | None:
     return BETA_END + (BETA_START - BETA_END) * (1 - done)
 
 
-def _error(layer, x, bias, weight, targets, batch_size) -> float:
-    """The loss's output error on every image (a mean over them)."""
+def output_error(out: Tensor, target: Tensor) -> Tensor:
+    """The squared error summed over channels, averaged over positions and images: what a
+    layer's or a block's rounding is learned to lower."""
+    return ((out - target) ** 2).sum(1).mean()
+
+
+def mean_error(forward, x: Tensor, targets: Tensor, batch_size: int) -> float:
+    """output_error of `forward` on every image (a mean over them)."""
     with torch.no_grad():
         total = sum(
-            float(((layer.weighted(xb, weight, bias) - tb) ** 2).sum(1).mean()) * len(xb)
+            float(output_error(forward(xb), tb)) * len(xb)
             for xb, tb in zip(x.split(batch_size), targets.split(batch_size))
         )
     return total / len(x)
+
+
+def drawn(count: int, settings: Settings, generator: torch.Generator | None) -> Tensor:
+    """A step's images: `settings.batch_size` of the `count` drawn."""
+    return torch.randint(count, (min(settings.batch_size, count),), generator=generator)
+
+
+def regularized(error: Tensor, roundings, step: int, settings: Settings) -> Tensor:
+    """The error plus the roundings' annealed regularizer, once the warm-up is over."""
+    beta = beta_at(step, settings.iterations)
+    if beta is None or settings.regularization <= 0:
+        return error
+    return error + settings.regularization * sum(r.regularizer(beta) for r in roundings)
 
 
 class LearnedRounding:
@@ -244,25 +264,25 @@ def round_layer(
     layer) approaches `targets`, and store the rounded weights in `layer.weight`."""
     rounding = LearnedRounding(layer)
     x, bias = layer_input(layer, inputs)
-    nearest_error = _error(
-        layer, x, bias, rounding.nearest * rounding.scale, targets, settings.batch_size
-    )
+
+    def error_with(weight: Tensor) -> float:
+        forward = partial(layer.weighted, weight=weight, bias=bias)
+        return mean_error(forward, x, targets, settings.batch_size)
+
+    nearest_error = error_with(rounding.nearest * rounding.scale)
     optimizer = torch.optim.Adam([rounding.v], lr=LEARNING_RATE)
     with torch.enable_grad():
         for step in track(
             range(settings.iterations), description=f"adaround {name}", transient=True
         ):
-            pick = torch.randint(len(x), (min(settings.batch_size, len(x)),), generator=generator)
-            out = layer.weighted(x[pick], rounding.soft(), bias)
-            loss = ((out - targets[pick]) ** 2).sum(1).mean()
-            beta = beta_at(step, settings.iterations)
-            if beta is not None and settings.regularization > 0:
-                loss = loss + settings.regularization * rounding.regularizer(beta)
+            pick = drawn(len(x), settings, generator)
+            error = output_error(layer.weighted(x[pick], rounding.soft(), bias), targets[pick])
+            loss = regularized(error, [rounding], step, settings)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
     codes = rounding.codes()
-    learned_error = _error(layer, x, bias, codes * rounding.scale, targets, settings.batch_size)
+    learned_error = error_with(codes * rounding.scale)
     changed = rounding.changed()
     rounding.store()
     return LayerResult(nearest_error, learned_error, changed, int(codes.numel()))

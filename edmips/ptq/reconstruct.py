@@ -26,6 +26,7 @@ export and its integer check are unchanged.
 """
 
 import logging
+from collections import Counter
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -40,8 +41,11 @@ from edmips.ptq.adaround import (
     LEARNING_RATE,
     LearnedRounding,
     Settings,
-    beta_at,
+    drawn,
     learnable,
+    mean_error,
+    output_error,
+    regularized,
 )
 from edmips.quant.clipped import ClippedQuant
 from edmips.quant.primitives import FULL_PRECISION
@@ -154,39 +158,20 @@ def _run(module: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     return torch.cat([module(xb) for xb in x.split(batch_size)])
 
 
-def _error(module: nn.Module, x: Tensor, target: Tensor, batch_size: int) -> float:
-    """The loss's output error on every image (a mean over them)."""
-    with torch.no_grad():
-        total = sum(
-            float(_loss(module(xb), tb)) * len(xb)
-            for xb, tb in zip(x.split(batch_size), target.split(batch_size))
-        )
-    return total / len(x)
-
-
-def _loss(out: Tensor, target: Tensor) -> Tensor:
-    return ((out - target) ** 2).sum(1).mean()
-
-
 def _own_clips(gm: fx.GraphModule, block: Block) -> dict[str, ClippedQuant]:
     """The clipped activation quantizers that only this block uses: its quantized layers' input
     quantizers and the quantizers it calls (a quantizer shared with another block, such as a
     residual stream's, keeps its clip: the block before it was learned with it)."""
     modules = dict(gm.named_modules())
-    calls: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    inside = Counter(n.target for n in block.nodes if n.op == "call_module")
     clips = {}
-    for node in block.nodes:
-        if node.op != "call_module":
-            continue
-        module = modules[node.target]
+    for target in inside:
+        module = modules[target]
         if isinstance(module, QUANT_LAYERS) and isinstance(module.input_quant, ClippedQuant):
-            clips[f"{node.target}.input_quant"] = module.input_quant
-        inside = sum(n.op == "call_module" and n.target == node.target for n in block.nodes)
-        if isinstance(module, ClippedQuant) and calls[node.target] == inside:
-            clips[node.target] = module
+            clips[f"{target}.input_quant"] = module.input_quant
+        if isinstance(module, ClippedQuant) and calls[target] == inside[target]:
+            clips[target] = module
     return {name: q for name, q in clips.items() if q.bits < FULL_PRECISION}
 
 
@@ -242,7 +227,7 @@ def reconstruct_block(
 ) -> BlockResult:
     """Learn the block's roundings and clips (see the module's docstring) and store them."""
     with _weights(roundings, "nearest"):
-        nearest_error = _error(module, inputs, targets, settings.batch_size)
+        nearest_error = mean_error(module, inputs, targets, settings.batch_size)
     calibrated = {n: q.alpha.detach().clone() for n, q in clips.items()}
     groups = [{"params": [r.v for r in roundings.values()], "lr": LEARNING_RATE}]
     groups += [{"params": [q.alpha], "lr": CLIP_RATE * float(q.alpha)} for q in clips.values()]
@@ -256,19 +241,13 @@ def reconstruct_block(
             for step in track(
                 range(settings.iterations), description=f"reconstruct {name}", transient=True
             ):
-                pick = torch.randint(
-                    len(inputs), (min(settings.batch_size, len(inputs)),), generator=generator
-                )
+                pick = drawn(len(inputs), settings, generator)
                 x = inputs[pick]
                 if settings.drop > 0:
                     take = _uniform(x.shape, generator, x.device) < settings.drop
                     x = torch.where(take, float_inputs[pick], x)
-                loss = _loss(module(x), targets[pick])
-                beta = beta_at(step, settings.iterations)
-                if beta is not None and settings.regularization > 0:
-                    loss = loss + settings.regularization * sum(
-                        r.regularizer(beta) for r in roundings.values()
-                    )
+                error = output_error(module(x), targets[pick])
+                loss = regularized(error, roundings.values(), step, settings)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -282,7 +261,7 @@ def reconstruct_block(
     changed = sum(r.changed() for r in roundings.values())
     for rounding in roundings.values():
         rounding.store()
-    learned_error = _error(module, inputs, targets, settings.batch_size)
+    learned_error = mean_error(module, inputs, targets, settings.batch_size)
     if not learned_error < nearest_error:  # nothing gained: as calibrated, rounded to nearest
         with torch.no_grad():
             for n, r in roundings.items():

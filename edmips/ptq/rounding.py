@@ -20,7 +20,8 @@ from edmips.quant.registry import family, get
 log = logging.getLogger(__name__)
 
 ROUNDINGS = ("nearest", "adaround")
-RECONSTRUCTIONS = ("layer", "block")
+LEARNERS = {"layer": round_network, "block": reconstruct_network}  # by ptq.reconstruction
+RECONSTRUCTIONS = tuple(LEARNERS)
 
 
 def check(cfg: DictConfig) -> None:
@@ -76,13 +77,13 @@ def apply(cfg: DictConfig, model: nn.Module, float_net: nn.Module, loader) -> di
     if cfg.ptq.bias_correction != "none":
         log.info("ptq.bias_correction=%s is not applied after adaround", cfg.ptq.bias_correction)
     start = time.perf_counter()
-    settings = _settings(cfg)
+    settings = adaround_settings(cfg)
     images = torch.cat(list(batches(loader, settings.images)))
     if len(images) < settings.images:
         raise ValueError(
             f"ptq.adaround.images={settings.images}: the training split has only {len(images)}"
         )
-    learn = reconstruct_network if cfg.ptq.reconstruction == "block" else round_network
+    learn = LEARNERS[cfg.ptq.reconstruction]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:  # on the GPU where there is one (an ImageNet network's blocks); the rest runs on the CPU
         results = learn(
@@ -115,7 +116,8 @@ def apply(cfg: DictConfig, model: nn.Module, float_net: nn.Module, loader) -> di
     }
 
 
-def _settings(cfg: DictConfig) -> Settings:
+def adaround_settings(cfg: DictConfig) -> Settings:
+    """`cfg.ptq.adaround` (ptq.py's config, or conf/ptq.yaml as it is) as Settings."""
     s = cfg.ptq.adaround
     return Settings(
         int(s.iterations), int(s.images), int(s.batch_size), float(s.regularization), float(s.drop)
