@@ -16,6 +16,7 @@ from edmips.export.prepare import ExportError
 
 FLOAT32_EXACT_BITS = 25  # signed: |x| <= 2^24
 OPSET = 17
+FIT_STEPS = 100  # the steps of `widest`'s ternary search
 
 
 def scoped(out: str):
@@ -233,6 +234,16 @@ class Writer:
             self.logits(f"{out}/sum", node)
         else:  # integers held in float32 again, for the threshold after it
             self.add("Cast", [f"{out}/sum"], out, to=TensorProto.FLOAT)
+
+
+def widest(width, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Per channel, the point of [lo, hi] where `width` (concave there, vectorized over the
+    channels) is largest: a ternary search whose bracket shrinks by 2/3 a step."""
+    for _ in range(FIT_STEPS):
+        m1, m2 = lo + (hi - lo) / 3, hi - (hi - lo) / 3
+        rising = width(m1) < width(m2)
+        lo, hi = np.where(rising, m1, lo), np.where(rising, hi, m2)
+    return (lo + hi) / 2
 
 
 def check_float32_sum(node: Node) -> None:

@@ -37,10 +37,9 @@ from onnx import TensorProto, helper
 
 from edmips.export.ir import Node
 from edmips.export.onnx import Form, register
-from edmips.export.onnx.common import Writer, scoped
+from edmips.export.onnx.common import Writer, scoped, widest
 
 FLOAT32_INTEGERS = 2**24  # every integer of at most this magnitude is exact in float32
-_FIT_STEPS = 100  # ternary-search steps for a slope (the bracket shrinks by 2/3 each)
 
 
 class QdqWriter(Writer):
@@ -111,12 +110,8 @@ def level_estimate(node: Node, x_range, spread: int) -> tuple | None:
         low, high = offsets(slope)
         return high - low
 
-    s_lo, s_hi = np.zeros(len(u)), np.full(len(u), top + 1.0)
-    for _ in range(_FIT_STEPS):
-        m1, m2 = s_lo + (s_hi - s_lo) / 3, s_hi - (s_hi - s_lo) / 3
-        rising = width(m1) < width(m2)
-        s_lo, s_hi = np.where(rising, m1, s_lo), np.where(rising, s_hi, m2)
-    slope = ((s_lo + s_hi) / 2).astype(np.float32).astype(np.float64)
+    slope = widest(width, np.zeros(len(u)), np.full(len(u), top + 1.0))
+    slope = slope.astype(np.float32).astype(np.float64)
     low, high = offsets(slope)
     # the middle, or 1/2 inside the one bounded end, or 0 where neither end is bounded
     low_open, high_open = np.isinf(low), np.isinf(high)

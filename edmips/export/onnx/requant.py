@@ -24,11 +24,10 @@ import numpy as np
 from torch import nn
 
 from edmips.export.ir import Node
-from edmips.export.onnx.common import FLOAT32_EXACT_BITS
+from edmips.export.onnx.common import FLOAT32_EXACT_BITS, widest
 from edmips.export.prepare import ExportError
 from edmips.export.values import windows
 
-_FIT_STEPS = 100  # ternary-search steps for a fitted factor (the bracket shrinks by 2/3 each)
 _BIG = 1e9  # the bound of a clamped level's open side
 
 
@@ -188,12 +187,7 @@ def _widest_slope(out: np.ndarray, stored: np.ndarray):
         return hi - lo
 
     span = float(high - low + 1)
-    a_lo, a_hi = np.full(len(out), -span), np.full(len(out), span)
-    for _ in range(_FIT_STEPS):
-        m1, m2 = a_lo + (a_hi - a_lo) / 3, a_hi - (a_hi - a_lo) / 3
-        better = margin(m1) < margin(m2)
-        a_lo, a_hi = np.where(better, m1, a_lo), np.where(better, a_hi, m2)
-    return (a_lo + a_hi) / 2, shift_range
+    return widest(margin, np.full(len(out), -span), np.full(len(out), span)), shift_range
 
 
 def _inside(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
