@@ -2,15 +2,27 @@
 tested on the full CIFAR-10 test set, then the report (mean and std over seeds per kind).
 
     python bench/search_quality.py OUT [--bits 2] [--protocol cpu|gpu] [search overrides...]
+    python bench/search_quality.py OUT --start float [--bits 2 2.5] [--float-weights W]
 
 `cpu` (default) is a reduced protocol that fits in under an hour on a 2-core CPU: ResNet-8,
 searches of 8 epochs x 60 batches, retrains of 10 epochs x 80 batches (batch 128), two searched
 seeds, two uniform seeds, three random allocations. `gpu` is the shipped recipe
 (experiment=cifar10_resnet20, full epochs), the same networks.
+
+`--start float` asks the question of a user who has a trained float network: one float
+ResNet-20 (`--float-weights`, or trained here), then at each budget over W{2,3,4} A{2,3,4} the
+allocations searched from its weights, `ptq.py arch=sensitivity`, `ptq.py arch=search` (the
+selectors learned on calibration images alone), every uniform pair within 5% of the budget and
+a random one within 1%, each fine-tuned from the float weights with one recipe (`init=float`),
+`--seeds` seeds per kind; then the table per budget and kind (mean, standard deviation, the
+lowest agreement of the integer check) and each seed's paired differences.
 """
 
 import argparse
+import itertools
+import json
 import os
+import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -25,12 +37,39 @@ PROTOCOLS = {
     "gpu": {"common": [], "search": [], "retrain": []},
 }
 SEARCH_SEEDS, UNIFORM_SEEDS, RANDOM_SEEDS = (0, 1), (0, 1), (0, 1, 2)
+SPACE = (2, 3, 4)  # the from-float protocol's candidates, weights and activations
+FROM_FLOAT = {
+    "cpu": {
+        "common": ["model=resnet20", "trainer=cpu"],
+        "float": ["trainer.max_epochs=6"],
+        "search": [
+            "trainer.max_epochs=3",
+            "+trainer.limit_train_batches=100",
+            "search.warmup_epochs=1",
+            "search.optimizer.lr=0.01",
+        ],
+        "finetune": [
+            "trainer.max_epochs=3",
+            "+trainer.limit_train_batches=100",
+            "optimizer.lr=0.01",
+        ],
+    },
+    "gpu": {
+        "common": [],
+        "float": [],
+        "search": ["search.warmup_epochs=1", "search.optimizer.lr=0.01"],
+        "finetune": ["trainer.max_epochs=10", "optimizer.lr=0.01"],
+    },
+}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--bits", type=int, default=2)
+    parser.add_argument("--bits", type=float, nargs="+", default=[2])
+    parser.add_argument("--start", choices=("scratch", "float"), default="scratch")
+    parser.add_argument("--float-weights", type=Path, help="--start float: the float network")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--start float")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="cpu")
     parser.add_argument("--data", default="../shared/data/cifar10-jpeg.npz")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side")
@@ -43,6 +82,9 @@ def parse_args() -> argparse.Namespace:
 
 def jobs(args: argparse.Namespace, out: Path) -> tuple[dict, dict]:
     """The searches, then the retrains: {name: (run dir, argv)}."""
+    if len(args.bits) != 1:
+        raise SystemExit("error: --bits: one budget from scratch (several with --start float)")
+    args.bits = f"{args.bits[0]:g}"
     p = PROTOCOLS[args.protocol]
     common = ["experiment=cifar10_resnet20", f"data.path={args.data}", *p["common"]]
     common += ["trainer.enable_progress_bar=false"]
@@ -74,6 +116,118 @@ def jobs(args: argparse.Namespace, out: Path) -> tuple[dict, dict]:
     return searches, retrains
 
 
+def uniform_pairs(bits: float) -> list[tuple[int, int]]:
+    """Every (w, a) of the space whose equivalent bits, sqrt(w * a), are within 5% of `bits`."""
+    return [
+        (w, a)
+        for w, a in itertools.product(SPACE, SPACE)
+        if abs((w * a) ** 0.5 - bits) <= 0.05 * bits
+    ]
+
+
+def float_jobs(args: argparse.Namespace, out: Path, weights: Path) -> tuple[dict, dict]:
+    """From the float network: the allocations (searches and ptq.py's), then the fine-tunes."""
+    p = FROM_FLOAT[args.protocol]
+    space = [
+        f"space.wbits=[{','.join(map(str, SPACE))}]",
+        f"space.abits=[{','.join(map(str, SPACE))}]",
+    ]
+    data = ["data=cifar10", f"data.path={args.data}"]
+    common = ["experiment=cifar10_resnet20", *data, *p["common"], *space]
+    common += ["trainer.enable_progress_bar=false"]
+    ptq = ["ptq.py", "model=resnet20", *data, *space, f"model.weights={weights}"]
+    ptq += ["integer_check_images=100"]  # only its allocation is used
+    allocations, finetunes = {}, {}
+    for bits, s in itertools.product(args.bits, args.seeds):
+        b = f"{bits:g}"
+        budget = [f"target_bits={b}", f"seed={s}"]
+        allocations[f"search-{b}-{s}"] = (
+            out / "search" / b / str(s),
+            ["search.py", *common, *p["search"], f"model.weights={weights}", *budget]
+            + args.overrides,
+        )
+        for arch in ("sensitivity", "search"):
+            allocations[f"ptq-{arch}-{b}-{s}"] = (
+                out / "ptq" / f"{arch}-{b}-{s}",
+                [*ptq, f"arch={arch}", *budget],
+            )
+        kinds = {
+            "searched": [f"arch={out}/search/{b}/{s}/found.json"],
+            "sensitivity": [f"arch={out}/ptq/sensitivity-{b}-{s}/arch.json"],
+            "calibration_search": [f"arch={out}/ptq/search-{b}-{s}/arch.json"],
+            "random": ["arch=random", f"target_bits={b}"],
+        }
+        for w, a in uniform_pairs(bits):
+            kinds[f"uniform_W{w}A{a}"] = ["arch=uniform", f"wbits={w}", f"abits={a}"]
+        for kind, arch in kinds.items():
+            finetunes[f"finetune-{kind}-{b}-{s}"] = (
+                out / "finetune" / b / f"{kind}-{s}",
+                ["retrain.py", *common, *p["finetune"], "init=float", f"model.weights={weights}"]
+                + [*arch, f"seed={s}"],
+            )
+    return allocations, finetunes
+
+
+def float_network(args: argparse.Namespace, out: Path, run) -> Path:
+    """The given float network, or one trained by the protocol's float recipe."""
+    if args.float_weights is not None:
+        return args.float_weights.resolve()
+    p = FROM_FLOAT[args.protocol]
+    argv = ["retrain.py", "experiment=cifar10_resnet20", "data=cifar10", f"data.path={args.data}"]
+    argv += [*p["common"], *p["float"], "arch=float", "trainer.enable_progress_bar=false"]
+    run("float", out / "float", argv)
+    return out / "float" / "weights.pt"
+
+
+def float_table(out: Path) -> str:
+    """Per budget and kind: equivalent bits, each seed's top-1 (all test images), mean, standard
+    deviation and the lowest agreement; then each seed's paired differences."""
+    runs = {}  # (bits, kind) -> {seed: metrics}
+    for path in sorted((out / "finetune").glob("*/*/metrics.json")):
+        kind, seed = path.parent.name.rsplit("-", 1)
+        runs.setdefault((path.parent.parent.name, kind), {})[int(seed)] = json.loads(
+            path.read_text()
+        )
+    lines = ["| budget | allocation | equivalent bits | top-1 per seed | mean | std | agreement |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for (bits, kind), by_seed in sorted(runs.items()):
+        acc = [100 * m["test_acc"] for _, m in sorted(by_seed.items())]
+        eq = sorted({round(m["equivalent_bits"], 2) for m in by_seed.values()})
+        agree = min(
+            min(m["prediction_agreement"], m.get("qdq_agreement") or 1) for m in by_seed.values()
+        )
+        std = statistics.stdev(acc) if len(acc) > 1 else float("nan")
+        lines.append(
+            f"| {bits} | {kind} | {' / '.join(map(str, eq))} | {', '.join(f'{a:.2f}' for a in acc)}"
+            f" | {statistics.mean(acc):.2f} | {std:.2f} | {agree:.4f} |"
+        )
+    lines += ["", "| budget | paired difference | per seed | mean |", "|---|---|---|---|"]
+    for bits in sorted({b for b, _ in runs}):
+        acc = {
+            k: {s: 100 * m["test_acc"] for s, m in v.items()}
+            for (b, k), v in runs.items()
+            if b == bits
+        }
+        uniform = [k for k in acc if k.startswith("uniform")]
+        seeds = sorted(set.intersection(*(set(v) for v in acc.values())))
+        best_uniform = {s: max(acc[k][s] for k in uniform) for s in seeds} if uniform else None
+        pairs = [("searched", "sensitivity"), ("searched", "random"), ("sensitivity", "random")]
+        pairs += [("calibration_search", "sensitivity"), ("searched", "calibration_search")]
+        rows = [
+            (f"{a} - {b}", [acc[a][s] - acc[b][s] for s in seeds])
+            for a, b in pairs
+            if a in acc and b in acc
+        ]
+        if best_uniform and "searched" in acc:
+            rows.append(
+                ("searched - best uniform", [acc["searched"][s] - best_uniform[s] for s in seeds])
+            )
+        for name, diffs in rows:
+            per_seed = ", ".join(f"{d:+.2f}" for d in diffs)
+            lines.append(f"| {bits} | {name} | {per_seed} | {statistics.mean(diffs):+.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     args = parse_args()
     out = args.out.resolve()
@@ -89,10 +243,20 @@ def main() -> int:
             code = subprocess.call(argv, stdout=log, stderr=log, env=env)
         print(f"{name}: exit {code}", flush=True)
 
-    searches, retrains = jobs(args, out)
+    if args.start == "float":
+        weights = float_network(args, out, run)
+        first, then = float_jobs(args, out, weights)
+    else:
+        first, then = jobs(args, out)
     with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(lambda kv: run(kv[0], *kv[1]), searches.items()))
-        list(pool.map(lambda kv: run(kv[0], *kv[1]), retrains.items()))
+        list(pool.map(lambda kv: run(kv[0], *kv[1]), first.items()))
+        list(pool.map(lambda kv: run(kv[0], *kv[1]), then.items()))
+    if args.start == "float":
+        table = float_table(out)
+        (out / "table.md").write_text(table + "\n")
+        print(table)
+        print(f"table in {out / 'table.md'}")
+        return 0
     return subprocess.call(
         [
             sys.executable,

@@ -203,3 +203,32 @@ def test_ptq_bench_prints_one_line_per_network_and_phase(tmp_path, capsys):
     assert lines[0]["images"] == 4 and lines[-1]["prediction_agreement"] == 1.0
     printed = [json.loads(s) for s in capsys.readouterr().out.splitlines() if s.startswith("{")]
     assert printed == lines == [json.loads(s) for s in out.read_text().splitlines()]
+
+
+def test_search_quality_from_float_pairs_each_seed(tmp_path):
+    quality = load_bench("search_quality")
+    assert quality.uniform_pairs(2) == [(2, 2)]
+    assert quality.uniform_pairs(2.5) == [(2, 3), (3, 2)]  # 2.449 equivalent bits
+    ns = quality.argparse.Namespace(
+        bits=[2.5], seeds=[0, 1], protocol="cpu", data="d.npz", overrides=[]
+    )
+    allocations, finetunes = quality.float_jobs(ns, tmp_path, tmp_path / "w.pt")
+    assert len(allocations) == 2 * 3  # a search and two ptq.py allocations per seed
+    assert len(finetunes) == 2 * 6  # searched, sensitivity, calibration_search, random, 2 uniform
+    for _, argv in finetunes.values():
+        assert "init=float" in argv and f"model.weights={tmp_path / 'w.pt'}" in argv
+    # metrics as the fine-tunes write them: the table pairs each seed's runs
+    accs = {"searched": (0.70, 0.72), "sensitivity": (0.69, 0.68), "random": (0.66, 0.67)}
+    accs |= {"calibration_search": (0.71, 0.70), "uniform_W2A3": (0.69, 0.73)}
+    accs |= {"uniform_W3A2": (0.68, 0.69)}
+    for kind, per_seed in accs.items():
+        for seed, acc in enumerate(per_seed):
+            run = tmp_path / "finetune" / "2.5" / f"{kind}-{seed}"
+            run.mkdir(parents=True)
+            metrics = {"test_acc": acc, "equivalent_bits": 2.5, "prediction_agreement": 1.0}
+            (run / "metrics.json").write_text(json.dumps(metrics | {"qdq_agreement": 1.0}))
+    table = quality.float_table(tmp_path)
+    assert "| 2.5 | searched | 2.5 | 70.00, 72.00 | 71.00 | 1.41 | 1.0000 |" in table
+    assert "| 2.5 | searched - sensitivity | +1.00, +4.00 | +2.50 |" in table
+    # the best uniform under each seed: W2A3 at seed 0 (69) and W2A3 at seed 1 (73)
+    assert "| 2.5 | searched - best uniform | +1.00, -1.00 | +0.00 |" in table

@@ -61,6 +61,7 @@ def _signed_space(cfg: DictConfig, family) -> None:
 INITS = ("scratch", "search", "float")  # where a retrain's weights start
 FLOAT = "float"  # arch=float: the float network, every layer and quantizer at 32 bits
 SENSITIVITY = "sensitivity"  # ptq.py: the allocation from each layer's measured loss increase
+SEARCH = "search"  # ptq.py: the search's selectors learned on the calibration images alone
 MAX_SEED = 2**32 - 1  # numpy's generators take seeds 0 .. 2^32 - 1
 # conf/ptq.yaml's settings, accepted wherever they do not apply (its refinements under a family
 # without the quantizers they refine, sensitivity.images beside fewer calibration images): a
@@ -95,24 +96,30 @@ def check_ptq(cfg: DictConfig) -> None:
     _number(cfg, "calibration.images", minimum=1, integer=True)
     _flag(cfg, "bn_fold")
     _number(cfg, "seed", minimum=0, maximum=MAX_SEED, integer=True)
-    if cfg.arch == SENSITIVITY:
+    if cfg.arch in (SENSITIVITY, SEARCH):
         if not _budget(cfg) and OmegaConf.select(cfg, "target_bits") is None:
             raise ConfigError(
-                "arch=sensitivity needs a budget: add target_bits=B (or budget.<cost>=<value>)"
+                f"arch={cfg.arch} needs a budget: add target_bits=B (or budget.<cost>=<value>)"
             )
         _number(cfg, "target_bits", minimum=0, optional=True)
-        _sensitivity_images(cfg)
+        if cfg.arch == SENSITIVITY:
+            _sensitivity_images(cfg)
+        else:
+            _number(cfg, "search.steps", minimum=1, integer=True)
+            _number(cfg, "search.batch_size", minimum=1, integer=True)
+            _number(cfg, "search.lr", minimum=0)
+            _number(cfg, "search.sharpness", minimum=1)
         if OmegaConf.select(cfg, "space.sbits") is not None:
             raise ConfigError(
-                "space.sbits: arch=sensitivity measures signed inputs only at their shared 8 "
+                f"space.sbits: arch={cfg.arch} measures signed inputs only at their shared 8 "
                 "bits; drop space.sbits (a search or arch=random allocates them)"
             )
     else:
         _check_arch(cfg)
-    _no_unused_budget(cfg, ("random", SENSITIVITY))
+    _no_unused_budget(cfg, ("random", SENSITIVITY, SEARCH))
     if cfg.arch == FLOAT:
         raise ConfigError("arch=float: post-training quantization needs bits to quantize to")
-    if cfg.arch in ("random", SENSITIVITY):
+    if cfg.arch in ("random", SENSITIVITY, SEARCH):
         family = _family(cfg)
         for kind, supported in (("wbits", family.weight_bits), ("abits", family.activation_bits)):
             _bit_list(cfg, f"space.{kind}", list(supported))

@@ -63,8 +63,8 @@ def ptq(cfg: DictConfig) -> dict:
         float_acc = accuracy(float_net, datamodule.test_dataloader())
         calibrated = time.perf_counter()
         clip = method(cfg.ptq.activation_clip)
-        if cfg.arch == sensitivity.KIND:
-            gathered, found = _sensitivity(cfg, model, costs, float_net, datamodule, given, clip)
+        if cfg.arch in sensitivity.MEASURED:
+            gathered, found = _measured(cfg, model, costs, float_net, datamodule, given, clip)
         else:
             gathered = _gathered(cfg, model, datamodule, given)
         stats.finish(model, clip)
@@ -109,12 +109,12 @@ def ptq(cfg: DictConfig) -> dict:
 
 
 def _quantizable(cfg: DictConfig, datamodule):
-    """The model at the arch's bits (at 8 bits for arch=sensitivity, whose allocation is
-    measured later), its architecture (None until then) and the searchable layers' costs; the
+    """The model at the arch's bits (at 8 bits for arch=sensitivity or search, whose allocation
+    is measured later), its architecture (None until then) and the searchable layers' costs; the
     first conv and the classifier at 8 bits unless the arch sets them; checked for the weight
     refinements before any image is read."""
     found = costs = None
-    if cfg.arch == sensitivity.KIND:
+    if cfg.arch in sensitivity.MEASURED:
         model, costs = sensitivity.model_at_8_bits(cfg, datamodule)
         to_fixed(model, fixed_ends(model, {c.name for c in costs}), registry.family(cfg))
     else:
@@ -156,19 +156,22 @@ def _gathered(cfg: DictConfig, model, datamodule, given) -> stats.CalibrationSta
     return given
 
 
-def _sensitivity(cfg: DictConfig, model, costs, float_net, datamodule, given, clip):
+def _measured(cfg: DictConfig, model, costs, float_net, datamodule, given, clip):
     """The statistics (gathered with every layer at 8 bits, or given) and the allocation
-    measured from them; `model` ends at the allocation's bits, its statistics restored."""
-    needed = cfg.sensitivity.images if given else cfg.calibration.images
+    measured from them (arch=sensitivity: on the first sensitivity.images; arch=search: on every
+    calibration image); `model` ends at the allocation's bits, its statistics restored."""
+    measured = cfg.sensitivity.images if cfg.arch == sensitivity.KIND else cfg.calibration.images
+    needed = measured if given else cfg.calibration.images
     drawn = sensitivity.drawn_images(datamodule.train_dataloader(), needed)
     gathered = given or stats.gather(model, [(x,) for x in drawn], needed)
     stats.restore(model, gathered)
     stats.finish(model, clip)
-    images = torch.cat(drawn)[: cfg.sensitivity.images]
+    images = torch.cat(drawn)[:measured]
     reference = sensitivity.logits(float_net, images, len(drawn[0]))
-    found = sensitivity.allocate(
-        cfg, model, costs, images, reference, gathered, clip, datamodule.name
+    allocate = (
+        sensitivity.allocate if cfg.arch == sensitivity.KIND else sensitivity.allocate_by_search
     )
+    found = allocate(cfg, model, costs, images, reference, gathered, clip, datamodule.name)
     to_fixed(model, found.bits(), registry.family(cfg))
     stats.restore(model, gathered)
     return gathered, found

@@ -1,10 +1,16 @@
-"""arch=sensitivity for ptq.py: the allocation that loses least within a budget, from each
-layer's measured loss increase at each (w, a) of the space (edmips.ptq.sensitivity), every
-other layer at 8 bits. The budget's dynamic program (edmips.search.budget) maximises minus the
-summed increases within 1% of `target_bits` in the cost's unit, or of a budget.<key>, or
-within several budgets at once (edmips.search.joint): the allocation a differentiable search
-must beat without training anything."""
+"""The allocations ptq.py measures on the float network itself.
 
+arch=sensitivity: the allocation that loses least within a budget, from each layer's measured
+loss increase at each (w, a) of the space (edmips.ptq.sensitivity), every other layer at 8 bits.
+The budget's dynamic program (edmips.search.budget) maximises minus the summed increases within
+1% of `target_bits` in the cost's unit, or of a budget.<key>, or within several budgets at once
+(edmips.search.joint): the allocation a differentiable search must beat without training
+anything.
+
+arch=search: the search's selectors learned alone on the calibration images, the weights frozen
+(edmips.search.post_training), and the most probable allocation within the budget."""
+
+import copy
 import logging
 
 import torch
@@ -12,18 +18,23 @@ from omegaconf import DictConfig
 
 from edmips.core.builders import build_model, measure
 from edmips.cost.weight_size import fixed_weight_bits
-from edmips.nn import default_searched, input_space, to_fixed
+from edmips.nn import default_searched, input_space, to_fixed, to_search
 from edmips.nn.convert import quantizer_names
 from edmips.programs.baselines import budget_record
 from edmips.ptq import sensitivity
 from edmips.ptq.stats import batches
 from edmips.quant import registry
 from edmips.records import arch as arch_file
-from edmips.search.joint import best_within, budgets_for
+from edmips.search import post_training
+from edmips.search.budget import BudgetPrice
+from edmips.search.joint import JointPrice, best_within, budgets_for
 
 log = logging.getLogger(__name__)
 
 KIND = "sensitivity"
+SEARCH = "search"
+MEASURED = (KIND, SEARCH)  # the archs whose allocation ptq.py measures
+SEARCH_KIND = "calibration_search"  # arch=search's allocation, as arch.json and reports name it
 LOSS = "kl_to_float"
 
 
@@ -93,6 +104,61 @@ def allocate(cfg, model, costs, images, reference, stats, clip, data: str) -> ar
         sensitivity_images=len(images),
         loss_at_8_bits=base,
         loss_increase={n: t.tolist() for n, t in zip(names, tables)},
+    )
+
+
+def allocate_by_search(cfg, model, costs, images, reference, stats, clip, data: str):
+    """The selectors of a search network made from `model` learned on `images` (the float
+    network's logits `reference`) within the budget, and the most probable allocation in it;
+    `model` is left as it came (8 bits, clips finished)."""
+    names = [c.name for c in costs]
+    family = registry.family(cfg)
+    quantizers = quantizer_names(model, names, family)
+    own = {id(m): n for n, m in model.named_modules()}
+    inputs = [own.get(id(model.get_submodule(n).input_quant)) for n in names]
+    network = to_search(copy.deepcopy(model), names, cfg.space.wbits, cfg.space.abits)
+    layers = [network.get_submodule(n) for n in names]
+    cache = sensitivity.ClipCache(stats, clip)  # each candidate's clip, as its bits calibrate it
+    for name, layer in zip(inputs, layers):
+        for q in layer.input_quants or ():
+            cache.set_bits(name, q, q.bits)
+    wspaces, aspaces = [m.wbits for m in layers], [m.abits_space() for m in layers]
+    fixed = fixed_weight_bits(model, names)
+    labels, held = budgets_for(cfg, costs, wspaces, aspaces, fixed)
+    price = BudgetPrice(held[0]) if len(held) == 1 else JointPrice(held, labels)
+    settings = cfg.search
+    losses, final_price = post_training.learn_selectors(
+        network, layers, price, images, reference, settings.steps, settings.lr,
+        settings.sharpness, settings.batch_size, cfg.seed,
+    )  # fmt: skip
+    wbits, abits = post_training.allocation(layers, held)
+    log.info(
+        "search: %d layers, %d steps on %d images; KL to float %.3g at the start, %.3g at the end",
+        len(names),
+        len(losses),
+        len(images),
+        losses[0],
+        losses[-1],
+    )
+    return arch_file.build(
+        model.name,
+        {"wbits": list(cfg.space.wbits), "abits": list(cfg.space.abits)},
+        costs,
+        wbits,
+        abits,
+        [m.probs_w().tolist() for m in layers],
+        [m.probs_a().tolist() for m in layers],
+        quantizers,
+        data=data,
+        fixed_weight_bits=fixed,
+        kind=SEARCH_KIND,
+        discretization="budget",
+        search_steps=len(losses),
+        search_images=len(images),
+        loss_at_start=losses[0],
+        loss_at_end=losses[-1],
+        final_mu=final_price,
+        **budget_record(cfg, held, labels, wbits, abits),
     )
 
 

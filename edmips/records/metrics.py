@@ -21,8 +21,8 @@ start-of-run check on the GPU), and whether the network was torch.compiled.
 A post-training quantized network (kind "ptq", written by ptq.py) adds "activation_clip" (the
 clip method), "bias_correction" and "bit_allocation" (the weight refinements),
 "calibration_images" and "float_acc" (the float network's test accuracy, measured in the same
-run), "allocation" (where its bits came from: "uniform", "random", "searched" or
-"sensitivity"), "rounding" (how its weights were rounded: "nearest" or "adaround"),
+run), "allocation" (where its bits came from: "uniform", "random", "searched", "sensitivity"
+or "calibration_search"), "rounding" (how its weights were rounded: "nearest" or "adaround"),
 "reconstruction" (what a learned rounding reproduced: each "layer"'s output or each "block"'s)
 and "rounding_time_s" (the seconds a learned rounding took); it has no val_acc.
 
@@ -107,7 +107,7 @@ class RetrainMetrics:
     bit_allocation: str | None = None
     calibration_images: int | None = None
     float_acc: float | None = None
-    allocation: str | None = None  # ptq: "uniform", "random", "searched" or "sensitivity"
+    allocation: str | None = None  # ptq: "uniform", "random", "searched", "sensitivity", ...
     rounding: str | None = None  # ptq: "nearest" or "adaround" (edmips.ptq.adaround)
     reconstruction: str | None = None  # ptq adaround: "layer" or "block"
     rounding_time_s: float | None = None  # ptq: the learned rounding's seconds

@@ -63,9 +63,17 @@ SUMMARY_COLUMNS = (
     "test_acc_std",
 )
 # Where a network's bits came from: the baselines after the searched networks (sensitivity:
-# ptq.py's allocation from measured loss increases; micronet: a seed's fixed policy), the float
-# ceiling last.
-NETWORKS = ("searched", "uniform", "random", "sensitivity", *POLICIES, "float")
+# ptq.py's allocation from measured loss increases; calibration_search: ptq.py's selectors
+# learned on calibration images alone; micronet: a seed's fixed policy), the float ceiling last.
+NETWORKS = (
+    "searched",
+    "uniform",
+    "random",
+    "sensitivity",
+    "calibration_search",
+    *POLICIES,
+    "float",
+)
 FLOAT = "float"  # the float network's kind and network: every layer at 32 bits
 PTQ = "ptq"  # a post-training quantized network (ptq.py): never trained at its bits
 TESTED = ("retrain", PTQ, FLOAT)  # the kinds of run with a test accuracy

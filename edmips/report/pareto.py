@@ -26,6 +26,7 @@ _NETWORK_STYLE = {
     "uniform": ("s", "--"),
     "random": ("^", ":"),
     "sensitivity": ("D", "-."),
+    "calibration_search": ("v", "-."),
     "micronet": ("P", "none"),  # a seed's fixed policy: no budgets to join
 }
 MARKER_PX = 6  # half the side of the box a marker keeps free of labels

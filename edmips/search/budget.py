@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 from edmips.cost.layers import LayerCost
 from edmips.cost.model import CostModel
@@ -136,6 +137,20 @@ class BudgetPrice(nn.Module):
             p_a = torch.softmax(logits_a - tilt_a, -1)
         spent = (p_w.unsqueeze(-2) @ self.table @ p_a.unsqueeze(-1)).flatten(1).sum(-1)
         return spent, tilt_w, tilt_a
+
+
+@torch.no_grad()
+def tilt_selectors(layers: list[nn.Module], price: nn.Module) -> Tensor:
+    """Tilt the composite layers' selectors by the price that puts their expected cost on the
+    budget (`price`: a BudgetPrice, or a JointPrice for several); the price (the primary's)."""
+    pad = float("-inf")
+    logits_w = pad_sequence([m.logits_w() for m in layers], True, pad)
+    logits_a = pad_sequence([m.logits_a() for m in layers], True, pad)
+    value, tilt_w, tilt_a = price.tilts(logits_w, logits_a)
+    for m, tw, ta in zip(layers, tilt_w, tilt_a):
+        m.tilt_w.copy_(tw[: len(m.tilt_w)])
+        m.tilt_a.copy_(ta[: len(m.tilt_a)])
+    return value
 
 
 def check_reachable(budget: Budget, tables: list[np.ndarray] | None = None) -> None:

@@ -22,13 +22,12 @@ of its own (edmips/search/joint.py); `mu` records the primary's, `prices` all of
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pad_sequence
 
 from edmips.core.classifier import Classifier, make_optimizer
 from edmips.cost import model as cost_models
 from edmips.cost.layers import LayerCost, searched
 from edmips.nn.layers import is_selector
-from edmips.search.budget import Budget, BudgetPrice
+from edmips.search.budget import Budget, BudgetPrice, tilt_selectors
 from edmips.search.discretize import choose_bits
 from edmips.search.joint import JointPrice
 
@@ -84,20 +83,10 @@ class SearchModule(Classifier):
     def probs(self) -> tuple[list[Tensor], list[Tensor]]:
         return [m.probs_w() for _, m in self.layers], [m.probs_a() for _, m in self.layers]
 
-    @torch.no_grad()
     def apply_budget(self) -> None:
         """Tilt the selectors so that the expected bits are on the budget (no-op without one)."""
-        if self.budget is None:
-            return
-        modules = [m for _, m in self.layers]
-        pad = float("-inf")
-        logits_w = pad_sequence([m.logits_w() for m in modules], True, pad)
-        logits_a = pad_sequence([m.logits_a() for m in modules], True, pad)
-        price, tilt_w, tilt_a = self.budget.tilts(logits_w, logits_a)
-        self.mu.copy_(price)
-        for m, tw, ta in zip(modules, tilt_w, tilt_a):
-            m.tilt_w.copy_(tw[: len(m.tilt_w)])
-            m.tilt_a.copy_(ta[: len(m.tilt_a)])
+        if self.budget is not None:
+            self.mu.copy_(tilt_selectors([m for _, m in self.layers], self.budget))
 
     def sharpness_at(self, epoch: int) -> float:
         """1 until the selectors start to train, then geometric up to the final sharpness."""

@@ -1,0 +1,80 @@
+"""The search's selectors learned alone, the network's weights frozen: ptq.py's `arch=search`.
+
+A trained float network's searched layers become composite over the candidate bit-widths (as
+in the search), each candidate quantizer calibrated as post-training quantization calibrates it.
+Then only the selectors learn, by SGD on the calibration images, to make the composite network's
+class distribution match the float network's (the KL divergence that `arch=sensitivity`
+measures, here differentiable through every layer at once), while the budget's price holds the
+expected cost on the target at every step (edmips.search.budget) and the sharpness rises
+geometrically from 1 to its final value, as in the search. Unlike the per-layer sensitivity,
+what one layer's bits cost is learned with every other layer at its own mixture of
+low-precision candidates: the errors compound as they will in the quantized network.
+
+The allocation is the most probable one within the budget (the budget's dynamic program over
+the selectors' log-probabilities, `best_within`): it meets one budget within 1%, or several.
+"""
+
+import torch
+import torch.nn.functional as F
+from rich.progress import track
+from torch import Tensor, nn
+
+from edmips.nn.layers import is_selector
+from edmips.search.budget import log_scores, tilt_selectors
+from edmips.search.joint import best_within
+
+
+def kl_to(reference: Tensor, logits: Tensor) -> Tensor:
+    """KL(reference || quantized), averaged over the images; differentiable in `logits`."""
+    target = F.log_softmax(reference, -1)
+    return F.kl_div(F.log_softmax(logits, -1), target, reduction="batchmean", log_target=True)
+
+
+def learn_selectors(
+    model: nn.Module,
+    layers: list[nn.Module],
+    price: nn.Module,
+    images: Tensor,
+    reference: Tensor,
+    steps: int,
+    lr: float,
+    sharpness: float,
+    batch_size: int,
+    seed: int,
+) -> tuple[list[float], float]:
+    """Train the selectors of `layers` (composite layers of `model`) alone for `steps` batches
+    of `images` against the float network's logits `reference`, under `price` (a BudgetPrice or
+    JointPrice); the weights, batch norms and clips stay as they are. Each step's KL, and the
+    final price (the primary budget's)."""
+    model.eval()  # batch norm frozen; the selectors are the only thing that moves
+    selectors = [p for n, p in model.named_parameters() if is_selector(n)]
+    frozen = {n: p.requires_grad for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.requires_grad_(is_selector(n))
+    optimizer = torch.optim.SGD(selectors, lr=lr, momentum=0.9)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    try:
+        for step in track(range(steps), description="selectors", transient=True):
+            for m in layers:
+                m.sharpness.fill_(sharpness ** (step / max(steps - 1, 1)))
+            tilt_selectors(layers, price)
+            drawn = torch.randint(len(images), (min(batch_size, len(images)),), generator=generator)
+            loss = kl_to(reference[drawn], model(images[drawn]))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(frozen[n])
+    return losses, float(tilt_selectors(layers, price))
+
+
+def allocation(layers: list[nn.Module], budgets: list) -> tuple[list[int], list[int]]:
+    """The most probable (wbits, abits) per layer within the budgets (one within 1%, or
+    several, each an upper bound)."""
+    probs_w = [m.probs_w() for m in layers]
+    probs_a = [m.probs_a() for m in layers]
+    return best_within(log_scores(probs_w, probs_a), budgets)
+
