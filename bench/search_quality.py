@@ -11,11 +11,12 @@ seeds, two uniform seeds, three random allocations. `gpu` is the shipped recipe
 
 `--start float` asks the question of a user who has a trained float network: one float
 ResNet-20 (`--float-weights`, or trained here), then at each budget over W{2,3,4} A{2,3,4} the
-allocations searched from its weights, `ptq.py arch=sensitivity`, `ptq.py arch=search` (the
-selectors learned on calibration images alone), every uniform pair within 5% of the budget and
-a random one within 1%, each fine-tuned from the float weights with one recipe (`init=float`),
-`--seeds` seeds per kind; then the table per budget and kind (mean, standard deviation, the
-lowest agreement of the integer check) and each seed's paired differences.
+allocations searched from its weights, `ptq.py arch=sensitivity` (measured in the post-training
+family, and in the fine-tune's, `quant=edmips`), `ptq.py arch=search` (the selectors learned on
+calibration images alone), every uniform pair within 5% of the budget and a random one within
+1%, each fine-tuned from the float weights with one recipe (`init=float`), `--seeds` seeds per
+kind; then the table per budget and kind (mean, standard deviation, the lowest agreement of the
+integer check) and each seed's paired differences.
 """
 
 import argparse
@@ -38,6 +39,14 @@ PROTOCOLS = {
 }
 SEARCH_SEEDS, UNIFORM_SEEDS, RANDOM_SEEDS = (0, 1), (0, 1), (0, 1, 2)
 SPACE = (2, 3, 4)  # the from-float protocol's candidates, weights and activations
+# The allocations ptq.py measures on the float network: sensitivity in its own family (the
+# default) and in the family the fine-tune trains (retrain.py's default, edmips), and the
+# selectors learned on calibration images alone.
+PTQ_ALLOCATIONS = {
+    "sensitivity": ["arch=sensitivity"],
+    "sensitivity_edmips": ["arch=sensitivity", "quant=edmips"],
+    "calibration_search": ["arch=search"],
+}
 FROM_FLOAT = {
     "cpu": {
         "common": ["model=resnet20", "trainer=cpu"],
@@ -146,15 +155,14 @@ def float_jobs(args: argparse.Namespace, out: Path, weights: Path) -> tuple[dict
             ["search.py", *common, *p["search"], f"model.weights={weights}", *budget]
             + args.overrides,
         )
-        for arch in ("sensitivity", "search"):
-            allocations[f"ptq-{arch}-{b}-{s}"] = (
-                out / "ptq" / f"{arch}-{b}-{s}",
-                [*ptq, f"arch={arch}", *budget],
+        for kind, arch in PTQ_ALLOCATIONS.items():
+            allocations[f"ptq-{kind}-{b}-{s}"] = (
+                out / "ptq" / f"{kind}-{b}-{s}",
+                [*ptq, *arch, *budget],
             )
         kinds = {
             "searched": [f"arch={out}/search/{b}/{s}/found.json"],
-            "sensitivity": [f"arch={out}/ptq/sensitivity-{b}-{s}/arch.json"],
-            "calibration_search": [f"arch={out}/ptq/search-{b}-{s}/arch.json"],
+            **{kind: [f"arch={out}/ptq/{kind}-{b}-{s}/arch.json"] for kind in PTQ_ALLOCATIONS},
             "random": ["arch=random", f"target_bits={b}"],
         }
         for w, a in uniform_pairs(bits):

@@ -213,8 +213,9 @@ def test_search_quality_from_float_pairs_each_seed(tmp_path):
         bits=[2.5], seeds=[0, 1], protocol="cpu", data="d.npz", overrides=[]
     )
     allocations, finetunes = quality.float_jobs(ns, tmp_path, tmp_path / "w.pt")
-    assert len(allocations) == 2 * 3  # a search and two ptq.py allocations per seed
-    assert len(finetunes) == 2 * 6  # searched, sensitivity, calibration_search, random, 2 uniform
+    assert len(allocations) == 2 * 4  # a search and three ptq.py allocations per seed
+    assert len(finetunes) == 2 * 7  # searched, 3 from ptq.py, random, 2 uniform
+    assert "quant=edmips" in allocations["ptq-sensitivity_edmips-2.5-1"][1]
     for _, argv in finetunes.values():
         assert "init=float" in argv and f"model.weights={tmp_path / 'w.pt'}" in argv
     # metrics as the fine-tunes write them: the table pairs each seed's runs
