@@ -106,6 +106,7 @@ def check_ptq(cfg: DictConfig) -> None:
             _sensitivity_images(cfg)
         else:
             _number(cfg, "search.steps", minimum=1, integer=True)
+            _number(cfg, "search.images", minimum=1, integer=True)
             _number(cfg, "search.batch_size", minimum=1, integer=True)
             _number(cfg, "search.lr", minimum=0)
             _number(cfg, "search.sharpness", minimum=1)

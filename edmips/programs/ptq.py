@@ -157,13 +157,14 @@ def _gathered(cfg: DictConfig, model, datamodule, given) -> stats.CalibrationSta
 
 
 def _measured(cfg: DictConfig, model, costs, float_net, datamodule, given, clip):
-    """The statistics (gathered with every layer at 8 bits, or given) and the allocation
-    measured from them (arch=sensitivity: on the first sensitivity.images; arch=search: on every
-    calibration image); `model` ends at the allocation's bits, its statistics restored."""
-    measured = cfg.sensitivity.images if cfg.arch == sensitivity.KIND else cfg.calibration.images
-    needed = measured if given else cfg.calibration.images
+    """The statistics (gathered with every layer at 8 bits on the first calibration.images, or
+    given) and the allocation measured from them on the first sensitivity.images (arch=sensitivity)
+    or search.images (arch=search, more than the calibration's where it asks for more); `model`
+    ends at the allocation's bits, its statistics restored."""
+    measured = cfg.sensitivity.images if cfg.arch == sensitivity.KIND else cfg.search.images
+    needed = measured if given else max(measured, cfg.calibration.images)
     drawn = sensitivity.drawn_images(datamodule.train_dataloader(), needed)
-    gathered = given or stats.gather(model, [(x,) for x in drawn], needed)
+    gathered = given or stats.gather(model, [(x,) for x in drawn], cfg.calibration.images)
     stats.restore(model, gathered)
     stats.finish(model, clip)
     images = torch.cat(drawn)[:measured]

@@ -77,4 +77,3 @@ def allocation(layers: list[nn.Module], budgets: list) -> tuple[list[int], list[
     probs_w = [m.probs_w() for m in layers]
     probs_a = [m.probs_a() for m in layers]
     return best_within(log_scores(probs_w, probs_a), budgets)
-
