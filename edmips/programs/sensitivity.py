@@ -12,6 +12,7 @@ arch=search: the search's selectors learned alone on the calibration images, the
 
 import copy
 import logging
+from dataclasses import asdict
 
 import torch
 from omegaconf import DictConfig
@@ -101,6 +102,9 @@ def allocate(cfg, model, costs, images, reference, stats, clip, data: str) -> ar
         kind=KIND,
         **budget_record(cfg, held, labels, wbits, abits),
         sensitivity_loss=LOSS,
+        # the quantizers the loss was measured under: those a fine-tune of the allocation
+        # will train with make it worth having there (quant=edmips for retrain.py's default)
+        sensitivity_quant=asdict(registry.family(cfg)),
         sensitivity_images=len(images),
         loss_at_8_bits=base,
         loss_increase={n: t.tolist() for n, t in zip(names, tables)},

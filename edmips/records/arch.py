@@ -131,6 +131,7 @@ FIELDS = {
     "searched_in": TEXT,
     "kind": TEXT,
     "sensitivity_loss": TEXT,
+    "sensitivity_quant": OBJECT,
     "sensitivity_images": COUNT,
     "loss_at_8_bits": NUMBER,
     "search_steps": COUNT,

@@ -26,6 +26,11 @@ def test_the_allocation_is_the_best_scoring_one_within_budget(ptq_cfg, float_wei
     assert abs(result["equivalent_bits"] - 3) <= 0.01 * 3
     arch = json.loads(open(f"{cfg.output_dir}/arch.json").read())
     assert arch["kind"] == "sensitivity" and arch["sensitivity_loss"] == "kl_to_float"
+    assert arch["sensitivity_quant"] == {
+        "activation": "clipped",
+        "weight": "maxabs",
+        "signed": "clipped_signed",
+    }
     space = arch["space"]
     tables = {n: np.array(t) for n, t in arch["loss_increase"].items()}
     layers = [layer for layer in arch["layers"] if layer["name"] in tables]
