@@ -13,7 +13,7 @@ seeds, two uniform seeds, three random allocations. `gpu` is the shipped recipe
 ResNet-20 (`--float-weights`, or trained here), then at each budget over W{2,3,4} A{2,3,4} the
 allocations searched from its weights, `ptq.py arch=sensitivity` (measured in the post-training
 family, and in the fine-tune's, `quant=edmips`), `ptq.py arch=search` (the selectors learned on
-calibration images alone), every uniform pair within 5% of the budget and a random one within
+training images alone), every uniform pair within 5% of the budget and a random one within
 1%, each fine-tuned from the float weights with one recipe (`init=float`), `--seeds` seeds per
 kind; then the table per budget and kind (mean, standard deviation, the lowest agreement of the
 integer check) and each seed's paired differences.
@@ -41,7 +41,7 @@ SEARCH_SEEDS, UNIFORM_SEEDS, RANDOM_SEEDS = (0, 1), (0, 1), (0, 1, 2)
 SPACE = (2, 3, 4)  # the from-float protocol's candidates, weights and activations
 # The allocations ptq.py measures on the float network: sensitivity in its own family (the
 # default) and in the family the fine-tune trains (retrain.py's default, edmips), and the
-# selectors learned on calibration images alone.
+# selectors learned alone, the weights frozen.
 PTQ_ALLOCATIONS = {
     "sensitivity": ["arch=sensitivity"],
     "sensitivity_edmips": ["arch=sensitivity", "quant=edmips"],
@@ -91,16 +91,19 @@ def parse_args() -> argparse.Namespace:
 
 def jobs(args: argparse.Namespace, out: Path) -> tuple[dict, dict]:
     """The searches, then the retrains: {name: (run dir, argv)}."""
-    if len(args.bits) != 1:
-        raise SystemExit("error: --bits: one budget from scratch (several with --start float)")
-    args.bits = f"{args.bits[0]:g}"
+    if len(args.bits) != 1 or not args.bits[0].is_integer():
+        raise SystemExit(
+            "error: --bits: one whole number from scratch (its uniform network is W<bits>A<bits>;"
+            " several budgets, or a fraction, with --start float)"
+        )
+    bits = int(args.bits[0])
     p = PROTOCOLS[args.protocol]
     common = ["experiment=cifar10_resnet20", f"data.path={args.data}", *p["common"]]
     common += ["trainer.enable_progress_bar=false"]
     searches = {
         f"search-{s}": (
             out / "search" / str(s),
-            ["search.py", *common, *p["search"], f"target_bits={args.bits}", f"seed={s}"]
+            ["search.py", *common, *p["search"], f"target_bits={bits}", f"seed={s}"]
             + args.overrides,
         )
         for s in SEARCH_SEEDS
@@ -110,9 +113,9 @@ def jobs(args: argparse.Namespace, out: Path) -> tuple[dict, dict]:
         (
             "uniform",
             UNIFORM_SEEDS,
-            lambda s: ["arch=uniform", f"wbits={args.bits}", f"abits={args.bits}"],
+            lambda s: ["arch=uniform", f"wbits={bits}", f"abits={bits}"],
         ),
-        ("random", RANDOM_SEEDS, lambda s: ["arch=random", f"target_bits={args.bits}"]),
+        ("random", RANDOM_SEEDS, lambda s: ["arch=random", f"target_bits={bits}"]),
     )
     retrains = {
         f"retrain-{kind}-{s}": (
@@ -240,6 +243,8 @@ def float_table(out: Path) -> str:
 def main() -> int:
     args = parse_args()
     out = args.out.resolve()
+    if args.start == "scratch":
+        first, then = jobs(args, out)  # --bits checked before anything is written
     (out / "logs").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
 
@@ -255,8 +260,6 @@ def main() -> int:
     if args.start == "float":
         weights = float_network(args, out, run)
         first, then = float_jobs(args, out, weights)
-    else:
-        first, then = jobs(args, out)
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda kv: run(kv[0], *kv[1]), first.items()))
         list(pool.map(lambda kv: run(kv[0], *kv[1]), then.items()))

@@ -61,7 +61,7 @@ def _signed_space(cfg: DictConfig, family) -> None:
 INITS = ("scratch", "search", "float")  # where a retrain's weights start
 FLOAT = "float"  # arch=float: the float network, every layer and quantizer at 32 bits
 SENSITIVITY = "sensitivity"  # ptq.py: the allocation from each layer's measured loss increase
-SEARCH = "search"  # ptq.py: the search's selectors learned on the calibration images alone
+SEARCH = "search"  # ptq.py: the search's selectors learned alone, the weights frozen
 MAX_SEED = 2**32 - 1  # numpy's generators take seeds 0 .. 2^32 - 1
 # conf/ptq.yaml's settings, accepted wherever they do not apply (its refinements under a family
 # without the quantizers they refine, sensitivity.images beside fewer calibration images): a

@@ -7,7 +7,7 @@ The budget's dynamic program (edmips.search.budget) maximises minus the summed i
 (edmips.search.joint): the allocation a differentiable search must beat without training
 anything.
 
-arch=search: the search's selectors learned alone on the calibration images, the weights frozen
+arch=search: the search's selectors learned alone on training images, the weights frozen
 (edmips.search.post_training), and the most probable allocation within the budget."""
 
 import copy

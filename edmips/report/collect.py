@@ -64,7 +64,7 @@ SUMMARY_COLUMNS = (
 )
 # Where a network's bits came from: the baselines after the searched networks (sensitivity:
 # ptq.py's allocation from measured loss increases; calibration_search: ptq.py's selectors
-# learned on calibration images alone; micronet: a seed's fixed policy), the float ceiling last.
+# learned alone, the weights frozen; micronet: a seed's fixed policy), the float ceiling last.
 NETWORKS = (
     "searched",
     "uniform",

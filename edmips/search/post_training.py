@@ -2,16 +2,18 @@
 
 A trained float network's searched layers become composite over the candidate bit-widths (as
 in the search), each candidate quantizer calibrated as post-training quantization calibrates it.
-Then only the selectors learn, by SGD on the calibration images, to make the composite network's
-class distribution match the float network's (the KL divergence that `arch=sensitivity`
-measures, here differentiable through every layer at once), while the budget's price holds the
-expected cost on the target at every step (edmips.search.budget) and the sharpness rises
-geometrically from 1 to its final value, as in the search. Unlike the per-layer sensitivity,
-what one layer's bits cost is learned with every other layer at its own mixture of
-low-precision candidates: the errors compound as they will in the quantized network.
+Then only the selectors learn, by SGD on training images, to make the composite network's class
+distribution match the float network's (the KL divergence that `arch=sensitivity` measures one
+layer at a time, here through every layer at once), while the budget's price holds the expected
+cost on the target at every step (edmips.search.budget) and the sharpness rises geometrically
+from 1 to its final value, as in the search.
 
 The allocation is the most probable one within the budget (the budget's dynamic program over
 the selectors' log-probabilities, `best_within`): it meets one budget within 1%, or several.
+A composite layer mixes a candidate with the others, so the selectors see only part of a
+candidate's own error: where one candidate is far worse than its neighbours (2-bit max-abs
+weights keep {-max, 0, +max}), the allocation can pick it where the per-layer sensitivity would
+not (bench/README.md measures both).
 """
 
 import torch
@@ -48,7 +50,7 @@ def learn_selectors(
     final price (the primary budget's)."""
     model.eval()  # batch norm frozen; the selectors are the only thing that moves
     selectors = [p for n, p in model.named_parameters() if is_selector(n)]
-    frozen = {n: p.requires_grad for n, p in model.named_parameters()}
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     for n, p in model.named_parameters():
         p.requires_grad_(is_selector(n))
     optimizer = torch.optim.SGD(selectors, lr=lr, momentum=0.9)
@@ -67,7 +69,7 @@ def learn_selectors(
             losses.append(float(loss.detach()))
     finally:
         for n, p in model.named_parameters():
-            p.requires_grad_(frozen[n])
+            p.requires_grad_(trainable[n])
     return losses, float(tilt_selectors(layers, price))
 
 

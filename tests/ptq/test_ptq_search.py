@@ -1,4 +1,4 @@
-"""ptq.py arch=search: the search's selectors learned on calibration images alone, the float
+"""ptq.py arch=search: the search's selectors learned alone on training images, the float
 weights frozen; the most probable allocation within the budget, exported with agreement 1.0."""
 
 import itertools
