@@ -212,7 +212,11 @@ def float_table(out: Path) -> str:
             f"| {bits} | {kind} | {' / '.join(map(str, eq))} | {', '.join(f'{a:.2f}' for a in acc)}"
             f" | {statistics.mean(acc):.2f} | {std:.2f} | {agree:.4f} |"
         )
-    lines += ["", "| budget | paired difference | per seed | mean |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "| budget | paired difference | seeds | per seed | mean |",
+        "|---|---|---|---|---|",
+    ]
     for bits in sorted({b for b, _ in runs}):
         acc = {
             k: {s: 100 * m["test_acc"] for s, m in v.items()}
@@ -220,23 +224,23 @@ def float_table(out: Path) -> str:
             if b == bits
         }
         uniform = [k for k in acc if k.startswith("uniform")]
-        seeds = sorted(set.intersection(*(set(v) for v in acc.values())))
-        best_uniform = {s: max(acc[k][s] for k in uniform) for s in seeds} if uniform else None
+        if uniform:  # the best uniform pair under each seed that all of them ran at
+            seeds = set.intersection(*(set(acc[k]) for k in uniform))
+            acc["best uniform"] = {s: max(acc[k][s] for k in uniform) for s in seeds}
         pairs = [("searched", "sensitivity"), ("searched", "random"), ("sensitivity", "random")]
         pairs += [("sensitivity_edmips", "random"), ("calibration_search", "sensitivity")]
-        pairs += [("searched", "calibration_search")]
-        rows = [
-            (f"{a} - {b}", [acc[a][s] - acc[b][s] for s in seeds])
-            for a, b in pairs
-            if a in acc and b in acc
-        ]
-        if best_uniform and "searched" in acc:
-            rows.append(
-                ("searched - best uniform", [acc["searched"][s] - best_uniform[s] for s in seeds])
-            )
-        for name, diffs in rows:
+        pairs += [("searched", "calibration_search"), ("searched", "best uniform")]
+        rows = []
+        for a, b in pairs:
+            seeds = sorted(set(acc.get(a, ())) & set(acc.get(b, ())))  # each pair where both ran
+            if seeds:
+                rows.append((f"{a} - {b}", seeds, [acc[a][s] - acc[b][s] for s in seeds]))
+        for name, seeds, diffs in rows:
             per_seed = ", ".join(f"{d:+.2f}" for d in diffs)
-            lines.append(f"| {bits} | {name} | {per_seed} | {statistics.mean(diffs):+.2f} |")
+            mean = statistics.mean(diffs)
+            lines.append(
+                f"| {bits} | {name} | {', '.join(map(str, seeds))} | {per_seed} | {mean:+.2f} |"
+            )
     return "\n".join(lines)
 
 

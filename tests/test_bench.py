@@ -230,6 +230,6 @@ def test_search_quality_from_float_pairs_each_seed(tmp_path):
             (run / "metrics.json").write_text(json.dumps(metrics | {"qdq_agreement": 1.0}))
     table = quality.float_table(tmp_path)
     assert "| 2.5 | searched | 2.5 | 70.00, 72.00 | 71.00 | 1.41 | 1.0000 |" in table
-    assert "| 2.5 | searched - sensitivity | +1.00, +4.00 | +2.50 |" in table
+    assert "| 2.5 | searched - sensitivity | 0, 1 | +1.00, +4.00 | +2.50 |" in table
     # the best uniform under each seed: W2A3 at seed 0 (69) and W2A3 at seed 1 (73)
-    assert "| 2.5 | searched - best uniform | +1.00, -1.00 | +0.00 |" in table
+    assert "| 2.5 | searched - best uniform | 0, 1 | +1.00, -1.00 | +0.00 |" in table
