@@ -14,6 +14,18 @@ from edmips.programs.ptq import ptq
 QUICK = ["data.num_test=64", "calibration.images=8"]
 
 
+def allocated_within(cfg, allocation: str, target: float) -> dict:
+    """ptq.py with a budget: the allocation it records, within 1% of `target`, exported with
+    agreement 1.0; its arch.json."""
+    result = ptq(cfg)
+    assert result["allocation"] == allocation and result["kind"] == "ptq"
+    assert result["prediction_agreement"] == 1.0 and result["qdq_agreement"] == 1.0
+    assert abs(result["equivalent_bits"] - target) <= 0.01 * target
+    arch = json.loads(open(f"{cfg.output_dir}/arch.json").read())
+    assert arch["kind"] == allocation
+    return arch
+
+
 @pytest.fixture
 def float_weights(tmp_path):
     """A resnet_tiny's float state dict, after a few SGD steps at full precision."""

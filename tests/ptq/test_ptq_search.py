@@ -2,12 +2,11 @@
 weights frozen; the most probable allocation within the budget, exported with agreement 1.0."""
 
 import itertools
-import json
 
 import numpy as np
 import pytest
 import torch
-from test_ptq_program import QUICK, float_weights  # noqa: F401 (a fixture)
+from test_ptq_program import QUICK, allocated_within, float_weights  # noqa: F401 (a fixture)
 
 from edmips.core.checks import ConfigError
 from edmips.cost import model as cost_models
@@ -26,12 +25,8 @@ SEARCH += ["search.batch_size=4"]
 
 def test_the_allocation_is_the_most_probable_within_budget(ptq_cfg, float_weights):  # noqa: F811
     cfg = ptq_cfg(f"model.weights={float_weights}", *SEARCH, *QUICK)
-    result = ptq(cfg)
-    assert result["allocation"] == "calibration_search" and result["kind"] == "ptq"
-    assert result["prediction_agreement"] == 1.0 and result["qdq_agreement"] == 1.0
-    assert abs(result["equivalent_bits"] - 3) <= 0.01 * 3
-    arch = json.loads(open(f"{cfg.output_dir}/arch.json").read())
-    assert arch["kind"] == "calibration_search" and arch["discretization"] == "budget"
+    arch = allocated_within(cfg, "calibration_search", 3)
+    assert arch["discretization"] == "budget"
     assert arch["search_steps"] == 20 and arch["search_images"] == 16
     assert arch["target_bits"] == 3
     searched = [layer for layer in arch["layers"] if layer["probs_w"]]
