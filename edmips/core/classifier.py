@@ -1,5 +1,7 @@
 """What the search and retrain LightningModules share: the network, its forward on the fast
-path, and the validation / test steps with their metrics."""
+path, and the validation / test steps with their metrics; and the distance of a quantized
+network's class distribution from the float network's, which post-training allocations
+measure (arch=sensitivity, arch=search)."""
 
 import inspect
 
@@ -8,6 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
+
+
+def kl_to(reference: Tensor, logits: Tensor) -> Tensor:
+    """KL(softmax(reference) || softmax(logits)), averaged over the images: how far a quantized
+    network's class distribution is from the float network's (zero for the float network)."""
+    target = F.log_softmax(reference, -1)
+    return F.kl_div(F.log_softmax(logits, -1), target, reduction="batchmean", log_target=True)
 
 
 def make_optimizer(factory, params) -> torch.optim.Optimizer:

@@ -70,7 +70,6 @@ def allocate(cfg, model, costs, images, reference, stats, clip, data: str) -> ar
     and pick the allocation; `model` is left as it came (8 bits, clips finished)."""
     wspace, aspace = tuple(cfg.space.wbits), tuple(cfg.space.abits)
     names = [c.name for c in costs]
-    quantizers = quantizer_names(model, names, registry.family(cfg))
     aspaces = activation_spaces(cfg, model, names)
     tables, base = sensitivity.measure(
         model, names, wspace, aspaces, images, reference, stats, clip
@@ -88,19 +87,15 @@ def allocate(cfg, model, costs, images, reference, stats, clip, data: str) -> ar
         names[worst],
         tables[worst].max(),
     )
-    return arch_file.build(
-        model.name,
-        {"wbits": list(wspace), "abits": list(aspace)},
+    return _allocation(
+        cfg,
+        model,
         costs,
+        (labels, held),
         wbits,
         abits,
-        None,
-        None,
-        quantizers,
-        data=data,
-        fixed_weight_bits=fixed_weight_bits(model, names),
+        data,
         kind=KIND,
-        **budget_record(cfg, held, labels, wbits, abits),
         sensitivity_loss=LOSS,
         # the quantizers the loss was measured under: those a fine-tune of the allocation
         # will train with make it worth having there (quant=edmips for retrain.py's default)
@@ -116,8 +111,6 @@ def allocate_by_search(cfg, model, costs, images, reference, stats, clip, data: 
     network's logits `reference`) within the budget, and the most probable allocation in it;
     `model` is left as it came (8 bits, clips finished)."""
     names = [c.name for c in costs]
-    family = registry.family(cfg)
-    quantizers = quantizer_names(model, names, family)
     own = {id(m): n for n, m in model.named_modules()}
     inputs = [own.get(id(model.get_submodule(n).input_quant)) for n in names]
     network = to_search(copy.deepcopy(model), names, cfg.space.wbits, cfg.space.abits)
@@ -144,17 +137,16 @@ def allocate_by_search(cfg, model, costs, images, reference, stats, clip, data: 
         losses[0],
         losses[-1],
     )
-    return arch_file.build(
-        model.name,
-        {"wbits": list(cfg.space.wbits), "abits": list(cfg.space.abits)},
+    return _allocation(
+        cfg,
+        model,
         costs,
+        (labels, held),
         wbits,
         abits,
-        [m.probs_w().tolist() for m in layers],
-        [m.probs_a().tolist() for m in layers],
-        quantizers,
-        data=data,
-        fixed_weight_bits=fixed,
+        data,
+        probs_w=[m.probs_w().tolist() for m in layers],
+        probs_a=[m.probs_a().tolist() for m in layers],
         kind=SEARCH_KIND,
         discretization="budget",
         search_steps=len(losses),
@@ -162,7 +154,27 @@ def allocate_by_search(cfg, model, costs, images, reference, stats, clip, data: 
         loss_at_start=losses[0],
         loss_at_end=losses[-1],
         final_mu=final_price,
+    )
+
+
+def _allocation(cfg, model, costs, budgets, wbits, abits, data, probs_w=None, probs_a=None, **meta):
+    """The allocation's arch.json: its layers at their bits, with the quantizers `model` gives
+    them, and the budgets (labels, held) it was made within."""
+    names = [c.name for c in costs]
+    labels, held = budgets
+    return arch_file.build(
+        model.name,
+        arch_file.space_of(cfg.space),
+        costs,
+        wbits,
+        abits,
+        probs_w,
+        probs_a,
+        quantizer_names(model, names, registry.family(cfg)),
+        data=data,
+        fixed_weight_bits=fixed_weight_bits(model, names),
         **budget_record(cfg, held, labels, wbits, abits),
+        **meta,
     )
 
 

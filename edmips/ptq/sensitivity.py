@@ -14,22 +14,18 @@ through calibration again.
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.progress import track
 from torch import Tensor, nn
 
+from edmips.core.classifier import kl_to
 from edmips.ptq import stats as calibration_stats
 from edmips.quant.clipped import ClippedQuant
 
 REFERENCE_BITS = 8  # every layer but the measured one
 
 
-def kl_to(reference: Tensor, logits: Tensor) -> float:
-    """KL(reference || quantized), averaged over the images."""
-    target = F.log_softmax(reference.double(), -1)
-    return float(
-        F.kl_div(F.log_softmax(logits.double(), -1), target, reduction="batchmean", log_target=True)
-    )
+def kl_in_float64(reference: Tensor, logits: Tensor) -> float:
+    return float(kl_to(reference.double(), logits.double()))
 
 
 @torch.no_grad()
@@ -71,7 +67,7 @@ def measure(
     return), and that network's own loss. `reference`: the float network's logits."""
     cache = ClipCache(stats, clip)
     names = {id(m): n for n, m in model.named_modules()}
-    base = kl_to(reference, outputs(model, images, batch_size))
+    base = kl_in_float64(reference, outputs(model, images, batch_size))
     tables = [np.zeros((len(wspace), len(aspace))) for aspace in aspaces]
     grid = [(k, i, j) for k in range(len(layers)) for i in wspace for j in aspaces[k]]
     for k, w, a in track(grid, description="layer sensitivity", transient=True):
@@ -81,7 +77,7 @@ def measure(
             quants.append((layer.input_quant, a))
         for q, bits in quants:
             cache.set_bits(names[id(q)], q, bits)
-        loss = kl_to(reference, outputs(model, images, batch_size))
+        loss = kl_in_float64(reference, outputs(model, images, batch_size))
         tables[k][wspace.index(w), aspaces[k].index(a)] = loss - base
         for q, _ in quants:
             cache.set_bits(names[id(q)], q, REFERENCE_BITS)

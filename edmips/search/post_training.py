@@ -17,19 +17,13 @@ not (bench/README.md measures both).
 """
 
 import torch
-import torch.nn.functional as F
 from rich.progress import track
 from torch import Tensor, nn
 
+from edmips.core.classifier import kl_to
 from edmips.nn.layers import is_selector
 from edmips.search.budget import log_scores, tilt_selectors
 from edmips.search.joint import best_within
-
-
-def kl_to(reference: Tensor, logits: Tensor) -> Tensor:
-    """KL(reference || quantized), averaged over the images; differentiable in `logits`."""
-    target = F.log_softmax(reference, -1)
-    return F.kl_div(F.log_softmax(logits, -1), target, reduction="batchmean", log_target=True)
 
 
 def learn_selectors(
