@@ -70,7 +70,7 @@ from edmips.models import create_model  # noqa: E402
 from edmips.nn import default_searched, to_fixed, to_float  # noqa: E402
 from edmips.nn.convert import first_and_last  # noqa: E402
 from edmips.ptq import method, stats  # noqa: E402
-from edmips.quant.registry import Family  # noqa: E402
+from edmips.quant.registry import DEPLOY, Family  # noqa: E402
 
 NETWORKS = ("resnet20:32", "tv_resnet18:224", "tv_mobilenet_v2:224")
 FAMILIES = sorted(p.stem for p in (ROOT / "conf" / "quant").glob("*.yaml"))
@@ -85,11 +85,9 @@ ORT_FORMATS = {"ort_qop": QuantFormat.QOperator, "ort_qdq": QuantFormat.QDQ}
 CLIP = "aciq_mix"  # the ptq family's clips, as bench/ptq.py and conf/ptq.yaml
 
 
-def load_family(name: str) -> Family:
-    """The family conf/quant/<name>.yaml names."""
-    return Family(
-        **OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "quant" / f"{name}.yaml"))
-    )
+def load_family(name: str, deploy: str) -> Family:
+    """The family conf/quant/<name>.yaml names, in its int8 forms where `deploy` is int8."""
+    return Family.from_spec(OmegaConf.load(ROOT / "conf" / "quant" / f"{name}.yaml"), deploy)
 
 
 def calibration_batches(size: int, seed: int = 0) -> list[torch.Tensor]:
@@ -201,19 +199,25 @@ def op_profile(path: Path, size: int, threads: int) -> dict[str, float]:
     return {op: round(100 * t / whole, 1) for op, t in totals.most_common(6)}
 
 
-def bench(spec: str, quant: str, threads: int, runs: int, check_images: int, out: Path):
-    """The lines of one network in the family `quant`, its files written to `out`."""
+def bench(spec: str, quant: str, deploy: str, threads: int, runs: int, check_images: int, out):
+    """The lines of one network in the family `quant` deployed as `deploy`, its files written
+    to `out`."""
     name, size = spec.split(":")
     size = int(size)
     batches = calibration_batches(size)
-    float_net, model = networks(name, size, load_family(quant), batches)
+    float_net, model = networks(name, size, load_family(quant, deploy), batches)
     export(model, (3, size, size), out)
     export_float(float_net, size, out / FILES["float"])
     quantize_ort(out, batches)
     files = {
         form: out / file_name for form, file_name in FILES.items() if (out / file_name).exists()
     }
-    images = torch.rand(check_images, 3, size, size, generator=torch.Generator().manual_seed(1))
+    # On the 8-bit grid, as a decoded image is: the forms read round(255 x) exactly there, as
+    # the integer runtime does (for x between the grid's points float32 may round either way).
+    codes = torch.randint(
+        0, 256, (check_images, 3, size, size), generator=torch.Generator().manual_seed(1)
+    )
+    images = codes / 255
     checked = verify(model, out, [(images, torch.zeros(check_images, dtype=torch.int64))])
     sessions = {form: session(path, threads) for form, path in files.items()}
     b1, b64 = (latencies(sessions, n, size, r) for n, r in ((1, 3 * runs), (64, runs)))
@@ -222,6 +226,7 @@ def bench(spec: str, quant: str, threads: int, runs: int, check_images: int, out
         {
             "network": spec,
             "quant": quant,
+            "deploy": deploy,
             "form": form,
             "ms_b1": round(b1[form], 2),
             "ms_b64": round(b64[form], 1),
@@ -238,6 +243,7 @@ def bench(spec: str, quant: str, threads: int, runs: int, check_images: int, out
     summary = {
         "network": spec,
         "quant": quant,
+        "deploy": deploy,
         "agreement": {
             k: checked[k] for k in ("prediction_agreement", "qdq_agreement", "int8_agreement")
         },
@@ -268,6 +274,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", nargs="+", default=list(NETWORKS), help="name:image_size")
     parser.add_argument("--quant", default="edmips", choices=FAMILIES, help="conf/quant/<name>")
+    parser.add_argument(
+        "--deploy",
+        choices=DEPLOY,
+        help="the family's quantizers or their int8 forms (default: retrain.py's)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime and torch threads")
     parser.add_argument("--runs", type=int, default=10, help="timed runs at batch 64 (3x at 1)")
     parser.add_argument("--check-images", type=int, default=16)
@@ -276,13 +287,15 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    deploy = args.deploy or OmegaConf.load(ROOT / "conf" / "retrain.yaml").deploy
     for spec in args.model:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             if args.out is not None:  # a new folder: no file of an earlier run is taken as its
                 out = args.out / spec.replace(":", "_")
                 out.mkdir(parents=True)
-            for line in bench(spec, args.quant, args.threads, args.runs, args.check_images, out):
+            lines = bench(spec, args.quant, deploy, args.threads, args.runs, args.check_images, out)
+            for line in lines:
                 print(json.dumps(line), flush=True)
 
 

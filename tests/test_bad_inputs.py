@@ -124,14 +124,14 @@ def test_bad_retrain_config(retrain_cfg, tmp_path, overrides, message):
 
 
 NO_CLIP = "quant's activation quantizers ({}) have no clip to calibrate (quant=ptq's have): drop"
-NOT_MAXABS = "quant's weight quantizer (gauss) is not max-abs, the one bias correction adjusts"
+NOT_MAXABS = "weight quantizer (gauss_int8) is not max-abs, the one bias correction adjusts"
 
 
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (("quant=edmips", "ptq.activation_clip=minmax"), NO_CLIP.format("hwgq, ema")),
-        (("quant=qatsim", "ptq.activation_clip=mse"), NO_CLIP.format("ema_relu, ema")),
+        (("quant=edmips", "ptq.activation_clip=minmax"), NO_CLIP.format("hwgq_int8, pow2")),
+        (("quant=qatsim", "ptq.activation_clip=mse"), NO_CLIP.format("pow2_relu, pow2")),
         (("quant=edmips", "ptq.bias_correction=mean_var"), NOT_MAXABS),
         (("target_bits=2",), "target_bits=2: arch=uniform takes no budget (a budget is for arch=r"),
         (("budget.bitops=1e6",), "budget.bitops=1000000.0: arch=uniform takes no budget"),
@@ -282,7 +282,7 @@ def test_bits_the_family_does_not_take_name_the_arch_file_and_layer(ptq_cfg, tmp
     with pytest.raises(ValueError) as e:
         ptq(cfg)
     assert str(e.value) == (
-        f"arch={path}: layer {name!r} (w1 a4): maxabs: unsupported bit-width 1: choose from "
+        f"arch={path}: layer {name!r} (w1 a4): maxabs_f32: unsupported bit-width 1: choose from "
         "[2, 3, 4, 5, 6, 7, 8] or 32"
     )
 

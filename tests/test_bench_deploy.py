@@ -1,7 +1,8 @@
 """bench/deploy.py: one line per form (edmips's and onnxruntime's quantize_static of the same
 float network) with its latencies and file size, then per network the agreements (1.0 with the
 integer reference for edmips's forms), the agreements with the float network and the ratios;
---quant picks the family whose network is exported."""
+--quant picks the family whose network is exported, --deploy its quantizers or their int8
+forms."""
 
 import json
 from pathlib import Path
@@ -53,12 +54,22 @@ def test_deploy_prints_every_form_and_agreements(capsys, tmp_path):
     qdq_ops = op_types(folder / "model_ort_qdq.onnx")
     assert {"Conv", "QuantizeLinear", "DequantizeLinear"} <= qdq_ops
     assert "QLinearConv" not in qdq_ops
-    # edmips's family counts its thresholds on ConvInteger: QLinearConv cannot reproduce them
-    assert "ConvInteger" in op_types(folder / "model_int8.onnx")
+    # edmips's family in its int8 forms (deploy=int8, retrain.py's default): QLinearConv only
+    int8 = op_types(folder / "model_int8.onnx")
+    assert "QLinearConv" in int8 and not {"ConvInteger", "Conv"} & int8
 
 
-def test_deploy_quant_picks_the_family(capsys, tmp_path):
-    forms, summary = run_deploy(capsys, tmp_path / "int8sim", "--quant", "int8sim")
+def test_deploy_quant_picks_the_family_and_deploy_its_own_quantizers(capsys, tmp_path):
+    """--deploy float: edmips's own thresholds (a batch norm between each conv and its
+    quantizer) fit no requantization, and are counted on ConvInteger; int8sim's quantizers are
+    int8 forms whatever deploy says."""
+    forms, summary = run_deploy(capsys, tmp_path / "edmips", "--deploy", "float")
+    assert summary["quant"] == "edmips" and summary["deploy"] == "float"
+    assert set(summary["agreement"].values()) == {1.0}
+    assert "ConvInteger" in op_types(tmp_path / "edmips" / "resnet_tiny_16" / "model_int8.onnx")
+    forms, summary = run_deploy(
+        capsys, tmp_path / "int8sim", "--quant", "int8sim", "--deploy", "float"
+    )
     assert sorted(forms) == FORMS and summary["quant"] == "int8sim"
     assert set(summary["agreement"].values()) == {1.0}
     int8 = op_types(tmp_path / "int8sim" / "resnet_tiny_16" / "model_int8.onnx")

@@ -165,8 +165,7 @@ if family:
     from edmips.models import create_model
     from edmips.nn import default_searched, to_fixed, to_search
     from edmips.quant import Family, calibration
-    fam = Family(**OmegaConf.to_container(OmegaConf.load(family)))
-    fam.check()
+    fam = Family.from_spec(OmegaConf.load(family))
     model = create_model("resnet_tiny", num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3)
     names = default_searched(model)
     to_search(model, names, (2, 3), (2, 3), family=fam)

@@ -330,13 +330,11 @@ def _flag(cfg, key) -> None:
 
 
 def _family(cfg) -> registry.Family:
-    """The quantizers `quant` names, each of its kind."""
+    """The quantizers `quant` names, each of its kind, in their int8 forms where it says so."""
     try:
-        family = registry.family(cfg)
-        family.check()
-    except (ValueError, AttributeError) as e:
+        return registry.family(cfg)
+    except (ValueError, AttributeError, KeyError) as e:
         raise ConfigError(f"quant: {e}") from None
-    return family
 
 
 def _number(cfg, key, minimum=None, integer=False, optional=False, maximum=None) -> None:

@@ -6,8 +6,10 @@ layer keeps its weights and its quantizers' names across a swap (a family given 
 them), so a search network can be retrained in place.
 """
 
-from torch import nn
+import torch
+from torch import fx, nn
 
+from edmips.nn.fold import LayerTracer
 from edmips.nn.layers import (
     INPUT_BITS,
     MIXED_LAYERS,
@@ -217,7 +219,7 @@ def to_family(model: nn.Module, family: Family) -> nn.Module:
         for name, q in list(parent.named_children()):
             if isinstance(q, ActivationQuantizer) and q.defines_input:
                 if get(family.activation).power_of_two_image:
-                    q.round_scale()
+                    _round_image_scale(model, q)
                 continue
             if not isinstance(q, ActivationQuantizer) or id(q) in in_layers:
                 continue
@@ -231,6 +233,22 @@ def to_family(model: nn.Module, family: Family) -> nn.Module:
         if id(getattr(layer, "arrives_through", None)) in made:
             object.__setattr__(layer, "arrives_through", made[id(layer.arrives_through)])
     return model
+
+
+def _round_image_scale(model: nn.Module, image: ActivationQuantizer) -> None:
+    """The image's scale made a power of two, and the weights of the layers that read its codes
+    scaled by the inverse change, so that a float network's weights, loaded before, compute
+    what they did (a checkpoint of this network, loaded after, brings its own)."""
+    ratio = image.round_scale()
+    if ratio == 1.0:
+        return
+    graph = model.graph if isinstance(model, fx.GraphModule) else LayerTracer().trace(model)
+    modules = dict(model.named_modules())
+    reads = [n for n in graph.nodes if n.op == "call_module" and modules[n.target] is image]
+    for user in (u for n in reads for u in n.users if u.op == "call_module"):
+        if isinstance(modules[user.target], QUANT_LAYERS + MIXED_LAYERS):
+            with torch.no_grad():
+                modules[user.target].weight.mul_(ratio)
 
 
 def to_float(model: nn.Module, family: Family | None = None) -> nn.Module:

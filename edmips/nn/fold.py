@@ -92,9 +92,9 @@ def absorb_into_bias(model: nn.Module) -> list[tuple[str, str]]:
     """In a network holding a quantizer that `absorbs_batch_norm` (int8sim's; no other is
     changed), every (conv, batch norm) pair: the conv's weights become `W * s` and its bias
     `beta - running_mean * s`, on its accumulator's grid, and the batch norm an nn.Identity (in
-    place, for eval mode: the copy that is lowered). A conv with an input quantizer rounds the
-    bias onto that grid itself (`quant_bias`); one whose input arrives quantized has it rounded
-    here, on the grid of the quantizer in front of it where there is one. A fold for training
+    place, for eval mode: the copy that is lowered). A conv rounds the bias onto that grid itself
+    (`quant_bias`): on its input quantizer's, or, where its input arrives quantized, on the grid
+    of the quantizer in front of it (made the one it `arrives_through`). A fold for training
     is undone first: its weights quantize `W * s` already. The pairs absorbed."""
     if not any(getattr(m, "absorbs_batch_norm", False) for _, m in quantizers(model)):
         return []
@@ -111,8 +111,9 @@ def absorb_into_bias(model: nn.Module) -> list[tuple[str, str]]:
         source = inputs[conv_name]
         feeding = modules.get(source.target) if isinstance(source, fx.Node) else None
         if conv.input_quant is None and isinstance(feeding, ActivationQuantizer):
-            unit = conv.weight_quant.scale(conv.weight, feeding.unit())
-            bias = torch.round(bias / unit) * unit
+            # Its quant_bias rounds the bias on that grid, in the dtype of each forward: once
+            # in float32, a bias of many units would be off the grid in the float64 reference.
+            object.__setattr__(conv, "arrives_through", feeding)
         conv.bias = nn.Parameter(bias.detach().clone())
         conv._folded = ()
         parent, _, attr = bn_name.rpartition(".")

@@ -230,14 +230,16 @@ def retrain(cfg: DictConfig) -> dict:
 
 def _note_other_quantizers(cfg: DictConfig, built: arch_file.Arch) -> None:
     """One warning when the arch file's layers name other quantizers than this run's family
-    builds (a search with quant=learned retrained without it, say): the run trains what its
-    config says, and arch.json records that."""
+    builds (a search with quant=learned retrained without it, say; not their int8 forms,
+    which deploy=int8 builds): the run trains what its config says, and arch.json records
+    that."""
     if cfg.arch in (*BASELINES, float_net.KIND):
         return
     given = arch_file.load(cfg.arch, known_models=list_models())
     named = {(layer.wquant, layer.aquant) for layer in given.layers}
     made = {(layer.wquant, layer.aquant) for layer in built.layers}
-    if named != made:
+    forms = {tuple(map(registry.int8_form, pair)) for pair in named}
+    if named != made and not (cfg.get("deploy") == "int8" and forms == made):
         log.warning(
             "arch=%s names the quantizers %s; this run builds %s (the config's quant=)",
             cfg.arch,

@@ -9,9 +9,10 @@ The max-abs weight quantizer holds the corrected weights as integers `codes * 2^
 (edmips.quant.maxabs): p bits wider than the codes, so every accumulator of the layer is too.
 p is the largest of FINE_BITS down to 0 that keeps the layer's accumulator exact in the
 float32 of the ONNX forms' Conv (edmips.export.onnx.common), bounded from the layer's input
-codes; a layer that cannot take even p = 0 stays uncorrected. A linear layer that pools its
-input first (a ResNet's classifier) sums an input whose size the layer does not know, and
-stays uncorrected too.
+codes, and, for an int8 form's weights (edmips.quant.pow2), its integer weights within int8,
+so that the layer still runs on QLinearConv; a layer that cannot take even p = 0 stays
+uncorrected. A linear layer that pools its input first (a ResNet's classifier) sums an input
+whose size the layer does not know, and stays uncorrected too.
 """
 
 import math
@@ -25,6 +26,7 @@ from edmips.quant.primitives import FULL_PRECISION
 MODES = BIAS_CORRECTIONS
 FINE_BITS = 8  # the constant's rounding: at most 1/512 of a channel's step
 EXACT_ACCUMULATOR = 2**24  # |accumulator| that float32 holds exactly
+INT8_MAX = 127  # the largest weight of an int8 form's layer (QLinearConv's int8 weights)
 
 
 def check(mode: str) -> None:
@@ -73,7 +75,8 @@ def correct(model: nn.Module, mode: str) -> dict[str, int | None]:
         fine_bits[name] = None
         for p in range(FINE_BITS, -1, -1):
             q.correct_bias(layer.weight, mode, p)
-            if accumulator_peak(layer, magnitude) < EXACT_ACCUMULATOR:
+            fits_int8 = q.max_code <= INT8_MAX or not getattr(q, "int8_of", "")
+            if accumulator_peak(layer, magnitude) < EXACT_ACCUMULATOR and fits_int8:
                 fine_bits[name] = p
                 break
         else:

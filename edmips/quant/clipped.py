@@ -12,7 +12,6 @@ float network's activations in one pass; `finish_calibration(method)` then sets 
 import torch
 from torch import Tensor
 
-from edmips.quant.activation import round_ste
 from edmips.quant.primitives import FULL_PRECISION
 from edmips.quant.protocol import UniformActivation
 from edmips.quant.registry import register
@@ -70,11 +69,10 @@ class ClippedQuant(UniformActivation):
             return self.float_forward(x)
         if self.bits >= FULL_PRECISION:
             return self.float_forward(x)
-        step = self.unit().to(x.dtype)
-        return round_ste((x / step).clamp(self.lowest, self.qmax)) * step
+        return self.quantize(x, self.unit().to(x.dtype))
 
     def codes(self, x: Tensor) -> Tensor:
-        return (x / self.unit().to(x.dtype)).clamp(self.lowest, self.qmax).round()
+        return self.levels(x, self.unit().to(x.dtype))
 
     def finish_calibration(self, method) -> float:
         """Set alpha to method(statistics, bits, signed) and drop the statistics; the clip."""

@@ -41,13 +41,13 @@ class InputQuant(ActivationQuantizer):
     def num_levels(self) -> int:
         return 256 + int(self.zero_point.max() - self.zero_point.min())
 
-    def round_scale(self) -> None:
+    def round_scale(self) -> float:
         """The scale rounded to the nearest power of two, where a family's requantization needs
-        one. The first conv's weights are left as they are (a file of them may have been trained
-        on either scale): the batch norm after it takes up the change, at most a factor of
-        sqrt 2, in training, so a network quantized without training (ptq.py) is better kept
-        in a family that keeps the scale."""
-        self.scale = 2.0 ** round(math.log2(self.scale))
+        one; the factor old / new by which the layers reading the codes must scale their
+        weights to compute what they did (edmips.nn.convert.to_family does)."""
+        old = self.scale
+        self.scale = 2.0 ** round(math.log2(old))
+        return old / self.scale
 
     def unit(self) -> float:
         return self.scale

@@ -29,7 +29,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from edmips.quant.activation import round_ste
 from edmips.quant.primitives import FULL_PRECISION
 from edmips.quant.protocol import UniformActivation
 from edmips.quant.registry import register
@@ -115,11 +114,10 @@ class LearnedStep(UniformActivation):
         n = x[0].numel() if self.channels == 1 else x[0, 0].numel()
         g = 1.0 / math.sqrt(n * self.qmax)
         step = self._shaped(grad_scaled(self.step, g).clamp_min(MIN_STEP).to(x.dtype), x)
-        return round_ste((x / step).clamp(self.lowest, self.qmax)) * step
+        return self.quantize(x, step)
 
     def codes(self, x: Tensor) -> Tensor:
-        step = self._shaped(self.unit().to(x.dtype), x)
-        return (x / step).clamp(self.lowest, self.qmax).round()
+        return self.levels(x, self._shaped(self.unit().to(x.dtype), x))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A checkpoint from before per-channel steps holds one step for every channel.

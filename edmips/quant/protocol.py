@@ -16,6 +16,7 @@ import copy
 
 from torch import Tensor, nn
 
+from edmips.quant.activation import round_ste
 from edmips.quant.primitives import FULL_PRECISION
 
 
@@ -119,6 +120,15 @@ class UniformActivation(ActivationQuantizer):
     @property
     def num_levels(self) -> int:
         return self.qmax - self.lowest + 1
+
+    def quantize(self, x: Tensor, step: Tensor) -> Tensor:
+        """The codes of x on `step` times the step: the gradient straight through inside the
+        range for x, and LSQ's for a step that learns."""
+        return round_ste((x / step).clamp(self.lowest, self.qmax)) * step
+
+    def levels(self, x: Tensor, step: Tensor) -> Tensor:
+        """The integer codes of x on `step` (same dtype as x), by `quantize`'s arithmetic."""
+        return (x / step).clamp(self.lowest, self.qmax).round()
 
 
 class WeightQuantizer(Quantizer):

@@ -7,7 +7,7 @@ weight quantizers, and the signed quantizer put where a layer's input can be neg
 residual sum, a normalized image in a traced model). `conf/quant/<family>.yaml` holds one.
 """
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 from edmips import Registry
 from edmips.quant.protocol import ActivationQuantizer, WeightQuantizer
@@ -45,13 +45,28 @@ class Family:
 
     def check(self) -> None:
         """An unknown name, or one of the wrong kind, is one line naming the choices."""
-        for kind, base in (
-            ("activation", ActivationQuantizer),
-            ("weight", WeightQuantizer),
-            ("signed", ActivationQuantizer),
-        ):
+        for kind, base in zip(KINDS, (ActivationQuantizer, WeightQuantizer, ActivationQuantizer)):
             if not issubclass(get(getattr(self, kind)), base):
                 raise ValueError(f"quant.{kind}: {getattr(self, kind)!r} is no {base.__name__}")
+
+    def int8(self) -> "Family":
+        """Each member's int8 form (edmips.quant.pow2: the quantizer that computes what
+        onnxruntime's int8 kernels compute), itself where it is one already."""
+        forms = [int8_form(getattr(self, kind)) for kind in KINDS]
+        for kind, name, form in zip(KINDS, astuple(self), forms):
+            if not getattr(get(form), "int8_of", ""):
+                raise ValueError(f"deploy=int8: quant.{kind} {name!r} has no int8 form")
+        return Family(*forms)
+
+    @classmethod
+    def from_spec(cls, spec, deploy: str = "float") -> "Family":
+        """The family `conf/quant/<name>.yaml` describes, its members checked; in their int8
+        forms where `deploy` is int8."""
+        if deploy not in DEPLOY:
+            raise ValueError(f"deploy={deploy!r}: choose from {', '.join(DEPLOY)}")
+        members = cls(spec["activation"], spec["weight"], spec["signed"])
+        members.check()
+        return members.int8() if deploy == "int8" else members
 
     @property
     def weight_bits(self) -> tuple[int, ...]:
@@ -63,12 +78,24 @@ class Family:
 
 
 EDMIPS = Family()
+KINDS = ("activation", "weight", "signed")
+# float: the family's own quantizers; int8: their int8 forms, whose model_int8.onnx runs every
+# conv on onnxruntime's QLinearConv
+DEPLOY = ("float", "int8")
+
+
+def int8_form(name: str) -> str:
+    """The registry name of the quantizer's int8 form: itself where it is one or has none."""
+    if getattr(get(name), "int8_of", ""):
+        return name
+    return next((n for n in names() if getattr(get(n), "int8_of", "") == name), name)
 
 
 def family(cfg) -> Family:
-    """The family a run's config names (`quant: {activation, weight, signed}`); a config that
-    names none (a run recorded without the group) is built with edmips's."""
+    """The family a run's config names (`quant: {activation, weight, signed}`), in its int8
+    forms where `deploy` is int8; a config that names none (a run recorded without the group)
+    is built with edmips's."""
     quant = cfg.get("quant") if cfg is not None else None
     if quant is None:
         return EDMIPS
-    return Family(quant.activation, quant.weight, quant.signed)
+    return Family.from_spec(quant, cfg.get("deploy", "float"))

@@ -3,8 +3,11 @@ network, their layers and the quantizers outside them (stem, residual streams, s
 made the family's, compute in the integer runtime and both ONNX forms what the fake-quantized
 network computes; so do a depthwise conv's learned steps, one per input channel."""
 
+from collections import Counter
+from dataclasses import astuple
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -16,25 +19,29 @@ from edmips.nn import QuantConv2d, default_searched, quantize, to_fixed
 from edmips.nn.convert import first_and_last
 from edmips.nn.fold import fold_batch_norms
 from edmips.nn.layers import is_depthwise
+from edmips.ptq import method, stats
 from edmips.quant.protocol import quantizers
-from edmips.quant.registry import Family
+from edmips.quant.registry import Family, get
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "quant"
 BITS = [(2, 2), (3, 4), (4, 3), (8, 2)]  # max-abs weights take 2 to 8 bits
 
 
 def _in_family(name: str, family: str) -> torch.nn.Module:
-    members = Family(**OmegaConf.load(CONF / f"{family}.yaml"))
+    members = Family.from_spec(OmegaConf.load(CONF / f"{family}.yaml"))
     torch.manual_seed(0)
     model = create_model(name, num_classes=10)
     bits = {n: BITS[i % len(BITS)] for i, n in enumerate(default_searched(model))}
     return to_fixed(model, {**dict.fromkeys(first_and_last(model), (8, 8)), **bits}, members)
 
 
-@pytest.mark.parametrize("family", ["qatsim", "learned"])
-@pytest.mark.parametrize("name", ["resnet20", "tv_mobilenet_v2"])
+# qatsim's tv_mobilenet_v2 exports in test_a_folded_network_exports_bit_exactly
+@pytest.mark.parametrize(
+    "name,family",
+    [("resnet20", "qatsim"), ("resnet20", "learned"), ("tv_mobilenet_v2", "learned")],
+)
 def test_a_family_exports_bit_exactly(name, family, tmp_path):
-    members = Family(**OmegaConf.load(CONF / f"{family}.yaml"))
+    members = Family.from_spec(OmegaConf.load(CONF / f"{family}.yaml"))
     model = _in_family(name, family)
     kinds = {type(q).name for _, q in quantizers(model)}
     assert kinds - {"image"} == {members.activation, members.signed, members.weight}
@@ -57,6 +64,27 @@ def test_a_folded_network_exports_bit_exactly(name, tmp_path):
         if isinstance(layer, QuantConv2d) and layer.folded_bn is not None:
             layer.weight_quant.per_channel = False
     check_exports(calibrated(model, 32), 32, tmp_path)
+
+
+@pytest.mark.parametrize("family", ["edmips", "qatsim", "learned", "ptq"])
+def test_every_family_in_its_int8_forms_runs_every_conv_on_qlinearconv(family, tmp_path):
+    """deploy=int8: the family's int8 forms (power-of-two steps, float32 scales, batch
+    norms absorbed) give thresholds that QLinearConv's requantization reproduces, at every
+    bit-width up to 8 (the Gaussian-step weights' 8 bits too); exact."""
+    members = Family.from_spec(OmegaConf.load(CONF / f"{family}.yaml"), "int8")
+    assert all(get(name).int8_of for name in astuple(members))
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10)
+    bits = {n: BITS[i % len(BITS)] for i, n in enumerate(default_searched(model))}
+    model = to_fixed(model, {**dict.fromkeys(first_and_last(model), (8, 8)), **bits}, members)
+    model = calibrated(model, 32)
+    if family == "ptq":  # clips set by calibration, as ptq.py sets them
+        batches = [(torch.rand(8, 3, 32, 32),) for _ in range(3)]
+        stats.gather(model, batches, 24)
+        stats.finish(model, method("aciq_mix"))
+    check_exports(model, 32, tmp_path)
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "model_int8.onnx")).graph.node)
+    assert ops["QLinearConv"] >= 21 and not {"Conv", "ConvInteger", "Gather"} & set(ops)
 
 
 def _spread_depthwise_steps(model: torch.nn.Module) -> list[str]:
@@ -97,7 +125,7 @@ def test_a_depthwise_conv_with_a_channel_multiplier_and_a_bias_exports_bit_exact
         torch.nn.Flatten(),
         torch.nn.Linear(8, 10),
     )
-    learned = Family(**OmegaConf.load(CONF / "learned.yaml"))
+    learned = Family.from_spec(OmegaConf.load(CONF / "learned.yaml"))
     model = calibrated(quantize(net, wbits=4, abits=4, family=learned), 8)
     torch.manual_seed(2)
     assert _spread_depthwise_steps(model) == ["2"]

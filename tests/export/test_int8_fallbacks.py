@@ -29,7 +29,7 @@ from edmips.export.onnx.qdq import FLOAT32_INTEGERS, qdq_runtime, threshold_form
 from edmips.export.onnx.requant import accumulator_range, levels
 from edmips.models import create_model
 from edmips.programs.ptq import ptq
-from edmips.ptq import bias_correction
+from edmips.quant.maxabs import MaxAbsWeight
 
 SIZE = 32
 QUICK = ["data.num_test=64", "calibration.images=8"]
@@ -64,25 +64,32 @@ def _int64_state_dict(model):
     return model
 
 
-CASES = {
-    "bias_corrected": lambda model: model,
-    "zero_conv": _zero_conv,
-    "int64_state_dict": _int64_state_dict,
-}
+CASES = {"bias_corrected": lambda model: model, "zero_conv": _zero_conv}
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_the_float_fallback_writes_each_initializer_once(case, tmp_path):
-    """ptq.py's bias correction moves int8sim's weights beyond int8 (an all-zero conv and an
-    int64 state dict too): those convs take the float fallback, whose clamp and the codes'
-    offset were both written as {out}/lo."""
+    """Weights corrected on a grid 2^6 finer (as ptq.py's bias correction corrects a family
+    that is not an int8 form) are beyond int8 (an all-zero conv's too): those convs take the
+    float fallback, whose clamp and the codes' offset were both written as {out}/lo."""
     model = calibrated(CASES[case](_in_family("resnet_tiny", "int8sim")), SIZE)
-    bias_correction.correct(model, "mean")
+    for layer in model.modules():
+        if isinstance(getattr(layer, "weight_quant", None), MaxAbsWeight):
+            layer.weight_quant.correct_bias(layer.weight, "mean", 6)
     paths = export(model, (3, SIZE, SIZE), tmp_path)
     assert "model_int8.onnx" in [p.name for p in paths]
     assert "Conv" in _ops(tmp_path / "model_int8.onnx")  # the float fallback
     graph = load_bundle(tmp_path / "integer")
     assert max(np.abs(n.arrays["weight"]).max() for n in graph.nodes if n.op == "conv") > 127
+    _assert_int8_file_is_the_runtime(tmp_path)
+
+
+def test_an_int64_state_dict_exports_on_int8_kernels(tmp_path):
+    """Integer-valued weights (an int64 state dict, all zero here but the downsample's) and
+    biases: every conv a QLinearConv, exact."""
+    model = calibrated(_int64_state_dict(_in_family("resnet_tiny", "int8sim")), SIZE)
+    export(model, (3, SIZE, SIZE), tmp_path)
+    assert not _ops(tmp_path / "model_int8.onnx") & {"Conv", "ConvInteger"}
     _assert_int8_file_is_the_runtime(tmp_path)
 
 
@@ -370,11 +377,17 @@ def test_ptq_at_w8a8_writes_model_int8_with_agreement_one(tmp_path, resnet8_weig
         assert refusal[0].startswith("no model_qdq.onnx: layer stages.2.0.conv2: a 26-bit")
 
 
-def test_ptq_in_the_int8sim_family_with_its_defaults_succeeds(tmp_path, resnet8_weights):
-    result, out = _ptq(tmp_path, resnet8_weights, "quant=int8sim")
+@pytest.mark.parametrize("family", ["quant=int8sim", "deploy=int8"])
+def test_ptq_in_an_int8_family_with_its_defaults_runs_on_qlinearconv(
+    tmp_path, resnet8_weights, family
+):
+    """int8sim, and ptq's own family in its int8 forms (deploy=int8): every conv of
+    model_int8.onnx a QLinearConv, the stem's and the classifier's too."""
+    result, out = _ptq(tmp_path, resnet8_weights, family)
     assert result["bias_correction"] == "mean"
     assert result["int8_agreement"] == 1.0 and result["qdq_agreement"] == 1.0
     _assert_int8_file_is_the_runtime(out)
+    assert not _ops(out / "model_int8.onnx") & {"Conv", "ConvInteger"}
 
 
 def test_int8sim_corrects_the_weights_it_exports(tmp_path, resnet8_weights):

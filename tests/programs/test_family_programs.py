@@ -1,6 +1,7 @@
-"""quant=qatsim, quant=learned and quant=int8sim through the programs: a search over the family's
-bit-widths, the retrain of what it found (the first conv and the classifier the family's too),
-and an integer export that agrees exactly; the records name the quantizers the run built."""
+"""quant=qatsim, quant=learned and the defaults (edmips's quantizers in the search,
+their int8 forms in the retrain) through the programs: a search over the family's bit-widths,
+the retrain of what it found (the first conv and the classifier the family's too), and an
+integer export that agrees exactly; the records name the quantizers the run built."""
 
 import json
 import logging
@@ -21,45 +22,56 @@ from edmips.nn.layers import is_depthwise
 from edmips.nn.policy import micronet
 from edmips.programs.retrain import retrain
 from edmips.programs.search import search
+from edmips.quant import registry
 from edmips.records import arch
 
-MEMBERS = {
-    "qatsim": {"ema_relu", "maxabs", "ema"},
-    "learned": {"lsq", "maxabs", "lsq_signed"},
-    "int8sim": {"pow2_relu", "maxabs_f32", "pow2"},
+# The family's overrides, and the (activation, weight, signed) quantizers its retrain builds
+FAMILIES = {
+    "qatsim": (["quant=qatsim", "deploy=float"], ("ema_relu", "maxabs", "ema")),
+    "learned": (["quant=learned", "deploy=float"], ("lsq", "maxabs", "lsq_signed")),
+    # the defaults: the search in edmips's own quantizers, the retrain in their int8 forms
+    "edmips": ([], ("hwgq_int8", "gauss_int8", "pow2")),
 }
 
 
-@pytest.mark.parametrize("family", sorted(MEMBERS))
-def test_a_family_searches_retrains_and_exports_exactly(search_cfg, retrain_cfg, family, tmp_path):
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_family_searches_retrains_and_exports_exactly(
+    search_cfg, retrain_cfg, family, tmp_path, caplog
+):
+    overrides, (activation, weight, signed) = FAMILIES[family]
+    built = registry.int8_form if family == "edmips" else str  # what the retrain makes of them
     space = ["space.wbits=[2,3,4]", "space.abits=[2,3,4]", "target_bits=3"]
-    cfg = search_cfg(f"quant={family}", *space)
+    cfg = search_cfg(*overrides, *space)
     search(cfg)
     found = arch.load(tmp_path / "found.json")
-    assert {layer.wquant for layer in found.layers} == {
-        "maxabs_f32" if family == "int8sim" else "maxabs"
-    }
-    assert {layer.aquant for layer in found.layers} <= MEMBERS[family] | {"image"}
+    searched = [(built(layer.wquant), built(layer.aquant)) for layer in found.layers]
+    assert {w for w, _ in searched} == {weight}
+    assert {a for _, a in searched} <= {activation, signed, "image"}
 
-    run = retrain_cfg(f"arch={tmp_path / 'found.json'}", f"quant={family}")
+    run = retrain_cfg(f"arch={tmp_path / 'found.json'}", *overrides)
     run.output_dir = str(tmp_path / "retrain")
-    metrics = retrain(run)
+    with caplog.at_level(logging.WARNING):
+        metrics = retrain(run)
+    assert not [r for r in caplog.records if "names the quantizers" in r.message]
     assert metrics["prediction_agreement"] == metrics["qdq_agreement"] == 1.0
-    if family == "int8sim":  # on onnxruntime's int8 kernels, recorded in metrics.json
+    assert metrics["quant"] == {"activation": activation, "weight": weight, "signed": signed}
+    if getattr(registry.get(weight), "int8_of", ""):  # onnxruntime's int8 kernels, in metrics.json
         written = json.loads((tmp_path / "retrain" / "metrics.json").read_text())
         assert metrics["int8_agreement"] == written["int8_agreement"] == 1.0
         int8 = onnx.load(str(tmp_path / "retrain" / "model_int8.onnx"))
-        assert not [n for n in int8.graph.node if n.op_type == "Conv"]  # the first conv's too
+        convs = {n.op_type for n in int8.graph.node} & {"Conv", "ConvInteger", "QLinearConv"}
+        assert convs == {"QLinearConv"}  # the first conv's and the classifier's too
     # The first conv and the classifier, outside the architecture, are the family's too.
     model, _ = load_retrained(tmp_path / "retrain")
     ends = [model.get_submodule(name).weight_quant for name in first_and_last(model)]
-    assert {type(q).name for q in ends} == {"maxabs_f32" if family == "int8sim" else "maxabs"}
+    assert {type(q).name for q in ends} == {weight}
     state = torch.load(tmp_path / "retrain" / "checkpoints" / "last.ckpt", weights_only=False)
-    tracked = "input_quant.step" if family == "learned" else "input_quant.running_max"
-    assert any(k.endswith(tracked) for k in state["state_dict"])  # the layers' own, trained
+    tracked = {"learned": "input_quant.step", "edmips": "quant.running_max"}
+    assert any(
+        k.endswith(tracked.get(family, "input_quant.running_max")) for k in state["state_dict"]
+    )
     used = arch.load(tmp_path / "retrain" / "arch.json")
-    pairs = [(layer.wquant, layer.aquant) for layer in used.layers]
-    assert pairs == [(layer.wquant, layer.aquant) for layer in found.layers]
+    assert [(layer.wquant, layer.aquant) for layer in used.layers] == searched
     # The checkpoint alone rebuilds the same family's network: the same integers.
     export_main([str(tmp_path / "retrain"), "--out", str(tmp_path / "again")])
     first = np.load(tmp_path / "retrain" / "integer" / "arrays.npz")
@@ -76,13 +88,20 @@ def test_a_retrain_in_another_family_records_what_it_built_and_says_so(
     with caplog.at_level(logging.WARNING):
         retrain(run)
     used = arch.load(tmp_path / "retrain" / "arch.json")
-    assert {layer.wquant for layer in used.layers} == {"gauss"}
-    assert any("names the quantizers" in r.message and "gauss" in r.message for r in caplog.records)
+    assert {layer.wquant for layer in used.layers} == {"gauss_int8"}  # deploy=int8, the default
+    warned = [r.message for r in caplog.records if "names the quantizers" in r.message]
+    assert len(warned) == 1 and "gauss_int8" in warned[0]
 
 
 def test_a_folded_retrain_exports_exactly_and_its_checkpoint_refolds(retrain_cfg, tmp_path):
     cfg = retrain_cfg(
-        "arch=uniform", "wbits=4", "abits=4", "quant=qatsim", "bn_fold=true", "bn_freeze_epoch=1"
+        "arch=uniform",
+        "wbits=4",
+        "abits=4",
+        "quant=qatsim",
+        "deploy=float",
+        "bn_fold=true",
+        "bn_freeze_epoch=1",
     )
     metrics = retrain(cfg)
     assert metrics["bn_fold"] is True and metrics["quant"]["activation"] == "ema_relu"

@@ -184,7 +184,7 @@ def test_ptq_with_adaround_exports_bit_exactly(ptq_cfg, float_weights, reconstru
         (["ptq.rounding=banana"], "ptq.rounding=banana: choose from nearest, adaround"),
         (
             ["ptq.rounding=adaround", "quant=edmips"],
-            r"ptq.rounding=adaround: quant's weight quantizer \(gauss\) is not max-abs",
+            r"ptq.rounding=adaround: quant's weight quantizer \(gauss_int8\) is not max-abs",
         ),
         (
             ["ptq.rounding=adaround", "ptq.bias_correction=mean_var"],

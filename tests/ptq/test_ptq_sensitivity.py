@@ -22,10 +22,10 @@ def test_the_allocation_is_the_best_scoring_one_within_budget(ptq_cfg, float_wei
     cfg = ptq_cfg(f"model.weights={float_weights}", *SENSITIVITY, *QUICK)
     arch = allocated_within(cfg, "sensitivity", 3)
     assert arch["sensitivity_loss"] == "kl_to_float"
-    assert arch["sensitivity_quant"] == {
-        "activation": "clipped",
-        "weight": "maxabs",
-        "signed": "clipped_signed",
+    assert arch["sensitivity_quant"] == {  # ptq's family in its int8 forms (the default)
+        "activation": "clipped_int8",
+        "weight": "maxabs_f32",
+        "signed": "clipped_signed_int8",
     }
     space = arch["space"]
     tables = {n: np.array(t) for n, t in arch["loss_increase"].items()}

@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -17,20 +18,24 @@ from edmips.nn import default_searched, to_fixed, to_search
 from edmips.nn.convert import first_and_last
 from edmips.nn.layers import QuantConv2d
 from edmips.quant import Quantizer, registry
-from edmips.quant.pow2 import pow2_step
 from edmips.quant.registry import Family
 
 INT8SIM = Family("pow2_relu", "maxabs_f32", "pow2")
 
 
-def test_the_step_is_the_smallest_power_of_two_that_covers_the_range_in_any_precision():
+def test_the_step_is_the_power_of_two_nearest_the_range_s_in_any_precision():
     q = registry.get("pow2_relu")(4)
-    for top in (0.3, 1.0, 15.0, 15.000001, 2.0**-7 * 15):
+    for top, step in (
+        (0.3, 2.0**-6),
+        (1.0, 2.0**-4),
+        (15.0, 1.0),
+        (15 * 2**-0.49, 1.0),
+        (15 * 2**-0.51, 0.5),
+        (2.0**-7 * 15, 2.0**-7),
+    ):
         q.running_max.fill_(top)
-        step = pow2_step(q.running_max, q.qmax)
-        assert float(torch.log2(step)) == round(float(torch.log2(step)))
-        assert step * 15 >= top and step / 2 * 15 < top
-        assert torch.equal(q.double().unit(), step.double())
+        assert float(q.unit()) == step
+        assert float(q.double().unit()) == step
 
 
 def _qlinear_conv(codes, weight, bias, multiplier, stride, padding) -> np.ndarray:
@@ -171,15 +176,23 @@ def test_int8sim_searches_and_fixes_like_every_family():
 
 def test_the_image_s_codes_step_by_a_power_of_two_in_an_int8sim_network_only():
     """The first conv's unit, image step x float32 weight scale, is then a float32 number:
-    its requantization is QLinearConv's like every other conv's. Other families keep the
-    normalization's own scale, 1 / (255 std)."""
+    its requantization is QLinearConv's like every other conv's; its weights are scaled by the
+    inverse change, so that a float network's weights compute what they did. Other families
+    keep the normalization's own scale, 1 / (255 std)."""
     torch.manual_seed(0)
     model = create_model("resnet20", num_classes=10)
     std_scale = model.input_quant.scale
     first = first_and_last(model)[0]
     to_fixed(model, {first: (8, 8)}, registry.EDMIPS)
     assert model.input_quant.scale == std_scale
+    x = model.input_quant(torch.rand(2, 3, 32, 32))
+    weight = model.get_submodule(first).weight.detach().clone()
     to_fixed(model, {first: (8, 8)}, INT8SIM)
     scale = model.input_quant.scale
     assert scale != std_scale and 2 ** round(np.log2(scale)) == scale
     assert 2**-0.5 <= scale / std_scale <= 2**0.5
+    # The first conv's weights take up the change: on the same codes it computes what it did.
+    scaled = model.get_submodule(first).weight.detach()
+    assert torch.equal(scaled, weight * (std_scale / scale))
+    after = F.conv2d(x * (scale / std_scale), scaled, padding=1)
+    assert torch.allclose(after, F.conv2d(x, weight, padding=1), rtol=1e-5, atol=1e-6)

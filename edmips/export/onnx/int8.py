@@ -86,6 +86,14 @@ def _packed_tensor(name: str, kind: int, codes: np.ndarray):
     return helper.make_tensor(name, kind, codes.shape, packed.tobytes(), raw=True)
 
 
+def _narrow(codes: np.ndarray) -> int | None:
+    """The narrowest ONNX integer type below INT8 that holds the codes, if any."""
+    for kind, (lo, hi) in ((TensorProto.INT2, (-2, 1)), (TensorProto.INT4, (-8, 7))):
+        if lo <= codes.min() and codes.max() <= hi:
+            return kind
+    return None
+
+
 class Int8Writer(Int32Accumulators, QdqWriter):
     opset = 25  # INT2 weights
 
@@ -331,12 +339,22 @@ class Int8Writer(Int32Accumulators, QdqWriter):
 
     def int_weight(self, name: str, codes: np.ndarray) -> str:
         """int8 weights for QLinearConv, stored in the narrowest ONNX integer type that holds
-        them (INT2, INT4: a Cast to INT8 that onnxruntime folds when it loads the model)."""
-        for kind, (lo, hi) in ((TensorProto.INT2, (-2, 1)), (TensorProto.INT4, (-8, 7))):
-            if lo <= codes.min() and codes.max() <= hi:
-                self.inits.append(_packed_tensor(f"{name}/codes", kind, codes))
-                return self.add("Cast", [f"{name}/codes"], name, to=TensorProto.INT8)
-        return self.const(name, codes.astype(np.int8))
+        them (INT2, INT4: a Cast to INT8 that onnxruntime folds when it loads the model). Odd
+        codes 2k + 1 (mid-rise levels: the Gaussian-step weights') store k so, and 2k + 1 is
+        computed from it in int32, which onnxruntime folds too."""
+        kind = _narrow(codes)
+        if kind is not None:
+            self.inits.append(_packed_tensor(f"{name}/codes", kind, codes))
+            return self.add("Cast", [f"{name}/codes"], name, to=TensorProto.INT8)
+        half = (codes - 1) // 2
+        kind = _narrow(half)
+        if kind is None or not (codes % 2).all():
+            return self.const(name, codes.astype(np.int8))
+        self.inits.append(_packed_tensor(f"{name}/half", kind, half))
+        wide = self.add("Cast", [f"{name}/half"], f"{name}/half32", to=TensorProto.INT32)
+        twice = self.add("Mul", [wide, self.const(f"{name}/two", np.int32(2))], f"{name}/twice")
+        odd = self.add("Add", [twice, self.const(f"{name}/one", np.int32(1))], f"{name}/odd")
+        return self.add("Cast", [odd], name, to=TensorProto.INT8)
 
     def _float_conv(self, conv: Node, out: str) -> str:
         """The accumulator in float32 (exact: the conv's width is at most 25 bits)."""
