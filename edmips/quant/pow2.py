@@ -37,7 +37,7 @@ from edmips.quant.gaussian import GaussWeight
 from edmips.quant.halfwave import HWGQ
 from edmips.quant.learned import LearnedStepReLU, LearnedStepSigned
 from edmips.quant.maxabs import MaxAbsWeight
-from edmips.quant.primitives import FULL_PRECISION, GAUSS_STEPS, HWGQ_STEPS, weight_levels
+from edmips.quant.primitives import FULL_PRECISION, GAUSS_STEPS, weight_levels
 from edmips.quant.protocol import ActivationQuantizer, WeightQuantizer
 from edmips.quant.registry import register
 from edmips.quant.weight import weight_std
@@ -130,9 +130,6 @@ class Pow2Signed(_MovingPow2):
     signed = True
 
 
-HWGQ_POW2_STEPS = {b: 2.0 ** round(math.log2(s)) for b, s in HWGQ_STEPS.items()}
-
-
 @register("hwgq_int8")
 class HWGQInt8(Int8Arithmetic, HWGQ):
     """HWGQ on the power of two nearest its step. The batch norm in front of it takes up the
@@ -143,9 +140,6 @@ class HWGQInt8(Int8Arithmetic, HWGQ):
     @property
     def qmax(self) -> int:
         return 2**self.bits - 1
-
-    def unit(self) -> float:
-        return HWGQ_POW2_STEPS[self.bits]
 
     def forward(self, x: Tensor) -> Tensor:
         x = torch.relu(x)
