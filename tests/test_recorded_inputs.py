@@ -9,6 +9,7 @@ import pytest
 import torch
 from test_bad_inputs import _tiny_arch
 
+from edmips.core.checks import check_retrain
 from edmips.cost import latency_table
 from edmips.data import SyntheticDataModule
 from edmips.models import create_model
@@ -34,7 +35,7 @@ def test_an_arch_file_of_other_data_needs_its_data_named(retrain_cfg, tmp_path):
     path = _found_json(tmp_path)
     cfg = retrain_cfg(f"arch={path}")  # data: the config's default, synthetic
     with pytest.raises(ValueError) as e:
-        resolve_arch(cfg, _synthetic())
+        resolve_arch(cfg, check_retrain(cfg), _synthetic())
     assert str(e.value) == (
         f"arch={path} was searched on cifar10, this run's data is the config's default "
         "synthetic: add data=cifar10 (or data=synthetic to use it)"
@@ -45,7 +46,7 @@ def test_an_arch_file_of_data_no_config_names_lists_the_data_configs(retrain_cfg
     path = _found_json(tmp_path, data="banana")  # hand-edited, or an ImageFolder run's
     cfg = retrain_cfg(f"arch={path}")
     with pytest.raises(ValueError) as e:
-        resolve_arch(cfg, _synthetic())
+        resolve_arch(cfg, check_retrain(cfg), _synthetic())
     assert str(e.value).endswith(
         "synthetic: add data=<one of cifar10, imagenet, synthetic> (or data=synthetic to use it)"
     )
@@ -55,7 +56,7 @@ def test_the_data_the_command_line_chose_is_used_and_said(retrain_cfg, tmp_path,
     path = _found_json(tmp_path)
     cfg = retrain_cfg(f"arch={path}", "data=synthetic")
     with caplog.at_level(logging.INFO, logger="edmips.programs.retrain"):
-        model, found = resolve_arch(cfg, _synthetic())
+        model, found = resolve_arch(cfg, check_retrain(cfg), _synthetic())
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert lines == [f"arch={path} was searched on cifar10; this run uses data=synthetic, as asked"]
     assert found.model == model.name == "resnet_tiny"
@@ -65,7 +66,7 @@ def test_an_arch_file_of_the_runs_data_is_built_without_a_word(retrain_cfg, tmp_
     path = _found_json(tmp_path, data="synthetic")
     cfg = retrain_cfg(f"arch={path}")  # model=resnet_tiny, as the file's
     with caplog.at_level(logging.INFO, logger="edmips.programs.retrain"):
-        resolve_arch(cfg, _synthetic())
+        resolve_arch(cfg, check_retrain(cfg), _synthetic())
     assert [r.getMessage() for r in caplog.records] == []
 
 
@@ -73,7 +74,7 @@ def test_the_arch_files_model_is_built_and_said(retrain_cfg, tmp_path, caplog):
     path = _found_json(tmp_path, data="synthetic")
     cfg = retrain_cfg(f"arch={path}", "model=resnet8")
     with caplog.at_level(logging.INFO, logger="edmips.programs.retrain"):
-        model, _ = resolve_arch(cfg, _synthetic())
+        model, _ = resolve_arch(cfg, check_retrain(cfg), _synthetic())
     assert model.name == "resnet_tiny"
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.WARNING, f"arch={path} is a resnet_tiny network: built instead of model=resnet8")

@@ -12,11 +12,9 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import RichProgressBar
 from torch import nn
 
-from edmips.core import budgets
 from edmips.core.divergence import StopOnDivergence
 from edmips.core.rundir import RunState, epoch_checkpoint
 from edmips.cost import layers as cost_layers
-from edmips.cost import model as cost_models
 from edmips.models.tv import check_image_size
 
 
@@ -140,9 +138,3 @@ def build_logger(cfg: DictConfig):
 
 def measure(model: nn.Module, datamodule) -> list[cost_layers.LayerCost]:
     return cost_layers.measure(model, tuple(datamodule.input_size))
-
-
-def build_cost(cfg: DictConfig) -> cost_models.CostModel:
-    """What a budget counts: the cost a `budget.<key>` names, else the `cost` group's, configured
-    from the `cost` group's settings (latency_table: its file). The one place that decides."""
-    return cost_models.get(budgets.cost_name(cfg)).configure(cfg.cost)

@@ -5,15 +5,16 @@ so a wrong type or range is one line naming the key, never a traceback mid-run.
 """
 
 import math
-import string
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from edmips.core import budgets
-from edmips.core.builders import build_cost
+from edmips.cost import budget_spec
 from edmips.cost import model as cost_models
+from edmips.cost.budget_spec import BudgetSpec
 from edmips.models import list_models
 from edmips.nn.layers import INPUT_BITS
 from edmips.nn.policy import POLICIES
@@ -28,12 +29,27 @@ class ConfigError(ValueError):
     """A configuration value of the wrong type or outside its range."""
 
 
-def check_search(cfg: DictConfig) -> None:
-    _check_common(cfg)
+@dataclass(frozen=True)
+class Parsed:
+    """What the checks parsed, for a program to use rather than read the config again: the
+    quantizer family, the budgets (target_bits / target_bitops first, then budget.<key>s) and
+    every cost they count, configured once from the cost group (a latency table: its file)."""
+
+    family: registry.Family
+    budgets: tuple[BudgetSpec, ...]
+    costs: Mapping[str, cost_models.CostModel]
+    cost_name: str  # the cost the run counts: the primary budget's, else the cost group's
+
+    @property
+    def cost(self) -> cost_models.CostModel:
+        return self.costs[self.cost_name]
+
+
+def check_search(cfg: DictConfig) -> Parsed:
+    budgets, costs = _check_common(cfg)
     _number(cfg, "mu", minimum=0)
     _number(cfg, "target_bits", minimum=0, optional=True)
     _number(cfg, "target_bitops", minimum=0, optional=True)
-    _budget(cfg)
     _number(cfg, "search.sharpness", minimum=1)
     _number(cfg, "search.warmup_epochs", minimum=0, integer=True)
     if cfg.search.warmup_epochs >= cfg.trainer.max_epochs:
@@ -48,6 +64,11 @@ def check_search(cfg: DictConfig) -> None:
     for kind, supported in (("wbits", family.weight_bits), ("abits", family.activation_bits)):
         _bit_list(cfg, f"space.{kind}", list(supported))
     _signed_space(cfg, family)
+    return _parsed(cfg, family, budgets, costs)
+
+
+def _parsed(cfg: DictConfig, family, budgets, costs) -> Parsed:
+    return Parsed(family, budgets, costs, budget_spec.counted_cost(budgets, cfg.cost.name))
 
 
 def _signed_space(cfg: DictConfig, family) -> None:
@@ -74,17 +95,18 @@ PTQ_DEFAULTS = {
 }
 
 
-def check_retrain(cfg: DictConfig) -> None:
-    _check_common(cfg)
-    _check_arch(cfg)
+def check_retrain(cfg: DictConfig) -> Parsed:
+    budgets, costs = _check_common(cfg)
+    _check_arch(cfg, budgets)
     _check_init(cfg)
     _number(cfg, "integer_check_images", minimum=1, integer=True, optional=True)
     _flag(cfg, "bn_fold")
     _number(cfg, "bn_freeze_epoch", minimum=0, integer=True)
     _no_unused_budget(cfg, ("random",))
+    return _parsed(cfg, _family(cfg), budgets, costs)
 
 
-def check_ptq(cfg: DictConfig) -> None:
+def check_ptq(cfg: DictConfig) -> Parsed:
     """Post-training quantization: a float network's weights and an arch (the clip method is
     checked by edmips.ptq.clipping, which defines them)."""
     _check_model(cfg)
@@ -96,8 +118,10 @@ def check_ptq(cfg: DictConfig) -> None:
     _number(cfg, "calibration.images", minimum=1, integer=True)
     _flag(cfg, "bn_fold")
     _number(cfg, "seed", minimum=0, maximum=MAX_SEED, integer=True)
+    budgets = ()
     if cfg.arch in (SENSITIVITY, SEARCH):
-        if not _budget(cfg) and OmegaConf.select(cfg, "target_bits") is None:
+        budgets, costs = _budgets(cfg)
+        if not budgets:
             raise ConfigError(
                 f"arch={cfg.arch} needs a budget: add target_bits=B (or budget.<cost>=<value>)"
             )
@@ -116,7 +140,9 @@ def check_ptq(cfg: DictConfig) -> None:
                 "bits; drop space.sbits (a search or arch=random allocates them)"
             )
     else:
-        _check_arch(cfg)
+        if cfg.arch == "random":
+            budgets, costs = _budgets(cfg)
+        _check_arch(cfg, budgets)
     _no_unused_budget(cfg, ("random", SENSITIVITY, SEARCH))
     if cfg.arch == FLOAT:
         raise ConfigError("arch=float: post-training quantization needs bits to quantize to")
@@ -127,6 +153,7 @@ def check_ptq(cfg: DictConfig) -> None:
         _signed_space(cfg, family)
     _number(cfg, "integer_check_images", minimum=1, integer=True, optional=True)
     _refinements_applied(cfg)
+    return _parsed(cfg, _family(cfg), budgets, costs if budgets else {})
 
 
 def _sensitivity_images(cfg: DictConfig) -> None:
@@ -180,7 +207,7 @@ def _refinements_applied(cfg: DictConfig) -> None:
         )
 
 
-def _check_arch(cfg: DictConfig) -> None:
+def _check_arch(cfg: DictConfig, budgets: tuple[BudgetSpec, ...]) -> None:
     """arch: a found.json, `uniform` at bits the family takes, or `random` with a budget."""
     if OmegaConf.is_missing(cfg, "arch") or cfg.arch in (None, ""):
         raise ConfigError(
@@ -193,7 +220,7 @@ def _check_arch(cfg: DictConfig) -> None:
     elif cfg.arch == FLOAT or cfg.arch in POLICIES:
         pass  # nothing to choose: every layer at 32 bits, or at the policy's bits
     elif cfg.arch == "random":
-        if not _budget(cfg) and OmegaConf.select(cfg, "target_bits") is None:
+        if not budgets:
             raise ConfigError(
                 "arch=random needs a budget: add target_bits=B (or budget.<cost>=<value>)"
             )
@@ -239,20 +266,12 @@ def _check_model(cfg: DictConfig) -> None:
         )
 
 
-def _check_common(cfg: DictConfig) -> None:
+def _check_common(cfg: DictConfig) -> tuple[tuple[BudgetSpec, ...], dict]:
+    """The checks of search.py and retrain.py; the budgets and their costs, parsed."""
     _check_model(cfg)
     _check_output_dir(cfg)
     _check_data(cfg)
-    _finite_budgets(cfg)
-    cost = OmegaConf.select(cfg, "cost.name")
-    if cost not in cost_models.names():
-        raise ConfigError(
-            f"cost={cost}: unknown cost; choose from {', '.join(cost_models.names())}"
-        )
-    try:  # the budget keys, and the cost's own settings (latency_table: its file, read here)
-        build_cost(cfg)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    budgets, costs = _budgets(cfg)
     _number(cfg, "seed", minimum=0, maximum=MAX_SEED, integer=True)
     _number(cfg, "trainer.max_epochs", minimum=1, integer=True)
     for key in ("space.skip_first", "space.skip_last", "fast"):
@@ -260,6 +279,7 @@ def _check_common(cfg: DictConfig) -> None:
     for key in ("optimizer", "search.optimizer", "search.arch_optimizer"):
         _check_optimizer(cfg, key)
     _check_schedule(cfg)
+    return budgets, costs
 
 
 def _check_data(cfg: DictConfig) -> None:
@@ -302,24 +322,27 @@ def _check_schedule(cfg: DictConfig) -> None:
     _number(cfg, "scheduler.gamma", minimum=0, optional=True)
 
 
-def _finite_budgets(cfg) -> None:
-    """budget.<key>=inf (or nan, or 1e400MiB): not finite, which budgets.total, the check of
-    the amount, would call not positive."""
-    for key, value in (OmegaConf.select(cfg, "budget") or {}).items():
-        number = value.strip().rstrip(string.ascii_letters) if isinstance(value, str) else value
-        try:
-            amount = float(number)
-        except (TypeError, ValueError):
-            continue  # not a number: budgets.total says what it must be
-        if not math.isfinite(amount):
-            raise ConfigError(f"budget.{key}={value}: not finite; a budget is a positive amount")
-
-
-def _budget(cfg):
-    """budget.<key>: valid amounts, none counting the cost target_bits / target_bitops does."""
-    _finite_budgets(cfg)
+def _budgets(cfg: DictConfig) -> tuple[tuple[BudgetSpec, ...], dict]:
+    """The budgets (edmips.cost.budget_spec: valid amounts, none counting the cost target_bits
+    / target_bitops does) and every cost they count, configured from the cost group's settings
+    (latency_table: its file, read here once)."""
+    cost = OmegaConf.select(cfg, "cost.name")
     try:
-        return budgets.requested(cfg)
+        budgets = budget_spec.parse(
+            OmegaConf.select(cfg, "budget"),
+            OmegaConf.select(cfg, "target_bits"),
+            OmegaConf.select(cfg, "target_bitops"),
+            cost,
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cost not in cost_models.names():
+        raise ConfigError(
+            f"cost={cost}: unknown cost; choose from {', '.join(cost_models.names())}"
+        )
+    try:
+        names = dict.fromkeys([budget_spec.counted_cost(budgets, cost), *(b.cost for b in budgets)])
+        return budgets, {name: cost_models.get(name).configure(cfg.cost) for name in names}
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -329,10 +352,20 @@ def _flag(cfg, key) -> None:
         raise ConfigError(f"{key} must be true or false, got {OmegaConf.select(cfg, key)!r}")
 
 
+def family(cfg) -> registry.Family:
+    """The family a run's config names (`quant: {activation, weight, signed}`), in its int8
+    forms where `deploy` is int8; a config that names none (a run recorded without the group)
+    is built with edmips's."""
+    quant = cfg.get("quant") if cfg is not None else None
+    if quant is None:
+        return registry.EDMIPS
+    return registry.Family.from_spec(quant, cfg.get("deploy", "float"))
+
+
 def _family(cfg) -> registry.Family:
     """The quantizers `quant` names, each of its kind, in their int8 forms where it says so."""
     try:
-        return registry.family(cfg)
+        return family(cfg)
     except (ValueError, AttributeError, KeyError) as e:
         raise ConfigError(f"quant: {e}") from None
 

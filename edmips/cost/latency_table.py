@@ -78,7 +78,7 @@ class LatencyTable(CostModel):
         return stated / self._scale()
 
     def _entries(self) -> Entries:
-        if self.entries is None:  # the registry's own instance: build_cost configures one
+        if self.entries is None:  # the registry's own instance: the checks configure one
             raise ValueError(NO_FILE)
         return self.entries
 

@@ -3,7 +3,7 @@ number of weights): a budget on the memory the weights take.
 
 The table prices the searched layers; the quantized layers outside the search (the first conv
 and the classifier, at their fixed bits) take `fixed_weight_bits`, which a budget in weight size
-counts too (edmips.core.budgets) and found.json's weight_bits_total includes.
+counts too (edmips.cost.budget_spec) and found.json's weight_bits_total includes.
 """
 
 from torch import nn

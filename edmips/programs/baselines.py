@@ -3,18 +3,18 @@ fixed policy (edmips.nn.policy). retrain.py and ptq.py take them as `arch=`."""
 
 from omegaconf import DictConfig
 
-from edmips.core import budgets
-from edmips.cost import latency_table
+from edmips.core.checks import Parsed
+from edmips.cost import budget_spec
 from edmips.cost.weight_size import fixed_weight_bits
 from edmips.nn import input_space
 from edmips.nn.policy import POLICIES
 from edmips.records import arch as arch_file
-from edmips.search.joint import achieved, budgets_for, random_within
+from edmips.search.budgets import Budgets
 
 BASELINES = ("uniform", "random", *POLICIES)
 
 
-def baseline_arch(cfg: DictConfig, model, costs, data: str, quantizers=None):
+def baseline_arch(cfg: DictConfig, parsed: Parsed, model, costs, data: str, quantizers=None):
     """What a search must beat at the same cost: one bit-width everywhere, a random allocation
     from the search space within 1% of `target_bits` in the cost's unit, or of a budget.<key>
     (fixed by `seed`), or a seed's fixed policy (edmips.nn.policy)."""
@@ -43,18 +43,13 @@ def baseline_arch(cfg: DictConfig, model, costs, data: str, quantizers=None):
     aspaces = [input_space(aquant, aspace, cfg.space.get("sbits")) for aquant in aquants]
     wspaces = [tuple(cfg.space.wbits)] * len(costs)
     # target_bits or budget keys (checks.py): one within 1%, several each an upper bound
-    labels, held = budgets_for(cfg, costs, wspaces, aspaces, fixed)
-    wbits, abits = random_within(held, cfg.seed)
-    record = budget_record(cfg, held, labels, wbits, abits)
+    held = Budgets.of(parsed.budgets, parsed.costs, costs, wspaces, aspaces, fixed)
+    wbits, abits = held.random(cfg.seed)
+    record = budget_record(parsed, held, wbits, abits)
     return as_arch(arch_file.space_of(cfg.space), wbits, abits, **record)
 
 
-def budget_record(cfg: DictConfig, held, labels, wbits, abits) -> dict:
-    """What found.json records of the budgets an allocation was made within: one budget's
-    target (in its cost's unit) and cost; several: each one's target and spend (`budgets`)."""
-    record = {"budget": budgets.record(cfg), "cost": held[0].cost.name}
-    record |= latency_table.recorded([b.cost for b in held], held[0].layers, wbits, abits)
-    if len(held) == 1:
-        return record | {"target_bits": held[0].target}
-    spent = achieved(held, labels, wbits, abits)
-    return record | {"target_bits": cfg.target_bits, "budgets": spent}
+def budget_record(parsed: Parsed, held: Budgets, wbits, abits) -> dict:
+    """What found.json records of the budgets an allocation was made within: the keys as given,
+    one budget's target (in its cost's unit) and cost; several: each one's target and spend."""
+    return {"budget": budget_spec.recorded_keys(parsed.budgets), **held.record(wbits, abits)}

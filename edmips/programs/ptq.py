@@ -37,7 +37,6 @@ from edmips.ptq import (
     rounding,
     stats,
 )
-from edmips.quant import registry
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
 
@@ -46,16 +45,16 @@ log = logging.getLogger(__name__)
 
 def ptq(cfg: DictConfig) -> dict:
     start = time.perf_counter()
-    checks.check_ptq(cfg)
+    parsed = checks.check_ptq(cfg)
     method(cfg.ptq.activation_clip)  # an unknown clip is refused before anything is built
     bias_correction.check(cfg.ptq.bias_correction)
-    rounding.check(cfg)
+    rounding.check(cfg, parsed.family)
     run = rundir.start(cfg, "ptq")
     cfg = run.cfg
     with run.stoppable():  # a SIGTERM from here on: status 143 and a line
         L.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg)
-        model, found, costs = _quantizable(cfg, datamodule)
+        model, found, measured_on = _quantizable(cfg, parsed, datamodule)
         given = _given_stats(cfg, model)
         datamodule.setup("fit")
         datamodule.setup("test")
@@ -64,7 +63,9 @@ def ptq(cfg: DictConfig) -> dict:
         calibrated = time.perf_counter()
         clip = method(cfg.ptq.activation_clip)
         if cfg.arch in sensitivity.MEASURED:
-            gathered, found = _measured(cfg, model, costs, float_net, datamodule, given, clip)
+            gathered, found = _measured(
+                cfg, parsed, model, measured_on, float_net, datamodule, given, clip
+            )
         else:
             gathered = _gathered(cfg, model, datamodule, given)
         stats.finish(model, clip)
@@ -81,7 +82,7 @@ def ptq(cfg: DictConfig) -> dict:
         export(model, datamodule.input_size, out)
         exported = time.perf_counter()
         record = {
-            **_record(cfg, found, datamodule.name),
+            **_record(cfg, parsed.family, found, datamodule.name),
             **rounded,
             "calibration_images": gathered.images,
             "float_acc": float_acc,
@@ -108,27 +109,27 @@ def ptq(cfg: DictConfig) -> dict:
     return metrics.to_dict()
 
 
-def _quantizable(cfg: DictConfig, datamodule):
+def _quantizable(cfg: DictConfig, parsed: checks.Parsed, datamodule):
     """The model at the arch's bits (at 8 bits for arch=sensitivity or search, whose allocation
-    is measured later), its architecture (None until then) and the searchable layers' costs; the
-    first conv and the classifier at 8 bits unless the arch sets them; checked for the weight
-    refinements before any image is read."""
-    found = costs = None
+    is measured later), its architecture (None until then), the searchable layers' costs and
+    the budgets their allocation is held to; the first conv and the classifier at 8 bits unless
+    the arch sets them; checked for the weight refinements before any image is read."""
+    found = costs = budgets = None
     if cfg.arch in sensitivity.MEASURED:
-        model, costs = sensitivity.model_at_8_bits(cfg, datamodule)
-        to_fixed(model, fixed_ends(model, {c.name for c in costs}), registry.family(cfg))
+        model, costs, budgets = sensitivity.model_at_8_bits(cfg, parsed, datamodule)
+        to_fixed(model, fixed_ends(model, {c.name for c in costs}), parsed.family)
     else:
-        model, found = resolve_arch(cfg, datamodule)
+        model, found = resolve_arch(cfg, parsed, datamodule)
     if cfg.bn_fold:
         absorb_batch_norms(model)
     bit_allocation.check(model, cfg.ptq.bit_allocation)
-    return model, found, costs
+    return model, found, (costs, budgets)
 
 
-def _record(cfg: DictConfig, found, data: str) -> dict:
+def _record(cfg: DictConfig, family, found, data: str) -> dict:
     """What metrics.json says of the quantized network before it is tested."""
     return {
-        **arch_record(cfg, found, data),
+        **arch_record(cfg, family, found, data),
         "kind": "ptq",
         "allocation": found.extra.get("kind") or arch_kind(cfg),
         "activation_clip": cfg.ptq.activation_clip,
@@ -156,11 +157,12 @@ def _gathered(cfg: DictConfig, model, datamodule, given) -> stats.CalibrationSta
     return given
 
 
-def _measured(cfg: DictConfig, model, costs, float_net, datamodule, given, clip):
+def _measured(cfg: DictConfig, parsed, model, measured_on, float_net, datamodule, given, clip):
     """The statistics (gathered with every layer at 8 bits on the first calibration.images, or
     given) and the allocation measured from them on the first sensitivity.images (arch=sensitivity)
     or search.images (arch=search, more than the calibration's where it asks for more); `model`
-    ends at the allocation's bits, its statistics restored."""
+    ends at the allocation's bits, its statistics restored. `measured_on`: the searchable
+    layers' costs and their budgets."""
     measured = cfg.sensitivity.images if cfg.arch == sensitivity.KIND else cfg.search.images
     needed = measured if given else max(measured, cfg.calibration.images)
     drawn = sensitivity.drawn_images(datamodule.train_dataloader(), needed)
@@ -172,7 +174,10 @@ def _measured(cfg: DictConfig, model, costs, float_net, datamodule, given, clip)
     allocate = (
         sensitivity.allocate if cfg.arch == sensitivity.KIND else sensitivity.allocate_by_search
     )
-    found = allocate(cfg, model, costs, images, reference, gathered, clip, datamodule.name)
-    to_fixed(model, found.bits(), registry.family(cfg))
+    costs, budgets = measured_on
+    found = allocate(
+        cfg, parsed, budgets, model, costs, images, reference, gathered, clip, datamodule.name
+    )
+    to_fixed(model, found.bits(), parsed.family)
     stats.restore(model, gathered)
     return gathered, found

@@ -59,7 +59,7 @@ from edmips.retrain.module import RetrainModule
 log = logging.getLogger(__name__)
 
 
-def resolve_arch(cfg: DictConfig, datamodule, stored: dict | None = None):
+def resolve_arch(cfg: DictConfig, parsed: checks.Parsed, datamodule, stored: dict | None = None):
     """The model with the architecture's bit-widths, and the architecture; fails early.
     `stored`: the architecture a resumed retrain's checkpoint holds, which the run goes on
     with whatever its arch file (or the code drawing a random one) says now."""
@@ -68,9 +68,9 @@ def resolve_arch(cfg: DictConfig, datamodule, stored: dict | None = None):
         model = build_model(cfg, datamodule)
         names = quantizable_names(model)
         costs = [c for c in measure(model, datamodule) if c.name in names]
-        quantizers = quantizer_names(model, names, registry.family(cfg))
+        quantizers = quantizer_names(model, names, parsed.family)
         found = float_net.float_arch(model.name, costs, quantizers, datamodule.name)
-        return to_float(model, registry.family(cfg)), found
+        return to_float(model, parsed.family), found
     if cfg.arch in BASELINES:
         model = build_model(cfg, datamodule)
         if cfg.arch in POLICIES:  # every layer, the first conv and the classifier included
@@ -78,8 +78,10 @@ def resolve_arch(cfg: DictConfig, datamodule, stored: dict | None = None):
         else:
             names = default_searched(model, cfg.space.skip_first, cfg.space.skip_last)
         costs = [c for c in measure(model, datamodule) if c.name in names]
-        quantizers = quantizer_names(model, [c.name for c in costs], registry.family(cfg))
-        found = _stored(stored) or baseline_arch(cfg, model, costs, datamodule.name, quantizers)
+        quantizers = quantizer_names(model, [c.name for c in costs], parsed.family)
+        found = _stored(stored) or baseline_arch(
+            cfg, parsed, model, costs, datamodule.name, quantizers
+        )
     else:
         path = Path(to_absolute_path(str(cfg.arch)))
         found = _stored(stored) or arch_file.load(path, known_models=list_models())
@@ -97,7 +99,7 @@ def resolve_arch(cfg: DictConfig, datamodule, stored: dict | None = None):
     in_arch = [layer.name for layer in found.layers]
     bits = {**fixed_ends(model, in_arch), **found.bits()}
     source = "the checkpoint" if stored else f"arch={cfg.arch}"
-    _to_fixed(model, bits, registry.family(cfg), source)
+    _to_fixed(model, bits, parsed.family, source)
     built = quantizer_names(model, in_arch)
     return model, arch_file.with_quantizers(found, built)
 
@@ -158,11 +160,11 @@ def arch_kind(cfg: DictConfig) -> str:
     return cfg.arch if cfg.arch in (*BASELINES, float_net.KIND) else "searched"
 
 
-def network_spec(cfg: DictConfig, found: arch_file.Arch, datamodule) -> dict:
+def network_spec(cfg: DictConfig, family, found: arch_file.Arch, datamodule) -> dict:
     """Everything that rebuilds the retrained network, stored in its checkpoints."""
     return {
         "arch": found.to_dict(),
-        "quant": asdict(registry.family(cfg)),
+        "quant": asdict(family),
         "bn_fold": bool(cfg.get("bn_fold", False)),
         "num_classes": datamodule.num_classes,
         "mean": list(datamodule.mean),
@@ -195,12 +197,12 @@ def retrain(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     run = rundir.start(cfg, "retrain")
     cfg = run.cfg
-    checks.check_retrain(cfg)
+    parsed = checks.check_retrain(cfg)
     if cfg.arch not in (*BASELINES, float_net.KIND):  # absolute: resume= works from anywhere
         cfg.arch = str(to_absolute_path(str(cfg.arch)))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
-    model, found = resolve_arch(cfg, datamodule, run.network and run.network["arch"])
+    model, found = resolve_arch(cfg, parsed, datamodule, run.network and run.network["arch"])
     if run.network is None:
         _note_other_quantizers(cfg, found)
     if cfg.bn_fold:
@@ -209,12 +211,12 @@ def retrain(cfg: DictConfig) -> dict:
     checks.check_data(cfg, datamodule)
     if cfg.arch != float_net.KIND:
         check_lowerable(model, datamodule.input_size)
-    module = _module(cfg, model, found, datamodule)
+    module = _module(cfg, parsed.family, model, found, datamodule)
     paths = device_check.check_paths(cfg, module, datamodule)  # on a GPU, what runs there
     trainer = build_trainer(cfg)
     with run.accepted(module):
         validation = run.fit(trainer, module, datamodule)
-        record = {**_record(cfg, found, datamodule, validation), **paths.record()}
+        record = {**_record(cfg, parsed.family, found, datamodule, validation), **paths.record()}
         if trainer.is_global_zero:
             out = Path(cfg.output_dir)
             arch_file.save(found, out / "arch.json")
@@ -253,7 +255,7 @@ def _pairs(pairs: set[tuple[str, str]]) -> str:
     return ", ".join(f"{w}/{a}" for w, a in sorted(pairs))
 
 
-def _module(cfg: DictConfig, model, found: arch_file.Arch, datamodule) -> RetrainModule:
+def _module(cfg: DictConfig, family, model, found: arch_file.Arch, datamodule) -> RetrainModule:
     fast = fast_path(cfg)
     return RetrainModule(
         model.to(memory_format=torch.channels_last) if fast else model,
@@ -262,12 +264,12 @@ def _module(cfg: DictConfig, model, found: arch_file.Arch, datamodule) -> Retrai
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         channels_last=fast,
         compile=compile_mode(cfg.compile, cfg),
-        network=network_spec(cfg, found, datamodule),
+        network=network_spec(cfg, family, found, datamodule),
         bn_freeze_epoch=cfg.bn_freeze_epoch if cfg.bn_fold else None,
     )
 
 
-def arch_record(cfg: DictConfig, found: arch_file.Arch, data: str) -> dict:
+def arch_record(cfg: DictConfig, family, found: arch_file.Arch, data: str) -> dict:
     """What metrics.json says of the network's architecture, for retrain.py and ptq.py alike."""
     return {
         "model": found.model,
@@ -283,15 +285,15 @@ def arch_record(cfg: DictConfig, found: arch_file.Arch, data: str) -> dict:
         "activation_bits_total": found.activation_bits_total,
         "micronet_score": found.micronet_score,
         **{k: found.extra.get(k) for k in ("latency_ms", "latency_table", "budget", "budgets")},
-        "quant": asdict(registry.family(cfg)),
+        "quant": asdict(family),
         "bn_fold": bool(cfg.get("bn_fold", False)),
     }
 
 
-def _record(cfg: DictConfig, found: arch_file.Arch, datamodule, validation: dict) -> dict:
+def _record(cfg: DictConfig, family, found: arch_file.Arch, datamodule, validation: dict) -> dict:
     """What metrics.json says about the trained network before it is tested."""
     return {
-        **arch_record(cfg, found, datamodule.name),
+        **arch_record(cfg, family, found, datamodule.name),
         "kind": arch_kind(cfg),
         "val_acc": validation.get("val/acc"),
         "val_acc_top5": validation.get("val/acc5"),

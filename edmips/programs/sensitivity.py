@@ -2,10 +2,9 @@
 
 arch=sensitivity: the allocation that loses least within a budget, from each layer's measured
 loss increase at each (w, a) of the space (edmips.ptq.sensitivity), every other layer at 8 bits.
-The budget's dynamic program (edmips.search.budget) maximises minus the summed increases within
-1% of `target_bits` in the cost's unit, or of a budget.<key>, or within several budgets at once
-(edmips.search.joint): the allocation a differentiable search must beat without training
-anything.
+The budgets' dynamic program (edmips.search.budgets) maximises minus the summed increases within
+1% of `target_bits` in the cost's unit, or of a budget.<key>, or within several budgets at once:
+the allocation a differentiable search must beat without training anything.
 
 arch=search: the search's selectors learned alone on training images, the weights frozen
 (edmips.search.post_training), and the most probable allocation within the budget."""
@@ -18,17 +17,16 @@ import torch
 from omegaconf import DictConfig
 
 from edmips.core.builders import build_model, measure
+from edmips.core.checks import Parsed
 from edmips.cost.weight_size import fixed_weight_bits
 from edmips.nn import default_searched, input_space, to_fixed, to_search
 from edmips.nn.convert import quantizer_names
 from edmips.programs.baselines import budget_record
 from edmips.ptq import sensitivity
 from edmips.ptq.stats import batches
-from edmips.quant import registry
 from edmips.records import arch as arch_file
 from edmips.search import post_training
-from edmips.search.budget import BudgetPrice
-from edmips.search.joint import JointPrice, best_within, budgets_for
+from edmips.search.budgets import Budgets
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +37,16 @@ SEARCH_KIND = "calibration_search"  # arch=search's allocation, as arch.json and
 LOSS = "kl_to_float"
 
 
-def model_at_8_bits(cfg: DictConfig, datamodule):
-    """The float network with every searchable layer at 8 bits, its layers' costs and
-    quantizer names; the budget is checked here, before anything is computed."""
+def model_at_8_bits(cfg: DictConfig, parsed: Parsed, datamodule):
+    """The float network with every searchable layer at 8 bits, its layers' costs and the
+    budgets the allocation is held to, checked here, before anything is computed."""
     model = build_model(cfg, datamodule)
     names = default_searched(model, cfg.space.skip_first, cfg.space.skip_last)
     costs = [c for c in measure(model, datamodule) if c.name in names]
-    held_budgets(cfg, model, costs)  # checked before anything is measured
+    budgets = held_budgets(cfg, parsed, model, costs)
     bits = sensitivity.REFERENCE_BITS
-    to_fixed(model, {c.name: (bits, bits) for c in costs}, registry.family(cfg))
-    return model, costs
+    to_fixed(model, {c.name: (bits, bits) for c in costs}, parsed.family)
+    return model, costs, budgets
 
 
 def activation_spaces(cfg: DictConfig, model, names) -> list[tuple[int, ...]]:
@@ -57,15 +55,17 @@ def activation_spaces(cfg: DictConfig, model, names) -> list[tuple[int, ...]]:
     return [input_space(model.get_submodule(n).aquant, aspace) for n in names]
 
 
-def held_budgets(cfg: DictConfig, model, costs) -> tuple[list[str], list]:
-    """The budgets the allocation is held to, with their labels, checked against the space."""
+def held_budgets(cfg: DictConfig, parsed: Parsed, model, costs) -> Budgets:
+    """The budgets the allocation is held to, checked against the space."""
     wspaces = [tuple(cfg.space.wbits)] * len(costs)
     aspaces = activation_spaces(cfg, model, [c.name for c in costs])
     fixed = fixed_weight_bits(model, [c.name for c in costs])
-    return budgets_for(cfg, costs, wspaces, aspaces, fixed)
+    return Budgets.of(parsed.budgets, parsed.costs, costs, wspaces, aspaces, fixed)
 
 
-def allocate(cfg, model, costs, images, reference, stats, clip, data: str) -> arch_file.Arch:
+def allocate(
+    cfg, parsed, budgets, model, costs, images, reference, stats, clip, data: str
+) -> arch_file.Arch:
     """Measure every layer's candidates on `images` (the float network's logits `reference`)
     and pick the allocation; `model` is left as it came (8 bits, clips finished)."""
     wspace, aspace = tuple(cfg.space.wbits), tuple(cfg.space.abits)
@@ -74,8 +74,7 @@ def allocate(cfg, model, costs, images, reference, stats, clip, data: str) -> ar
     tables, base = sensitivity.measure(
         model, names, wspace, aspaces, images, reference, stats, clip
     )
-    labels, held = held_budgets(cfg, model, costs)
-    wbits, abits = best_within([-t for t in tables], held)
+    wbits, abits = budgets.best([-t for t in tables])
     worst = max(range(len(names)), key=lambda k: tables[k].max())
     log.info(
         "sensitivity: %d layers x %d candidates on %d images (KL at 8 bits %.3g); most "
@@ -89,9 +88,10 @@ def allocate(cfg, model, costs, images, reference, stats, clip, data: str) -> ar
     )
     return _allocation(
         cfg,
+        parsed,
         model,
         costs,
-        (labels, held),
+        budgets,
         wbits,
         abits,
         data,
@@ -99,14 +99,14 @@ def allocate(cfg, model, costs, images, reference, stats, clip, data: str) -> ar
         sensitivity_loss=LOSS,
         # the quantizers the loss was measured under: those a fine-tune of the allocation
         # will train with make it worth having there (quant=edmips for retrain.py's default)
-        sensitivity_quant=asdict(registry.family(cfg)),
+        sensitivity_quant=asdict(parsed.family),
         sensitivity_images=len(images),
         loss_at_8_bits=base,
         loss_increase={n: t.tolist() for n, t in zip(names, tables)},
     )
 
 
-def allocate_by_search(cfg, model, costs, images, reference, stats, clip, data: str):
+def allocate_by_search(cfg, parsed, budgets, model, costs, images, reference, stats, clip, data):
     """The selectors of a search network made from `model` learned on `images` (the float
     network's logits `reference`) within the budget, and the most probable allocation in it;
     `model` is left as it came (8 bits, clips finished)."""
@@ -119,16 +119,12 @@ def allocate_by_search(cfg, model, costs, images, reference, stats, clip, data: 
     for name, layer in zip(inputs, layers):
         for q in layer.input_quants or ():
             cache.set_bits(name, q, q.bits)
-    wspaces, aspaces = [m.wbits for m in layers], [m.abits_space() for m in layers]
-    fixed = fixed_weight_bits(model, names)
-    labels, held = budgets_for(cfg, costs, wspaces, aspaces, fixed)
-    price = BudgetPrice(held[0]) if len(held) == 1 else JointPrice(held, labels)
     settings = cfg.search
     losses, final_price = post_training.learn_selectors(
-        network, layers, price, images, reference, settings.steps, settings.lr,
+        network, layers, budgets.price(), images, reference, settings.steps, settings.lr,
         settings.sharpness, settings.batch_size, cfg.seed,
     )  # fmt: skip
-    wbits, abits = post_training.allocation(layers, held)
+    wbits, abits = post_training.allocation(layers, budgets)
     log.info(
         "search: %d layers, %d steps on %d images; KL to float %.3g at the start, %.3g at the end",
         len(names),
@@ -139,9 +135,10 @@ def allocate_by_search(cfg, model, costs, images, reference, stats, clip, data: 
     )
     return _allocation(
         cfg,
+        parsed,
         model,
         costs,
-        (labels, held),
+        budgets,
         wbits,
         abits,
         data,
@@ -157,11 +154,12 @@ def allocate_by_search(cfg, model, costs, images, reference, stats, clip, data: 
     )
 
 
-def _allocation(cfg, model, costs, budgets, wbits, abits, data, probs_w=None, probs_a=None, **meta):
+def _allocation(
+    cfg, parsed, model, costs, budgets, wbits, abits, data, probs_w=None, probs_a=None, **meta
+):
     """The allocation's arch.json: its layers at their bits, with the quantizers `model` gives
-    them, and the budgets (labels, held) it was made within."""
+    them, and the budgets it was made within."""
     names = [c.name for c in costs]
-    labels, held = budgets
     return arch_file.build(
         model.name,
         arch_file.space_of(cfg.space),
@@ -170,10 +168,10 @@ def _allocation(cfg, model, costs, budgets, wbits, abits, data, probs_w=None, pr
         abits,
         probs_w,
         probs_a,
-        quantizer_names(model, names, registry.family(cfg)),
+        quantizer_names(model, names, parsed.family),
         data=data,
         fixed_weight_bits=fixed_weight_bits(model, names),
-        **budget_record(cfg, held, labels, wbits, abits),
+        **budget_record(parsed, budgets, wbits, abits),
         **meta,
     )
 

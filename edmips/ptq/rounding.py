@@ -15,7 +15,7 @@ from edmips.ptq.adaround import Settings, round_network
 from edmips.ptq.reconstruct import reconstruct_network
 from edmips.ptq.stats import batches
 from edmips.quant.maxabs import MaxAbsWeight
-from edmips.quant.registry import family, get
+from edmips.quant.registry import Family, get
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,8 @@ LEARNERS = {"layer": round_network, "block": reconstruct_network}  # by ptq.reco
 RECONSTRUCTIONS = tuple(LEARNERS)
 
 
-def check(cfg: DictConfig) -> None:
-    """ptq.rounding and its settings, before anything is built."""
+def check(cfg: DictConfig, family: Family) -> None:
+    """ptq.rounding and its settings, before anything is built (`family`: the run's)."""
     rounding, reconstruction = cfg.ptq.rounding, cfg.ptq.reconstruction
     if rounding not in ROUNDINGS:
         raise ValueError(f"ptq.rounding={rounding}: choose from {', '.join(ROUNDINGS)}")
@@ -40,7 +40,7 @@ def check(cfg: DictConfig) -> None:
                 "add ptq.rounding=adaround"
             )
         return
-    weight = family(cfg).weight
+    weight = family.weight
     if not issubclass(get(weight), MaxAbsWeight):
         raise ValueError(
             f"ptq.rounding=adaround: quant's weight quantizer ({weight}) is not max-abs, the grid "

@@ -89,13 +89,3 @@ def int8_form(name: str) -> str:
     if getattr(get(name), "int8_of", ""):
         return name
     return next((n for n in names() if getattr(get(n), "int8_of", "") == name), name)
-
-
-def family(cfg) -> Family:
-    """The family a run's config names (`quant: {activation, weight, signed}`), in its int8
-    forms where `deploy` is int8; a config that names none (a run recorded without the group)
-    is built with edmips's."""
-    quant = cfg.get("quant") if cfg is not None else None
-    if quant is None:
-        return EDMIPS
-    return Family.from_spec(quant, cfg.get("deploy", "float"))

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edmips.core import budgets as budget_keys
+from edmips.cost import budget_spec as budget_keys
 from edmips.cost import model as cost_models
 from edmips.nn.policy import POLICIES
 from edmips.quant.registry import EDMIPS

@@ -6,7 +6,7 @@ models are (edmips.cost): each names the Run field that holds it and how its axi
 
 from dataclasses import dataclass
 
-from edmips.core.budgets import BITS
+from edmips.cost.budget_spec import BITS
 
 # binary units, largest first, as budget.weight_size=2MiB reads them
 SIZES = tuple((unit, BITS[unit]) for unit in ("GiB", "MiB", "KiB", "B"))

@@ -80,9 +80,9 @@ class BudgetPrice(nn.Module):
                 t[: c.shape[0], : c.shape[1]] = c / total
             self.register_buffer("table", table, persistent=False)
 
-    @property
-    def target(self) -> float:
-        return self.budget.target
+    def recorded(self) -> dict:
+        """What found.json records of the price beside `mu`: nothing more (JointPrice: each)."""
+        return {}
 
     def cost_only(self) -> tuple[Tensor, Tensor]:
         """Expected (w, a) per layer when the selectors have learned nothing: the allocation

@@ -3,14 +3,13 @@
 argmax       winner-take-all: the most probable candidate (default, eq. 18)
 categorical  one draw from each selector's categorical distribution (eq. 19, one trial)
 multinomial  `trials` draws; the most frequent candidate wins (ties go to the more probable)
-budget       the most probable architecture within 1% of a budget (edmips/search/budget.py)
+budget       the most probable architecture within the budgets (edmips/search/budgets.py)
 """
 
 import torch
 from torch import Tensor
 
-from edmips.search.budget import Budget, closest_to_budget
-from edmips.search.joint import joint_closest
+from edmips.search.budgets import Budgets
 
 MODES = ("argmax", "categorical", "multinomial")
 
@@ -51,16 +50,14 @@ def choose_bits(
     mode: str = "argmax",
     trials: int = 100,
     seed: int = 0,
-    budget: Budget | list[Budget] | None = None,
+    budgets: Budgets | None = None,
 ) -> tuple[list[int], list[int]]:
-    """(wbits, abits) per searched layer: mode "budget" lands on the budget's target (within
-    every one of a list: edmips/search/joint.py), the others discretize each selector by itself."""
+    """(wbits, abits) per searched layer: mode "budget" lands within the budgets, the others
+    discretize each selector by itself."""
     if mode == "budget":
-        if budget is None:
+        if budgets is None:
             raise ValueError("the budget discretization needs a target")
-        if isinstance(budget, list):
-            return joint_closest(probs_w, probs_a, budget)
-        return closest_to_budget(probs_w, probs_a, budget)
+        return budgets.closest(probs_w, probs_a)
     return (
         discretize(probs_w, wspaces, mode, trials, seed),
         discretize(probs_a, aspaces, mode, trials, seed + 1),

@@ -23,17 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edmips.core import budgets as budget_keys
 from edmips.search.budget import (
     GRID,
     LEVELS,
     PRICE_RANGE,
     Budget,
-    best_scoring,
-    check_reachable,
     knapsack,
     log_scores,
-    random_allocation,
 )
 
 ROUNDS = 4  # coordinate rounds per step: warm-started, they track selectors that move slowly
@@ -62,20 +58,9 @@ class JointPrice(nn.Module):
         # search continues from them as an uninterrupted one does.
         self.register_buffer("prices", torch.zeros(k))
 
-    @property
-    def target(self) -> None:
-        return None  # no one target: found.json records each in `budgets`
-
-    @property
-    def budget(self) -> list[Budget]:
-        """As BudgetPrice.budget: what the discretization must meet, here every budget."""
-        return self.budgets
-
-    def record(self, wbits, abits) -> dict:
-        """found.json's account: every budget, its target and what the allocation spends."""
-        return {"budgets": achieved(self.budgets, self.labels, wbits, abits)} | {
-            "final_prices": dict(zip(self.labels, self.prices.tolist()))
-        }
+    def recorded(self) -> dict:
+        """What found.json records of the prices: each budget's at the end."""
+        return {"final_prices": dict(zip(self.labels, self.prices.tolist()))}
 
     def tilts(self, logits_w: Tensor, logits_a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(the first price, tilt_w, tilt_a) for the padded logits, as BudgetPrice.tilts; all
@@ -170,34 +155,6 @@ def _totals(budget: Budget, found) -> np.ndarray:
     _, choice, _ = found
     total = float(budget.cost.total_size(budget.layers))
     return sum(np.asarray(t)[i, j] for t, (i, j) in zip(budget.tables(), choice)) / total
-
-
-def budgets_for(cfg, costs, wspaces, aspaces, fixed_weight_bits=0) -> tuple[list[str], list]:
-    """The budgets a config asks for (edmips.core.budgets) over these layers and candidates,
-    with their key=value labels, checked: one against its reach, several together; ([], [])
-    without one. `fixed_weight_bits`: the weights outside the layers, which a weight size
-    counts."""
-    found = budget_keys.targets(cfg, costs, fixed_weight_bits)
-    labels = [label for label, _, _ in found]
-    held = [Budget(cost, costs, wspaces, aspaces, target) for _, cost, target in found]
-    if len(held) == 1:
-        with budget_keys.named(cfg):
-            check_reachable(held[0])
-    elif held:
-        check_jointly_reachable(held, labels)
-    return labels, held
-
-
-def best_within(scores, budgets: list[Budget]) -> tuple[list[int], list[int]]:
-    """The best-scoring allocation: within 1% of one budget, or within several."""
-    return best_scoring(scores, budgets[0]) if len(budgets) == 1 else joint_best(scores, budgets)
-
-
-def random_within(budgets: list[Budget], seed: int) -> tuple[list[int], list[int]]:
-    """A random allocation: within 1% of one budget, or within several."""
-    if len(budgets) == 1:
-        return random_allocation(budgets[0], seed)
-    return joint_random(budgets, seed)
 
 
 def joint_best(scores, budgets: list[Budget], tolerance=0.01) -> tuple[list[int], list[int]]:

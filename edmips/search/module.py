@@ -12,11 +12,10 @@ computes something worth keeping bits for. From then on the selectors' sharpness
 temperature) rises geometrically to `sharpness` at the last epoch, so the distributions the
 network trains under end close to the winner-take-all network that is kept.
 
-With a budget (`target_bits`, in the cost's stated unit) there is no penalty weight: a price,
-solved for before every forward pass (edmips/search/budget.py), tilts the selectors so that the
-expected cost is the target; `mu` then records that price. With several budgets (`budgets`:
-(its key=value, cost model, target) each, the primary first) each is an upper bound with a price
-of its own (edmips/search/joint.py); `mu` records the primary's, `prices` all of them.
+With budgets (`budgets`, edmips/search/budgets.py) there is no penalty weight: a price, solved
+for before every forward pass (edmips/search/budget.py), tilts the selectors so that the
+expected cost is the target; `mu` then records that price. With several budgets each is an
+upper bound with a price of its own (edmips/search/joint.py); `mu` records the primary's.
 """
 
 import torch
@@ -27,7 +26,8 @@ from edmips.core.classifier import Classifier, make_optimizer
 from edmips.cost import model as cost_models
 from edmips.cost.layers import LayerCost, searched
 from edmips.nn.layers import is_selector
-from edmips.search.budget import Budget, BudgetPrice, tilt_selectors
+from edmips.search.budget import tilt_selectors
+from edmips.search.budgets import Budgets
 from edmips.search.discretize import choose_bits
 from edmips.search.joint import JointPrice
 
@@ -43,18 +43,17 @@ class SearchModule(Classifier):
         arch_optimizer,
         scheduler=None,
         alternating: bool = False,
-        target_bits: float | None = None,
         warmup_epochs: int = 0,
         sharpness: float = 1.0,
         channels_last: bool = False,
         compile: str | None = None,
         cost: "str | cost_models.CostModel" = "bitops",
-        budgets: list | None = None,
+        budgets: Budgets | None = None,
     ):
         super().__init__(model, num_classes, channels_last, compile)
         self.automatic_optimization = False
         self.layers = searched(model, costs)
-        # by name, or configured (a latency table holds its file: edmips.core.builders.build_cost)
+        # by name, or configured (a latency table holds its file: edmips.core.checks configures it)
         self.cost = cost_models.get(cost) if isinstance(cost, str) else cost
         if not self.layers:
             raise ValueError("the model has no searched layers: nothing to search")
@@ -63,17 +62,9 @@ class SearchModule(Classifier):
         self.alternating = alternating
         self.wspaces = [m.wbits for _, m in self.layers]
         self.aspaces = [m.abits_space() for _, m in self.layers]
-        self.budget = None
-        if target_bits is not None:
-            layer_costs = [c for c, _ in self.layers]
-            budget = Budget(self.cost, layer_costs, self.wspaces, self.aspaces, target_bits)
-            self.budget = BudgetPrice(budget)
-        if budgets:
-            if target_bits is not None:
-                raise ValueError("give target_bits or several budgets, not both")
-            layer_costs = [c for c, _ in self.layers]
-            joint = [Budget(c, layer_costs, self.wspaces, self.aspaces, t) for _, c, t in budgets]
-            self.budget = JointPrice(joint, [label for label, _, _ in budgets])
+        self.budgets = budgets
+        # the price (or prices) that hold the expected cost on the budgets; None: mu mode
+        self.price = None if budgets is None else budgets.price()
         self.warmup_epochs, self.final_sharpness = warmup_epochs, sharpness
         # for the figures: the selectors at the start, then after each epoch ("epoch" counts
         # the epochs trained)
@@ -84,9 +75,9 @@ class SearchModule(Classifier):
         return [m.probs_w() for _, m in self.layers], [m.probs_a() for _, m in self.layers]
 
     def apply_budget(self) -> None:
-        """Tilt the selectors so that the expected bits are on the budget (no-op without one)."""
-        if self.budget is not None:
-            self.mu.copy_(tilt_selectors([m for _, m in self.layers], self.budget))
+        """Tilt the selectors so that the expected cost is on the budget (no-op without one)."""
+        if self.price is not None:
+            self.mu.copy_(tilt_selectors([m for _, m in self.layers], self.price))
 
     def sharpness_at(self, epoch: int) -> float:
         """1 until the selectors start to train, then geometric up to the final sharpness."""
@@ -95,17 +86,16 @@ class SearchModule(Classifier):
             return 1.0
         return self.final_sharpness ** ((epoch - self.warmup_epochs) / span)
 
-    def expected_bits(self) -> Tensor:
-        """The expected cost in its stated unit (equivalent bits for BitOps), differentiable:
-        the penalty of mu mode."""
+    def expected_cost(self) -> Tensor:
+        """The expected cost in its stated unit (equivalent bits for BitOps, ms for a latency
+        table), differentiable: the penalty of mu mode."""
         return self.cost.expected(self.layers)
 
     def choose(self, mode: str = "argmax", trials: int = 100, seed: int = 0):
         """Discrete (wbits, abits) per searched layer; mode "budget" lands on the target."""
         self.apply_budget()
         pw, pa = self.probs()
-        budget = None if self.budget is None else self.budget.budget  # several: a list
-        return choose_bits(pw, pa, self.wspaces, self.aspaces, mode, trials, seed, budget)
+        return choose_bits(pw, pa, self.wspaces, self.aspaces, mode, trials, seed, self.budgets)
 
     def discrete_bits(self) -> float:
         """The stated cost of the winner-take-all architecture."""
@@ -139,8 +129,8 @@ class SearchModule(Classifier):
         logits = self(x)
         ce = F.cross_entropy(logits, y)
         # under a budget the price already holds the bits on the target: no penalty term
-        penalised = update_a and self.budget is None
-        loss = ce + self.mu * self.expected_bits() if penalised else ce
+        penalised = update_a and self.price is None
+        loss = ce + self.mu * self.expected_cost() if penalised else ce
         opt_w.zero_grad(set_to_none=True)
         opt_a.zero_grad(set_to_none=True)
         backward(loss)
@@ -170,7 +160,8 @@ class SearchModule(Classifier):
             "epoch": epochs_trained,
             "mu": float(self.mu),
             "sharpness": float(self.layers[0][1].sharpness),
-            "expected_bits": float(self.expected_bits().detach()),
+            # the file's key: the expected cost in its stated unit, whatever the cost
+            "expected_bits": float(self.expected_cost().detach()),
             # before training the selectors are equal: there is no choice to discretize yet
             "discrete_bits": self.discrete_bits() if epochs_trained else None,
             "val_acc": val_acc,
@@ -231,8 +222,11 @@ class SearchModule(Classifier):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = checkpoint.get("arch_history", [])
-        if isinstance(self.budget, JointPrice):  # checkpoints before the prices were kept
-            checkpoint["state_dict"].setdefault("budget.prices", self.budget.prices.clone())
+        state = checkpoint["state_dict"]
+        if "budget.prices" in state:  # checkpoints that named the price module `budget`
+            state["price.prices"] = state.pop("budget.prices")
+        if isinstance(self.price, JointPrice):  # checkpoints before the prices were kept
+            state.setdefault("price.prices", self.price.prices.clone())
         # The sharpness of the checkpoint's epoch (a buffer outside the state dict): a resume
         # after the last epoch starts no epoch that would set it, and discretizes with it.
         self._sharpen(checkpoint["epoch"])

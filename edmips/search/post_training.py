@@ -9,7 +9,8 @@ cost on the target at every step (edmips.search.budget) and the sharpness rises 
 from 1 to its final value, as in the search.
 
 The allocation is the most probable one within the budget (the budget's dynamic program over
-the selectors' log-probabilities, `best_within`): it meets one budget within 1%, or several.
+the selectors' log-probabilities, `Budgets.closest`): it meets one budget within 1%, or
+several.
 A composite layer mixes a candidate with the others, so the selectors see only part of a
 candidate's own error: where one candidate is far worse than its neighbours (2-bit max-abs
 weights keep {-max, 0, +max}), the allocation can pick it where the per-layer sensitivity would
@@ -22,8 +23,8 @@ from torch import Tensor, nn
 
 from edmips.core.classifier import kl_to
 from edmips.nn.layers import is_selector
-from edmips.search.budget import log_scores, tilt_selectors
-from edmips.search.joint import best_within
+from edmips.search.budget import tilt_selectors
+from edmips.search.budgets import Budgets
 
 
 def learn_selectors(
@@ -39,8 +40,8 @@ def learn_selectors(
     seed: int,
 ) -> tuple[list[float], float]:
     """Train the selectors of `layers` (composite layers of `model`) alone for `steps` batches
-    of `images` against the float network's logits `reference`, under `price` (a BudgetPrice or
-    JointPrice); the weights, batch norms and clips stay as they are. Each step's KL, and the
+    of `images` against the float network's logits `reference`, under `price` (a budgets'
+    `price()`); the weights, batch norms and clips stay as they are. Each step's KL, and the
     final price (the primary budget's)."""
     model.eval()  # batch norm frozen; the selectors are the only thing that moves
     selectors = [p for n, p in model.named_parameters() if is_selector(n)]
@@ -67,9 +68,7 @@ def learn_selectors(
     return losses, float(tilt_selectors(layers, price))
 
 
-def allocation(layers: list[nn.Module], budgets: list) -> tuple[list[int], list[int]]:
+def allocation(layers: list[nn.Module], budgets: Budgets) -> tuple[list[int], list[int]]:
     """The most probable (wbits, abits) per layer within the budgets (one within 1%, or
     several, each an upper bound)."""
-    probs_w = [m.probs_w() for m in layers]
-    probs_a = [m.probs_a() for m in layers]
-    return best_within(log_scores(probs_w, probs_a), budgets)
+    return budgets.closest([m.probs_w() for m in layers], [m.probs_a() for m in layers])

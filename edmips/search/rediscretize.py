@@ -17,12 +17,11 @@ import torch
 
 from edmips.core.cli import one_line_errors
 from edmips.cost import model as cost_models
-from edmips.cost.latency_table import recorded
 from edmips.records import arch as arch_file
 from edmips.records import history as history_file
-from edmips.search.budget import Budget, check_reachable
+from edmips.search.budget import Budget
+from edmips.search.budgets import Budgets
 from edmips.search.discretize import MODES, choose_bits
-from edmips.search.joint import achieved
 
 log = logging.getLogger(__name__)
 TOLERANCE = 0.01  # how close to its target the budget discretization lands (closest_to_budget)
@@ -59,23 +58,13 @@ def rediscretize(
     wspace = [tuple(found.space["wbits"])] * len(pw)
     aspace = found.activation_spaces()
     costs = found.costs()
-    several = found.extra.get("budgets") if target_bits is None else None
-    target = found.extra.get("target_bits") if target_bits is None else target_bits
-    budget = None
-    if mode == "budget" and several:  # each recorded budget again, in its cost's unit
-        budget = [
-            Budget(_cost(b["cost"], found), costs, wspace, aspace, b["target"]) for b in several
-        ]
-    elif mode == "budget":
-        if target is None:
-            raise ValueError("--discretize budget needs --target-bits (the search had no target)")
-        budget = Budget(
-            _cost(found.extra.get("cost", "bitops"), found), costs, wspace, aspace, target
-        )
-        check_reachable(budget)  # the search's own check: a target the space can meet
-    wbits, abits = choose_bits(pw, pa, wspace, aspace, mode, trials, seed, budget)
-    if isinstance(budget, Budget):
-        _warn_off_target(budget, wbits, abits)
+    budgets = None
+    if mode == "budget":
+        budgets = _budgets(found, target_bits, costs, wspace, aspace)
+    wbits, abits = choose_bits(pw, pa, wspace, aspace, mode, trials, seed, budgets)
+    if budgets is not None and not budgets.several:
+        _warn_off_target(budgets.primary, wbits, abits)
+    recorded = {"cost": found.extra.get("cost", "bitops"), "target_bits": None}
     return arch_file.build(
         found.model,
         found.space,
@@ -92,14 +81,33 @@ def rediscretize(
         discretization=mode,
         epoch=epoch,
         expected_bits=entry["expected_bits"],
-        target_bits=target if mode == "budget" else None,
-        cost=found.extra.get("cost", "bitops"),
         budget=found.extra.get("budget"),
         fixed_weight_bits=found.fixed_weight_bits,
         searched_in=str(run_dir),
         shared_weights=found.extra.get("shared_weights", True),
-        **_budgets_record(budget, several, costs, wbits, abits),
+        **(recorded if budgets is None else budgets.record(wbits, abits)),
     )
+
+
+def _budgets(found: arch_file.Arch, target_bits, costs, wspace, aspace) -> Budgets:
+    """The search's budgets again, each in its cost's unit (each recorded one where it had
+    several), or `target_bits` in the search's cost instead; checked against the space."""
+    several = found.extra.get("budgets") if target_bits is None else None
+    if several:
+        held = [
+            Budget(_cost(b["cost"], found), costs, wspace, aspace, b["target"]) for b in several
+        ]
+        budgets = Budgets(
+            held, [b["budget"] for b in several], target_bits=found.extra.get("target_bits")
+        )
+    else:
+        target = found.extra.get("target_bits") if target_bits is None else target_bits
+        if target is None:
+            raise ValueError("--discretize budget needs --target-bits (the search had no target)")
+        cost = _cost(found.extra.get("cost", "bitops"), found)
+        budgets = Budgets([Budget(cost, costs, wspace, aspace, target)], [f"target_bits={target}"])
+    budgets.check()  # the search's own check: budgets the space can meet
+    return budgets
 
 
 def _warn_off_target(budget: Budget, wbits, abits) -> None:
@@ -119,15 +127,6 @@ def _warn_off_target(budget: Budget, wbits, abits) -> None:
             spent,
             100 * off,
         )
-
-
-def _budgets_record(budget, several, costs, wbits, abits) -> dict:
-    """Several budgets: each one's target and spend (as the search records them), and the
-    latency where one was a measured table."""
-    if not isinstance(budget, list):
-        return {}
-    spent = achieved(budget, [b["budget"] for b in several], wbits, abits)
-    return {"budgets": spent, **recorded([b.cost for b in budget], costs, wbits, abits)}
 
 
 def _cost(name: str, found: arch_file.Arch) -> cost_models.CostModel:

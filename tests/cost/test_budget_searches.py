@@ -5,6 +5,7 @@ size; a missing latency entry and bad budget values are refused before anything 
 import pytest
 
 from edmips.core.builders import build_datamodule
+from edmips.core.checks import check_retrain
 from edmips.cost import layers as cost_layers
 from edmips.cost import model as cost_models
 from edmips.models import create_model
@@ -97,7 +98,7 @@ def test_a_missing_latency_entry_is_refused_before_training(search_cfg, tmp_path
 def test_arch_random_in_weight_size_lands_within_one_percent(retrain_cfg):
     def found(seed):
         cfg = retrain_cfg("arch=random", "budget.weight_size=1480B", f"seed={seed}")
-        return resolve_arch(cfg, build_datamodule(cfg))[1]
+        return resolve_arch(cfg, check_retrain(cfg), build_datamodule(cfg))[1]
 
     first, other = found(0), found(1)
     share = 1480 * 8 - first.fixed_weight_bits  # what the searched layers may take

@@ -8,8 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 from test_cost_models import ASPACE, WSPACE, _layers
 
-from edmips.core import budgets
-from edmips.cost import latency_table
+from edmips.cost import budget_spec, latency_table
 from edmips.cost import model as cost_models
 from edmips.cost.micronet import CIFAR100, IMAGENET, micronet_score, reference_for
 from edmips.records import arch
@@ -157,12 +156,8 @@ def test_a_latency_table_needs_its_file_and_its_columns(tmp_path):
         latency_table.load(tmp_path / "t.json")
 
 
-def _budget_cfg(**keys):
-    base = {"cost": {"name": "bitops"}, "target_bits": None, "target_bitops": None}
-    group = dict.fromkeys(budgets.COSTS)
-    group.update({k: v for k, v in keys.items() if k in budgets.COSTS})
-    base.update({k: v for k, v in keys.items() if k not in budgets.COSTS})
-    return OmegaConf.create({**base, "budget": group})
+def _specs(cost="bitops", target_bits=None, target_bitops=None, **group):
+    return budget_spec.parse(group, target_bits, target_bitops, cost)
 
 
 @pytest.mark.parametrize(
@@ -170,13 +165,28 @@ def _budget_cfg(**keys):
     [("2MiB", 2 * 8 * 2**20), ("512KiB", 512 * 8 * 1024), ("1.5kB", 12000), ("10B", 80)],
 )
 def test_a_memory_budget_reads_its_unit_and_selects_its_cost(value, bits):
-    cfg = _budget_cfg(weight_size=value)
-    assert budgets.total("weight_size", value) == bits
-    assert budgets.cost_name(cfg) == "weight_size"  # over the default bitops
+    specs = _specs(weight_size=value)
+    assert budget_spec.total("weight_size", value) == bits
+    assert budget_spec.counted_cost(specs, "bitops") == "weight_size"  # over the default bitops
+    assert [(s.key, s.value, s.cost, s.amount) for s in specs] == [
+        ("budget.weight_size", value, "weight_size", bits)
+    ]
     conv, fc = _layers()
-    target = budgets.stated_target(cfg, cost_models.get("weight_size"), [conv, fc])
+    target = specs[0].stated_target(cost_models.get("weight_size"), [conv, fc])
     assert target == bits / (108 + 8)  # bits per weight
-    assert budgets.total("activation_memory", 1000) == 1000  # a plain number: bits
+    assert budget_spec.total("activation_memory", 1000) == 1000  # a plain number: bits
+
+
+def test_several_budgets_are_parsed_once_the_target_key_first():
+    specs = _specs(target_bits=3, weight_size="2KiB", activation_memory=4096)
+    assert [s.label for s in specs] == [
+        "target_bits=3",
+        "budget.weight_size=2KiB",
+        "budget.activation_memory=4096",
+    ]
+    assert [s.cost for s in specs] == ["bitops", "weight_size", "activation_memory"]
+    assert budget_spec.recorded_keys(specs) == {"weight_size": "2KiB", "activation_memory": 4096}
+    assert budget_spec.recorded_keys(_specs(target_bits=3)) is None
 
 
 @pytest.mark.parametrize(
@@ -188,26 +198,32 @@ def test_a_memory_budget_reads_its_unit_and_selects_its_cost(value, bits):
         ),
         ({"weight_size": "-2MiB"}, r"budget.weight_size=-2MiB: a budget must be positive"),
         ({"weight_size": "lots"}, r"not an amount of memory, such as 2MiB"),
-        ({"latency_ms": 0, "cost": {"name": "latency_table"}}, r"a budget must be positive"),
-        ({"latency_ms": "5s", "cost": {"name": "latency_table"}}, r"must be a number of ms"),
+        ({"latency_ms": 0, "cost": "latency_table"}, r"a budget must be positive"),
+        ({"latency_ms": "5s", "cost": "latency_table"}, r"must be a number of ms"),
         ({"latency_ms": 5.0}, r"add cost=latency_table cost.path=<file>"),
         ({"bitops": True}, r"budget.bitops=True: must be a number of BitOps"),
         (
-            {"weight_size": "2MiB", "bitops": 1e9, "cost": {"name": "activation_memory"}},
+            {"weight_size": "2MiB", "bitops": 1e9, "cost": "activation_memory"},
             r"budget.bitops counts bitops, not cost=activation_memory",
         ),
         (
-            {"weight_size": "2MiB", "target_bits": 2, "cost": {"name": "weight_size"}},
+            {"weight_size": "2MiB", "target_bits": 2, "cost": "weight_size"},
             r"set budget.weight_size or target_bits, not both",
         ),
         ({"bitops": 1e9, "target_bitops": 1e9}, r"set budget.bitops or target_bitops, not both"),
         (
-            {"weight_size": "2MiB", "cost": {"name": "activation_memory"}},
+            {"weight_size": "2MiB", "cost": "activation_memory"},
             r"budget.weight_size counts weight_size, not cost=activation_memory",
         ),
+        ({"target_bits": 2, "target_bitops": 1e9}, r"set target_bits or target_bitops, not both"),
+        (
+            {"target_bitops": 1e9, "cost": "weight_size"},
+            r"target_bitops is a BitOps budget, not weight_size: set target_bits",
+        ),
+        ({"bitops": float("inf")}, r"budget.bitops=inf: not finite; a budget is a positive"),
     ],
 )
 def test_a_bad_budget_is_refused_in_one_line(keys, message):
     with pytest.raises(ValueError, match=message) as e:
-        budgets.requested(_budget_cfg(**keys))
+        _specs(**keys)
     assert "\n" not in str(e.value)

@@ -5,6 +5,7 @@ target; a pair the space cannot meet together is refused before training, naming
 import pytest
 
 from edmips.core.builders import build_datamodule
+from edmips.core.checks import check_retrain
 from edmips.cost import layers as cost_layers
 from edmips.models import create_model
 from edmips.nn import default_searched
@@ -42,9 +43,9 @@ def test_a_search_under_bitops_and_weight_size_meets_both(search_cfg, tmp_path, 
     # the expected costs: each at most its target, on it where its price is positive
     module = run["module"]
     module.apply_budget()
-    prices = module.budget.prices.tolist()
+    prices = module.price.prices.tolist()
     assert max(prices) > 0 and min(prices) >= 0
-    for budget, price in zip(module.budget.budgets, prices):
+    for budget, price in zip(module.budgets.held, prices):
         expected = float(budget.cost.expected(module.layers).detach()) / budget.target
         assert expected <= 1.01 and (price == 0 or expected >= 0.99), (budget.cost.name, price)
     saved = arch.load(tmp_path / "found.json")
@@ -126,7 +127,7 @@ def test_arch_random_under_two_budgets_meets_both(retrain_cfg):
             "arch=random", f"budget.bitops={2.5**2 * FLOPS:.6g}", "budget.weight_size=1400B",
             f"seed={seed}",
         )  # fmt: skip
-        return resolve_arch(cfg, build_datamodule(cfg))[1]
+        return resolve_arch(cfg, check_retrain(cfg), build_datamodule(cfg))[1]
 
     first, other = found(0), found(1)
     for a in (first, other):
@@ -166,8 +167,8 @@ def test_three_budgets_at_once_are_all_met_and_rediscretized_within_them(search_
 
 def test_metrics_json_records_the_budgets_an_architecture_was_made_within(retrain_cfg):
     cfg = retrain_cfg("arch=random", "target_bits=3", "budget.weight_size=1400B")
-    found = resolve_arch(cfg, build_datamodule(cfg))[1]
-    record = arch_record(cfg, found, "synthetic")
+    found = resolve_arch(cfg, check_retrain(cfg), build_datamodule(cfg))[1]
+    record = arch_record(cfg, check_retrain(cfg).family, found, "synthetic")
     assert record["budget"] == {"weight_size": "1400B"}
     assert record["budgets"] == found.extra["budgets"]
     assert [b["budget"] for b in record["budgets"]] == ["target_bits=3", "budget.weight_size=1400B"]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from edmips.core.builders import build_trainer
+from edmips.core.checks import check_search
 from edmips.programs.search import build_search
 
 pytestmark = [
@@ -33,7 +34,7 @@ def test_search_training_step_has_no_host_sync(search_cfg, overrides):
         "+trainer.limit_val_batches=0",
         *overrides,
     )
-    datamodule, module = build_search(cfg)
+    datamodule, module = build_search(cfg, check_search(cfg))
     step = module.training_step
     steps = []
     warmup = 2 if "search.compile=true" in overrides else 0  # compiling may synchronise

@@ -5,6 +5,7 @@ are what the records, the budget and the retrained network use."""
 import pytest
 import torch
 
+from edmips.core.checks import check_retrain
 from edmips.models import create_model
 from edmips.nn import input_space, to_fixed, to_float, to_search
 from edmips.nn.convert import default_searched
@@ -74,7 +75,7 @@ def test_a_uniform_baseline_records_the_8_bits_a_signed_input_is_read_at(mobilen
     cfg = retrain_cfg("model=tv_mobilenet_v2", "arch=uniform", "wbits=4", "abits=4")
     names = default_searched(mobilenet)
     costs = [arch.LayerCost(n, "conv", 100, 10, 0, ()) for n in names]
-    found = baseline_arch(cfg, mobilenet, costs, "synthetic")
+    found = baseline_arch(cfg, check_retrain(cfg), mobilenet, costs, "synthetic")
     signed = set(_signed(mobilenet, names))
     assert {x.abits for x in found.layers if x.name in signed} == {INPUT_BITS}
     assert {x.abits for x in found.layers if x.name not in signed} == {4}
@@ -87,7 +88,7 @@ def test_a_random_allocation_draws_signed_inputs_from_the_signed_space(mobilenet
     )
     names = default_searched(mobilenet)
     costs = [arch.LayerCost(n, "conv", 100 + i, 10, 0, ()) for i, n in enumerate(names)]
-    found = baseline_arch(cfg, mobilenet, costs, "synthetic")
+    found = baseline_arch(cfg, check_retrain(cfg), mobilenet, costs, "synthetic")
     signed = set(_signed(mobilenet, names))
     assert found.space["sbits"] == [4, 6, 8]
     assert {x.abits for x in found.layers if x.name in signed} <= {4, 6, 8}

@@ -10,6 +10,7 @@ from conftest import make_config
 
 from edmips.core import rundir
 from edmips.core.builders import build_datamodule
+from edmips.core.checks import check_retrain
 from edmips.export.cli import main as export_main
 from edmips.models import create_model
 from edmips.models.weights import network_state
@@ -45,7 +46,7 @@ def test_float_run_writes_loadable_weights_and_quantized_training_starts_from_th
         tmp_path / "qat",
         ["arch=uniform", "wbits=4", "abits=4", "init=float", f"model.weights={weights}"],
     )
-    model, found = resolve_arch(qat, build_datamodule(qat))
+    model, found = resolve_arch(qat, check_retrain(qat), build_datamodule(qat))
     file = torch.load(weights, weights_only=True)
     # deploy=int8 (the default): the image's scale a power of two, the first conv's weights
     # scaled by the inverse change; the rest as the file holds them

@@ -9,6 +9,7 @@ import pytest
 from conftest import CIFAR10_NPZ
 
 from edmips.core.builders import build_datamodule
+from edmips.core.checks import check_retrain
 from edmips.programs.retrain import resolve_arch, retrain
 from edmips.records import arch
 from edmips.records.arch import ArchError
@@ -191,7 +192,7 @@ def test_a_missing_dataset_path_is_named_before_anything_is_written(retrain_cfg,
 def test_arch_random_is_a_seeded_allocation_within_one_percent_of_the_budget(retrain_cfg):
     def found(seed):
         cfg = retrain_cfg("model=resnet8", "arch=random", "target_bits=2.5", f"seed={seed}")
-        return resolve_arch(cfg, build_datamodule(cfg))[1]
+        return resolve_arch(cfg, check_retrain(cfg), build_datamodule(cfg))[1]
 
     first, again, other = found(0), found(0), found(1)
     assert abs(first.equivalent_bits - 2.5) <= 0.025

@@ -7,10 +7,11 @@ from conftest import ROOT
 from omegaconf import OmegaConf
 from torch import nn
 
+from edmips.core.checks import family
 from edmips.export import image_codes, lower, reference_copy, run
 from edmips.nn import quantize, to_fixed
 from edmips.ptq import calibrate
-from edmips.quant import Family, calibration, registry
+from edmips.quant import Family, calibration
 from edmips.quant.clipped import ClippedReLU, ClippedSigned
 from edmips.quant.maxabs import MaxAbsWeight
 
@@ -69,7 +70,7 @@ def test_max_abs_weights_are_codes_times_scale_in_a_narrow_range(bits, per_chann
 
 def test_the_ptq_family_is_its_config():
     quant = OmegaConf.load(ROOT / "conf" / "quant" / "ptq.yaml")
-    assert registry.family(OmegaConf.create({"quant": quant})) == PTQ
+    assert family(OmegaConf.create({"quant": quant})) == PTQ
     PTQ.check()
 
 

@@ -10,12 +10,13 @@ from torch import nn
 
 from edmips.cost import layers as cost_layers
 from edmips.cost import model as cost_models
-from edmips.cost.layers import LayerCost
+from edmips.cost.layers import LayerCost, searched
 from edmips.nn.layers import MixedLinear
 from edmips.programs.retrain import retrain
 from edmips.programs.search import search
 from edmips.report import collect, write_report
 from edmips.search.budget import Budget, closest_to_budget, random_allocation
+from edmips.search.budgets import Budgets
 from edmips.search.module import SearchModule
 
 SPACE_W, SPACE_A = (1, 2, 3, 4), (2, 3, 4)
@@ -33,15 +34,27 @@ class Branches(nn.Module):
 
 
 def _search_module(model, features=16, target_bits=None, sharpness=1.0):
+    costs = cost_layers.measure(model, (features,))
+    budgets = None
+    if target_bits is not None:
+        layers = searched(model, costs)
+        budget = Budget(
+            cost_models.get("bitops"),
+            [c for c, _ in layers],
+            [m.wbits for _, m in layers],
+            [m.abits_space() for _, m in layers],
+            target_bits,
+        )
+        budgets = Budgets([budget], [f"target_bits={target_bits}"])
     return SearchModule(
         model,
-        cost_layers.measure(model, (features,)),
+        costs,
         num_classes=2,
         mu=0.0,
         optimizer=torch.optim.SGD,
         arch_optimizer=torch.optim.SGD,
-        target_bits=target_bits,
         sharpness=sharpness,
+        budgets=budgets,
     )
 
 
@@ -62,7 +75,7 @@ def test_the_price_holds_the_bits_on_the_target_while_the_selectors_drift_both_w
                 layer.alpha_w.add_(0.02 * direction * v * bits + 0.05 * torch.randn(4))
                 layer.alpha_a.add_(0.02 * direction * v * bits[1:] + 0.05 * torch.randn(3))
         module.apply_budget()
-        seen.append(float(module.expected_bits().detach()))
+        seen.append(float(module.expected_cost().detach()))
         prices.append(float(module.mu))
     assert max(abs(b / 2.5 - 1) for b in seen) <= 0.02
     assert prices[149] > 0 > prices[-1]
@@ -92,7 +105,7 @@ def test_a_layer_more_sensitive_to_quantization_ends_with_more_bits():
     w_s, a_s = sensitive.expected_bits()
     w_p, a_p = plain.expected_bits()
     assert float(w_s * a_s) > float(w_p * a_p) + 2
-    assert float(module.expected_bits().detach()) == pytest.approx(2.5, rel=0.01)
+    assert float(module.expected_cost().detach()) == pytest.approx(2.5, rel=0.01)
 
 
 def _arch_params(model):
