@@ -94,7 +94,7 @@ def calibrate(model, batches, clip) -> dict[str, float]:
 def learn_rounding(model, batches, reconstruction: str) -> dict:
     """AdaRound at conf/ptq.yaml's settings, against the float network, on the calibration
     images, layer by layer or block by block."""
-    settings = rounding.adaround_settings(OmegaConf.load(ROOT / "conf" / "ptq.yaml"))
+    settings = rounding.adaround_settings(OmegaConf.load(ROOT / "conf" / "ptq.yaml").ptq.adaround)
     images = torch.cat([x for x, _ in batches])
     return rounding.LEARNERS[reconstruction](model, float_copy(model), images, settings)
 

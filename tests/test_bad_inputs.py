@@ -8,12 +8,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from edmips.core import checks
 from edmips.cost import layers as cost_layers
 from edmips.data import CIFAR10DataModule
 from edmips.export.cli import main as export_main
 from edmips.models import create_model
 from edmips.nn import default_searched
+from edmips.programs import checks
 from edmips.programs.ptq import ptq
 from edmips.programs.retrain import retrain
 from edmips.programs.search import search

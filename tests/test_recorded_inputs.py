@@ -9,11 +9,11 @@ import pytest
 import torch
 from test_bad_inputs import _tiny_arch
 
-from edmips.core.checks import check_retrain
 from edmips.cost import latency_table
 from edmips.data import SyntheticDataModule
 from edmips.models import create_model
 from edmips.nn import default_searched
+from edmips.programs.checks import check_retrain
 from edmips.programs.retrain import resolve_arch
 from edmips.records import arch
 from edmips.records import history as history_file

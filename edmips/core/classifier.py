@@ -42,7 +42,7 @@ class Classifier(L.LightningModule):
         super().__init__()
         self.model = model
         self.channels_last = channels_last
-        # compile: a torch.compile mode, None for eager (edmips.core.builders.compile_mode decides).
+        # compile: a torch.compile mode, None for eager (programs.builders.compile_mode decides).
         self.set_compile(compile)
         # validate_args=False: argument checks read values back to the host on every update.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)

@@ -38,10 +38,8 @@ from importlib import import_module
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from edmips.core.builders import fast_path, on_gpu
 from edmips.core.classifier import Classifier
 from edmips.nn import MIXED_LAYERS
 from edmips.quant import activation
@@ -76,19 +74,20 @@ class Paths:
         return {"kernels": self.kernels, "compiled": self.compiled}
 
 
-def check_paths(cfg: DictConfig, module: Classifier, datamodule) -> Paths:
-    """The programs' call, once the module is built and before it trains: on a GPU run, check
-    the kernels and the compiled step there and fall back from what fails; on a CPU, nothing."""
-    if not runs_on_gpu(cfg):
+def check_paths(module: Classifier, datamodule, gpu: bool, autocast: bool) -> Paths:
+    """The programs' call, once the module is built and before it trains: on a GPU run (`gpu`:
+    the trainer asks for one; `autocast`: bf16, the fast path), check the kernels and the
+    compiled step there and fall back from what fails; on a CPU, nothing."""
+    if not runs_on_gpu(gpu):
         return Paths("eager", module.compile_mode is not None)
     batch = (getattr(datamodule, "batch_size", STEP_BATCH), *datamodule.input_size)
-    return run_checks(module, batch, datamodule.num_classes, torch.device("cuda"), fast_path(cfg))
+    return run_checks(module, batch, datamodule.num_classes, torch.device("cuda"), autocast)
 
 
-def runs_on_gpu(cfg: DictConfig) -> bool:
-    """A GPU run on a machine that has one (where it has none, Lightning says so, not the
-    check)."""
-    return on_gpu(cfg) and torch.cuda.is_available()
+def runs_on_gpu(gpu: bool) -> bool:
+    """A GPU run (`gpu`: the trainer asks for one) on a machine that has one (where it has none,
+    Lightning says so, not the check)."""
+    return gpu and torch.cuda.is_available()
 
 
 def run_checks(

@@ -12,7 +12,7 @@ this package before its first lookup, so the module needs no import anywhere els
 
 The registry holds one instance per cost, made without arguments. A cost that needs settings
 (latency_table: the file a user measured) reads them from its config group in `configure`,
-which returns a configured instance; edmips.core.checks is the one caller.
+which returns a configured instance; edmips.programs.checks is the one caller.
 """
 
 import numpy as np

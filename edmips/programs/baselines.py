@@ -3,11 +3,11 @@ fixed policy (edmips.nn.policy). retrain.py and ptq.py take them as `arch=`."""
 
 from omegaconf import DictConfig
 
-from edmips.core.checks import Parsed
 from edmips.cost import budget_spec
 from edmips.cost.weight_size import fixed_weight_bits
 from edmips.nn import input_space
 from edmips.nn.policy import POLICIES
+from edmips.programs.checks import Parsed
 from edmips.records import arch as arch_file
 from edmips.search.budgets import Budgets
 

@@ -19,14 +19,14 @@ import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from edmips.core import checks, rundir
-from edmips.core.builders import build_datamodule
+from edmips.core import rundir
 from edmips.export import export
 from edmips.export.verify import verify
 from edmips.nn import to_fixed
 from edmips.nn.convert import fixed_ends
 from edmips.nn.fold import absorb_batch_norms, absorb_into_bias
-from edmips.programs import sensitivity
+from edmips.programs import checks, sensitivity
+from edmips.programs.builders import build_datamodule
 from edmips.programs.retrain import arch_kind, arch_record, resolve_arch
 from edmips.ptq import (
     accuracy,
@@ -46,9 +46,6 @@ log = logging.getLogger(__name__)
 def ptq(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     parsed = checks.check_ptq(cfg)
-    method(cfg.ptq.activation_clip)  # an unknown clip is refused before anything is built
-    bias_correction.check(cfg.ptq.bias_correction)
-    rounding.check(cfg, parsed.family)
     run = rundir.start(cfg, "ptq")
     cfg = run.cfg
     with run.stoppable():  # a SIGTERM from here on: status 143 and a line
@@ -74,15 +71,16 @@ def ptq(cfg: DictConfig) -> dict:
         absorb_into_bias(model)
         absorb_into_bias(float_net)  # the learned rounding's targets: the same convs in float
         bit_allocation.allocate_weights(model, cfg.ptq.bit_allocation)
-        rounded = rounding.apply(cfg, model, float_net, datamodule.train_dataloader())
-        bias_correction.correct(model, rounding.correction(cfg))
+        loader = datamodule.train_dataloader()
+        rounded = rounding.apply(parsed.rounding, model, float_net, loader, cfg.seed)
+        bias_correction.correct(model, parsed.rounding.correction)
         out = Path(cfg.output_dir)
         run.accept()  # the lock, .hydra/ and the log: the first write
         stats.save(gathered, out / stats.FILE)
         export(model, datamodule.input_size, out)
         exported = time.perf_counter()
         record = {
-            **_record(cfg, parsed.family, found, datamodule.name),
+            **_record(cfg, parsed, found, datamodule.name),
             **rounded,
             "calibration_images": gathered.images,
             "float_acc": float_acc,
@@ -126,14 +124,14 @@ def _quantizable(cfg: DictConfig, parsed: checks.Parsed, datamodule):
     return model, found, (costs, budgets)
 
 
-def _record(cfg: DictConfig, family, found, data: str) -> dict:
+def _record(cfg: DictConfig, parsed: checks.Parsed, found, data: str) -> dict:
     """What metrics.json says of the quantized network before it is tested."""
     return {
-        **arch_record(cfg, family, found, data),
+        **arch_record(cfg, parsed.family, found, data),
         "kind": "ptq",
         "allocation": found.extra.get("kind") or arch_kind(cfg),
         "activation_clip": cfg.ptq.activation_clip,
-        "bias_correction": rounding.correction(cfg),
+        "bias_correction": parsed.rounding.correction,
         "bit_allocation": cfg.ptq.bit_allocation,
     }
 

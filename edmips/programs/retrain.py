@@ -24,16 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from edmips.core import checks, device_check, rundir
-from edmips.core.builders import (
-    build_datamodule,
-    build_model,
-    build_trainer,
-    compile_mode,
-    fast_path,
-    measure,
-    on_gpu,
-)
+from edmips.core import device_check, rundir
 from edmips.core.cli import PACKAGE
 from edmips.export import check_lowerable, export
 from edmips.export.verify import verify
@@ -49,7 +40,17 @@ from edmips.nn import (
 from edmips.nn.convert import first_and_last, fixed_ends, quantizer_names
 from edmips.nn.fold import fold_batch_norms
 from edmips.nn.policy import POLICIES
+from edmips.programs import checks
 from edmips.programs.baselines import BASELINES, baseline_arch
+from edmips.programs.builders import (
+    build_datamodule,
+    build_model,
+    build_trainer,
+    compile_mode,
+    fast_path,
+    measure,
+    on_gpu,
+)
 from edmips.quant import registry
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
@@ -212,8 +213,9 @@ def retrain(cfg: DictConfig) -> dict:
     if cfg.arch != float_net.KIND:
         check_lowerable(model, datamodule.input_size)
     module = _module(cfg, parsed.family, model, found, datamodule)
-    paths = device_check.check_paths(cfg, module, datamodule)  # on a GPU, what runs there
-    trainer = build_trainer(cfg)
+    # on a GPU, what runs there
+    paths = device_check.check_paths(module, datamodule, on_gpu(cfg), fast_path(cfg))
+    trainer = build_trainer(cfg, "retrain")
     with run.accepted(module):
         validation = run.fit(trainer, module, datamodule)
         record = {**_record(cfg, parsed.family, found, datamodule, validation), **paths.record()}

@@ -10,18 +10,20 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
-from edmips.core import checks, device_check, rundir
-from edmips.core.builders import (
+from edmips.core import device_check, rundir
+from edmips.cost import budget_spec, latency_table
+from edmips.cost.weight_size import fixed_weight_bits
+from edmips.nn import default_searched, to_search
+from edmips.programs import checks
+from edmips.programs.builders import (
     build_datamodule,
     build_model,
     build_trainer,
     compile_mode,
     fast_path,
     measure,
+    on_gpu,
 )
-from edmips.cost import budget_spec, latency_table
-from edmips.cost.weight_size import fixed_weight_bits
-from edmips.nn import default_searched, to_search
 from edmips.records import arch as arch_file
 from edmips.records import history as history_file
 from edmips.report import write_search_figures
@@ -150,8 +152,9 @@ def search(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build_search(cfg, parsed)
     checks.check_data(cfg, datamodule)
-    paths = device_check.check_paths(cfg, module, datamodule)  # on a GPU, what runs there
-    trainer = build_trainer(cfg, callbacks=[ArchSnapshot(cfg, parsed)])
+    # on a GPU, what runs there
+    paths = device_check.check_paths(module, datamodule, on_gpu(cfg), fast_path(cfg))
+    trainer = build_trainer(cfg, "search", callbacks=[ArchSnapshot(cfg, parsed)])
     with run.accepted(module):
         validation = run.fit(trainer, module, datamodule)
         test = trainer.test(module, datamodule=datamodule, verbose=False)[0]

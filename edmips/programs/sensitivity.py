@@ -16,12 +16,12 @@ from dataclasses import asdict
 import torch
 from omegaconf import DictConfig
 
-from edmips.core.builders import build_model, measure
-from edmips.core.checks import Parsed
 from edmips.cost.weight_size import fixed_weight_bits
 from edmips.nn import default_searched, input_space, to_fixed, to_search
 from edmips.nn.convert import quantizer_names
 from edmips.programs.baselines import budget_record
+from edmips.programs.builders import build_model, measure
+from edmips.programs.checks import Parsed
 from edmips.ptq import sensitivity
 from edmips.ptq.stats import batches
 from edmips.records import arch as arch_file

@@ -53,7 +53,7 @@ class SearchModule(Classifier):
         super().__init__(model, num_classes, channels_last, compile)
         self.automatic_optimization = False
         self.layers = searched(model, costs)
-        # by name, or configured (a latency table holds its file: edmips.core.checks configures it)
+        # by name, or configured (a latency table holds its file: programs.checks configures it)
         self.cost = cost_models.get(cost) if isinstance(cost, str) else cost
         if not self.layers:
             raise ValueError("the model has no searched layers: nothing to search")

@@ -153,7 +153,7 @@ def main(argv=None) -> Path:
             raise ValueError(f"--out {args.out}: exists; choose a new file")
         if args.trials < 1:
             raise ValueError(f"--trials must be >= 1, got {args.trials}")
-        if not 0 <= args.seed < 2**32:  # the seeds search.py takes (core.checks.MAX_SEED)
+        if not 0 <= args.seed < 2**32:  # the seeds search.py takes (programs.checks.MAX_SEED)
             raise ValueError(f"--seed must be in 0 .. 4294967295, got {args.seed}")
         found = rediscretize(
             args.run_dir, args.epoch, args.discretize, args.target_bits, args.trials, args.seed

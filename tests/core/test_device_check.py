@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from edmips.core import device_check
@@ -355,15 +354,12 @@ class _Data:
 
 
 @pytest.mark.parametrize("compile,compiled", [(None, False), ("default", True)])
-@pytest.mark.parametrize("accelerator", ["cpu", "auto"])
-def test_a_cpu_run_checks_nothing_and_records_eager_kernels(
-    monkeypatch, compile, compiled, accelerator
-):
+@pytest.mark.parametrize("gpu", [False, True])  # asked for a GPU or not, on a machine without
+def test_a_cpu_run_checks_nothing_and_records_eager_kernels(monkeypatch, compile, compiled, gpu):
     monkeypatch.setattr(device_check, "run_checks", lambda *a, **k: pytest.fail("checked"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU
-    cfg = OmegaConf.create({"trainer": {"accelerator": accelerator}, "fast": True})
     module = _module(compile)
-    assert device_check.check_paths(cfg, module, _Data()) == Paths("eager", compiled)
+    assert device_check.check_paths(module, _Data(), gpu, True) == Paths("eager", compiled)
     assert activation.KERNELS_ENABLED  # the switch is only for a failed check
 
 
@@ -372,8 +368,7 @@ def test_a_gpu_run_checks_on_cuda_with_the_run_batch_and_autocast(monkeypatch):
     module = _module("default")
     monkeypatch.setattr(device_check, "run_checks", lambda *a: calls.append(a) or "paths")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with a GPU
-    cfg = OmegaConf.create({"trainer": {"accelerator": "gpu"}, "fast": True})
-    assert device_check.check_paths(cfg, module, _Data()) == "paths"
+    assert device_check.check_paths(module, _Data(), True, True) == "paths"
     assert calls == [(module, (16, 3, 8, 8), 10, torch.device("cuda"), True)]
 
 
@@ -458,7 +453,7 @@ def test_runs_whose_gpu_check_fails_go_on_eagerly_and_record_it(
     def no_cc(net, mode):
         raise RuntimeError("InductorError: no C++ compiler")
 
-    monkeypatch.setattr(device_check, "runs_on_gpu", lambda cfg: True)
+    monkeypatch.setattr(device_check, "runs_on_gpu", lambda gpu: True)
     monkeypatch.setattr(device_check, "run_checks", on_the_cpu)
     result = search(
         search_cfg(

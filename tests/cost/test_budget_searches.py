@@ -4,12 +4,12 @@ size; a missing latency entry and bad budget values are refused before anything 
 
 import pytest
 
-from edmips.core.builders import build_datamodule
-from edmips.core.checks import check_retrain
 from edmips.cost import layers as cost_layers
 from edmips.cost import model as cost_models
 from edmips.models import create_model
 from edmips.nn import default_searched
+from edmips.programs.builders import build_datamodule
+from edmips.programs.checks import check_retrain
 from edmips.programs.retrain import resolve_arch
 from edmips.programs.search import search
 from edmips.records import arch

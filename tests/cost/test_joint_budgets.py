@@ -4,11 +4,11 @@ target; a pair the space cannot meet together is refused before training, naming
 
 import pytest
 
-from edmips.core.builders import build_datamodule
-from edmips.core.checks import check_retrain
 from edmips.cost import layers as cost_layers
 from edmips.models import create_model
 from edmips.nn import default_searched
+from edmips.programs.builders import build_datamodule
+from edmips.programs.checks import check_retrain
 from edmips.programs.retrain import arch_record, resolve_arch
 from edmips.programs.search import search
 from edmips.records import arch

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from edmips.core.builders import build_trainer
-from edmips.core.checks import check_search
+from edmips.programs.builders import build_trainer
+from edmips.programs.checks import check_search
 from edmips.programs.search import build_search
 
 pytestmark = [
@@ -49,5 +49,5 @@ def test_search_training_step_has_no_host_sync(search_cfg, overrides):
             steps.append(batch_idx)
 
     module.training_step = checked_step
-    build_trainer(cfg).fit(module, datamodule=datamodule)
+    build_trainer(cfg, "search").fit(module, datamodule=datamodule)
     assert steps == list(range(6))

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from edmips.programs.checks import check_ptq
 from edmips.ptq import adaround, float_copy, rounding
 from edmips.ptq.adaround import Settings
 from edmips.ptq.reconstruct import reconstruct_network
@@ -40,5 +41,6 @@ def test_ptq_learns_on_the_gpu_and_leaves_the_network_on_the_cpu(ptq_cfg):
     cfg.ptq.adaround.iterations, cfg.ptq.adaround.images = 10, 16
     model = calibrated("resnet_tiny", 3, 3, images(16))
     loader = [(images(16, seed=2), torch.zeros(16, dtype=torch.long))]
-    assert rounding.apply(cfg, model, float_copy(model), loader)["reconstruction"] == "block"
+    parsed = check_ptq(cfg).rounding
+    assert rounding.apply(parsed, model, float_copy(model), loader, 0)["reconstruction"] == "block"
     assert all(p.device.type == "cpu" for p in model.parameters())

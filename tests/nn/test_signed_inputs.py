@@ -5,12 +5,12 @@ are what the records, the budget and the retrained network use."""
 import pytest
 import torch
 
-from edmips.core.checks import check_retrain
 from edmips.models import create_model
 from edmips.nn import input_space, to_fixed, to_float, to_search
 from edmips.nn.convert import default_searched
 from edmips.nn.layers import INPUT_BITS
 from edmips.programs.baselines import baseline_arch
+from edmips.programs.checks import check_retrain
 from edmips.quant.registry import get
 from edmips.records import arch
 

@@ -9,11 +9,11 @@ import torch
 from conftest import make_config
 
 from edmips.core import rundir
-from edmips.core.builders import build_datamodule
-from edmips.core.checks import check_retrain
 from edmips.export.cli import main as export_main
 from edmips.models import create_model
 from edmips.models.weights import network_state
+from edmips.programs.builders import build_datamodule
+from edmips.programs.checks import check_retrain
 from edmips.programs.retrain import resolve_arch, retrain
 from edmips.report import collect, write_report
 

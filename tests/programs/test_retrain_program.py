@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import CIFAR10_NPZ
 
-from edmips.core.builders import build_datamodule
-from edmips.core.checks import check_retrain
+from edmips.programs.builders import build_datamodule
+from edmips.programs.checks import check_retrain
 from edmips.programs.retrain import resolve_arch, retrain
 from edmips.records import arch
 from edmips.records.arch import ArchError

@@ -10,6 +10,7 @@ from test_ptq_program import float_weights  # noqa: F401 (a fixture)
 from torch import nn
 
 from edmips.nn.layers import QuantConv2d, QuantLinear
+from edmips.programs.checks import check_ptq
 from edmips.programs.ptq import ptq
 from edmips.ptq import adaround, float_copy, rounding
 
@@ -143,9 +144,10 @@ def test_nearest_rounding_leaves_the_network_as_it_is(ptq_cfg):
     cfg = ptq_cfg("arch=uniform", "model.weights=weights.pt")
     layer = conv(3)
     before = layer.weight.detach().clone()
-    assert rounding.apply(cfg, layer, None, None) == {"rounding": "nearest"}
+    parsed = check_ptq(cfg).rounding
+    assert rounding.apply(parsed, layer, None, None, 0) == {"rounding": "nearest"}
     assert torch.equal(layer.weight, before)
-    assert rounding.correction(cfg) == cfg.ptq.bias_correction == "mean"
+    assert parsed.correction == cfg.ptq.bias_correction == "mean"
 
 
 def test_the_regularizer_waits_then_anneals():

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torchvision
 
-from edmips.core.checks import ConfigError
 from edmips.models import create_model
+from edmips.programs.checks import ConfigError
 from edmips.programs.ptq import ptq
 
 QUICK = ["data.num_test=64", "calibration.images=8"]

@@ -8,13 +8,13 @@ import pytest
 import torch
 from test_ptq_program import QUICK, allocated_within, float_weights  # noqa: F401 (a fixture)
 
-from edmips.core.checks import ConfigError
 from edmips.cost import model as cost_models
 from edmips.cost.layers import LayerCost
 from edmips.models import create_model
 from edmips.nn import to_search
 from edmips.nn.convert import default_searched
 from edmips.nn.layers import is_selector
+from edmips.programs.checks import ConfigError
 from edmips.programs.ptq import ptq
 from edmips.search.budget import Budget, BudgetPrice
 from edmips.search.post_training import learn_selectors

@@ -9,9 +9,9 @@ import pytest
 import torch
 from test_ptq_program import QUICK, allocated_within, float_weights  # noqa: F401 (a fixture)
 
-from edmips.core.checks import ConfigError
 from edmips.cost import model as cost_models
 from edmips.cost.layers import LayerCost
+from edmips.programs.checks import ConfigError
 from edmips.programs.ptq import ptq
 from edmips.search.budget import Budget, best_scoring
 

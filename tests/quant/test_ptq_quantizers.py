@@ -7,9 +7,9 @@ from conftest import ROOT
 from omegaconf import OmegaConf
 from torch import nn
 
-from edmips.core.checks import family
 from edmips.export import image_codes, lower, reference_copy, run
 from edmips.nn import quantize, to_fixed
+from edmips.programs.checks import family
 from edmips.ptq import calibrate
 from edmips.quant import Family, calibration
 from edmips.quant.clipped import ClippedReLU, ClippedSigned

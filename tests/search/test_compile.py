@@ -10,8 +10,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from edmips.core.builders import compile_mode
 from edmips.nn import MixedConv2d
+from edmips.programs.builders import compile_mode
 from edmips.quant import hwgq_codes, mixed_hwgq
 
 

@@ -6,7 +6,7 @@ so a wrong type or range is one line naming the key, never a traceback mid-run.
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hydra.utils import to_absolute_path
@@ -18,6 +18,9 @@ from edmips.cost.budget_spec import BudgetSpec
 from edmips.models import list_models
 from edmips.nn.layers import INPUT_BITS
 from edmips.nn.policy import POLICIES
+from edmips.ptq import bias_correction
+from edmips.ptq.clipping import method as clip_method
+from edmips.ptq.rounding import RECONSTRUCTIONS, ROUNDINGS, Rounding, adaround_settings
 from edmips.quant import registry
 from edmips.quant.clipped import ClippedQuant
 from edmips.quant.maxabs import MaxAbsWeight
@@ -39,6 +42,7 @@ class Parsed:
     budgets: tuple[BudgetSpec, ...]
     costs: Mapping[str, cost_models.CostModel]
     cost_name: str  # the cost the run counts: the primary budget's, else the cost group's
+    rounding: Rounding | None = None  # ptq.py's
 
     @property
     def cost(self) -> cost_models.CostModel:
@@ -153,7 +157,12 @@ def check_ptq(cfg: DictConfig) -> Parsed:
         _signed_space(cfg, family)
     _number(cfg, "integer_check_images", minimum=1, integer=True, optional=True)
     _refinements_applied(cfg)
-    return _parsed(cfg, _family(cfg), budgets, costs if budgets else {})
+    family = _family(cfg)
+    clip_method(cfg.ptq.activation_clip)  # an unknown clip is refused before anything is built
+    bias_correction.check(cfg.ptq.bias_correction)
+    rounding = _rounding(cfg, family)
+    parsed = _parsed(cfg, family, budgets, costs if budgets else {})
+    return replace(parsed, rounding=rounding)
 
 
 def _sensitivity_images(cfg: DictConfig) -> None:
@@ -169,6 +178,48 @@ def _sensitivity_images(cfg: DictConfig) -> None:
             f"sensitivity.images={measured} is more than calibration.images={calibration}, the "
             "images it is measured on: lower it or raise calibration.images"
         )
+
+
+def _rounding(cfg: DictConfig, family: registry.Family) -> Rounding:
+    """ptq.rounding and its settings (edmips.ptq.rounding), before anything is built."""
+    rounding, reconstruction = cfg.ptq.rounding, cfg.ptq.reconstruction
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"ptq.rounding={rounding}: choose from {', '.join(ROUNDINGS)}")
+    if reconstruction not in RECONSTRUCTIONS:
+        raise ValueError(
+            f"ptq.reconstruction={reconstruction}: choose from {', '.join(RECONSTRUCTIONS)}"
+        )
+    if rounding == "nearest":
+        if reconstruction != PTQ_DEFAULTS["ptq.reconstruction"]:
+            raise ValueError(
+                f"ptq.reconstruction={reconstruction}: only a learned rounding reconstructs; "
+                "add ptq.rounding=adaround"
+            )
+        return Rounding(rounding, reconstruction, cfg.ptq.bias_correction, None)
+    weight = family.weight
+    if not issubclass(get(weight), MaxAbsWeight):
+        raise ValueError(
+            f"ptq.rounding=adaround: quant's weight quantizer ({weight}) is not max-abs, the grid "
+            "AdaRound learns on (quant=ptq's is): drop it"
+        )
+    correction = cfg.ptq.bias_correction
+    if correction not in ("none", PTQ_DEFAULTS["ptq.bias_correction"]):
+        raise ValueError(
+            f"ptq.bias_correction={correction}: ptq.rounding=adaround stores the learned weights, "
+            "so there is nothing left to correct: drop it"
+        )
+    for key in ("iterations", "images", "batch_size"):
+        value = cfg.ptq.adaround[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"ptq.adaround.{key}={value}: a whole number, at least 1")
+    value = cfg.ptq.adaround.regularization
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"ptq.adaround.regularization={value}: a number, at least 0")
+    value = cfg.ptq.adaround.drop
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+        raise ValueError(f"ptq.adaround.drop={value}: a probability, at least 0 and below 1")
+    settings = adaround_settings(cfg.ptq.adaround)
+    return Rounding(rounding, reconstruction, correction, settings)
 
 
 def _no_unused_budget(cfg: DictConfig, takers: tuple[str, ...]) -> None:

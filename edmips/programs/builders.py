@@ -103,9 +103,10 @@ def quiet_dependencies() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-def build_trainer(cfg: DictConfig, callbacks=()) -> L.Trainer:
-    """The Trainer of a run: stops on divergence (before the epoch's outputs are written),
-    checkpoints every epoch with the run's configuration inside; quiet (quiet_dependencies)."""
+def build_trainer(cfg: DictConfig, program: str, callbacks=()) -> L.Trainer:
+    """The Trainer of a `program` run (search, retrain): stops on divergence (before the epoch's
+    outputs are written), checkpoints every epoch with the run's configuration inside; quiet
+    (quiet_dependencies)."""
     quiet_dependencies()
     out = Path(cfg.output_dir)
     precision = "bf16-mixed" if fast_path(cfg) else cfg.trainer.get("precision", "32-true")
@@ -119,7 +120,7 @@ def build_trainer(cfg: DictConfig, callbacks=()) -> L.Trainer:
             StopOnDivergence(cfg.trainer.get("log_every_n_steps", 50)),
             *progress,
             epoch_checkpoint(out),
-            RunState(cfg, "search" if "search" in cfg else "retrain"),
+            RunState(cfg, program),
             *callbacks,
         ],
     )
