@@ -113,7 +113,7 @@ def parse(group: Mapping | None, target_bits, target_bitops, cost: str) -> tuple
     if chosen and target is None and cost not in counted:
         key = chosen[0][0]
         raise ValueError(f"budget.{key} counts {COSTS[key]}, not cost={cost}: drop cost={cost}")
-    specs = [BudgetSpec(f"budget.{k}", v, COSTS[k], total(k, v)) for k, v in chosen]
+    specs = [BudgetSpec(f"budget.{k}", v, COSTS[k], amount(k, v)) for k, v in chosen]
     if target_bitops is not None:
         if cost != "bitops":
             raise ValueError(f"target_bitops is a BitOps budget, not {cost}: set target_bits")
@@ -124,19 +124,19 @@ def parse(group: Mapping | None, target_bits, target_bitops, cost: str) -> tuple
 
 
 def _finite(key: str, value) -> None:
-    """budget.<key>=inf (or nan, or 1e400MiB): not finite, which `total` would call not
+    """budget.<key>=inf (or nan, or 1e400MiB): not finite, which `amount` would call not
     positive."""
     number = value.strip().rstrip(string.ascii_letters) if isinstance(value, str) else value
     try:
-        amount = float(number)
+        number = float(number)
     except (TypeError, ValueError):
-        return  # not a number: `total` says what it must be
-    if not math.isfinite(amount):
+        return  # not a number: `amount` says what it must be
+    if not math.isfinite(number):
         raise ValueError(f"budget.{key}={value}: not finite; a budget is a positive amount")
 
 
-def total(key: str, value) -> float:
-    """A budget's value as a total in its cost's own count: bits, ms or BitOps."""
+def amount(key: str, value) -> float:
+    """A budget's value as an amount in its cost's own count: bits, ms or BitOps."""
     where = f"budget.{key}={value}"
     if key in MEMORY and isinstance(value, str):
         match = _AMOUNT.fullmatch(value)
@@ -146,15 +146,15 @@ def total(key: str, value) -> float:
         if unit not in BITS:
             units = ", ".join(u for u in BITS if u != "bit")
             raise ValueError(f"{where}: unknown unit {unit!r}; write one of {units}")
-        amount = number * BITS[unit]
+        counted = number * BITS[unit]
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        amount = float(value)
+        counted = float(value)
     else:
         kind = {"latency_ms": "a number of ms", "bitops": "a number of BitOps"}
         raise ValueError(f"{where}: must be {kind.get(key, 'an amount of memory')}")
-    if not math.isfinite(amount) or amount <= 0:
+    if not math.isfinite(counted) or counted <= 0:
         raise ValueError(f"{where}: a budget must be positive")
-    return amount
+    return counted
 
 
 def counted_cost(specs: tuple[BudgetSpec, ...], cost: str) -> str:

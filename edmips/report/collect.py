@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edmips.cost import budget_spec as budget_keys
+from edmips.cost import budget_spec
 from edmips.cost import model as cost_models
 from edmips.nn.policy import POLICIES
 from edmips.quant.registry import EDMIPS
@@ -359,15 +359,15 @@ def budget_label(given: dict, path: Path) -> str | None:
 
 def _given(key: str, value, path: Path) -> str:
     """A budget key's value (budget.weight_size=2MiB) in its cost's own count and unit."""
-    if key not in budget_keys.COSTS:
+    if key not in budget_spec.COSTS:
         raise ValueError(
-            f"{path}: budget.{key} is not a budget key ({', '.join(budget_keys.COSTS)})"
+            f"{path}: budget.{key} is not a budget key ({', '.join(budget_spec.COSTS)})"
         )
     try:
-        amount = budget_keys.total(key, value)
+        amount = budget_spec.amount(key, value)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    if key in budget_keys.MEMORY:
+    if key in budget_spec.MEMORY:
         return f"{STATED[key][0]} {_memory(amount)}"
     if key == "latency_ms":
         return f"latency {amount:.4g} ms"

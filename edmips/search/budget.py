@@ -53,6 +53,15 @@ class Budget:
             for c, w, a in zip(self.layers, self.wspaces, self.aspaces, strict=True)
         ]
 
+    def span(self, tables: list[np.ndarray] | None = None) -> tuple[float, float]:
+        """The stated cost of the cheapest and of the dearest allocation (`tables`: the
+        budget's, when they are already at hand)."""
+        tables = self.tables() if tables is None else tables
+        size = self.cost.total_size(self.layers)
+        lo = float(self.cost.stated(sum(t.min() for t in tables) / size))
+        hi = float(self.cost.stated(sum(t.max() for t in tables) / size))
+        return lo, hi
+
 
 class BudgetPrice(nn.Module):
     """Solves for the price that puts the expected cost on the target."""
@@ -73,12 +82,7 @@ class BudgetPrice(nn.Module):
             self.register_buffer("u", _padded([u for u, _ in factors]), persistent=False)
             self.register_buffer("v", _padded([v for _, v in factors]), persistent=False)
         else:
-            tables = [torch.tensor(t, dtype=torch.float64) for t in budget.tables()]
-            table = torch.zeros(len(tables), self.wbits.shape[1], self.abits.shape[1])
-            total = float(cost.total_size(budget.layers))  # the stated unit's, not always size's
-            for t, c in zip(table, tables):
-                t[: c.shape[0], : c.shape[1]] = c / total
-            self.register_buffer("table", table, persistent=False)
+            self.register_buffer("table", padded_tables([budget])[0], persistent=False)
 
     def recorded(self) -> dict:
         """What found.json records of the price beside `mu`: nothing more (JointPrice: each)."""
@@ -97,16 +101,10 @@ class BudgetPrice(nn.Module):
     def tilts(self, logits_w: Tensor, logits_a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(price, tilt_w, tilt_a) for the padded logits [layers, candidates] (padding -inf)."""
         lo = logits_w.new_full((), -math.asinh(PRICE_RANGE))
-        hi = -lo
-        grid = torch.linspace(0, 1, GRID, device=logits_w.device)
         target = self.budget.cost.per_size(self.budget.target)
         expected = self._expected_product if self.product else self._expected_table
-        for _ in range(LEVELS):
-            u = lo + (hi - lo) * grid
-            spent, _, _ = expected(torch.sinh(u), logits_w, logits_a)
-            # the cost falls as the price rises: the target lies between grid points i-1 and i
-            i = (spent > target).sum().clamp(1, GRID - 1)
-            lo, hi = u.index_select(0, torch.stack([i - 1, i]))  # a tensor index: no host sync
+        spent_at = lambda u: expected(torch.sinh(u), logits_w, logits_a)[0]  # noqa: E731
+        lo, hi, _ = bisect(spent_at, target, lo, -lo)
         price = torch.sinh((lo + hi) / 2)
         _, tilt_w, tilt_a = expected(price.view(1), logits_w, logits_a)
         return price, tilt_w[0], tilt_a[0]
@@ -127,7 +125,9 @@ class BudgetPrice(nn.Module):
         return (self.share * expected_u * expected_v).sum(-1), tilt_w, tilt_a
 
     def _expected_table(self, price: Tensor, logits_w: Tensor, logits_a: Tensor, rounds=3):
-        """As _expected_product, for any table: tilts s C p_a and s C^T p_w."""
+        """As _expected_product, for any table: tilts s C p_a and s C^T p_w. (expected_costs
+        with one budget, in another order of the products: one budget's seeded searches in a
+        table keep the rounding they had.)"""
         s = price.view(-1, 1, 1)
         p_a = torch.softmax(logits_a, -1).expand(len(s), *logits_a.shape)
         for _ in range(rounds):
@@ -137,6 +137,51 @@ class BudgetPrice(nn.Module):
             p_a = torch.softmax(logits_a - tilt_a, -1)
         spent = (p_w.unsqueeze(-2) @ self.table @ p_a.unsqueeze(-1)).flatten(1).sum(-1)
         return spent, tilt_w, tilt_a
+
+
+def padded_tables(budgets: list[Budget]) -> Tensor:
+    """The budgets' tables [budgets, layers, w, a], each per unit of its cost's size (the stated
+    unit's, not always the size's), zero where a layer has fewer candidates."""
+    first = budgets[0]
+    width_w, width_a = max(len(s) for s in first.wspaces), max(len(s) for s in first.aspaces)
+    tables = torch.zeros(len(budgets), len(first.layers), width_w, width_a)
+    for padded, b in zip(tables, budgets):
+        total = float(b.cost.total_size(b.layers))
+        for t, c in zip(padded, b.tables()):
+            t[: c.shape[0], : c.shape[1]] = torch.tensor(c / total)
+    return tables
+
+
+def expected_costs(prices: Tensor, tables: Tensor, logits_w: Tensor, logits_a: Tensor, rounds=3):
+    """The expected costs [G, K] at each row of prices [G, K] over `tables` [K, layers, w, a]
+    (padded_tables), and the tilts sum_k s_k C_k p_a and p_w^T sum_k s_k C_k [G, layers, k]:
+    the weight tilt depends on the activations' distribution and the other way round, and a
+    few fixed-point rounds settle them."""
+    table = torch.einsum("gk,klwa->glwa", prices, tables)
+    p_a = torch.softmax(logits_a, -1).expand(len(prices), *logits_a.shape)
+    for _ in range(rounds):
+        tilt_w = (table @ p_a.unsqueeze(-1)).squeeze(-1)
+        p_w = torch.softmax(logits_w - tilt_w, -1)
+        tilt_a = (p_w.unsqueeze(-2) @ table).squeeze(-2)
+        p_a = torch.softmax(logits_a - tilt_a, -1)
+    spent = torch.einsum("glw,klwa,gla->gk", p_w, tables, p_a)
+    return spent, tilt_w, tilt_a
+
+
+def bisect(spent_at, target: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The bracket [lo, hi] of u, narrowed LEVELS times on GRID points, where the cost
+    `spent_at(u)` [GRID], which falls as u rises, crosses `target`; and whether the cost was
+    at or under the target at every point of the first grid (met at its lowest u). Tensor
+    indices throughout: no host sync."""
+    grid = torch.linspace(0, 1, GRID, device=lo.device)
+    for level in range(LEVELS):
+        u = lo + (hi - lo) * grid
+        over = (spent_at(u) > target).sum()  # the target lies between grid points i-1 and i
+        if level == 0:
+            met_at_lowest = over == 0
+        i = over.clamp(1, GRID - 1)
+        lo, hi = u.index_select(0, torch.stack([i - 1, i]))
+    return lo, hi, met_at_lowest
 
 
 @torch.no_grad()
@@ -156,14 +201,10 @@ def tilt_selectors(layers: list[nn.Module], price: nn.Module) -> Tensor:
 def check_reachable(budget: Budget, tables: list[np.ndarray] | None = None) -> None:
     """A target the space can meet: between the cheapest and the dearest allocation (`tables`:
     the budget's, when they are already at hand)."""
-    tables = budget.tables() if tables is None else tables
-    cost = budget.cost
-    size = cost.total_size(budget.layers)
-    lo = float(cost.stated(sum(t.min() for t in tables) / size))
-    hi = float(cost.stated(sum(t.max() for t in tables) / size))
+    lo, hi = budget.span(tables)
     if not lo <= budget.target <= hi:
         raise ValueError(
-            f"target of {budget.target:.3f} {cost.unit} is out of reach: the space "
+            f"target of {budget.target:.3f} {budget.cost.unit} is out of reach: the space "
             f"spans {lo:.3f} to {hi:.3f}"
         )
 
@@ -226,6 +267,17 @@ def knapsack(options: list[list[tuple[float, int]]], bins: int):
     return best, picks
 
 
+def backtrack(options: list[np.ndarray], picks, ends: np.ndarray) -> list[np.ndarray]:
+    """Per layer, the rows of its `options` [k, ...] (the last column: the cost in bins) that
+    the knapsack's `picks` took to end in each of the bins `ends` [N]: [N, ...] each."""
+    chosen = []
+    for opts, pick in zip(reversed(options), reversed(picks)):
+        taken = opts[pick[ends]]
+        chosen.append(taken)
+        ends = ends - taken[:, -1]
+    return chosen[::-1]
+
+
 def log_scores(probs_w: list[Tensor], probs_a: list[Tensor]) -> list[np.ndarray]:
     """log p_w + log p_a per layer's (w, a): the score of the most probable architecture."""
     return [
@@ -243,14 +295,16 @@ def _best_within_budget(scores, budget: Budget, tolerance, bins):
     top = sum(max(max(row) for row in t) for t in tables) / total
     unit = top / bins  # cost per unit of size, per bin
     options = [
-        [
-            (score[i, j], round(c / total / unit), i, j)
-            for i, row in enumerate(t)
-            for j, c in enumerate(row)
-        ]
-        for score, t in zip(scores, tables, strict=True)
+        np.array(
+            [(i, j, round(c / total / unit)) for i, row in enumerate(t) for j, c in enumerate(row)]
+        )
+        for t in tables
     ]
-    best, picks = knapsack([[(v, c) for v, c, _, _ in layer] for layer in options], bins)
+    values = [
+        [(score[i, j], cost) for i, j, cost in opts]
+        for score, opts in zip(scores, options, strict=True)
+    ]
+    best, picks = knapsack(values, bins)
     levels = np.arange(bins + 1) * unit
     stated = budget.cost.stated(levels)
     target = budget.target
@@ -265,15 +319,10 @@ def _best_within_budget(scores, budget: Budget, tolerance, bins):
         end = int(np.argmax(np.where(inside, best, -np.inf)))
     else:
         end = int(np.argmin(np.where(reached, np.abs(stated - target), np.inf)))
-    chosen = []
-    for layer, pick in zip(reversed(options), reversed(picks)):
-        _, cost, i, j = layer[pick[end]]
-        chosen.append((i, j))
-        end -= cost
-    chosen.reverse()
+    chosen = [taken[0] for taken in backtrack(options, picks, np.array([end]))]
     return (
-        [wb[i] for wb, (i, _) in zip(budget.wspaces, chosen)],
-        [ab[j] for ab, (_, j) in zip(budget.aspaces, chosen)],
+        [wb[i] for wb, (i, _, _) in zip(budget.wspaces, chosen)],
+        [ab[j] for ab, (_, j, _) in zip(budget.aspaces, chosen)],
     )
 
 

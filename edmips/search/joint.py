@@ -18,18 +18,21 @@ one wins that meets every budget within the tolerance with the tightest within i
 
 import itertools
 import math
+from functools import partial
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from edmips.search.budget import (
-    GRID,
-    LEVELS,
     PRICE_RANGE,
     Budget,
+    backtrack,
+    bisect,
+    expected_costs,
     knapsack,
     log_scores,
+    padded_tables,
 )
 
 ROUNDS = 4  # coordinate rounds per step: warm-started, they track selectors that move slowly
@@ -43,20 +46,12 @@ class JointPrice(nn.Module):
     def __init__(self, budgets: list[Budget], labels: list[str]):
         super().__init__()
         self.budgets, self.labels = budgets, labels
-        first = budgets[0]
-        k, width_w = len(budgets), max(len(s) for s in first.wspaces)
-        width_a = max(len(s) for s in first.aspaces)
-        tables = torch.zeros(k, len(first.layers), width_w, width_a)
-        for i, b in enumerate(budgets):
-            total = float(b.cost.total_size(b.layers))
-            for t, c in zip(tables[i], b.tables()):
-                t[: c.shape[0], : c.shape[1]] = torch.tensor(c / total)
-        self.register_buffer("tables", tables, persistent=False)
+        self.register_buffer("tables", padded_tables(budgets), persistent=False)
         per_size = [b.cost.per_size(b.target) for b in budgets]
         self.register_buffer("targets", torch.tensor(per_size), persistent=False)
         # In the checkpoint: each step's bisection starts from the last prices, so a resumed
         # search continues from them as an uninterrupted one does.
-        self.register_buffer("prices", torch.zeros(k))
+        self.register_buffer("prices", torch.zeros(len(budgets)))
 
     def recorded(self) -> dict:
         """What found.json records of the prices: each budget's at the end."""
@@ -65,22 +60,19 @@ class JointPrice(nn.Module):
     def tilts(self, logits_w: Tensor, logits_a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(the first price, tilt_w, tilt_a) for the padded logits, as BudgetPrice.tilts; all
         the prices are in `prices`."""
-        grid = torch.linspace(0, 1, GRID, device=logits_w.device)
         top = math.asinh(PRICE_RANGE)
         prices = self.prices.clone()
+
+        def spent_at(u, k):  # the k-th cost at each of its prices sinh(u), the others fixed
+            trial = prices.expand(len(u), -1).clone()
+            trial[:, k] = torch.sinh(u)
+            return self._expected(trial, logits_w, logits_a)[0][:, k]
+
         for _ in range(ROUNDS):
             for k in range(len(prices)):
                 lo, hi = logits_w.new_zeros(()), logits_w.new_full((), top)
-                for level in range(LEVELS):
-                    u = lo + (hi - lo) * grid
-                    trial = prices.expand(GRID, -1).clone()
-                    trial[:, k] = torch.sinh(u)
-                    spent = self._expected(trial, logits_w, logits_a)[0][:, k]
-                    over = (spent > self.targets[k]).sum()  # the cost falls as its price rises
-                    if level == 0:
-                        free = over == 0  # met at price 0: the constraint does not bind
-                    i = over.clamp(1, GRID - 1)
-                    lo, hi = u.index_select(0, torch.stack([i - 1, i]))
+                lo, hi, free = bisect(partial(spent_at, k=k), self.targets[k], lo, hi)
+                # met at price 0 (free): the constraint does not bind
                 prices[k] = torch.where(free, 0.0, torch.sinh((lo + hi) / 2))
         self.prices.copy_(prices)
         _, tilt_w, tilt_a = self._expected(prices.view(1, -1), logits_w, logits_a)
@@ -90,18 +82,9 @@ class JointPrice(nn.Module):
         """Each cost expected at the current prices, per unit of its size."""
         return self._expected(self.prices.view(1, -1), logits_w, logits_a)[0][0]
 
-    def _expected(self, prices: Tensor, logits_w: Tensor, logits_a: Tensor, rounds=3):
-        """Expected costs [G, K] at each row of prices [G, K], and the tilts [G, layers, k];
-        the tilts' fixed point as in BudgetPrice._expected_table."""
-        table = torch.einsum("gk,klwa->glwa", prices, self.tables)
-        p_a = torch.softmax(logits_a, -1).expand(len(prices), *logits_a.shape)
-        for _ in range(rounds):
-            tilt_w = (table @ p_a.unsqueeze(-1)).squeeze(-1)
-            p_w = torch.softmax(logits_w - tilt_w, -1)
-            tilt_a = (p_w.unsqueeze(-2) @ table).squeeze(-2)
-            p_a = torch.softmax(logits_a - tilt_a, -1)
-        spent = torch.einsum("glw,klwa,gla->gk", p_w, self.tables, p_a)
-        return spent, tilt_w, tilt_a
+    def _expected(self, prices: Tensor, logits_w: Tensor, logits_a: Tensor):
+        """Expected costs [G, K] at each row of prices [G, K], and the tilts [G, layers, k]."""
+        return expected_costs(prices, self.tables, logits_w, logits_a)
 
 
 def stated_costs(budgets: list[Budget], wbits, abits) -> list[float]:
@@ -122,9 +105,7 @@ def check_jointly_reachable(budgets: list[Budget], labels: list[str], tolerance=
     """Refuses, naming the constraint, budgets the space cannot meet: one whose cheapest
     allocation alone is over it, or one over it even at its cheapest within all the others."""
     for b, label in zip(budgets, labels):
-        tables = b.tables()
-        size = b.cost.total_size(b.layers)
-        lo = float(b.cost.stated(sum(t.min() for t in tables) / size))
+        lo, _ = b.span()
         if lo > b.target:
             raise ValueError(
                 f"{label} cannot be met: its cheapest allocation spends {lo:.4g} "
@@ -248,9 +229,4 @@ def _program(scores, tables, cap: float):
     ends = np.flatnonzero(np.isfinite(best))
     if not len(ends):
         return None
-    chosen = []
-    for opts, pick in zip(reversed(options), reversed(picks)):
-        taken = opts[pick[ends]]
-        chosen.append((taken[:, 0], taken[:, 1]))
-        ends = ends - taken[:, 2]
-    return chosen[::-1]
+    return [(taken[:, 0], taken[:, 1]) for taken in backtrack(options, picks, ends)]

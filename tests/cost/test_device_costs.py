@@ -166,7 +166,7 @@ def _specs(cost="bitops", target_bits=None, target_bitops=None, **group):
 )
 def test_a_memory_budget_reads_its_unit_and_selects_its_cost(value, bits):
     specs = _specs(weight_size=value)
-    assert budget_spec.total("weight_size", value) == bits
+    assert budget_spec.amount("weight_size", value) == bits
     assert budget_spec.counted_cost(specs, "bitops") == "weight_size"  # over the default bitops
     assert [(s.key, s.value, s.cost, s.amount) for s in specs] == [
         ("budget.weight_size", value, "weight_size", bits)
@@ -174,7 +174,7 @@ def test_a_memory_budget_reads_its_unit_and_selects_its_cost(value, bits):
     conv, fc = _layers()
     target = specs[0].stated_target(cost_models.get("weight_size"), [conv, fc])
     assert target == bits / (108 + 8)  # bits per weight
-    assert budget_spec.total("activation_memory", 1000) == 1000  # a plain number: bits
+    assert budget_spec.amount("activation_memory", 1000) == 1000  # a plain number: bits
 
 
 def test_several_budgets_are_parsed_once_the_target_key_first():
