@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     import sys
 
-    from edmips.core.cli import check_command_line
+    from edmips.programs.command_line import check_command_line
 
     check_command_line("retrain", sys.argv[1:])
     main()

@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from edmips.core import device_check, rundir
 from edmips.core.cli import PACKAGE
+from edmips.cost.layers import LayerCost
 from edmips.export import check_lowerable, export
 from edmips.export.verify import verify
 from edmips.models import list_models
@@ -39,6 +40,7 @@ from edmips.nn import (
 )
 from edmips.nn.convert import first_and_last, fixed_ends, quantizer_names
 from edmips.nn.fold import fold_batch_norms
+from edmips.nn.layers import INPUT_BITS
 from edmips.nn.policy import POLICIES
 from edmips.programs import checks
 from edmips.programs.baselines import BASELINES, baseline_arch
@@ -52,6 +54,7 @@ from edmips.programs.builders import (
     on_gpu,
 )
 from edmips.quant import registry
+from edmips.quant.registry import get
 from edmips.records import arch as arch_file
 from edmips.records import metrics as metrics_file
 from edmips.retrain import float_net
@@ -94,7 +97,7 @@ def resolve_arch(cfg: DictConfig, parsed: checks.Parsed, datamodule, stored: dic
         names = default_searched(model, first not in in_file, last not in in_file)
         costs = [c for c in measure(model, datamodule) if c.name in names]
         image_input = {n for n in names if model.get_submodule(n).abits is None}
-        arch_file.check_matches(found, found.model, costs, str(path), image_input)
+        check_matches(found, found.model, costs, str(path), image_input)
         if init == "search" and stored is None:  # resumed: the weights are the checkpoint's
             _load_search_weights(model, found, path)
     in_arch = [layer.name for layer in found.layers]
@@ -103,6 +106,66 @@ def resolve_arch(cfg: DictConfig, parsed: checks.Parsed, datamodule, stored: dic
     _to_fixed(model, bits, parsed.family, source)
     built = quantizer_names(model, in_arch)
     return model, arch_file.with_quantizers(found, built)
+
+
+def check_matches(
+    arch: arch_file.Arch,
+    model_name: str,
+    costs: list[LayerCost],
+    source="arch",
+    quantized_inputs=(),
+) -> None:
+    """The file must describe this model's searchable layers, in forward order, with the FLOPs
+    measured on the model at its real input size. `quantized_inputs` names the layers whose
+    input arrives quantized (the image): they, and only they, take INPUT_BITS activations."""
+    if arch.model != model_name:
+        raise arch_file.ArchError(f"{source}: made for model {arch.model!r}, not {model_name!r}")
+    names = [c.name for c in costs]
+    got = [layer.name for layer in arch.layers]
+    if len(got) != len(names):
+        raise arch_file.ArchError(
+            f"{source}: {len(got)} layers, but {model_name} has {len(names)} searchable layers"
+        )
+    for cost, layer in zip(costs, arch.layers):
+        if cost.name != layer.name:
+            raise arch_file.ArchError(
+                f"{source}: layer {layer.name!r} where {model_name} has {cost.name!r}"
+            )
+        if (cost.flops, cost.params) != (layer.flops, layer.params):
+            raise arch_file.ArchError(
+                f"{source}: layer {layer.name!r} has {layer.flops} FLOPs and {layer.params} "
+                f"parameters, the model {cost.flops} and {cost.params} at input {cost.input_shape} "
+                "(searched at another input size?)"
+            )
+        weight_bits = get(layer.wquant).supported_bits
+        if layer.wbits not in weight_bits:
+            raise arch_file.ArchError(
+                f"{source}: layer {layer.name!r}: wbits={layer.wbits}, but the integer export "
+                f"takes {list(weight_bits)} ({layer.wquant})"
+            )
+        image_input = layer.name in quantized_inputs
+        signed = image_input and get(layer.aquant).signed
+        if signed and layer.abits not in (INPUT_BITS, *arch.space.get("sbits", [])):
+            raise arch_file.ArchError(
+                f"{source}: layer {layer.name!r}: its input is a signed {INPUT_BITS}-bit tensor; "
+                f"abits={layer.abits} is outside the signed space {arch.space.get('sbits')}"
+            )
+        if image_input and not signed and layer.abits != INPUT_BITS:
+            raise arch_file.ArchError(
+                f"{source}: layer {layer.name!r}: its input is the {INPUT_BITS}-bit image, "
+                f"not abits={layer.abits}"
+            )
+        activation_bits = get(layer.aquant).supported_bits
+        if not image_input and layer.abits not in activation_bits:
+            raise arch_file.ArchError(
+                f"{source}: layer {layer.name!r}: abits={layer.abits}, but the integer export "
+                f"takes {list(activation_bits)} ({layer.aquant})"
+            )
+        if not image_input and layer.abits not in arch.space["abits"]:
+            raise arch_file.ArchError(
+                f"{source}: layer {layer.name!r}: abits={layer.abits} is outside the space "
+                f"{arch.space['abits']}"
+            )
 
 
 def _to_fixed(model, bits: dict[str, tuple[int, int]], family, source: str) -> None:
@@ -119,7 +182,7 @@ def _check_recorded_setup(cfg: DictConfig, found: arch_file.Arch, datamodule, pa
     """An arch file's network is built on the data and model it records: other data than the
     file's is refused unless the command line chose it (data=..., or an experiment=), and
     either difference is one line in the log. The input size is the data's, which
-    arch_file.check_matches compares with the file's layers."""
+    check_matches compares with the file's layers."""
     if found.data is not None and found.data != datamodule.name:
         if not _chosen("data"):
             groups = sorted(p.stem for p in (PACKAGE.parent / "conf" / "data").glob("*.yaml"))

@@ -399,60 +399,6 @@ def _check_layer(i: int, layer, keys, space: dict, fail) -> None:
             fail(f"layer {name!r}: {kind}={bits} is outside the space {space[kind]}")
 
 
-def check_matches(
-    arch: Arch, model_name: str, costs: list[LayerCost], source="arch", quantized_inputs=()
-) -> None:
-    """The file must describe this model's searchable layers, in forward order, with the FLOPs
-    measured on the model at its real input size. `quantized_inputs` names the layers whose
-    input arrives quantized (the image): they, and only they, take INPUT_BITS activations."""
-    if arch.model != model_name:
-        raise ArchError(f"{source}: made for model {arch.model!r}, not {model_name!r}")
-    names = [c.name for c in costs]
-    got = [layer.name for layer in arch.layers]
-    if len(got) != len(names):
-        raise ArchError(
-            f"{source}: {len(got)} layers, but {model_name} has {len(names)} searchable layers"
-        )
-    for cost, layer in zip(costs, arch.layers):
-        if cost.name != layer.name:
-            raise ArchError(f"{source}: layer {layer.name!r} where {model_name} has {cost.name!r}")
-        if (cost.flops, cost.params) != (layer.flops, layer.params):
-            raise ArchError(
-                f"{source}: layer {layer.name!r} has {layer.flops} FLOPs and {layer.params} "
-                f"parameters, the model {cost.flops} and {cost.params} at input {cost.input_shape} "
-                "(searched at another input size?)"
-            )
-        weight_bits = get(layer.wquant).supported_bits
-        if layer.wbits not in weight_bits:
-            raise ArchError(
-                f"{source}: layer {layer.name!r}: wbits={layer.wbits}, but the integer export "
-                f"takes {list(weight_bits)} ({layer.wquant})"
-            )
-        image_input = layer.name in quantized_inputs
-        signed = image_input and get(layer.aquant).signed
-        if signed and layer.abits not in (INPUT_BITS, *arch.space.get("sbits", [])):
-            raise ArchError(
-                f"{source}: layer {layer.name!r}: its input is a signed {INPUT_BITS}-bit tensor; "
-                f"abits={layer.abits} is outside the signed space {arch.space.get('sbits')}"
-            )
-        if image_input and not signed and layer.abits != INPUT_BITS:
-            raise ArchError(
-                f"{source}: layer {layer.name!r}: its input is the {INPUT_BITS}-bit image, "
-                f"not abits={layer.abits}"
-            )
-        activation_bits = get(layer.aquant).supported_bits
-        if not image_input and layer.abits not in activation_bits:
-            raise ArchError(
-                f"{source}: layer {layer.name!r}: abits={layer.abits}, but the integer export "
-                f"takes {list(activation_bits)} ({layer.aquant})"
-            )
-        if not image_input and layer.abits not in arch.space["abits"]:
-            raise ArchError(
-                f"{source}: layer {layer.name!r}: abits={layer.abits} is outside the space "
-                f"{arch.space['abits']}"
-            )
-
-
 def _costs(layers: list[LayerArch]) -> list[LayerCost]:
     return [
         LayerCost(x.name, x.type, x.flops, x.params, x.input_numel or 0, (), x.shape_key or "")

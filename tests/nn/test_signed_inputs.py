@@ -11,6 +11,7 @@ from edmips.nn.convert import default_searched
 from edmips.nn.layers import INPUT_BITS
 from edmips.programs.baselines import baseline_arch
 from edmips.programs.checks import check_retrain
+from edmips.programs.retrain import check_matches
 from edmips.quant.registry import get
 from edmips.records import arch
 
@@ -107,7 +108,7 @@ def test_an_arch_file_with_a_signed_input_outside_its_space_is_refused(mobilenet
         "tv_mobilenet_v2", space, costs, [2] * len(names), abits, None, None, quantizers
     )
     with pytest.raises(arch.ArchError, match="signed space") as e:
-        arch.check_matches(found, "tv_mobilenet_v2", costs, "found.json", set(signed))
+        check_matches(found, "tv_mobilenet_v2", costs, "found.json", set(signed))
     assert "\n" not in str(e.value)
     ok = arch.build(
         "tv_mobilenet_v2",
@@ -119,5 +120,5 @@ def test_an_arch_file_with_a_signed_input_outside_its_space_is_refused(mobilenet
         None,
         quantizers,
     )
-    arch.check_matches(ok, "tv_mobilenet_v2", costs, "found.json", set(signed))
+    check_matches(ok, "tv_mobilenet_v2", costs, "found.json", set(signed))
     assert arch.from_dict(ok.to_dict()).space["sbits"] == [4]

@@ -9,7 +9,7 @@ from conftest import make_config
 
 from edmips.export.cli import load_retrained
 from edmips.models import create_model, list_models
-from edmips.programs.retrain import retrain
+from edmips.programs.retrain import check_matches, retrain
 from edmips.programs.search import search
 from edmips.quant.registry import get
 from edmips.records import arch
@@ -28,7 +28,7 @@ def test_search_writes_a_valid_found_json_and_its_records(search_cfg, tmp_path):
 
     names = default_searched(model)
     costs = [c for c in cost_layers.measure(model, (3, 32, 32)) if c.name in names]
-    arch.check_matches(found, "resnet_tiny", costs)
+    check_matches(found, "resnet_tiny", costs)
     for layer in found.layers:
         assert len(layer.probs_w) == 4 and len(layer.probs_a) == 3
         assert abs(sum(layer.probs_w) - 1) < 1e-5

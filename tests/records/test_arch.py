@@ -3,6 +3,7 @@ import json
 import pytest
 
 from edmips.cost.layers import LayerCost
+from edmips.programs.retrain import check_matches
 from edmips.records import arch
 
 COSTS = [
@@ -158,11 +159,11 @@ def test_unknown_model_and_missing_file(tmp_path):
 
 def test_a_file_must_match_the_model_layers():
     a = _arch()
-    arch.check_matches(a, "resnet8", COSTS)
+    check_matches(a, "resnet8", COSTS)
     with pytest.raises(arch.ArchError, match="made for model 'resnet8', not 'resnet20'"):
-        arch.check_matches(a, "resnet20", COSTS)
+        check_matches(a, "resnet20", COSTS)
     with pytest.raises(arch.ArchError, match="3 layers, but resnet8 has 2 searchable layers"):
-        arch.check_matches(a, "resnet8", COSTS[:2])
+        check_matches(a, "resnet8", COSTS[:2])
     renamed = [COSTS[0], LayerCost("other", "conv", 3000, 270, 100, ()), COSTS[2]]
     with pytest.raises(arch.ArchError, match="layer 'l2' where resnet8 has 'other'"):
-        arch.check_matches(a, "resnet8", renamed)
+        check_matches(a, "resnet8", renamed)

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from edmips.cost.layers import LayerCost
+from edmips.programs.retrain import check_matches
 from edmips.quant import ActivationQuantizer, register
 from edmips.records import arch
 
@@ -36,7 +37,7 @@ def test_a_schema_1_file_loads_as_the_edmips_family(tmp_path):
     a = arch.load(tmp_path / "old.json")
     assert [(x.wquant, x.aquant) for x in a.layers] == [("gauss", "hwgq")] * 2
     assert a.bitops == _arch().bitops
-    arch.check_matches(a, "resnet8", COSTS, quantized_inputs={"conv1"})
+    check_matches(a, "resnet8", COSTS, quantized_inputs={"conv1"})
 
 
 def test_schema_2_needs_the_names_and_registered_ones(tmp_path):
@@ -58,5 +59,5 @@ class _Narrow(ActivationQuantizer):
 def test_bits_are_checked_against_the_layer_quantizer():
     a = _arch([("gauss", "image"), ("gauss", "narrow_test")])
     with pytest.raises(arch.ArchError, match=r"abits=4, but the integer export takes \[2\]"):
-        arch.check_matches(a, "resnet8", COSTS, quantized_inputs={"conv1"})
-    arch.check_matches(_arch(), "resnet8", COSTS, quantized_inputs={"conv1"})
+        check_matches(a, "resnet8", COSTS, quantized_inputs={"conv1"})
+    check_matches(_arch(), "resnet8", COSTS, quantized_inputs={"conv1"})
