@@ -43,13 +43,13 @@ def baseline_arch(cfg: DictConfig, parsed: Parsed, model, costs, data: str, quan
     aspaces = [input_space(aquant, aspace, cfg.space.get("sbits")) for aquant in aquants]
     wspaces = [tuple(cfg.space.wbits)] * len(costs)
     # target_bits or budget keys (checks.py): one within 1%, several each an upper bound
-    held = Budgets.of(parsed.budgets, parsed.costs, costs, wspaces, aspaces, fixed)
-    wbits, abits = held.random(cfg.seed)
-    record = budget_record(parsed, held, wbits, abits)
+    budgets = Budgets.of(parsed.budgets, parsed.costs, costs, wspaces, aspaces, fixed)
+    wbits, abits = budgets.random(cfg.seed)
+    record = budget_record(parsed, budgets, wbits, abits)
     return as_arch(arch_file.space_of(cfg.space), wbits, abits, **record)
 
 
-def budget_record(parsed: Parsed, held: Budgets, wbits, abits) -> dict:
+def budget_record(parsed: Parsed, budgets: Budgets, wbits, abits) -> dict:
     """What found.json records of the budgets an allocation was made within: the keys as given,
     one budget's target (in its cost's unit) and cost; several: each one's target and spend."""
-    return {"budget": budget_spec.recorded_keys(parsed.budgets), **held.record(wbits, abits)}
+    return {"budget": budget_spec.recorded_keys(parsed.budgets), **budgets.record(wbits, abits)}

@@ -1,4 +1,6 @@
-"""The configuration values a run depends on, checked before anything is built or trained.
+"""The configuration values a run depends on, checked before anything is built or trained, and
+parsed once into what the layers below take (Parsed): nothing under edmips/programs reads a
+config but the run directory, which keeps it for checkpoints and resume.
 
 The config stays open (recipes may add keys); these checks cover the values the code reads,
 so a wrong type or range is one line naming the key, never a traceback mid-run.
@@ -111,8 +113,8 @@ def check_retrain(cfg: DictConfig) -> Parsed:
 
 
 def check_ptq(cfg: DictConfig) -> Parsed:
-    """Post-training quantization: a float network's weights and an arch (the clip method is
-    checked by edmips.ptq.clipping, which defines them)."""
+    """Post-training quantization: a float network's weights, an arch (a budget for those that
+    take one), the refinements and the rounding."""
     _check_model(cfg)
     _check_output_dir(cfg)
     _check_data(cfg)
@@ -122,7 +124,7 @@ def check_ptq(cfg: DictConfig) -> Parsed:
     _number(cfg, "calibration.images", minimum=1, integer=True)
     _flag(cfg, "bn_fold")
     _number(cfg, "seed", minimum=0, maximum=MAX_SEED, integer=True)
-    budgets = ()
+    budgets, costs = (), {}
     if cfg.arch in (SENSITIVITY, SEARCH):
         budgets, costs = _budgets(cfg)
         if not budgets:
@@ -157,12 +159,11 @@ def check_ptq(cfg: DictConfig) -> Parsed:
         _signed_space(cfg, family)
     _number(cfg, "integer_check_images", minimum=1, integer=True, optional=True)
     _refinements_applied(cfg)
-    family = _family(cfg)
     clip_method(cfg.ptq.activation_clip)  # an unknown clip is refused before anything is built
     bias_correction.check(cfg.ptq.bias_correction)
+    family = _family(cfg)
     rounding = _rounding(cfg, family)
-    parsed = _parsed(cfg, family, budgets, costs if budgets else {})
-    return replace(parsed, rounding=rounding)
+    return replace(_parsed(cfg, family, budgets, costs), rounding=rounding)
 
 
 def _sensitivity_images(cfg: DictConfig) -> None:
@@ -378,6 +379,10 @@ def _budgets(cfg: DictConfig) -> tuple[tuple[BudgetSpec, ...], dict]:
     / target_bitops does) and every cost they count, configured from the cost group's settings
     (latency_table: its file, read here once)."""
     cost = OmegaConf.select(cfg, "cost.name")
+    if cost not in cost_models.names():
+        raise ConfigError(
+            f"cost={cost}: unknown cost; choose from {', '.join(cost_models.names())}"
+        )
     try:
         budgets = budget_spec.parse(
             OmegaConf.select(cfg, "budget"),
@@ -385,13 +390,6 @@ def _budgets(cfg: DictConfig) -> tuple[tuple[BudgetSpec, ...], dict]:
             OmegaConf.select(cfg, "target_bitops"),
             cost,
         )
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if cost not in cost_models.names():
-        raise ConfigError(
-            f"cost={cost}: unknown cost; choose from {', '.join(cost_models.names())}"
-        )
-    try:
         names = dict.fromkeys([budget_spec.counted_cost(budgets, cost), *(b.cost for b in budgets)])
         return budgets, {name: cost_models.get(name).configure(cfg.cost) for name in names}
     except ValueError as e:

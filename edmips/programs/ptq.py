@@ -51,7 +51,7 @@ def ptq(cfg: DictConfig) -> dict:
     with run.stoppable():  # a SIGTERM from here on: status 143 and a line
         L.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg)
-        model, found, measured_on = _quantizable(cfg, parsed, datamodule)
+        model, found, costs, budgets = _quantizable(cfg, parsed, datamodule)
         given = _given_stats(cfg, model)
         datamodule.setup("fit")
         datamodule.setup("test")
@@ -61,7 +61,7 @@ def ptq(cfg: DictConfig) -> dict:
         clip = method(cfg.ptq.activation_clip)
         if cfg.arch in sensitivity.MEASURED:
             gathered, found = _measured(
-                cfg, parsed, model, measured_on, float_net, datamodule, given, clip
+                cfg, parsed, model, costs, budgets, float_net, datamodule, given, clip
             )
         else:
             gathered = _gathered(cfg, model, datamodule, given)
@@ -121,7 +121,7 @@ def _quantizable(cfg: DictConfig, parsed: checks.Parsed, datamodule):
     if cfg.bn_fold:
         absorb_batch_norms(model)
     bit_allocation.check(model, cfg.ptq.bit_allocation)
-    return model, found, (costs, budgets)
+    return model, found, costs, budgets
 
 
 def _record(cfg: DictConfig, parsed: checks.Parsed, found, data: str) -> dict:
@@ -155,12 +155,12 @@ def _gathered(cfg: DictConfig, model, datamodule, given) -> stats.CalibrationSta
     return given
 
 
-def _measured(cfg: DictConfig, parsed, model, measured_on, float_net, datamodule, given, clip):
+def _measured(cfg, parsed, model, costs, budgets, float_net, datamodule, given, clip):
     """The statistics (gathered with every layer at 8 bits on the first calibration.images, or
     given) and the allocation measured from them on the first sensitivity.images (arch=sensitivity)
     or search.images (arch=search, more than the calibration's where it asks for more); `model`
-    ends at the allocation's bits, its statistics restored. `measured_on`: the searchable
-    layers' costs and their budgets."""
+    ends at the allocation's bits, its statistics restored; within `budgets` over the
+    searchable layers' `costs`."""
     measured = cfg.sensitivity.images if cfg.arch == sensitivity.KIND else cfg.search.images
     needed = measured if given else max(measured, cfg.calibration.images)
     drawn = sensitivity.drawn_images(datamodule.train_dataloader(), needed)
@@ -172,7 +172,6 @@ def _measured(cfg: DictConfig, parsed, model, measured_on, float_net, datamodule
     allocate = (
         sensitivity.allocate if cfg.arch == sensitivity.KIND else sensitivity.allocate_by_search
     )
-    costs, budgets = measured_on
     found = allocate(
         cfg, parsed, budgets, model, costs, images, reference, gathered, clip, datamodule.name
     )

@@ -93,10 +93,10 @@ def current_arch(
     pw, pa = module.probs()
     searched_costs = [c for c, _ in module.layers]
     if module.budgets is None:
-        budgets = {"cost": module.cost.name, "target_bits": None}
-        budgets |= latency_table.recorded([module.cost], searched_costs, wbits, abits)
+        held = {"cost": module.cost.name, "target_bits": None}
+        held |= latency_table.recorded([module.cost], searched_costs, wbits, abits)
     else:
-        budgets = module.budgets.record(wbits, abits) | module.price.recorded()
+        held = module.budgets.record(wbits, abits) | module.price.recorded()
     return arch_file.build(
         cfg.model.name,
         arch_file.space_of(cfg.space),
@@ -114,7 +114,7 @@ def current_arch(
         expected_bits=float(module.expected_cost().detach()),
         target_bitops=cfg.target_bitops,
         budget=budget_spec.recorded_keys(parsed.budgets),
-        **budgets,
+        **held,
         shared_weights=cfg.search.shared_weights,
         world_size=module.trainer.world_size,
         **meta,
