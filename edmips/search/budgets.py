@@ -111,6 +111,31 @@ class Budgets:
             return joint.joint_best(scores, self.held)
         return best_scoring(scores, self.primary)
 
+    def missed(self, wbits, abits, tolerance: float = 0.01) -> str | None:
+        """A line where the allocation misses the budgets by more than `tolerance`: one budget's
+        target (the layers' few (w, a) choices can leave every allocation that far off; the
+        nearest is taken), or one of several exceeded (none met them all); None where it
+        does not."""
+        spent = joint.stated_costs(self.held, wbits, abits)
+        if not self.several:
+            (budget,), (cost,) = self.held, spent
+            off = abs(cost - budget.target) / budget.target
+            if off > tolerance:
+                return (
+                    f"no allocation within {100 * tolerance:.0f}% of the target "
+                    f"{budget.target:.4g} {budget.cost.unit} was found: the nearest, {cost:.4g}, "
+                    f"is {100 * off:.2f}% off"
+                )
+            return None
+        for label, budget, cost in zip(self.labels, self.held, spent):
+            per_size = budget.cost.per_size  # as the joint allocation compares them: totals
+            if per_size(cost) > (1 + tolerance) * per_size(budget.target):
+                return (
+                    f"no allocation within every budget was found: {label} spends {cost:.4g} "
+                    f"{budget.cost.unit}, over its target of {budget.target:.4g}"
+                )
+        return None
+
     def record(self, wbits, abits) -> dict:
         """What found.json records of the budgets an allocation was made within: the primary's
         cost; one budget's target in its unit (`target_bits`), or beside several target_bits as

@@ -24,7 +24,6 @@ from edmips.search.budgets import Budgets
 from edmips.search.discretize import MODES, choose_bits
 
 log = logging.getLogger(__name__)
-TOLERANCE = 0.01  # how close to its target the budget discretization lands (closest_to_budget)
 
 
 def rediscretize(
@@ -62,8 +61,9 @@ def rediscretize(
     if mode == "budget":
         budgets = _budgets(found, target_bits, costs, wspace, aspace)
     wbits, abits = choose_bits(pw, pa, wspace, aspace, mode, trials, seed, budgets)
-    if budgets is not None and not budgets.several:
-        _warn_off_target(budgets.primary, wbits, abits)
+    missed = None if budgets is None else budgets.missed(wbits, abits)
+    if missed:
+        log.warning(missed)
     recorded = {"cost": found.extra.get("cost", "bitops"), "target_bits": None}
     return arch_file.build(
         found.model,
@@ -108,25 +108,6 @@ def _budgets(found: arch_file.Arch, target_bits, costs, wspace, aspace) -> Budge
         budgets = Budgets([Budget(cost, costs, wspace, aspace, target)], [f"target_bits={target}"])
     budgets.check()  # the search's own check: budgets the space can meet
     return budgets
-
-
-def _warn_off_target(budget: Budget, wbits, abits) -> None:
-    """One line where the allocation lands further than TOLERANCE from the target: the layers'
-    few (w, a) choices can leave every allocation that far off (closest_to_budget then takes
-    the nearest)."""
-    cost = budget.cost
-    spent = cost.stated_total(cost.total(budget.layers, wbits, abits), budget.layers)
-    off = abs(spent - budget.target) / budget.target
-    if off > TOLERANCE:
-        log.warning(
-            "no allocation within %.0f%% of the target %.4g %s was found: the nearest, %.4g, is "
-            "%.2f%% off",
-            100 * TOLERANCE,
-            budget.target,
-            cost.unit,
-            spent,
-            100 * off,
-        )
 
 
 def _cost(name: str, found: arch_file.Arch) -> cost_models.CostModel:

@@ -62,6 +62,19 @@ def test_several_budgets_answer_as_upper_bounds_with_their_spend_recorded():
     assert record["budgets"][1]["achieved"] <= 2.5 * 1.01
 
 
+def test_an_allocation_that_misses_the_budgets_is_said_in_one_line():
+    one = _budgets(target_bits=2.5)
+    assert one.missed(*one.random(3)) is None
+    line = one.missed([4] * N, [4] * N)
+    assert line.startswith("no allocation within 1% of the target 2.5 equivalent bits was found")
+    size = 2.5 * WEIGHTS + 800
+    several = _budgets(target_bits=3, weight_size=f"{size:.0f}")
+    assert several.missed(*several.random(3)) is None
+    line = several.missed([3] * N, [2] * N)  # 3 bits per weight, the size's target 2.5
+    assert line.startswith("no allocation within every budget was found: budget.weight_size=")
+    assert "over its target of 2.5" in line
+
+
 def test_one_budget_key_s_errors_name_it_and_a_target_key_s_do_not():
     with pytest.raises(ValueError, match=r"^budget.weight_size=900B: target of [\d.]+ bits per"):
         _budgets(weight_size="900B")  # in reach of nothing: 1 bit per weight costs more
