@@ -28,6 +28,7 @@ from edmips.quant.clipped import ClippedQuant
 from edmips.quant.maxabs import MaxAbsWeight
 from edmips.quant.registry import get
 from edmips.records.files import check_folder
+from edmips.search.discretize import MODES
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,10 @@ def check_search(cfg: DictConfig) -> Parsed:
             f"train in (trainer.max_epochs={cfg.trainer.max_epochs})"
         )
     _number(cfg, "search.trials", minimum=1, integer=True)
+    if cfg.search.discretize not in MODES:
+        raise ConfigError(
+            f"unknown discretization {cfg.search.discretize!r}: choose from {', '.join(MODES)}"
+        )
     for key in ("search.shared_weights", "search.alternating"):
         _flag(cfg, key)
     family = _family(cfg)

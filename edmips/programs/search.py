@@ -28,17 +28,12 @@ from edmips.records import arch as arch_file
 from edmips.records import history as history_file
 from edmips.report import write_search_figures
 from edmips.search.budgets import Budgets
-from edmips.search.discretize import MODES
 from edmips.search.module import SearchModule
 
 log = logging.getLogger(__name__)
 
 
 def build_search(cfg: DictConfig, parsed: checks.Parsed):
-    if cfg.search.discretize not in MODES:
-        raise ValueError(
-            f"unknown discretization {cfg.search.discretize!r}: choose from {', '.join(MODES)}"
-        )
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
     space = cfg.space
