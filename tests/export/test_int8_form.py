@@ -98,16 +98,24 @@ def _assert_narrowest_weights(graph: Graph, int8: onnx.ModelProto) -> None:
     assert kinds[TensorProto.INT2] and kinds[TensorProto.INT4] and kinds[TensorProto.INT8]
 
 
-def _codes_graph(thresholds: np.ndarray, sign: np.ndarray, levels: int, hw: int) -> Graph:
-    """The image's codes, a threshold node on them, a pool and a classifier."""
+def _codes_graph(
+    thresholds: np.ndarray, sign: np.ndarray, levels: int, hw: int, gathered: bool = False
+) -> Graph:
+    """The image's codes (`gathered`: their channels gathered, codes that are not the model's
+    input), a threshold node on them, a pool and a classifier."""
     channels = len(sign)
     graph = Graph("codes", [channels, hw, hw])
     zero = np.zeros(channels, np.int16)
     graph.add("input", "input", [], range=[0, 255], scale=1 / 255, arrays={"zero_point": zero})
+    codes = "input"
+    if gathered:
+        index = np.arange(channels)
+        graph.add("gather_channels", "codes", ["input"], range=[0, 255], arrays={"index": index})
+        codes = "codes"
     graph.add(
         "threshold",
         "levels",
-        ["input"],
+        [codes],
         out_bias=0,
         range=[0, levels],
         scale=0.5,
@@ -127,11 +135,15 @@ def _codes_graph(thresholds: np.ndarray, sign: np.ndarray, levels: int, hw: int)
     return graph
 
 
-def test_a_batch_norm_and_quantizer_on_codes_is_a_depthwise_qlinearconv_to_the_bit(tmp_path):
+@pytest.mark.parametrize("gathered", [True, False])
+def test_a_batch_norm_and_quantizer_on_codes_is_a_depthwise_qlinearconv_to_the_bit(
+    gathered, tmp_path
+):
     """Levels rne(A x + C) clamped to 0..15 of uint8 codes x, as a batch norm between a residual
     stream and a quantizer gives them: negative scales, halves (A x + C on k + 1/2 for some x),
     saturation at both ends, one level only; onnxruntime's 1x1 depthwise QLinearConv gives the
-    levels on every one of the 256 codes of every channel."""
+    levels on every one of the 256 codes of every channel. On the image's own codes (the
+    model's channels-first input, an image normalization) elementwise ops give them, no conv."""
     a = np.array([0.5, 0.0625, -0.2, 0.137, 0.75, -0.031, 1e-6, 0.0995, 3.0, -1.0])
     c = np.array([0.0, 0.5, 15.2, -3.3, -40.0, 7.8, 3.0, 0.49, -100.0, 120.5])
     sign = np.where(a < 0, -1, 1)
@@ -141,10 +153,10 @@ def test_a_batch_norm_and_quantizer_on_codes_is_a_depthwise_qlinearconv_to_the_b
     thresholds = np.array(
         [[u[k][want[k] >= j].min(initial=2**20) for j in range(1, 16)] for k in range(len(a))]
     )
-    save_onnx(_codes_graph(thresholds, sign, 15, 16), tmp_path / "m.onnx", "int8")
+    save_onnx(_codes_graph(thresholds, sign, 15, 16, gathered), tmp_path / "m.onnx", "int8")
     model = onnx.load(str(tmp_path / "m.onnx"))
     convs = [n for n in model.graph.node if n.op_type == "QLinearConv"]
-    assert len(convs) == 1 and not _tables(model)
+    assert len(convs) == int(gathered) and not _tables(model)
     model.graph.output.append(helper.make_tensor_value_info("levels", TensorProto.UINT8, None))
     sess = onnxruntime.InferenceSession(
         model.SerializeToString(), providers=["CPUExecutionProvider"]

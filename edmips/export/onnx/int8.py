@@ -63,6 +63,8 @@ from edmips.export.onnx.common import FLOAT32_EXACT_BITS, _windows, check_float3
 from edmips.export.onnx.int8_accumulators import Int32Accumulators
 from edmips.export.onnx.qdq import QdqWriter, qdq_runtime
 from edmips.export.onnx.requant import (
+    affine,
+    depthwise,
     fit_affine,
     fit_conv,
     fit_depthwise,
@@ -142,9 +144,10 @@ class Int8Writer(Int32Accumulators, QdqWriter):
         self.add("Cast", [values], out, to=TensorProto.UINT8)
         self.offset[out] = lo
 
-    def clip(self, x: str, out: str, low: int, high: int) -> None:
-        """uint8 x clamped to [low, high] (QuantizeLinear and QLinearConv saturate at 0, 255)."""
-        if (low, high) == (0, 255):
+    def clip(self, x: str, out: str, low: int, high: int, reach=(0, 255)) -> None:
+        """uint8 x clamped to [low, high], where x's stored values, within `reach` (QuantizeLinear
+        and QLinearConv saturate at 0, 255), can leave it."""
+        if low <= max(reach[0], 0) and min(reach[1], 255) <= high:
             self.add("Identity", [x], out)
             return
         bounds = [self.const(f"{out}/min", np.uint8(low)), self.const(f"{out}/max", np.uint8(high))]
@@ -386,32 +389,45 @@ class Int8Writer(Int32Accumulators, QdqWriter):
     def _codes_threshold(self, node: Node, x: str) -> None:
         """A threshold on codes: a 1x1 depthwise QLinearConv (one uint8 pass, which keeps the
         int8 kernels' channels-last layout), else a fitted DequantizeLinear, Add and
-        QuantizeLinear, else a lookup table."""
+        QuantizeLinear, else a lookup table. On the image's codes, the model's channels-first
+        input, the elementwise ops come first: they cost a fraction of a depthwise conv of
+        three channels, which reorders them to channels-last first."""
         lo_in, hi_in = self.ranges_in(node)
         if not self.codes(x) or hi_in - lo_in >= MAX_TABLE:
             self._table(node, self.f32(x))
             return
         values, out = input_levels(node, lo_in, hi_in)
+        image = self.graph.node(x).op == "input"
+        if not image and self._fitted_depthwise(node, x, values, out):
+            return
+        ratio = self.ratio(x, node)
+        guess = (ratio, None if ratio is None else ratio * lo_in)
+        fitted = fit_affine(out, values - lo_in, guess)
+        if fitted is not None:
+            self._affine(node, [x], *fitted, out, affine(values[None] - lo_in, *fitted[:2]))
+        elif not (image and self._fitted_depthwise(node, x, values, out)):
+            self._table(node, self.f32(x))
+
+    def _fitted_depthwise(self, node: Node, x: str, values, out) -> bool:
+        """The threshold on codes x as a 1x1 depthwise QLinearConv, where one gives its levels
+        `out` on every input value."""
+        if not -255 <= node.attrs["range"][0] <= 0:  # the lowest level is the y zero point
+            return False
         offset = self.offset[x]
         # The conv reads stored - x_zero: the values themselves where -offset fits uint8.
         zero = -offset if -255 <= offset <= 0 else 0
         ratio = self.ratio(x, node) if zero == -offset else None
-        if -255 <= node.attrs["range"][0] <= 0:  # the levels' lowest, as the y zero point
-            fitted = fit_depthwise(out, values - offset - zero, ratio)
-            if fitted is not None:
-                self._depthwise(node, x, zero, *fitted, out)
-                return
-        ratio = self.ratio(x, node)
-        guess = (ratio, None if ratio is None else ratio * lo_in)
-        fitted = fit_affine(out, values - lo_in, guess)
+        read = values - offset - zero
+        fitted = fit_depthwise(out, read, ratio)
         if fitted is None:
-            self._table(node, self.f32(x))
-            return
-        self._affine(node, [x], *fitted, out)
+            return False
+        self._depthwise(node, x, zero, *fitted, out, depthwise(read, *fitted))
+        return True
 
-    def _depthwise(self, node: Node, x: str, x_zero: int, weight, bias, multiplier, out_levels):
+    def _depthwise(self, node, x: str, x_zero: int, weight, bias, multiplier, out_levels, reach):
         """rne(float32(w_c (x - x_zero) + B_c) * M_c), stored as level - lo (the y zero point)
-        and clamped to the levels."""
+        and clamped to the levels where it can leave them (`reach`, its levels unclamped on
+        every input)."""
         out, lo = node.name, node.attrs["range"][0]
         one = self.const(f"{out}/one", np.float32(1.0))
         inputs = [
@@ -426,10 +442,17 @@ class Int8Writer(Int32Accumulators, QdqWriter):
             self.const(f"{out}/b", bias),
         ]
         self.add("QLinearConv", inputs, f"{out}/q", group=len(weight))
-        self.clip(f"{out}/q", out, int(out_levels.min()) - lo, int(out_levels.max()) - lo)
+        self._clip_levels(f"{out}/q", out, lo, out_levels, reach)
         self.offset[out] = lo
 
-    def _affine(self, node: Node, inputs, factor, shift, out_levels: np.ndarray) -> None:
+    def _clip_levels(self, x: str, out: str, lo: int, out_levels, reach=None) -> None:
+        """Stored codes x (level - lo) clamped to the levels' extremes, where the levels before
+        the clamp (`reach`, on every input; None: unknown) can leave them."""
+        low, high = int(out_levels.min()) - lo, int(out_levels.max()) - lo
+        bounds = (0, 255) if reach is None else (int(reach.min()) - lo, int(reach.max()) - lo)
+        self.clip(x, out, low, high, bounds)
+
+    def _affine(self, node: Node, inputs, factor, shift, out_levels, reach=None) -> None:
         """rne(A_c * (sum of the uint8 inputs) + C_c), stored and clamped to the levels: each
         input dequantized (one DequantizeLinear where A is one number, MLAS's vectorized kernel;
         else a Cast and a per-channel Mul, faster than its per-axis form), summed, shifted by C,
@@ -460,7 +483,7 @@ class Int8Writer(Int32Accumulators, QdqWriter):
             total = self.add("Add", [total, shift], f"{out}/c")
         one, zero = self.const(f"{out}/one", np.float32(1.0)), self.const(f"{out}/z", np.uint8(-lo))
         self.add("QuantizeLinear", [total, one, zero], f"{out}/q")
-        self.clip(f"{out}/q", out, int(out_levels.min()) - lo, int(out_levels.max()) - lo)
+        self._clip_levels(f"{out}/q", out, lo, out_levels, reach)
         self.offset[out] = lo
 
     def _table(self, node: Node, values: str) -> None:
