@@ -54,20 +54,30 @@ def test_model_int8_gives_the_integer_runtime_s_logits_on_int8_kernels(name, tmp
         source = graph.node(name)
         return source.op == "conv" or (source.op == "windowmax" and conv_read(source.inputs[0]))
 
-    # A conv read by two thresholds is written twice; the image's codes, whose zero points are
-    # per channel, padded with them (one Pad per channel), so that the first conv is one too.
-    readers = sum(n.op == "threshold" and conv_read(n.inputs[0]) for n in graph.nodes)
+    # A conv read by two thresholds is written twice, by two with the same levels once (a
+    # residual stream's quantizer and the next layer's input quantizer, as mobilenet_v2 has);
+    # the image's codes, whose zero points are per channel, padded with them (one Pad per
+    # channel), so that the first conv is one too.
+    thresholds = [n for n in graph.nodes if n.op == "threshold"]
+    distinct = {_levels_key(n): n for n in thresholds}.values()
+    assert (len(distinct) < len(thresholds)) == (name == "tv_mobilenet_v2")
+    readers = sum(conv_read(n.inputs[0]) for n in distinct)
     assert ops["Conv"] == 0 and not _tables(int8)
     assert ops["Pad"] == (3 if name == "resnet20" else 0)
     # The rest are thresholds on codes (the pre-activation batch norms'), 1x1 depthwise convs.
     codes_read = sum(
-        n.op == "threshold" and not conv_read(n.inputs[0]) and graph.node(n.inputs[0]).op != "add"
-        for n in graph.nodes
+        not conv_read(n.inputs[0]) and graph.node(n.inputs[0]).op != "add" for n in distinct
     )
     assert readers >= convs and readers <= ops["QLinearConv"] <= readers + codes_read
     if name == "resnet20":
         assert ops["QLinearConv"] > readers
     _assert_narrowest_weights(graph, int8)
+
+
+def _levels_key(node) -> tuple:
+    """What gives a threshold node's levels: its input, thresholds, signs, range and bias."""
+    a = node.arrays
+    return (node.inputs[0], a["thresholds"].tobytes(), a["sign"].tobytes(), str(node.attrs))
 
 
 def _assert_narrowest_weights(graph: Graph, int8: onnx.ModelProto) -> None:

@@ -106,6 +106,7 @@ class Int8Writer(Int32Accumulators, QdqWriter):
         self.floats: dict[str, str] = {}  # a tensor's values held in float32
         self.zero_points: dict[str, np.ndarray] = {}  # the image's codes: value = code - zp_c
         self.accumulators: dict[str, str] = {}  # a conv's exact int32 accumulator (ConvInteger)
+        self.written: dict[tuple, str] = {}  # each threshold written, by what gives its levels
 
     # -- representations ---------------------------------------------------------------------
     def image_codes(self) -> str:
@@ -170,6 +171,16 @@ class Int8Writer(Int32Accumulators, QdqWriter):
         lo, hi = node.attrs["range"]
         if hi - lo > 255:
             raise ExportError(f"node {node.name}: {hi - lo + 1} levels do not fit in uint8")
+        # A residual stream's quantizer and the next layer's input quantizer often have the
+        # same levels on the same tensor (mobilenet_v2's): one requantization serves both.
+        a = node.arrays
+        t = a["thresholds"]
+        key = (x, lo, hi, node.attrs["out_bias"], a["sign"].tobytes(), t.shape, t.tobytes())
+        if key in self.written:
+            self.add("Identity", [self.written[key]], node.name)
+            self.offset[node.name] = self.offset[self.written[key]]
+            return
+        self.written[key] = node.name
         source = self.pending.get(x)
         if source is not None and source.op == "conv" and self._requantized_conv(node, source):
             return
