@@ -54,23 +54,30 @@ def test_model_int8_gives_the_integer_runtime_s_logits_on_int8_kernels(name, tmp
         source = graph.node(name)
         return source.op == "conv" or (source.op == "windowmax" and conv_read(source.inputs[0]))
 
-    # A conv read by two thresholds is written twice, by two with the same levels once (a
-    # residual stream's quantizer and the next layer's input quantizer, as mobilenet_v2 has);
-    # the image's codes, whose zero points are per channel, padded with them (one Pad per
-    # channel), so that the first conv is one too.
+    # Every conv is one QLinearConv, however many thresholds read it: two with the same levels
+    # are written once (a residual stream's quantizer and the next layer's input quantizer, as
+    # mobilenet_v2 has), others as one QLinearConv of the weights repeated (tv_resnet18's
+    # stem, pooled once); the image's codes, whose zero points are per channel, padded with
+    # them (one Pad per channel), so that the first conv is one too.
     thresholds = [n for n in graph.nodes if n.op == "threshold"]
     distinct = {_levels_key(n): n for n in thresholds}.values()
     assert (len(distinct) < len(thresholds)) == (name == "tv_mobilenet_v2")
     readers = sum(conv_read(n.inputs[0]) for n in distinct)
+    assert (readers > convs) == name.startswith("tv_")  # shared convs
+    layers = Counter(
+        _layer_of(n, int8, graph) for n in int8.graph.node if n.op_type == "QLinearConv"
+    )
+    assert all(layers[n.name] == 1 for n in graph.nodes if n.op == "conv")
+    assert ops["MaxPool"] == sum(n.op == "windowmax" for n in graph.nodes)
     assert ops["Conv"] == 0 and not _tables(int8)
     assert ops["Pad"] == (3 if name == "resnet20" else 0)
     # The rest are thresholds on codes (the pre-activation batch norms'), 1x1 depthwise convs.
     codes_read = sum(
         not conv_read(n.inputs[0]) and graph.node(n.inputs[0]).op != "add" for n in distinct
     )
-    assert readers >= convs and readers <= ops["QLinearConv"] <= readers + codes_read
+    assert convs <= ops["QLinearConv"] <= convs + codes_read
     if name == "resnet20":
-        assert ops["QLinearConv"] > readers
+        assert ops["QLinearConv"] > convs
     _assert_narrowest_weights(graph, int8)
 
 
@@ -80,12 +87,30 @@ def _levels_key(node) -> tuple:
     return (node.inputs[0], a["thresholds"].tobytes(), a["sign"].tobytes(), str(node.attrs))
 
 
+def _weights(node: onnx.NodeProto, int8: onnx.ModelProto) -> np.ndarray:
+    """A QLinearConv's int8 weights, as stored (an INT2 / INT4 initializer behind a Cast)."""
+    inits = {t.name: t for t in int8.graph.initializer}
+    casts = {n.output[0]: n.input[0] for n in int8.graph.node if n.op_type == "Cast"}
+    return numpy_helper.to_array(inits[casts.get(node.input[3], node.input[3])])
+
+
+def _layer_of(node: onnx.NodeProto, int8: onnx.ModelProto, graph: Graph) -> str | None:
+    """The conv layer whose weights the QLinearConv's are, once or repeated along the output
+    channels (thresholds that share the conv)."""
+    codes = _weights(node, int8).astype(np.int64)
+    for layer in (n for n in graph.nodes if n.op == "conv"):
+        w = layer.arrays["weight"]
+        count = len(codes) // len(w)
+        if codes.shape[1:] == w.shape[1:] and np.array_equal(np.concatenate([w] * count), codes):
+            return layer.name
+    return None
+
+
 def _assert_narrowest_weights(graph: Graph, int8: onnx.ModelProto) -> None:
     """Each QLinearConv's weights in the narrowest of INT2, INT4, INT8 that holds its codes,
     packed as onnxruntime reads them: they decode to the integer graph's weights."""
     inits = {t.name: t for t in int8.graph.initializer}
     casts = {n.output[0]: n.input[0] for n in int8.graph.node if n.op_type == "Cast"}
-    by_layer = {n.name: n.arrays["weight"] for n in graph.nodes if n.op == "conv"}
     kinds = Counter()
     for node in (n for n in int8.graph.node if n.op_type == "QLinearConv"):
         stored = inits[casts.get(node.input[3], node.input[3])]
@@ -103,8 +128,7 @@ def _assert_narrowest_weights(graph: Graph, int8: onnx.ModelProto) -> None:
         if stored.data_type != TensorProto.INT8:
             bits = 2 if want == TensorProto.INT2 else 4
             assert len(stored.raw_data) == -(-codes.size * bits // 8)
-        matches = [w for w in by_layer.values() if w.shape == codes.shape]
-        assert codes.shape[1:] == (1, 1, 1) or any(np.array_equal(w, codes) for w in matches)
+        assert codes.shape[1:] == (1, 1, 1) or _layer_of(node, int8, graph) is not None
     assert kinds[TensorProto.INT2] and kinds[TensorProto.INT4] and kinds[TensorProto.INT8]
 
 

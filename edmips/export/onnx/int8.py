@@ -96,6 +96,21 @@ def _narrow(codes: np.ndarray) -> int | None:
     return None
 
 
+def _levels_key(node: Node) -> tuple:
+    """What gives a threshold node's levels: its input, range, bias, signs and thresholds."""
+    a, (lo, hi) = node.arrays, node.attrs["range"]
+    t = a["thresholds"]
+    return (
+        node.inputs[0],
+        lo,
+        hi,
+        node.attrs["out_bias"],
+        a["sign"].tobytes(),
+        t.shape,
+        t.tobytes(),
+    )
+
+
 class Int8Writer(Int32Accumulators, QdqWriter):
     opset = 25  # INT2 weights
 
@@ -107,6 +122,7 @@ class Int8Writer(Int32Accumulators, QdqWriter):
         self.zero_points: dict[str, np.ndarray] = {}  # the image's codes: value = code - zp_c
         self.accumulators: dict[str, str] = {}  # a conv's exact int32 accumulator (ConvInteger)
         self.written: dict[tuple, str] = {}  # each threshold written, by what gives its levels
+        self.merged: set[str] = set()  # thresholds written with another's QLinearConv
 
     # -- representations ---------------------------------------------------------------------
     def image_codes(self) -> str:
@@ -173,15 +189,15 @@ class Int8Writer(Int32Accumulators, QdqWriter):
             raise ExportError(f"node {node.name}: {hi - lo + 1} levels do not fit in uint8")
         # A residual stream's quantizer and the next layer's input quantizer often have the
         # same levels on the same tensor (mobilenet_v2's): one requantization serves both.
-        a = node.arrays
-        t = a["thresholds"]
-        key = (x, lo, hi, node.attrs["out_bias"], a["sign"].tobytes(), t.shape, t.tobytes())
+        key = _levels_key(node)
         if key in self.written:
             self.add("Identity", [self.written[key]], node.name)
             self.offset[node.name] = self.offset[self.written[key]]
             return
         self.written[key] = node.name
         source = self.pending.get(x)
+        if source is not None and self._shared_conv(node, source):
+            return
         if source is not None and source.op == "conv" and self._requantized_conv(node, source):
             return
         rising = (node.arrays["sign"] > 0).all()
@@ -291,6 +307,82 @@ class Int8Writer(Int32Accumulators, QdqWriter):
         self.floats[node.name] = node.name
 
     # -- requantizations ---------------------------------------------------------------------
+    def _shared_conv(self, node: Node, source: Node) -> bool:
+        """Thresholds that read one conv (directly or through one max pool), each a QLinearConv
+        requantization, as one QLinearConv: the weights repeated for each, each with its own
+        multipliers, and a y zero point that holds every one's levels; pooled once, split into
+        the thresholds' codes and each clamped to its levels. The conv's input is read once
+        (tv_resnet18's stem, read by its block's and its residual stream's quantizers, had two
+        7x7 convs and two pools), and a pool's clamp reads the pooled codes, a quarter of the
+        conv's. False where one threshold reads the conv directly, or where one that reads it
+        is no QLinearConv requantization (each written alone)."""
+        if node.name in self.merged:
+            return True  # written with the first of them
+        conv = self.pending.get(source.inputs[0]) if source.op == "windowmax" else source
+        if conv is None or conv.op != "conv" or self._conv_input(conv) is None:
+            return False
+        readers = {}
+        for other in self.graph.nodes:
+            if other.op == "threshold" and other.inputs[0] == source.name:
+                readers.setdefault(_levels_key(other), other)
+        if any((r.arrays["sign"] < 0).any() for r in readers.values()):
+            return False
+        if len(readers) < 2 and source.op == "conv":
+            return False
+        fits = [fit_conv(r, conv) for r in readers.values()]
+        # stored = level + zero for each: one zero point within every reader's levels' bounds
+        zero = max(0, *(-f.low for f in fits))
+        if (
+            any(f.multiplier is None for f in fits)
+            or zero < 0
+            or max(f.high for f in fits) + zero > 255
+        ):
+            return False
+        self._merged_qlinear_conv(conv, source, list(readers.values()), fits, zero)
+        return True
+
+    def _merged_qlinear_conv(self, conv: Node, source: Node, readers, fits, zero: int) -> None:
+        out, attrs, count = f"{conv.name}/merged", conv.attrs, len(readers)
+        read, x_zero, pads, bias = self._conv_input(conv)
+        channels = len(bias)
+        one = self.const(f"{out}/one", np.float32(1.0))
+        weight = np.concatenate([conv.arrays["weight"]] * count)
+        inputs = [
+            read,
+            one,
+            self.const(f"{out}/x_zero", np.uint8(x_zero)),
+            self.int_weight(f"{out}/w", weight),
+            self.const(f"{out}/m", np.concatenate([f.multiplier for f in fits])),
+            self.const(f"{out}/w_zero", np.zeros(len(weight), np.int8)),
+            one,
+            self.const(f"{out}/y_zero", np.uint8(zero)),
+            self.const(f"{out}/b", np.concatenate([bias] * count).astype(np.int32)),
+        ]
+        codes = self.add(
+            "QLinearConv",
+            inputs,
+            f"{out}/q",
+            strides=list(attrs["stride"]),
+            pads=pads,
+            dilations=list(attrs.get("dilation", (1, 1))),
+            group=attrs["groups"],
+        )
+        self.offset[codes] = -zero
+        if source.op == "windowmax":  # pooled before the clamps: the max commutes with them
+            if not self._max_pool(source, codes, f"{out}/pooled"):
+                pooled = self._float_windows(source, self.f32(codes), f"{out}/pooled/f32")
+                self.uint8(pooled, f"{out}/pooled", -zero)
+            codes = f"{out}/pooled"
+        parts = [codes]
+        if count > 1:
+            split = self.const(f"{out}/split", np.full(count, channels, np.int64))
+            parts = [f"{r.name}/part" for r in readers]
+            self.nodes.append(helper.make_node("Split", [codes, split], parts, axis=1))
+        for part, reader, fit in zip(parts, readers, fits):
+            self.clip(part, reader.name, fit.low + zero, fit.high + zero)
+            self.offset[reader.name] = -zero
+            self.merged.add(reader.name)
+
     def _requantized_conv(self, node: Node, conv: Node, out: str | None = None) -> bool:
         """The threshold as QLinearConv's requantization rne(float32(acc) * M_c), M_c the
         units' ratio in float32, or as a float conv and the float64 arithmetic of the
