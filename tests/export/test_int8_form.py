@@ -241,3 +241,68 @@ def test_onnxruntime_s_fused_residual_requantization_rounds_ties_half_to_even():
     )
     got = sess.run(None, {"a": x1, "b": x2})[0]
     assert np.array_equal(got, np.clip(np.rint(total * 0.5) + 64, 0, 255))
+
+
+def _conv_graph(weight: np.ndarray, multiplier: float, hw: int = 8) -> Graph:
+    """The image's codes, a 1x1 conv, its requantization rne(acc * multiplier) onto 8-bit
+    signed levels (as thresholds), a pool and a classifier."""
+    channels = len(weight)
+    graph = Graph("conv", [3, hw, hw])
+    zero = np.zeros(3, np.int16)
+    graph.add("input", "input", [], range=[0, 255], scale=1 / 255, arrays={"zero_point": zero})
+    bound = 255 * int(np.abs(weight).sum((1, 2, 3)).max())
+    graph.add(
+        "conv",
+        "conv",
+        ["input"],
+        stride=[1, 1],
+        padding=[0, 0],
+        dilation=[1, 1],
+        groups=1,
+        acc_bits=16,
+        range=[-bound, bound],
+        scale=[multiplier / 255] * channels,
+        arrays={"weight": weight.astype(np.int8), "bias": np.zeros(channels, np.int64)},
+    )
+    acc = np.arange(-bound - 1, bound + 1)
+    level = np.clip(np.rint(acc * np.float32(multiplier)), -127, 127)
+    # level j (from -126 up) from the first accumulator that reaches it
+    first = [acc[level >= j].min(initial=bound + 1) for j in range(-126, 128)]
+    graph.add(
+        "threshold",
+        "levels",
+        ["conv"],
+        out_bias=-127,
+        range=[-127, 127],
+        scale=1 / 255,
+        arrays={
+            "thresholds": np.tile(np.array(first, np.int32), (channels, 1)),
+            "sign": np.ones(channels, np.int8),
+        },
+    )
+    graph.add("sumpool", "pool", ["levels"], range=[-127 * hw * hw, 127 * hw * hw], scale=None)
+    graph.add(
+        "linear",
+        "fc",
+        ["pool"],
+        acc_bits=18,
+        range=[-(2**17), 2**17 - 1],
+        scale=1.0,
+        arrays={"weight": np.eye(channels, dtype=np.int8), "bias": np.zeros(channels, np.int64)},
+    )
+    return graph
+
+
+@pytest.mark.parametrize("scale", [1, 3])
+def test_a_conv_s_levels_are_clamped_only_where_its_inputs_can_leave_them(scale, tmp_path):
+    """Weights in -1..1 on codes 0..255 keep rne(acc / 8) within -96..96, inside the 8-bit
+    levels: no Clip after the QLinearConv; three times as wide, they can leave them: a Clip.
+    The logits are the integer runtime's in both."""
+    weight = np.random.default_rng(0).integers(-1, 2, (4, 3, 1, 1)) * scale
+    graph = _conv_graph(weight, 1 / 8)
+    save_onnx(graph, tmp_path / "m.onnx", "int8")
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node)
+    assert ops["QLinearConv"] == 1 and ops["Clip"] == (scale > 1)
+    codes, images = image_batch(8, n=4)
+    got = qdq_runtime(tmp_path / "m.onnx")(images)
+    assert torch.equal(got, _scaled_logits(graph, codes))

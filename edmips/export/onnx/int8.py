@@ -63,6 +63,7 @@ from edmips.export.onnx.common import FLOAT32_EXACT_BITS, _windows, check_float3
 from edmips.export.onnx.int8_accumulators import Int32Accumulators
 from edmips.export.onnx.qdq import QdqWriter, qdq_runtime
 from edmips.export.onnx.requant import (
+    accumulator_range,
     affine,
     depthwise,
     fit_affine,
@@ -71,6 +72,7 @@ from edmips.export.onnx.requant import (
     input_levels,
     max_pool_params,
     offsets_absorbed,
+    qlinear,
 )
 from edmips.export.prepare import ExportError
 
@@ -379,7 +381,8 @@ class Int8Writer(Int32Accumulators, QdqWriter):
             parts = [f"{r.name}/part" for r in readers]
             self.nodes.append(helper.make_node("Split", [codes, split], parts, axis=1))
         for part, reader, fit in zip(parts, readers, fits):
-            self.clip(part, reader.name, fit.low + zero, fit.high + zero)
+            reach = self._reach(conv, fit.multiplier, zero)
+            self.clip(part, reader.name, fit.low + zero, fit.high + zero, reach)
             self.offset[reader.name] = -zero
             self.merged.add(reader.name)
 
@@ -440,8 +443,16 @@ class Int8Writer(Int32Accumulators, QdqWriter):
             dilations=list(attrs.get("dilation", (1, 1))),
             group=attrs["groups"],
         )
-        self.clip(f"{out}/q", out, low, high)
+        self.clip(f"{out}/q", out, low, high, self._reach(conv, multiplier, -lo))
         self.offset[out] = lo
+
+    def _reach(self, conv: Node, multiplier, zero: int) -> tuple[int, int]:
+        """The stored codes a QLinearConv of the conv can give, before saturation: its
+        requantization rises with the accumulator, so the accumulator's bounds on the conv's
+        input range give them (an 8-bit output often needs no clamp there)."""
+        acc = np.array([accumulator_range(conv, self.ranges_in(conv))] * len(multiplier))
+        ends = qlinear(acc, np.asarray(multiplier, np.float32)) + zero
+        return int(ends.min()), int(ends.max())
 
     def int_weight(self, name: str, codes: np.ndarray) -> str:
         """int8 weights for QLinearConv, stored in the narrowest ONNX integer type that holds
