@@ -7,7 +7,11 @@ it is written:
 - a threshold on a conv's accumulator: `QLinearConv` (uint8 input with its zero point, int8
   weights, the int32 bias), x_scale = y_scale = 1 and w_scale[c] = M_c, the units' ratio in
   float32, so that the kernel's multiplier x_scale * w_scale / y_scale is M_c and its output
-  is `clamp(rne(float32(acc + B) * M_c) + z)`, with a `Clip` where the levels stop below 255.
+  is `clamp(rne(float32(acc + B) * M_c) + z)`, with a `Clip` where the levels stop below 255
+  and the accumulator's bounds (the weights on the input's range) can requantize past them.
+  Several thresholds on one conv (tv_resnet18's stem, read by its block's and its residual
+  stream's quantizers) are one QLinearConv of the weights repeated, each with its own M_c,
+  split after it (and after its max pool); two with the same levels on one tensor are one.
   The image's codes, whose zero points are per channel while QLinearConv's is one number, are
   padded with each channel's zero point and its sum over the kernel taken off the bias. A conv
   whose levels that product does not give (a float bias, a multiplier whose float32 rounding
@@ -24,7 +28,8 @@ it is written:
 - a threshold on codes (a pre-activation batch norm and the quantizer after it, a residual
   stream moved onto another grid): a 1x1 depthwise `QLinearConv`, rne(float32(w_c s + B_c) *
   M_c) on the stored codes s, an affine map fitted to the node's thresholds and checked on
-  every input value; one uint8 pass that keeps the int8 kernels' channels-last layout.
+  every input value; one uint8 pass that keeps the int8 kernels' channels-last layout. On the
+  image's own codes (its normalization), channels-first, the elementwise form below first.
 - a residual sum's threshold (or a threshold on codes the depthwise conv does not fit):
   `DequantizeLinear` (a float32 factor A_c), `Add` (a per-channel C_c), `QuantizeLinear`
   (scale 1, so rounding half to even and saturation), the sum's two operands dequantized apart
@@ -36,8 +41,9 @@ Weights that fit INT4 or INT2 (the int8sim family's codes of 2 to 4 bits) are st
 behind a Cast to INT8 that onnxruntime folds when it loads the model: the file holds about as
 many bits per weight as the architecture gives them (opset 25).
 
-A max pool between a conv and its threshold (after a ReLU) pools the requantized codes: a
-monotonic requantization commutes with the max.
+A max pool between a conv and its threshold (after a ReLU) pools the requantized codes (a
+QLinearConv's clamped after it, on a quarter of them): a monotonic requantization and a clamp
+commute with the max.
 
 Only standard ONNX ops are used, no com.microsoft contrib op (QLinearAdd, QLinearAveragePool):
 standard ops are specified to the bit (QuantizeLinear rounds half to even and saturates), while
