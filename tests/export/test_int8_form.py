@@ -191,6 +191,9 @@ def test_a_batch_norm_and_quantizer_on_codes_is_a_depthwise_qlinearconv_to_the_b
     model = onnx.load(str(tmp_path / "m.onnx"))
     convs = [n for n in model.graph.node if n.op_type == "QLinearConv"]
     assert len(convs) == int(gathered) and not _tables(model)
+    if not gathered:  # the image's codes times each channel's A: one per-axis DequantizeLinear
+        (dq,) = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+        assert dq.input[0] == "input" and helper.get_attribute_value(dq.attribute[0]) == 1
     model.graph.output.append(helper.make_tensor_value_info("levels", TensorProto.UINT8, None))
     sess = onnxruntime.InferenceSession(
         model.SerializeToString(), providers=["CPUExecutionProvider"]

@@ -575,11 +575,12 @@ class Int8Writer(Int32Accumulators, QdqWriter):
     def _affine(self, node: Node, inputs, factor, shift, out_levels, reach=None) -> None:
         """rne(A_c * (sum of the uint8 inputs) + C_c), stored and clamped to the levels: each
         input dequantized (one DequantizeLinear where A is one number, MLAS's vectorized kernel;
-        else a Cast and a per-channel Mul, faster than its per-axis form), summed, shifted by C,
-        then QuantizeLinear (scale 1: rounding half to even; its zero point is added after the
-        rounding, whose ties an odd shift before it would move). Where A is one power of two
-        and C is A times the inputs' offsets, the offsets are the DequantizeLinear zero points
-        (exact, as is A * s + C) and no Add is written."""
+        else a Cast and a per-channel Mul, faster than its per-axis form, but on the image's
+        channels-first codes the per-axis form: one pass over the image less), summed, shifted
+        by C, then QuantizeLinear (scale 1: rounding half to even; its zero point is added
+        after the rounding, whose ties an odd shift before it would move). Where A is one power
+        of two and C is A times the inputs' offsets, the offsets are the DequantizeLinear zero
+        points (exact, as is A * s + C) and no Add is written."""
         out, lo = node.name, node.attrs["range"][0]
         offsets = [self.offset[x] for x in inputs]
         uniform = bool((factor == factor[0]).all())
@@ -593,6 +594,12 @@ class Int8Writer(Int32Accumulators, QdqWriter):
                     self.const(f"{out}/{k}/zero", zero),
                 )
                 parts.append(self.add("DequantizeLinear", [x, scale, zero], f"{out}/{k}/dq"))
+            elif self.graph.node(x).op == "input":
+                scale = self.const(f"{out}/{k}/scale", factor)
+                zero = self.const(f"{out}/{k}/zero", np.zeros(len(factor), np.uint8))
+                parts.append(
+                    self.add("DequantizeLinear", [x, scale, zero], f"{out}/{k}/dq", axis=1)
+                )
             else:
                 values = self.add("Cast", [x], f"{out}/{k}/f32", to=TensorProto.FLOAT)
                 scale = self.const(f"{out}/{k}/scale", factor.reshape(self.channel_shape(x)))
