@@ -70,6 +70,8 @@ def test_model_int8_gives_the_integer_runtime_s_logits_on_int8_kernels(name, tmp
     assert all(layers[n.name] == 1 for n in graph.nodes if n.op == "conv")
     assert ops["MaxPool"] == sum(n.op == "windowmax" for n in graph.nodes)
     assert ops["Conv"] == 0 and not _tables(int8)
+    # the classifier on int8 kernels too: its pooled inputs as two uint8 digits
+    assert ops["MatMulInteger"] == 2 and not ops["MatMul"]
     assert ops["Pad"] == (3 if name == "resnet20" else 0)
     # The rest are thresholds on codes (the pre-activation batch norms'), 1x1 depthwise convs.
     codes_read = sum(
@@ -306,6 +308,7 @@ def test_a_conv_s_levels_are_clamped_only_where_its_inputs_can_leave_them(scale,
     save_onnx(graph, tmp_path / "m.onnx", "int8")
     ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node)
     assert ops["QLinearConv"] == 1 and ops["Clip"] == (scale > 1)
+    assert ops["MatMul"] == 1  # signed pooled sums: the classifier in float64
     codes, images = image_batch(8, n=4)
     got = qdq_runtime(tmp_path / "m.onnx")(images)
     assert torch.equal(got, _scaled_logits(graph, codes))
