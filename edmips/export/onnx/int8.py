@@ -48,8 +48,9 @@ commute with the max.
 Only standard ONNX ops are used, no com.microsoft contrib op (QLinearAdd, QLinearAveragePool):
 standard ops are specified to the bit (QuantizeLinear rounds half to even and saturates), while
 the contrib ops' arithmetic is the implementation's (MLAS's QLinearAdd computes in fixed point
-on x86, its ties rounded up). Pools and the classifier run on exact
-integers held in floats, as in the other forms. The `int8sim` family (edmips.quant.pow2)
+on x86, its ties rounded up). Pools run on exact integers held in floats, as in the other
+forms; the classifier on MatMulInteger (its pooled inputs as two uint8 digits) where its sums
+stay within int32, else in float64 as there. The `int8sim` family (edmips.quant.pow2)
 trains with exactly QLinearConv's requantization and runs on it; other families mostly count
 their thresholds on ConvInteger. The form is refused (the export writes the others and logs
 why, in one line) where an accumulator can leave int32, or where a threshold that reads
