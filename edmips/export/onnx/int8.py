@@ -315,19 +315,20 @@ class Int8Writer(Int32Accumulators, QdqWriter):
         lo, hi = self.graph.node(x).attrs["range"]
         weight = np.abs(node.arrays["weight"].astype(np.int64))
         peak = int(weight.sum(1).max()) * hi  # the products' sum, the bias added in float64
-        if lo < 0 or hi >= 2**16 or weight.max() > 127 or peak >= 2**31:
+        last = node is self.graph.nodes[-1]  # the logits: float64 after the int32 sum
+        if not last or lo < 0 or hi >= 2**16 or weight.max() > 127 or peak >= 2**31:
             super().op_linear(node, self.f32(x))
         else:
             self._integer_linear(node, x)
         self.floats[node.name] = node.name
 
     def _integer_linear(self, node: Node, x: str) -> None:
-        """The classifier on int8 kernels: its inputs (a pool's sums, below 2^16) as two uint8
-        digits, each times the weights by MatMulInteger (stored u8 with zero point 128, as
-        ConvInteger's: no 16-bit saturation), summed in int32 (exact where the weights' and
-        the inputs' bounds keep the sum within it), then the bias and the units in float64.
-        The float64 MatMul read eight bytes a weight: at batch 1 it was the slowest node of
-        tv_mobilenet_v2."""
+        """The classifier (the last node) on int8 kernels: its inputs (a pool's sums, below
+        2^16) as two uint8 digits, each times the weights by MatMulInteger (stored u8 with zero
+        point 128, as ConvInteger's: no 16-bit saturation), summed in int32 (exact where the
+        weights' and the inputs' bounds keep the sum within it), then the bias and the units in
+        float64. The float64 MatMul read eight bytes a weight: at batch 1 it was the slowest
+        node of tv_mobilenet_v2."""
         out, weight = node.name, node.arrays["weight"]
         values = self.add("Cast", [self.f32(x)], f"{out}/x32", to=TensorProto.INT32)
         base = self.const(f"{out}/base", np.int32(256))
@@ -350,11 +351,7 @@ class Int8Writer(Int32Accumulators, QdqWriter):
         acc = self.add("Cast", [acc], f"{out}/acc", to=TensorProto.DOUBLE)
         self.classes = len(weight)
         bias = self.const(f"{out}/b", node.arrays["bias"].astype(np.float64))
-        total = self.add("Add", [acc, bias], f"{out}/sum")
-        if node is self.graph.nodes[-1]:
-            self.logits(total, node)
-        else:  # integers held in float32 again, for the threshold after it
-            self.add("Cast", [total], out, to=TensorProto.FLOAT)
+        self.logits(self.add("Add", [acc, bias], f"{out}/sum"), node)
 
     # -- requantizations ---------------------------------------------------------------------
     def _shared_conv(self, node: Node, source: Node) -> bool:
