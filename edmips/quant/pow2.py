@@ -81,8 +81,13 @@ class Int8Arithmetic:
     power_of_two_image = True
     int8_of = ""  # the registry name of the quantizer this is the int8 form of
 
-    def unit(self) -> Tensor:
-        return nearest_pow2(torch.as_tensor(super().unit()))
+    def unit(self) -> float | Tensor:
+        step = super().unit()
+        if isinstance(step, Tensor):
+            return nearest_pow2(step)
+        # A fixed step (HWGQ's) stays a Python float: a float32 tensor would make a pool's
+        # division by its size (step / pool_size, the classifier's bias grid) float32's.
+        return float(nearest_pow2(torch.tensor(step)))
 
     def quantize(self, x: Tensor, step: Tensor) -> Tensor:
         step = through(torch.as_tensor(step, dtype=x.dtype, device=x.device), nearest_pow2)

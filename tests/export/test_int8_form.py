@@ -54,20 +54,58 @@ def test_model_int8_gives_the_integer_runtime_s_logits_on_int8_kernels(name, tmp
         source = graph.node(name)
         return source.op == "conv" or (source.op == "windowmax" and conv_read(source.inputs[0]))
 
-    # A conv read by two thresholds is written twice; the image's codes, whose zero points are
-    # per channel, padded with them (one Pad per channel), so that the first conv is one too.
-    readers = sum(n.op == "threshold" and conv_read(n.inputs[0]) for n in graph.nodes)
+    # Every conv is one QLinearConv, however many thresholds read it: two with the same levels
+    # are written once (a residual stream's quantizer and the next layer's input quantizer, as
+    # mobilenet_v2 has), others as one QLinearConv of the weights repeated (tv_resnet18's
+    # stem, pooled once); the image's codes, whose zero points are per channel, padded with
+    # them (one Pad per channel), so that the first conv is one too.
+    thresholds = [n for n in graph.nodes if n.op == "threshold"]
+    distinct = {_levels_key(n): n for n in thresholds}.values()
+    assert (len(distinct) < len(thresholds)) == (name == "tv_mobilenet_v2")
+    readers = sum(conv_read(n.inputs[0]) for n in distinct)
+    assert (readers > convs) == name.startswith("tv_")  # shared convs
+    layers = Counter(
+        _layer_of(n, int8, graph) for n in int8.graph.node if n.op_type == "QLinearConv"
+    )
+    assert all(layers[n.name] == 1 for n in graph.nodes if n.op == "conv")
+    assert ops["MaxPool"] == sum(n.op == "windowmax" for n in graph.nodes)
     assert ops["Conv"] == 0 and not _tables(int8)
+    # the classifier on int8 kernels too: its pooled inputs as two uint8 digits
+    assert ops["MatMulInteger"] == 2 and not ops["MatMul"]
     assert ops["Pad"] == (3 if name == "resnet20" else 0)
     # The rest are thresholds on codes (the pre-activation batch norms'), 1x1 depthwise convs.
     codes_read = sum(
-        n.op == "threshold" and not conv_read(n.inputs[0]) and graph.node(n.inputs[0]).op != "add"
-        for n in graph.nodes
+        not conv_read(n.inputs[0]) and graph.node(n.inputs[0]).op != "add" for n in distinct
     )
-    assert readers >= convs and readers <= ops["QLinearConv"] <= readers + codes_read
+    assert convs <= ops["QLinearConv"] <= convs + codes_read
     if name == "resnet20":
-        assert ops["QLinearConv"] > readers
+        assert ops["QLinearConv"] > convs
     _assert_narrowest_weights(graph, int8)
+
+
+def _levels_key(node) -> tuple:
+    """What gives a threshold node's levels: its input, thresholds, signs, range and bias."""
+    a = node.arrays
+    return (node.inputs[0], a["thresholds"].tobytes(), a["sign"].tobytes(), str(node.attrs))
+
+
+def _weights(node: onnx.NodeProto, int8: onnx.ModelProto) -> np.ndarray:
+    """A QLinearConv's int8 weights, as stored (an INT2 / INT4 initializer behind a Cast)."""
+    inits = {t.name: t for t in int8.graph.initializer}
+    casts = {n.output[0]: n.input[0] for n in int8.graph.node if n.op_type == "Cast"}
+    return numpy_helper.to_array(inits[casts.get(node.input[3], node.input[3])])
+
+
+def _layer_of(node: onnx.NodeProto, int8: onnx.ModelProto, graph: Graph) -> str | None:
+    """The conv layer whose weights the QLinearConv's are, once or repeated along the output
+    channels (thresholds that share the conv)."""
+    codes = _weights(node, int8).astype(np.int64)
+    for layer in (n for n in graph.nodes if n.op == "conv"):
+        w = layer.arrays["weight"]
+        count = len(codes) // len(w)
+        if codes.shape[1:] == w.shape[1:] and np.array_equal(np.concatenate([w] * count), codes):
+            return layer.name
+    return None
 
 
 def _assert_narrowest_weights(graph: Graph, int8: onnx.ModelProto) -> None:
@@ -75,7 +113,6 @@ def _assert_narrowest_weights(graph: Graph, int8: onnx.ModelProto) -> None:
     packed as onnxruntime reads them: they decode to the integer graph's weights."""
     inits = {t.name: t for t in int8.graph.initializer}
     casts = {n.output[0]: n.input[0] for n in int8.graph.node if n.op_type == "Cast"}
-    by_layer = {n.name: n.arrays["weight"] for n in graph.nodes if n.op == "conv"}
     kinds = Counter()
     for node in (n for n in int8.graph.node if n.op_type == "QLinearConv"):
         stored = inits[casts.get(node.input[3], node.input[3])]
@@ -93,21 +130,28 @@ def _assert_narrowest_weights(graph: Graph, int8: onnx.ModelProto) -> None:
         if stored.data_type != TensorProto.INT8:
             bits = 2 if want == TensorProto.INT2 else 4
             assert len(stored.raw_data) == -(-codes.size * bits // 8)
-        matches = [w for w in by_layer.values() if w.shape == codes.shape]
-        assert codes.shape[1:] == (1, 1, 1) or any(np.array_equal(w, codes) for w in matches)
+        assert codes.shape[1:] == (1, 1, 1) or _layer_of(node, int8, graph) is not None
     assert kinds[TensorProto.INT2] and kinds[TensorProto.INT4] and kinds[TensorProto.INT8]
 
 
-def _codes_graph(thresholds: np.ndarray, sign: np.ndarray, levels: int, hw: int) -> Graph:
-    """The image's codes, a threshold node on them, a pool and a classifier."""
+def _codes_graph(
+    thresholds: np.ndarray, sign: np.ndarray, levels: int, hw: int, gathered: bool = False
+) -> Graph:
+    """The image's codes (`gathered`: their channels gathered, codes that are not the model's
+    input), a threshold node on them, a pool and a classifier."""
     channels = len(sign)
     graph = Graph("codes", [channels, hw, hw])
     zero = np.zeros(channels, np.int16)
     graph.add("input", "input", [], range=[0, 255], scale=1 / 255, arrays={"zero_point": zero})
+    codes = "input"
+    if gathered:
+        index = np.arange(channels)
+        graph.add("gather_channels", "codes", ["input"], range=[0, 255], arrays={"index": index})
+        codes = "codes"
     graph.add(
         "threshold",
         "levels",
-        ["input"],
+        [codes],
         out_bias=0,
         range=[0, levels],
         scale=0.5,
@@ -127,11 +171,15 @@ def _codes_graph(thresholds: np.ndarray, sign: np.ndarray, levels: int, hw: int)
     return graph
 
 
-def test_a_batch_norm_and_quantizer_on_codes_is_a_depthwise_qlinearconv_to_the_bit(tmp_path):
+@pytest.mark.parametrize("gathered", [True, False])
+def test_a_batch_norm_and_quantizer_on_codes_is_a_depthwise_qlinearconv_to_the_bit(
+    gathered, tmp_path
+):
     """Levels rne(A x + C) clamped to 0..15 of uint8 codes x, as a batch norm between a residual
     stream and a quantizer gives them: negative scales, halves (A x + C on k + 1/2 for some x),
     saturation at both ends, one level only; onnxruntime's 1x1 depthwise QLinearConv gives the
-    levels on every one of the 256 codes of every channel."""
+    levels on every one of the 256 codes of every channel. On the image's own codes (the
+    model's channels-first input, an image normalization) elementwise ops give them, no conv."""
     a = np.array([0.5, 0.0625, -0.2, 0.137, 0.75, -0.031, 1e-6, 0.0995, 3.0, -1.0])
     c = np.array([0.0, 0.5, 15.2, -3.3, -40.0, 7.8, 3.0, 0.49, -100.0, 120.5])
     sign = np.where(a < 0, -1, 1)
@@ -141,10 +189,13 @@ def test_a_batch_norm_and_quantizer_on_codes_is_a_depthwise_qlinearconv_to_the_b
     thresholds = np.array(
         [[u[k][want[k] >= j].min(initial=2**20) for j in range(1, 16)] for k in range(len(a))]
     )
-    save_onnx(_codes_graph(thresholds, sign, 15, 16), tmp_path / "m.onnx", "int8")
+    save_onnx(_codes_graph(thresholds, sign, 15, 16, gathered), tmp_path / "m.onnx", "int8")
     model = onnx.load(str(tmp_path / "m.onnx"))
     convs = [n for n in model.graph.node if n.op_type == "QLinearConv"]
-    assert len(convs) == 1 and not _tables(model)
+    assert len(convs) == int(gathered) and not _tables(model)
+    if not gathered:  # the image's codes times each channel's A: one per-axis DequantizeLinear
+        (dq,) = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+        assert dq.input[0] == "input" and helper.get_attribute_value(dq.attribute[0]) == 1
     model.graph.output.append(helper.make_tensor_value_info("levels", TensorProto.UINT8, None))
     sess = onnxruntime.InferenceSession(
         model.SerializeToString(), providers=["CPUExecutionProvider"]
@@ -195,3 +246,69 @@ def test_onnxruntime_s_fused_residual_requantization_rounds_ties_half_to_even():
     )
     got = sess.run(None, {"a": x1, "b": x2})[0]
     assert np.array_equal(got, np.clip(np.rint(total * 0.5) + 64, 0, 255))
+
+
+def _conv_graph(weight: np.ndarray, multiplier: float, hw: int = 8) -> Graph:
+    """The image's codes, a 1x1 conv, its requantization rne(acc * multiplier) onto 8-bit
+    signed levels (as thresholds), a pool and a classifier."""
+    channels = len(weight)
+    graph = Graph("conv", [3, hw, hw])
+    zero = np.zeros(3, np.int16)
+    graph.add("input", "input", [], range=[0, 255], scale=1 / 255, arrays={"zero_point": zero})
+    bound = 255 * int(np.abs(weight).sum((1, 2, 3)).max())
+    graph.add(
+        "conv",
+        "conv",
+        ["input"],
+        stride=[1, 1],
+        padding=[0, 0],
+        dilation=[1, 1],
+        groups=1,
+        acc_bits=16,
+        range=[-bound, bound],
+        scale=[multiplier / 255] * channels,
+        arrays={"weight": weight.astype(np.int8), "bias": np.zeros(channels, np.int64)},
+    )
+    acc = np.arange(-bound - 1, bound + 1)
+    level = np.clip(np.rint(acc * np.float32(multiplier)), -127, 127)
+    # level j (from -126 up) from the first accumulator that reaches it
+    first = [acc[level >= j].min(initial=bound + 1) for j in range(-126, 128)]
+    graph.add(
+        "threshold",
+        "levels",
+        ["conv"],
+        out_bias=-127,
+        range=[-127, 127],
+        scale=1 / 255,
+        arrays={
+            "thresholds": np.tile(np.array(first, np.int32), (channels, 1)),
+            "sign": np.ones(channels, np.int8),
+        },
+    )
+    graph.add("sumpool", "pool", ["levels"], range=[-127 * hw * hw, 127 * hw * hw], scale=None)
+    graph.add(
+        "linear",
+        "fc",
+        ["pool"],
+        acc_bits=18,
+        range=[-(2**17), 2**17 - 1],
+        scale=1.0,
+        arrays={"weight": np.eye(channels, dtype=np.int8), "bias": np.zeros(channels, np.int64)},
+    )
+    return graph
+
+
+@pytest.mark.parametrize("scale", [1, 3])
+def test_a_conv_s_levels_are_clamped_only_where_its_inputs_can_leave_them(scale, tmp_path):
+    """Weights in -1..1 on codes 0..255 keep rne(acc / 8) within -96..96, inside the 8-bit
+    levels: no Clip after the QLinearConv; three times as wide, they can leave them: a Clip.
+    The logits are the integer runtime's in both."""
+    weight = np.random.default_rng(0).integers(-1, 2, (4, 3, 1, 1)) * scale
+    graph = _conv_graph(weight, 1 / 8)
+    save_onnx(graph, tmp_path / "m.onnx", "int8")
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node)
+    assert ops["QLinearConv"] == 1 and ops["Clip"] == (scale > 1)
+    assert ops["MatMul"] == 1  # signed pooled sums: the classifier in float64
+    codes, images = image_batch(8, n=4)
+    got = qdq_runtime(tmp_path / "m.onnx")(images)
+    assert torch.equal(got, _scaled_logits(graph, codes))

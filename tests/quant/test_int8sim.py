@@ -18,6 +18,7 @@ from edmips.nn import default_searched, to_fixed, to_search
 from edmips.nn.convert import first_and_last
 from edmips.nn.layers import QuantConv2d
 from edmips.quant import Quantizer, registry
+from edmips.quant.primitives import HWGQ_STEPS
 from edmips.quant.registry import Family
 
 INT8SIM = Family("pow2_relu", "maxabs_f32", "pow2")
@@ -196,3 +197,14 @@ def test_the_image_s_codes_step_by_a_power_of_two_in_an_int8sim_network_only():
     assert torch.equal(scaled, weight * (std_scale / scale))
     after = F.conv2d(x * (scale / std_scale), scaled, padding=1)
     assert torch.allclose(after, F.conv2d(x, weight, padding=1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_hwgq_s_int8_step_is_a_python_float_that_a_pool_divides_in_float64(bits):
+    # tv_resnet18's classifier reads a 7 x 7 average pool: its bias grid, step / 49 x the
+    # weights' scale, must be float64's, as the export computes it (a float32 step made it
+    # float32's, and the export refused the logits as off their grid).
+    step = registry.get("hwgq_int8")(bits).unit()
+    assert isinstance(step, float)
+    assert step == 2.0 ** round(np.log2(HWGQ_STEPS[bits]))
+    assert step / 49 == np.float64(step) / np.float64(49)

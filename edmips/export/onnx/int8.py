@@ -7,7 +7,11 @@ it is written:
 - a threshold on a conv's accumulator: `QLinearConv` (uint8 input with its zero point, int8
   weights, the int32 bias), x_scale = y_scale = 1 and w_scale[c] = M_c, the units' ratio in
   float32, so that the kernel's multiplier x_scale * w_scale / y_scale is M_c and its output
-  is `clamp(rne(float32(acc + B) * M_c) + z)`, with a `Clip` where the levels stop below 255.
+  is `clamp(rne(float32(acc + B) * M_c) + z)`, with a `Clip` where the levels stop below 255
+  and the accumulator's bounds (the weights on the input's range) can requantize past them.
+  Several thresholds on one conv (tv_resnet18's stem, read by its block's and its residual
+  stream's quantizers) are one QLinearConv of the weights repeated, each with its own M_c,
+  split after it (and after its max pool); two with the same levels on one tensor are one.
   The image's codes, whose zero points are per channel while QLinearConv's is one number, are
   padded with each channel's zero point and its sum over the kernel taken off the bias. A conv
   whose levels that product does not give (a float bias, a multiplier whose float32 rounding
@@ -24,7 +28,8 @@ it is written:
 - a threshold on codes (a pre-activation batch norm and the quantizer after it, a residual
   stream moved onto another grid): a 1x1 depthwise `QLinearConv`, rne(float32(w_c s + B_c) *
   M_c) on the stored codes s, an affine map fitted to the node's thresholds and checked on
-  every input value; one uint8 pass that keeps the int8 kernels' channels-last layout.
+  every input value; one uint8 pass that keeps the int8 kernels' channels-last layout. On the
+  image's own codes (its normalization), channels-first, the elementwise form below first.
 - a residual sum's threshold (or a threshold on codes the depthwise conv does not fit):
   `DequantizeLinear` (a float32 factor A_c), `Add` (a per-channel C_c), `QuantizeLinear`
   (scale 1, so rounding half to even and saturation), the sum's two operands dequantized apart
@@ -36,14 +41,16 @@ Weights that fit INT4 or INT2 (the int8sim family's codes of 2 to 4 bits) are st
 behind a Cast to INT8 that onnxruntime folds when it loads the model: the file holds about as
 many bits per weight as the architecture gives them (opset 25).
 
-A max pool between a conv and its threshold (after a ReLU) pools the requantized codes: a
-monotonic requantization commutes with the max.
+A max pool between a conv and its threshold (after a ReLU) pools the requantized codes (a
+QLinearConv's clamped after it, on a quarter of them): a monotonic requantization and a clamp
+commute with the max.
 
 Only standard ONNX ops are used, no com.microsoft contrib op (QLinearAdd, QLinearAveragePool):
 standard ops are specified to the bit (QuantizeLinear rounds half to even and saturates), while
 the contrib ops' arithmetic is the implementation's (MLAS's QLinearAdd computes in fixed point
-on x86, its ties rounded up). Pools and the classifier run on exact
-integers held in floats, as in the other forms. The `int8sim` family (edmips.quant.pow2)
+on x86, its ties rounded up). Pools run on exact integers held in floats, as in the other
+forms; the classifier on MatMulInteger (its pooled inputs as two uint8 digits) where its sums
+stay within int32, else in float64 as there. The `int8sim` family (edmips.quant.pow2)
 trains with exactly QLinearConv's requantization and runs on it; other families mostly count
 their thresholds on ConvInteger. The form is refused (the export writes the others and logs
 why, in one line) where an accumulator can leave int32, or where a threshold that reads
@@ -63,12 +70,16 @@ from edmips.export.onnx.common import FLOAT32_EXACT_BITS, _windows, check_float3
 from edmips.export.onnx.int8_accumulators import Int32Accumulators
 from edmips.export.onnx.qdq import QdqWriter, qdq_runtime
 from edmips.export.onnx.requant import (
+    accumulator_range,
+    affine,
+    depthwise,
     fit_affine,
     fit_conv,
     fit_depthwise,
     input_levels,
     max_pool_params,
     offsets_absorbed,
+    qlinear,
 )
 from edmips.export.prepare import ExportError
 
@@ -94,6 +105,21 @@ def _narrow(codes: np.ndarray) -> int | None:
     return None
 
 
+def _levels_key(node: Node) -> tuple:
+    """What gives a threshold node's levels: its input, range, bias, signs and thresholds."""
+    a, (lo, hi) = node.arrays, node.attrs["range"]
+    t = a["thresholds"]
+    return (
+        node.inputs[0],
+        lo,
+        hi,
+        node.attrs["out_bias"],
+        a["sign"].tobytes(),
+        t.shape,
+        t.tobytes(),
+    )
+
+
 class Int8Writer(Int32Accumulators, QdqWriter):
     opset = 25  # INT2 weights
 
@@ -104,6 +130,8 @@ class Int8Writer(Int32Accumulators, QdqWriter):
         self.floats: dict[str, str] = {}  # a tensor's values held in float32
         self.zero_points: dict[str, np.ndarray] = {}  # the image's codes: value = code - zp_c
         self.accumulators: dict[str, str] = {}  # a conv's exact int32 accumulator (ConvInteger)
+        self.written: dict[tuple, str] = {}  # each threshold written, by what gives its levels
+        self.merged: set[str] = set()  # thresholds written with another's QLinearConv
 
     # -- representations ---------------------------------------------------------------------
     def image_codes(self) -> str:
@@ -142,9 +170,10 @@ class Int8Writer(Int32Accumulators, QdqWriter):
         self.add("Cast", [values], out, to=TensorProto.UINT8)
         self.offset[out] = lo
 
-    def clip(self, x: str, out: str, low: int, high: int) -> None:
-        """uint8 x clamped to [low, high] (QuantizeLinear and QLinearConv saturate at 0, 255)."""
-        if (low, high) == (0, 255):
+    def clip(self, x: str, out: str, low: int, high: int, reach=(0, 255)) -> None:
+        """uint8 x clamped to [low, high], where x's stored values, within `reach` (QuantizeLinear
+        and QLinearConv saturate at 0, 255), can leave it."""
+        if low <= max(reach[0], 0) and min(reach[1], 255) <= high:
             self.add("Identity", [x], out)
             return
         bounds = [self.const(f"{out}/min", np.uint8(low)), self.const(f"{out}/max", np.uint8(high))]
@@ -167,7 +196,17 @@ class Int8Writer(Int32Accumulators, QdqWriter):
         lo, hi = node.attrs["range"]
         if hi - lo > 255:
             raise ExportError(f"node {node.name}: {hi - lo + 1} levels do not fit in uint8")
+        # A residual stream's quantizer and the next layer's input quantizer often have the
+        # same levels on the same tensor (mobilenet_v2's): one requantization serves both.
+        key = _levels_key(node)
+        if key in self.written:
+            self.add("Identity", [self.written[key]], node.name)
+            self.offset[node.name] = self.offset[self.written[key]]
+            return
+        self.written[key] = node.name
         source = self.pending.get(x)
+        if source is not None and self._shared_conv(node, source):
+            return
         if source is not None and source.op == "conv" and self._requantized_conv(node, source):
             return
         rising = (node.arrays["sign"] > 0).all()
@@ -273,10 +312,125 @@ class Int8Writer(Int32Accumulators, QdqWriter):
         self.floats[node.name] = node.name
 
     def op_linear(self, node: Node, x: str) -> None:
-        super().op_linear(node, self.f32(x))
+        lo, hi = self.graph.node(x).attrs["range"]
+        weight = np.abs(node.arrays["weight"].astype(np.int64))
+        peak = int(weight.sum(1).max()) * hi  # the products' sum, the bias added in float64
+        last = node is self.graph.nodes[-1]  # the logits: float64 after the int32 sum
+        if not last or lo < 0 or hi >= 2**16 or weight.max() > 127 or peak >= 2**31:
+            super().op_linear(node, self.f32(x))
+        else:
+            self._integer_linear(node, x)
         self.floats[node.name] = node.name
 
+    def _integer_linear(self, node: Node, x: str) -> None:
+        """The classifier (the last node) on int8 kernels: its inputs (a pool's sums, below
+        2^16) as two uint8 digits, each times the weights by MatMulInteger (stored u8 with zero
+        point 128, as ConvInteger's: no 16-bit saturation), summed in int32 (exact where the
+        weights' and the inputs' bounds keep the sum within it), then the bias and the units in
+        float64. The float64 MatMul read eight bytes a weight: at batch 1 it was the slowest
+        node of tv_mobilenet_v2."""
+        out, weight = node.name, node.arrays["weight"]
+        values = self.add("Cast", [self.f32(x)], f"{out}/x32", to=TensorProto.INT32)
+        base = self.const(f"{out}/base", np.int32(256))
+        high = self.add("Div", [values, base], f"{out}/high32")  # floor: values >= 0
+        low = self.add(
+            "Sub", [values, self.add("Mul", [high, base], f"{out}/h256")], f"{out}/low32"
+        )
+        stored = self.const(f"{out}/w", (weight.T.astype(np.int64) + 128).astype(np.uint8))
+        zeros = [
+            self.const(f"{out}/x_zero", np.uint8(0)),
+            self.const(f"{out}/w_zero", np.uint8(128)),
+        ]
+        parts = []
+        for digit in (low, high):
+            codes = self.add("Cast", [digit], f"{digit}/u8", to=TensorProto.UINT8)
+            parts.append(self.add("MatMulInteger", [codes, stored, *zeros], f"{digit}/acc"))
+        acc = self.add(
+            "Add", [parts[0], self.add("Mul", [parts[1], base], f"{out}/high_acc")], f"{out}/acc32"
+        )
+        acc = self.add("Cast", [acc], f"{out}/acc", to=TensorProto.DOUBLE)
+        self.classes = len(weight)
+        bias = self.const(f"{out}/b", node.arrays["bias"].astype(np.float64))
+        self.logits(self.add("Add", [acc, bias], f"{out}/sum"), node)
+
     # -- requantizations ---------------------------------------------------------------------
+    def _shared_conv(self, node: Node, source: Node) -> bool:
+        """Thresholds that read one conv (directly or through one max pool), each a QLinearConv
+        requantization, as one QLinearConv: the weights repeated for each, each with its own
+        multipliers, and a y zero point that holds every one's levels; pooled once, split into
+        the thresholds' codes and each clamped to its levels. The conv's input is read once
+        (tv_resnet18's stem, read by its block's and its residual stream's quantizers, had two
+        7x7 convs and two pools), and a pool's clamp reads the pooled codes, a quarter of the
+        conv's. False where one threshold reads the conv directly, or where one that reads it
+        is no QLinearConv requantization (each written alone)."""
+        if node.name in self.merged:
+            return True  # written with the first of them
+        conv = self.pending.get(source.inputs[0]) if source.op == "windowmax" else source
+        if conv is None or conv.op != "conv" or self._conv_input(conv) is None:
+            return False
+        readers = {}
+        for other in self.graph.nodes:
+            if other.op == "threshold" and other.inputs[0] == source.name:
+                readers.setdefault(_levels_key(other), other)
+        if any((r.arrays["sign"] < 0).any() for r in readers.values()):
+            return False
+        if len(readers) < 2 and source.op == "conv":
+            return False
+        fits = [fit_conv(r, conv) for r in readers.values()]
+        # stored = level + zero for each: one zero point within every reader's levels' bounds
+        zero = max(0, *(-f.low for f in fits))
+        if (
+            any(f.multiplier is None for f in fits)
+            or zero < 0
+            or max(f.high for f in fits) + zero > 255
+        ):
+            return False
+        self._merged_qlinear_conv(conv, source, list(readers.values()), fits, zero)
+        return True
+
+    def _merged_qlinear_conv(self, conv: Node, source: Node, readers, fits, zero: int) -> None:
+        out, attrs, count = f"{conv.name}/merged", conv.attrs, len(readers)
+        read, x_zero, pads, bias = self._conv_input(conv)
+        channels = len(bias)
+        one = self.const(f"{out}/one", np.float32(1.0))
+        weight = np.concatenate([conv.arrays["weight"]] * count)
+        inputs = [
+            read,
+            one,
+            self.const(f"{out}/x_zero", np.uint8(x_zero)),
+            self.int_weight(f"{out}/w", weight),
+            self.const(f"{out}/m", np.concatenate([f.multiplier for f in fits])),
+            self.const(f"{out}/w_zero", np.zeros(len(weight), np.int8)),
+            one,
+            self.const(f"{out}/y_zero", np.uint8(zero)),
+            self.const(f"{out}/b", np.concatenate([bias] * count).astype(np.int32)),
+        ]
+        codes = self.add(
+            "QLinearConv",
+            inputs,
+            f"{out}/q",
+            strides=list(attrs["stride"]),
+            pads=pads,
+            dilations=list(attrs.get("dilation", (1, 1))),
+            group=attrs["groups"],
+        )
+        self.offset[codes] = -zero
+        if source.op == "windowmax":  # pooled before the clamps: the max commutes with them
+            if not self._max_pool(source, codes, f"{out}/pooled"):
+                pooled = self._float_windows(source, self.f32(codes), f"{out}/pooled/f32")
+                self.uint8(pooled, f"{out}/pooled", -zero)
+            codes = f"{out}/pooled"
+        parts = [codes]
+        if count > 1:
+            split = self.const(f"{out}/split", np.full(count, channels, np.int64))
+            parts = [f"{r.name}/part" for r in readers]
+            self.nodes.append(helper.make_node("Split", [codes, split], parts, axis=1))
+        for part, reader, fit in zip(parts, readers, fits):
+            reach = self._reach(conv, fit.multiplier, zero)
+            self.clip(part, reader.name, fit.low + zero, fit.high + zero, reach)
+            self.offset[reader.name] = -zero
+            self.merged.add(reader.name)
+
     def _requantized_conv(self, node: Node, conv: Node, out: str | None = None) -> bool:
         """The threshold as QLinearConv's requantization rne(float32(acc) * M_c), M_c the
         units' ratio in float32, or as a float conv and the float64 arithmetic of the
@@ -334,8 +488,16 @@ class Int8Writer(Int32Accumulators, QdqWriter):
             dilations=list(attrs.get("dilation", (1, 1))),
             group=attrs["groups"],
         )
-        self.clip(f"{out}/q", out, low, high)
+        self.clip(f"{out}/q", out, low, high, self._reach(conv, multiplier, -lo))
         self.offset[out] = lo
+
+    def _reach(self, conv: Node, multiplier, zero: int) -> tuple[int, int]:
+        """The stored codes a QLinearConv of the conv can give, before saturation: its
+        requantization rises with the accumulator, so the accumulator's bounds on the conv's
+        input range give them (an 8-bit output often needs no clamp there)."""
+        acc = np.array([accumulator_range(conv, self.ranges_in(conv))] * len(multiplier))
+        ends = qlinear(acc, np.asarray(multiplier, np.float32)) + zero
+        return int(ends.min()), int(ends.max())
 
     def int_weight(self, name: str, codes: np.ndarray) -> str:
         """int8 weights for QLinearConv, stored in the narrowest ONNX integer type that holds
@@ -386,32 +548,45 @@ class Int8Writer(Int32Accumulators, QdqWriter):
     def _codes_threshold(self, node: Node, x: str) -> None:
         """A threshold on codes: a 1x1 depthwise QLinearConv (one uint8 pass, which keeps the
         int8 kernels' channels-last layout), else a fitted DequantizeLinear, Add and
-        QuantizeLinear, else a lookup table."""
+        QuantizeLinear, else a lookup table. On the image's codes, the model's channels-first
+        input, the elementwise ops come first: they cost a fraction of a depthwise conv of
+        three channels, which reorders them to channels-last first."""
         lo_in, hi_in = self.ranges_in(node)
         if not self.codes(x) or hi_in - lo_in >= MAX_TABLE:
             self._table(node, self.f32(x))
             return
         values, out = input_levels(node, lo_in, hi_in)
+        image = self.graph.node(x).op == "input"
+        if not image and self._fitted_depthwise(node, x, values, out):
+            return
+        ratio = self.ratio(x, node)
+        guess = (ratio, None if ratio is None else ratio * lo_in)
+        fitted = fit_affine(out, values - lo_in, guess)
+        if fitted is not None:
+            self._affine(node, [x], *fitted, out, affine(values[None] - lo_in, *fitted[:2]))
+        elif not (image and self._fitted_depthwise(node, x, values, out)):
+            self._table(node, self.f32(x))
+
+    def _fitted_depthwise(self, node: Node, x: str, values, out) -> bool:
+        """The threshold on codes x as a 1x1 depthwise QLinearConv, where one gives its levels
+        `out` on every input value."""
+        if not -255 <= node.attrs["range"][0] <= 0:  # the lowest level is the y zero point
+            return False
         offset = self.offset[x]
         # The conv reads stored - x_zero: the values themselves where -offset fits uint8.
         zero = -offset if -255 <= offset <= 0 else 0
         ratio = self.ratio(x, node) if zero == -offset else None
-        if -255 <= node.attrs["range"][0] <= 0:  # the levels' lowest, as the y zero point
-            fitted = fit_depthwise(out, values - offset - zero, ratio)
-            if fitted is not None:
-                self._depthwise(node, x, zero, *fitted, out)
-                return
-        ratio = self.ratio(x, node)
-        guess = (ratio, None if ratio is None else ratio * lo_in)
-        fitted = fit_affine(out, values - lo_in, guess)
+        read = values - offset - zero
+        fitted = fit_depthwise(out, read, ratio)
         if fitted is None:
-            self._table(node, self.f32(x))
-            return
-        self._affine(node, [x], *fitted, out)
+            return False
+        self._depthwise(node, x, zero, *fitted, out, depthwise(read, *fitted))
+        return True
 
-    def _depthwise(self, node: Node, x: str, x_zero: int, weight, bias, multiplier, out_levels):
+    def _depthwise(self, node, x: str, x_zero: int, weight, bias, multiplier, out_levels, reach):
         """rne(float32(w_c (x - x_zero) + B_c) * M_c), stored as level - lo (the y zero point)
-        and clamped to the levels."""
+        and clamped to the levels where it can leave them (`reach`, its levels unclamped on
+        every input)."""
         out, lo = node.name, node.attrs["range"][0]
         one = self.const(f"{out}/one", np.float32(1.0))
         inputs = [
@@ -426,17 +601,25 @@ class Int8Writer(Int32Accumulators, QdqWriter):
             self.const(f"{out}/b", bias),
         ]
         self.add("QLinearConv", inputs, f"{out}/q", group=len(weight))
-        self.clip(f"{out}/q", out, int(out_levels.min()) - lo, int(out_levels.max()) - lo)
+        self._clip_levels(f"{out}/q", out, lo, out_levels, reach)
         self.offset[out] = lo
 
-    def _affine(self, node: Node, inputs, factor, shift, out_levels: np.ndarray) -> None:
+    def _clip_levels(self, x: str, out: str, lo: int, out_levels, reach=None) -> None:
+        """Stored codes x (level - lo) clamped to the levels' extremes, where the levels before
+        the clamp (`reach`, on every input; None: unknown) can leave them."""
+        low, high = int(out_levels.min()) - lo, int(out_levels.max()) - lo
+        bounds = (0, 255) if reach is None else (int(reach.min()) - lo, int(reach.max()) - lo)
+        self.clip(x, out, low, high, bounds)
+
+    def _affine(self, node: Node, inputs, factor, shift, out_levels, reach=None) -> None:
         """rne(A_c * (sum of the uint8 inputs) + C_c), stored and clamped to the levels: each
         input dequantized (one DequantizeLinear where A is one number, MLAS's vectorized kernel;
-        else a Cast and a per-channel Mul, faster than its per-axis form), summed, shifted by C,
-        then QuantizeLinear (scale 1: rounding half to even; its zero point is added after the
-        rounding, whose ties an odd shift before it would move). Where A is one power of two
-        and C is A times the inputs' offsets, the offsets are the DequantizeLinear zero points
-        (exact, as is A * s + C) and no Add is written."""
+        else a Cast and a per-channel Mul, faster than its per-axis form, but on the image's
+        channels-first codes the per-axis form: one pass over the image less), summed, shifted
+        by C, then QuantizeLinear (scale 1: rounding half to even; its zero point is added
+        after the rounding, whose ties an odd shift before it would move). Where A is one power
+        of two and C is A times the inputs' offsets, the offsets are the DequantizeLinear zero
+        points (exact, as is A * s + C) and no Add is written."""
         out, lo = node.name, node.attrs["range"][0]
         offsets = [self.offset[x] for x in inputs]
         uniform = bool((factor == factor[0]).all())
@@ -450,6 +633,12 @@ class Int8Writer(Int32Accumulators, QdqWriter):
                     self.const(f"{out}/{k}/zero", zero),
                 )
                 parts.append(self.add("DequantizeLinear", [x, scale, zero], f"{out}/{k}/dq"))
+            elif self.graph.node(x).op == "input":
+                scale = self.const(f"{out}/{k}/scale", factor)
+                zero = self.const(f"{out}/{k}/zero", np.zeros(len(factor), np.uint8))
+                parts.append(
+                    self.add("DequantizeLinear", [x, scale, zero], f"{out}/{k}/dq", axis=1)
+                )
             else:
                 values = self.add("Cast", [x], f"{out}/{k}/f32", to=TensorProto.FLOAT)
                 scale = self.const(f"{out}/{k}/scale", factor.reshape(self.channel_shape(x)))
@@ -460,7 +649,7 @@ class Int8Writer(Int32Accumulators, QdqWriter):
             total = self.add("Add", [total, shift], f"{out}/c")
         one, zero = self.const(f"{out}/one", np.float32(1.0)), self.const(f"{out}/z", np.uint8(-lo))
         self.add("QuantizeLinear", [total, one, zero], f"{out}/q")
-        self.clip(f"{out}/q", out, int(out_levels.min()) - lo, int(out_levels.max()) - lo)
+        self._clip_levels(f"{out}/q", out, lo, out_levels, reach)
         self.offset[out] = lo
 
     def _table(self, node: Node, values: str) -> None:
