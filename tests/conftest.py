@@ -71,6 +71,17 @@ def pytest_configure(config):
         torch.set_num_threads(threads)
 
 
+def pytest_collection_modifyitems(items):
+    """The long work first (tests marked slow, and the groups one worker runs in a row): the
+    two workers then share out the short tests at the end instead of one waiting for the
+    other's last long one."""
+    items.sort(
+        key=lambda item: (
+            not (item.get_closest_marker("slow") or item.get_closest_marker("xdist_group"))
+        )
+    )
+
+
 @pytest.fixture
 def search_cfg(tmp_path):
     return lambda *overrides: make_config("search", tmp_path, overrides)
