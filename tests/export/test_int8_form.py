@@ -220,7 +220,9 @@ def test_a_threshold_that_no_requantization_fits_is_an_exact_lookup_table(tmp_pa
 
 def test_onnxruntime_s_fused_residual_requantization_rounds_ties_half_to_even():
     """onnxruntime fuses the form's DequantizeLinear, Add, QuantizeLinear into its QLinearAdd;
-    on this CPU that keeps QuantizeLinear's rounding, which the form's check relies on."""
+    on this CPU that keeps QuantizeLinear's rounding, which the form's check relies on, where
+    the output zero point is even (the kernel adds it before rounding: an odd one rounds ties
+    to odd, which the writer avoids, test below)."""
 
     shape = [1, 4, 64]
     a, b = (helper.make_tensor_value_info(n, TensorProto.UINT8, shape) for n in "ab")
@@ -312,3 +314,73 @@ def test_a_conv_s_levels_are_clamped_only_where_its_inputs_can_leave_them(scale,
     codes, images = image_batch(8, n=4)
     got = qdq_runtime(tmp_path / "m.onnx")(images)
     assert torch.equal(got, _scaled_logits(graph, codes))
+
+
+def _thresholds(level, lo: int, hi: int, channels: int) -> np.ndarray:
+    """The thresholds of levels `level(x)` (rising) on the inputs [lo, hi]: level j's first x."""
+    x = np.arange(lo, hi + 1)
+    levels = level(x)
+    low = int(levels.min())
+    first = [x[levels >= j].min(initial=hi + 1) for j in range(low + 1, int(levels.max()) + 1)]
+    return np.tile(np.array(first, np.int32), (channels, 1)), low
+
+
+def _residual_graph(top: int, hw: int = 8) -> Graph:
+    """The image's codes onto two signed streams a = c - 127 and b = c - 128 (levels -127 to
+    `top`), their sum (always odd: every value a tie) requantized by a ratio of 1/2 onto
+    levels -127 to `top`, ties half to even, then a pool and a classifier."""
+    graph = Graph("residual", [3, hw, hw])
+    zero = np.zeros(3, np.int16)
+    graph.add("input", "input", [], range=[0, 255], scale=1 / 255, arrays={"zero_point": zero})
+    for name, shift in (("a", 127), ("b", 128)):
+        thresholds, low = _thresholds(lambda c, s=shift: np.clip(c - s, -127, top), 0, 255, 3)
+        graph.add(
+            "threshold",
+            name,
+            ["input"],
+            out_bias=low,
+            range=[-127, top],
+            scale=1 / 255,
+            arrays={"thresholds": thresholds, "sign": np.ones(3, np.int8)},
+        )
+    graph.add("add", "add", ["a", "b"], range=[-254, 2 * top], scale=None)
+    half = lambda x: np.clip(np.rint(x / 2), -127, top)  # noqa: E731
+    thresholds, low = _thresholds(half, -254, 2 * top, 3)
+    graph.add(
+        "threshold",
+        "sum",
+        ["add"],
+        out_bias=low,
+        range=[-127, top],
+        scale=2 / 255,
+        arrays={"thresholds": thresholds, "sign": np.ones(3, np.int8)},
+    )
+    graph.add("sumpool", "pool", ["sum"], range=[-127 * hw * hw, top * hw * hw], scale=None)
+    graph.add(
+        "linear",
+        "fc",
+        ["pool"],
+        acc_bits=18,
+        range=[-(2**17), 2**17 - 1],
+        scale=1.0,
+        arrays={"weight": np.eye(3, dtype=np.int8), "bias": np.zeros(3, np.int64)},
+    )
+    return graph
+
+
+@pytest.mark.parametrize("top", [127, 128])
+def test_a_residual_sum_s_ties_survive_onnxruntime_s_fused_qlinearadd(top, tmp_path):
+    """onnxruntime fuses DequantizeLinear, DequantizeLinear, Add, QuantizeLinear into QLinearAdd,
+    which adds the output zero point before rounding: levels from -127 stored from 0 (zero
+    point 127) rounded every tie to odd (tv_resnet18 of the post-training family). Stored from
+    1 (zero point 128) instead; where 256 levels leave no room for that, no fused group."""
+    graph = _residual_graph(top)
+    save_onnx(graph, tmp_path / "m.onnx", "int8")
+    codes, images = image_batch(8, n=4)
+    got = qdq_runtime(tmp_path / "m.onnx")(images)
+    assert torch.equal(got, _scaled_logits(graph, codes))
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    requant = {n.op_type: n for n in model.graph.node if n.output[0].startswith("sum/")}
+    assert ("DequantizeLinear" in requant) == (top == 127)  # the group onnxruntime fuses
+    assert top > 127 or inits[requant["QuantizeLinear"].input[2]] == 128

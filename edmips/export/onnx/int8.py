@@ -1,8 +1,8 @@
 """The "int8" form, `model_int8.onnx`: the integer graph on onnxruntime's int8 kernels, for speed.
 
-Codes travel as uint8 (a tensor of range [lo, hi] stores `value - lo`), and every threshold
-node becomes the arithmetic that onnxruntime runs fast, checked against its thresholds before
-it is written:
+Codes travel as uint8 (a tensor of range [lo, hi] stores `value - lo`, a residual sum's
+requantized codes at times `value - lo + 1`: below), and every threshold node becomes the
+arithmetic that onnxruntime runs fast, checked against its thresholds before it is written:
 
 - a threshold on a conv's accumulator: `QLinearConv` (uint8 input with its zero point, int8
   weights, the int32 bias), x_scale = y_scale = 1 and w_scale[c] = M_c, the units' ratio in
@@ -48,7 +48,11 @@ commute with the max.
 Only standard ONNX ops are used, no com.microsoft contrib op (QLinearAdd, QLinearAveragePool):
 standard ops are specified to the bit (QuantizeLinear rounds half to even and saturates), while
 the contrib ops' arithmetic is the implementation's (MLAS's QLinearAdd computes in fixed point
-on x86, its ties rounded up). Pools run on exact integers held in floats, as in the other
+on x86, its ties rounded up). onnxruntime itself fuses a residual sum's two DequantizeLinear,
+Add and QuantizeLinear into QLinearAdd, whose float kernel adds the output zero point before
+it rounds: exact with a power-of-two factor and an even zero point, so levels that start at
+an odd value (-127) are stored from 1, or, where 256 levels leave no room, written with Cast
+and Mul, which nothing fuses. Pools run on exact integers held in floats, as in the other
 forms; the classifier on MatMulInteger (its pooled inputs as two uint8 digits) where its sums
 stay within int32, else in float64 as there. The `int8sim` family (edmips.quant.pow2)
 trains with exactly QLinearConv's requantization and runs on it; other families mostly count
@@ -347,11 +351,11 @@ class Int8Writer(QLinearConvs, Int32Accumulators, QdqWriter):
         image = self.graph.node(x).op == "input"
         if not image and self._fitted_depthwise(node, x, values, out):
             return
-        ratio = self.ratio(x, node)
-        guess = (ratio, None if ratio is None else ratio * lo_in)
-        fitted = fit_affine(out, values - lo_in, guess)
+        ratio, offset = self.ratio(x, node), self.offset[x]  # stored = value - offset
+        guess = (ratio, None if ratio is None else ratio * offset)
+        fitted = fit_affine(out, values - offset, guess)
         if fitted is not None:
-            self._affine(node, [x], *fitted, out, affine(values[None] - lo_in, *fitted[:2]))
+            self._affine(node, [x], *fitted, out, affine(values[None] - offset, *fitted[:2]))
         elif not (image and self._fitted_depthwise(node, x, values, out)):
             self._table(node, self.f32(x))
 
@@ -412,6 +416,15 @@ class Int8Writer(QLinearConvs, Int32Accumulators, QdqWriter):
         offsets = [self.offset[x] for x in inputs]
         uniform = bool((factor == factor[0]).all())
         absorbed = offsets_absorbed(factor, shift, offsets)
+        if len(inputs) == 2 and uniform and (absorbed or not shift.any()) and lo % 2:
+            # onnxruntime fuses two DequantizeLinear, the Add and the QuantizeLinear into its
+            # QLinearAdd, which adds the zero point before it rounds: an odd one rounds ties to
+            # odd. Stored one higher (an even zero point), or no such group where that leaves
+            # uint8.
+            if 0 <= 1 - lo <= 255 and int(out_levels.max()) - lo + 1 <= 255:
+                lo -= 1
+            else:
+                uniform = absorbed = False
         parts = []
         for k, x in enumerate(inputs):
             if uniform:
