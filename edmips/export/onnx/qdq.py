@@ -102,9 +102,18 @@ def level_estimate(node: Node, x_range, spread: int) -> tuple | None:
     lower = np.where(levels > 0, levels, -np.inf)
     upper = np.where(levels + spread <= top, levels + spread, np.inf)
     u = u.astype(np.float64)
+    # At a slope >= 0 a run of one level bounds b from below at its lowest input (each threshold,
+    # the range's ends) and from above at its highest (each threshold less one, the ends): the
+    # other points bound it no further, and the search reads half the points.
+    n = thresholds.shape[1]
+    by_low = np.r_[0:n, 2 * n : 2 * n + 2]
+    by_high = np.r_[n : 2 * n, 2 * n : 2 * n + 2]
+    lower_at, u_low = lower[:, by_low], u[:, by_low]
+    upper_at, u_high = upper[:, by_high], u[:, by_high]
 
     def offsets(slope):  # the interval [low, high) of offsets b that meet every bound
-        return (lower - slope[:, None] * u).max(1), (upper - slope[:, None] * u).min(1)
+        low = (lower_at - slope[:, None] * u_low).max(1)
+        return low, (upper_at - slope[:, None] * u_high).min(1)
 
     def width(slope):
         low, high = offsets(slope)
