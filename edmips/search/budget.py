@@ -125,9 +125,9 @@ class BudgetPrice(nn.Module):
         return (self.share * expected_u * expected_v).sum(-1), tilt_w, tilt_a
 
     def _expected_table(self, price: Tensor, logits_w: Tensor, logits_a: Tensor, rounds=3):
-        """As _expected_product, for any table: tilts s C p_a and s C^T p_w. (expected_costs
-        with one budget, in another order of the products: one budget's seeded searches in a
-        table keep the rounding they had.)"""
+        """As _expected_product, for any table: tilts s C p_a and s C^T p_w (expected_costs with
+        one budget, its products in another order: equal but for float32 rounding, which a
+        search's selectors carry from step to step)."""
         s = price.view(-1, 1, 1)
         p_a = torch.softmax(logits_a, -1).expand(len(s), *logits_a.shape)
         for _ in range(rounds):
