@@ -87,31 +87,9 @@ class QLinearConvs:
         return True
 
     def _merged_qlinear_conv(self, conv: Node, source: Node, readers, fits, zero: int) -> None:
-        out, attrs, count = f"{conv.name}/merged", conv.attrs, len(readers)
-        read, x_zero, pads, bias = self._conv_input(conv)
-        channels = len(bias)
-        one = self.const(f"{out}/one", np.float32(1.0))
-        weight = np.concatenate([conv.arrays["weight"]] * count)
-        inputs = [
-            read,
-            one,
-            self.const(f"{out}/x_zero", np.uint8(x_zero)),
-            self.int_weight(f"{out}/w", weight),
-            self.const(f"{out}/m", np.concatenate([f.multiplier for f in fits])),
-            self.const(f"{out}/w_zero", np.zeros(len(weight), np.int8)),
-            one,
-            self.const(f"{out}/y_zero", np.uint8(zero)),
-            self.const(f"{out}/b", np.concatenate([bias] * count).astype(np.int32)),
-        ]
-        codes = self.add(
-            "QLinearConv",
-            inputs,
-            f"{out}/q",
-            strides=list(attrs["stride"]),
-            pads=pads,
-            dilations=list(attrs.get("dilation", (1, 1))),
-            group=attrs["groups"],
-        )
+        out, count, channels = f"{conv.name}/merged", len(readers), len(conv.arrays["weight"])
+        multiplier = np.concatenate([f.multiplier for f in fits])
+        codes = self._qlinear(out, conv, count, multiplier, zero)
         self.offset[codes] = -zero
         if source.op == "windowmax":  # pooled before the clamps: the max commutes with them
             if not self._max_pool(source, codes, f"{out}/pooled"):
@@ -162,22 +140,31 @@ class QLinearConvs:
         return True
 
     def _qlinear_conv(self, node: Node, conv: Node, multiplier, low: int, high: int, out) -> None:
-        attrs, weight = conv.attrs, conv.arrays["weight"]
         lo = node.attrs["range"][0]
-        source, x_zero, pads, bias = self._conv_input(conv)
+        codes = self._qlinear(out, conv, 1, multiplier, -lo)
+        self.clip(codes, out, low, high, self._reach(conv, multiplier, -lo))
+        self.offset[out] = lo
+
+    def _qlinear(self, out: str, conv: Node, copies: int, multiplier, y_zero: int) -> str:
+        """The conv on QLinearConv, its weights repeated `copies` times (`multiplier`: per
+        output channel of them all), x_scale = y_scale = 1, the output's zero point `y_zero`:
+        the stored codes, `{out}/q`."""
+        attrs = conv.attrs
+        read, x_zero, pads, bias = self._conv_input(conv)
         one = self.const(f"{out}/one", np.float32(1.0))
+        weight = np.concatenate([conv.arrays["weight"]] * copies)
         inputs = [
-            source,
+            read,
             one,
             self.const(f"{out}/x_zero", np.uint8(x_zero)),
             self.int_weight(f"{out}/w", weight),
             self.const(f"{out}/m", multiplier),
-            self.const(f"{out}/w_zero", np.zeros(len(multiplier), np.int8)),
+            self.const(f"{out}/w_zero", np.zeros(len(weight), np.int8)),
             one,
-            self.const(f"{out}/y_zero", np.uint8(-lo)),
-            self.const(f"{out}/b", bias.astype(np.int32)),
+            self.const(f"{out}/y_zero", np.uint8(y_zero)),
+            self.const(f"{out}/b", np.concatenate([bias] * copies).astype(np.int32)),
         ]
-        self.add(
+        return self.add(
             "QLinearConv",
             inputs,
             f"{out}/q",
@@ -186,8 +173,6 @@ class QLinearConvs:
             dilations=list(attrs.get("dilation", (1, 1))),
             group=attrs["groups"],
         )
-        self.clip(f"{out}/q", out, low, high, self._reach(conv, multiplier, -lo))
-        self.offset[out] = lo
 
     def _reach(self, conv: Node, multiplier, zero: int) -> tuple[int, int]:
         """The stored codes a QLinearConv of the conv can give, before saturation: its
