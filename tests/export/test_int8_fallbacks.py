@@ -19,6 +19,7 @@ import torch
 from conftest import make_config
 from onnx import TensorProto, helper
 from test_family_export import _in_family
+from test_int8_form import _scaled_logits, pooled_classifier
 from test_traced_export import calibrated, image_batch
 
 from edmips.export import ExportError, IntegerRuntime, export, load_bundle
@@ -33,11 +34,6 @@ from edmips.quant.maxabs import MaxAbsWeight
 
 SIZE = 32
 QUICK = ["data.num_test=64", "calibration.images=8"]
-
-
-def _scaled_logits(graph: Graph, codes: torch.Tensor) -> torch.Tensor:
-    unit = torch.as_tensor(graph.node(graph.output).attrs["scale"], dtype=torch.float64)
-    return IntegerRuntime(graph)(codes).double() * unit
 
 
 def _ops(path: Path) -> set[str]:
@@ -138,17 +134,7 @@ def _wide_conv_graph(seed: int, weight_max: int = 300, even: bool = False) -> Gr
         scale=0.5,
         arrays={"thresholds": thresholds.astype(np.int32), "sign": sign},
     )
-    graph.add("sumpool", "pool", ["levels"], range=[-7 * size**2, 8 * size**2], scale=None)
-    graph.add(
-        "linear",
-        "fc",
-        ["pool"],
-        acc_bits=18,
-        range=[-(2**17), 2**17 - 1],
-        scale=1.0,
-        arrays={"weight": np.eye(channels, dtype=np.int8), "bias": np.zeros(channels, np.int64)},
-    )
-    return graph
+    return pooled_classifier(graph, "levels", -7, 8, size, channels)
 
 
 def test_thresholds_no_requantization_fits_are_counted_on_convinteger_s_accumulator(tmp_path):

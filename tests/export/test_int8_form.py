@@ -34,6 +34,22 @@ def _scaled_logits(graph: Graph, codes: torch.Tensor) -> torch.Tensor:
     return IntegerRuntime(graph)(codes).double() * unit
 
 
+def pooled_classifier(graph: Graph, source: str, lo: int, hi: int, hw: int, channels: int):
+    """A sum pool over `source` (codes in lo..hi, hw x hw) and a classifier that passes each
+    channel's sum on: the logits are the pooled levels."""
+    graph.add("sumpool", "pool", [source], range=[lo * hw * hw, hi * hw * hw], scale=None)
+    graph.add(
+        "linear",
+        "fc",
+        ["pool"],
+        acc_bits=18,
+        range=[-(2**17), 2**17 - 1],
+        scale=1.0,
+        arrays={"weight": np.eye(channels, dtype=np.int8), "bias": np.zeros(channels, np.int64)},
+    )
+    return graph
+
+
 @pytest.mark.parametrize("name", ["resnet20", "tv_mobilenet_v2", "tv_resnet18"])
 def test_model_int8_gives_the_integer_runtime_s_logits_on_int8_kernels(name, tmp_path):
     model = calibrated(_in_family(name, "int8sim"), SIZE)
@@ -157,18 +173,7 @@ def _codes_graph(
         scale=0.5,
         arrays={"thresholds": thresholds.astype(np.int32), "sign": sign.astype(np.int8)},
     )
-    graph.add("sumpool", "pool", ["levels"], range=[0, hw * hw * levels], scale=None)
-    weight = np.eye(channels, dtype=np.int8)  # the logits are the pooled levels
-    graph.add(
-        "linear",
-        "fc",
-        ["pool"],
-        acc_bits=18,
-        range=[-(2**17), 2**17 - 1],
-        scale=1.0,
-        arrays={"weight": weight, "bias": np.zeros(channels, np.int64)},
-    )
-    return graph
+    return pooled_classifier(graph, "levels", 0, levels, hw, channels)
 
 
 @pytest.mark.parametrize("gathered", [True, False])
@@ -287,17 +292,7 @@ def _conv_graph(weight: np.ndarray, multiplier: float, hw: int = 8) -> Graph:
             "sign": np.ones(channels, np.int8),
         },
     )
-    graph.add("sumpool", "pool", ["levels"], range=[-127 * hw * hw, 127 * hw * hw], scale=None)
-    graph.add(
-        "linear",
-        "fc",
-        ["pool"],
-        acc_bits=18,
-        range=[-(2**17), 2**17 - 1],
-        scale=1.0,
-        arrays={"weight": np.eye(channels, dtype=np.int8), "bias": np.zeros(channels, np.int64)},
-    )
-    return graph
+    return pooled_classifier(graph, "levels", -127, 127, hw, channels)
 
 
 @pytest.mark.parametrize("scale", [1, 3])
@@ -355,17 +350,7 @@ def _residual_graph(top: int, hw: int = 8) -> Graph:
         scale=2 / 255,
         arrays={"thresholds": thresholds, "sign": np.ones(3, np.int8)},
     )
-    graph.add("sumpool", "pool", ["sum"], range=[-127 * hw * hw, top * hw * hw], scale=None)
-    graph.add(
-        "linear",
-        "fc",
-        ["pool"],
-        acc_bits=18,
-        range=[-(2**17), 2**17 - 1],
-        scale=1.0,
-        arrays={"weight": np.eye(3, dtype=np.int8), "bias": np.zeros(3, np.int64)},
-    )
-    return graph
+    return pooled_classifier(graph, "sum", -127, top, hw, 3)
 
 
 @pytest.mark.parametrize("top", [127, 128])
