@@ -8,7 +8,7 @@ so a wrong type or range is one line naming the key, never a traceback mid-run.
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.utils import to_absolute_path
@@ -78,8 +78,9 @@ def check_search(cfg: DictConfig) -> Parsed:
     return _parsed(cfg, family, budgets, costs)
 
 
-def _parsed(cfg: DictConfig, family, budgets, costs) -> Parsed:
-    return Parsed(family, budgets, costs, budget_spec.counted_cost(budgets, cfg.cost.name))
+def _parsed(cfg: DictConfig, family, budgets, costs, rounding=None) -> Parsed:
+    counted = budget_spec.counted_cost(budgets, cfg.cost.name)
+    return Parsed(family, budgets, costs, counted, rounding)
 
 
 def _signed_space(cfg: DictConfig, family) -> None:
@@ -167,8 +168,7 @@ def check_ptq(cfg: DictConfig) -> Parsed:
     clip_method(cfg.ptq.activation_clip)  # an unknown clip is refused before anything is built
     bias_correction.check(cfg.ptq.bias_correction)
     family = _family(cfg)
-    rounding = _rounding(cfg, family)
-    return replace(_parsed(cfg, family, budgets, costs), rounding=rounding)
+    return _parsed(cfg, family, budgets, costs, _rounding(cfg, family))
 
 
 def _sensitivity_images(cfg: DictConfig) -> None:
@@ -410,7 +410,7 @@ def family(cfg) -> registry.Family:
     """The family a run's config names (`quant: {activation, weight, signed}`), in its int8
     forms where `deploy` is int8; a config that names none (a run recorded without the group)
     is built with edmips's."""
-    quant = cfg.get("quant") if cfg is not None else None
+    quant = cfg.get("quant")
     if quant is None:
         return registry.EDMIPS
     return registry.Family.from_spec(quant, cfg.get("deploy", "float"))
