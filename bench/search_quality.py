@@ -2,7 +2,8 @@
 tested on the full CIFAR-10 test set, then the report (mean and std over seeds per kind).
 
     python bench/search_quality.py OUT [--bits 2] [--protocol cpu|gpu] [search overrides...]
-    python bench/search_quality.py OUT --start float [--bits 2 2.5] [--float-weights W]
+    python bench/search_quality.py OUT --start float [--bits 2 2.5] [--wbits 1 2 3 4]
+                                   [--float-weights W]
 
 `cpu` (default) is a reduced protocol that fits in under an hour on a 2-core CPU: ResNet-8,
 searches of 8 epochs x 60 batches, retrains of 10 epochs x 80 batches (batch 128), two searched
@@ -10,13 +11,15 @@ seeds, two uniform seeds, three random allocations. `gpu` is the shipped recipe
 (experiment=cifar10_resnet20, full epochs), the same networks.
 
 `--start float` asks the question of a user who has a trained float network: one float
-ResNet-20 (`--float-weights`, or trained here), then at each budget over W{2,3,4} A{2,3,4} the
-allocations searched from its weights, `ptq.py arch=sensitivity` (measured in the post-training
-family, and in the fine-tune's, `quant=edmips`), `ptq.py arch=search` (the selectors learned on
-training images alone), every uniform pair within 5% of the budget and a random one within
-1%, each fine-tuned from the float weights with one recipe (`init=float`), `--seeds` seeds per
-kind; then the table per budget and kind (mean, standard deviation, the lowest agreement of the
-integer check) and each seed's paired differences.
+ResNet-20 (`--float-weights`, or trained here), then at each budget over W{--wbits} A{2,3,4}
+the allocations searched from its weights, `ptq.py arch=sensitivity` (measured in the
+post-training family, and in the fine-tune's, `quant=edmips`, there also with
+`sensitivity.measure=refit`), `ptq.py arch=search` (the selectors learned on training images
+alone), every uniform pair within 5% of the budget and a random one within 1%, each fine-tuned
+from the float weights with one recipe (`init=float`), `--seeds` seeds per kind; then the table
+per budget and kind (mean, standard deviation, the lowest agreement of the integer check) and
+each seed's paired differences. Max-abs weights take no 1 bit: with `--wbits 1 ...` only the
+allocations measured in the fine-tune's family are made.
 """
 
 import argparse
@@ -38,13 +41,16 @@ PROTOCOLS = {
     "gpu": {"common": [], "search": [], "retrain": []},
 }
 SEARCH_SEEDS, UNIFORM_SEEDS, RANDOM_SEEDS = (0, 1), (0, 1), (0, 1, 2)
-SPACE = (2, 3, 4)  # the from-float protocol's candidates, weights and activations
+SPACE = (2, 3, 4)  # the from-float protocol's default candidates, weights and activations
+EDMIPS_FAMILY = "quant=edmips"  # the fine-tune's family, which takes 1-bit weights
 # The allocations ptq.py measures on the float network: sensitivity in its own family (the
-# default) and in the family the fine-tune trains (retrain.py's default, edmips), and the
-# selectors learned alone, the weights frozen.
+# default) and in the family the fine-tune trains (retrain.py's default, edmips), there also
+# after each layer's weights re-fit (sensitivity.measure=refit), and the selectors learned
+# alone, the weights frozen.
 PTQ_ALLOCATIONS = {
     "sensitivity": ["arch=sensitivity"],
-    "sensitivity_edmips": ["arch=sensitivity", "quant=edmips"],
+    "sensitivity_edmips": ["arch=sensitivity", EDMIPS_FAMILY],
+    "sensitivity_refit": ["arch=sensitivity", EDMIPS_FAMILY, "sensitivity.measure=refit"],
     "calibration_search": ["arch=search"],
 }
 FROM_FLOAT = {
@@ -79,6 +85,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--start", choices=("scratch", "float"), default="scratch")
     parser.add_argument("--float-weights", type=Path, help="--start float: the float network")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--start float")
+    parser.add_argument(
+        "--wbits", type=int, nargs="+", default=list(SPACE), help="--start float: weight bits"
+    )
     parser.add_argument("--protocol", choices=PROTOCOLS, default="cpu")
     parser.add_argument("--data", default="../shared/data/cifar10-jpeg.npz")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side")
@@ -128,20 +137,28 @@ def jobs(args: argparse.Namespace, out: Path) -> tuple[dict, dict]:
     return searches, retrains
 
 
-def uniform_pairs(bits: float) -> list[tuple[int, int]]:
+def uniform_pairs(bits: float, wbits) -> list[tuple[int, int]]:
     """Every (w, a) of the space whose equivalent bits, sqrt(w * a), are within 5% of `bits`."""
     return [
         (w, a)
-        for w, a in itertools.product(SPACE, SPACE)
+        for w, a in itertools.product(wbits, SPACE)
         if abs((w * a) ** 0.5 - bits) <= 0.05 * bits
     ]
+
+
+def ptq_allocations(wbits) -> dict[str, list[str]]:
+    """ptq.py's allocations that the space admits: max-abs weights (quant=ptq) take no 1-bit
+    weights, so a space with them keeps only those measured in the fine-tune's family."""
+    if min(wbits) >= 2:
+        return PTQ_ALLOCATIONS
+    return {kind: arch for kind, arch in PTQ_ALLOCATIONS.items() if EDMIPS_FAMILY in arch}
 
 
 def float_jobs(args: argparse.Namespace, out: Path, weights: Path) -> tuple[dict, dict]:
     """From the float network: the allocations (searches and ptq.py's), then the fine-tunes."""
     p = FROM_FLOAT[args.protocol]
     space = [
-        f"space.wbits=[{','.join(map(str, SPACE))}]",
+        f"space.wbits=[{','.join(map(str, args.wbits))}]",
         f"space.abits=[{','.join(map(str, SPACE))}]",
     ]
     data = ["data=cifar10", f"data.path={args.data}"]
@@ -158,17 +175,20 @@ def float_jobs(args: argparse.Namespace, out: Path, weights: Path) -> tuple[dict
             ["search.py", *common, *p["search"], f"model.weights={weights}", *budget]
             + args.overrides,
         )
-        for kind, arch in PTQ_ALLOCATIONS.items():
+        for kind, arch in ptq_allocations(args.wbits).items():
             allocations[f"ptq-{kind}-{b}-{s}"] = (
                 out / "ptq" / f"{kind}-{b}-{s}",
                 [*ptq, *arch, *budget],
             )
         kinds = {
             "searched": [f"arch={out}/search/{b}/{s}/found.json"],
-            **{kind: [f"arch={out}/ptq/{kind}-{b}-{s}/arch.json"] for kind in PTQ_ALLOCATIONS},
+            **{
+                kind: [f"arch={out}/ptq/{kind}-{b}-{s}/arch.json"]
+                for kind in ptq_allocations(args.wbits)
+            },
             "random": ["arch=random", f"target_bits={b}"],
         }
-        for w, a in uniform_pairs(bits):
+        for w, a in uniform_pairs(bits, args.wbits):
             kinds[f"uniform_W{w}A{a}"] = ["arch=uniform", f"wbits={w}", f"abits={a}"]
         for kind, arch in kinds.items():
             finetunes[f"finetune-{kind}-{b}-{s}"] = (
@@ -228,7 +248,9 @@ def float_table(out: Path) -> str:
             seeds = set.intersection(*(set(acc[k]) for k in uniform))
             acc["best uniform"] = {s: max(acc[k][s] for k in uniform) for s in seeds}
         pairs = [("searched", "sensitivity"), ("searched", "random"), ("sensitivity", "random")]
-        pairs += [("sensitivity_edmips", "random"), ("calibration_search", "sensitivity")]
+        pairs += [("sensitivity_edmips", "random"), ("sensitivity_refit", "random")]
+        pairs += [("searched", "sensitivity_edmips"), ("searched", "sensitivity_refit")]
+        pairs += [("calibration_search", "sensitivity")]
         pairs += [("searched", "calibration_search"), ("searched", "best uniform")]
         rows = []
         for a, b in pairs:

@@ -145,6 +145,11 @@ NOT_MAXABS = "weight quantizer (gauss_int8) is not max-abs, the one bias correct
             ("arch=sensitivity", "target_bits=3", "space.sbits=[4,8]"),
             "space.sbits: arch=sensitivity measures signed inputs only at their shared 8 bits",
         ),
+        (
+            ("arch=sensitivity", "target_bits=3", "sensitivity.measure=hessian"),
+            "sensitivity.measure=hessian: choose from kl, refit",
+        ),
+        (("sensitivity.measure=refit",), "sensitivity.measure=refit: only arch=sensitivity measur"),
     ],
 )
 def test_bad_ptq_config(ptq_cfg, tmp_path, overrides, message):

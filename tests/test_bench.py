@@ -207,15 +207,22 @@ def test_ptq_bench_prints_one_line_per_network_and_phase(tmp_path, capsys):
 
 def test_search_quality_from_float_pairs_each_seed(tmp_path):
     quality = load_bench("search_quality")
-    assert quality.uniform_pairs(2) == [(2, 2)]
-    assert quality.uniform_pairs(2.5) == [(2, 3), (3, 2)]  # 2.449 equivalent bits
+    assert quality.uniform_pairs(2, (2, 3, 4)) == [(2, 2)]
+    assert quality.uniform_pairs(2, (1, 2, 3, 4)) == [(1, 4), (2, 2)]
+    assert quality.uniform_pairs(2.5, (2, 3, 4)) == [(2, 3), (3, 2)]  # 2.449 equivalent bits
+    # max-abs weights take no 1 bit: only the allocations measured in the fine-tune's family
+    assert list(quality.ptq_allocations((1, 2, 3, 4))) == [
+        "sensitivity_edmips",
+        "sensitivity_refit",
+    ]
     ns = quality.argparse.Namespace(
-        bits=[2.5], seeds=[0, 1], protocol="cpu", data="d.npz", overrides=[]
+        bits=[2.5], seeds=[0, 1], wbits=[2, 3, 4], protocol="cpu", data="d.npz", overrides=[]
     )
     allocations, finetunes = quality.float_jobs(ns, tmp_path, tmp_path / "w.pt")
-    assert len(allocations) == 2 * 4  # a search and three ptq.py allocations per seed
-    assert len(finetunes) == 2 * 7  # searched, 3 from ptq.py, random, 2 uniform
+    assert len(allocations) == 2 * 5  # a search and four ptq.py allocations per seed
+    assert len(finetunes) == 2 * 8  # searched, 4 from ptq.py, random, 2 uniform
     assert "quant=edmips" in allocations["ptq-sensitivity_edmips-2.5-1"][1]
+    assert "sensitivity.measure=refit" in allocations["ptq-sensitivity_refit-2.5-1"][1]
     for _, argv in finetunes.values():
         assert "init=float" in argv and f"model.weights={tmp_path / 'w.pt'}" in argv
     # metrics as the fine-tunes write them: the table pairs each seed's runs

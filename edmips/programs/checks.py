@@ -20,7 +20,7 @@ from edmips.cost.budget_spec import BudgetSpec
 from edmips.models import list_models
 from edmips.nn.layers import INPUT_BITS
 from edmips.nn.policy import POLICIES
-from edmips.ptq import bias_correction
+from edmips.ptq import bias_correction, sensitivity
 from edmips.ptq.clipping import method as clip_method
 from edmips.ptq.rounding import RECONSTRUCTIONS, ROUNDINGS, Rounding, adaround_settings
 from edmips.quant import registry
@@ -104,18 +104,20 @@ PTQ_DEFAULTS = {
     "ptq.bias_correction": "mean",
     "ptq.reconstruction": "block",
     "sensitivity.images": 64,
+    "sensitivity.measure": "kl",
 }
 
 
 def check_retrain(cfg: DictConfig) -> Parsed:
     budgets, costs = _check_common(cfg)
-    _check_arch(cfg, budgets)
+    family = _family(cfg)
+    _check_arch(cfg, budgets, family)
     _check_init(cfg)
     _number(cfg, "integer_check_images", minimum=1, integer=True, optional=True)
     _flag(cfg, "bn_fold")
     _number(cfg, "bn_freeze_epoch", minimum=0, integer=True)
     _no_unused_budget(cfg, ("random",))
-    return _parsed(cfg, _family(cfg), budgets, costs)
+    return _parsed(cfg, family, budgets, costs)
 
 
 def check_ptq(cfg: DictConfig) -> Parsed:
@@ -130,6 +132,7 @@ def check_ptq(cfg: DictConfig) -> Parsed:
     _number(cfg, "calibration.images", minimum=1, integer=True)
     _flag(cfg, "bn_fold")
     _number(cfg, "seed", minimum=0, maximum=MAX_SEED, integer=True)
+    family = _family(cfg)
     budgets, costs = (), {}
     if cfg.arch in (SENSITIVITY, SEARCH):
         budgets, costs = _budgets(cfg)
@@ -140,6 +143,11 @@ def check_ptq(cfg: DictConfig) -> Parsed:
         _number(cfg, "target_bits", minimum=0, optional=True)
         if cfg.arch == SENSITIVITY:
             _sensitivity_images(cfg)
+            if cfg.sensitivity.measure not in sensitivity.MEASURES:
+                raise ConfigError(
+                    f"sensitivity.measure={cfg.sensitivity.measure}: choose from "
+                    f"{', '.join(sensitivity.MEASURES)}"
+                )
         else:
             _number(cfg, "search.steps", minimum=1, integer=True)
             _number(cfg, "search.images", minimum=1, integer=True)
@@ -154,20 +162,21 @@ def check_ptq(cfg: DictConfig) -> Parsed:
     else:
         if cfg.arch == "random":
             budgets, costs = _budgets(cfg)
-        _check_arch(cfg, budgets)
+        _check_arch(cfg, budgets, family)
     _no_unused_budget(cfg, ("random", SENSITIVITY, SEARCH))
     if cfg.arch == FLOAT:
         raise ConfigError("arch=float: post-training quantization needs bits to quantize to")
     if cfg.arch in ("random", SENSITIVITY, SEARCH):
-        family = _family(cfg)
         for kind, supported in (("wbits", family.weight_bits), ("abits", family.activation_bits)):
             _bit_list(cfg, f"space.{kind}", list(supported))
         _signed_space(cfg, family)
+    measure = cfg.sensitivity.measure
+    if cfg.arch != SENSITIVITY and measure != PTQ_DEFAULTS["sensitivity.measure"]:
+        raise ConfigError(f"sensitivity.measure={measure}: only arch=sensitivity measures; drop it")
     _number(cfg, "integer_check_images", minimum=1, integer=True, optional=True)
-    _refinements_applied(cfg)
+    _refinements_applied(cfg, family)
     clip_method(cfg.ptq.activation_clip)  # an unknown clip is refused before anything is built
     bias_correction.check(cfg.ptq.bias_correction)
-    family = _family(cfg)
     return _parsed(cfg, family, budgets, costs, _rounding(cfg, family))
 
 
@@ -243,11 +252,10 @@ def _no_unused_budget(cfg: DictConfig, takers: tuple[str, ...]) -> None:
             )
 
 
-def _refinements_applied(cfg: DictConfig) -> None:
+def _refinements_applied(cfg: DictConfig, family: registry.Family) -> None:
     """ptq.activation_clip sets the clipped quantizers' clips and ptq.bias_correction corrects
     max-abs weights: under a family without them, a setting other than conf/ptq.yaml's (or
     `none`) would be recorded but never applied."""
-    family = _family(cfg)
     clipped = [n for n in (family.activation, family.signed) if issubclass(get(n), ClippedQuant)]
     clip = cfg.ptq.activation_clip
     if not clipped and clip != PTQ_DEFAULTS["ptq.activation_clip"]:
@@ -264,14 +272,13 @@ def _refinements_applied(cfg: DictConfig) -> None:
         )
 
 
-def _check_arch(cfg: DictConfig, budgets: tuple[BudgetSpec, ...]) -> None:
+def _check_arch(cfg: DictConfig, budgets: tuple[BudgetSpec, ...], family: registry.Family) -> None:
     """arch: a found.json, `uniform` at bits the family takes, or `random` with a budget."""
     if OmegaConf.is_missing(cfg, "arch") or cfg.arch in (None, ""):
         raise ConfigError(
             "arch is required: arch=<path to a found.json>, arch=uniform, arch=random or arch=float"
         )
     if cfg.arch == "uniform":
-        family = _family(cfg)
         _bits(cfg, "wbits", list(family.weight_bits))
         _bits(cfg, "abits", list(family.activation_bits))
     elif cfg.arch == FLOAT or cfg.arch in POLICIES:
@@ -282,7 +289,7 @@ def _check_arch(cfg: DictConfig, budgets: tuple[BudgetSpec, ...]) -> None:
                 "arch=random needs a budget: add target_bits=B (or budget.<cost>=<value>)"
             )
         _number(cfg, "target_bits", minimum=0, optional=True)  # alone, or beside a budget key
-        _signed_space(cfg, _family(cfg))
+        _signed_space(cfg, family)
     else:
         path = Path(to_absolute_path(str(cfg.arch)))
         if path.is_dir():

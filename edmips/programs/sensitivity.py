@@ -34,7 +34,6 @@ KIND = "sensitivity"
 SEARCH = "search"
 MEASURED = (KIND, SEARCH)  # the archs whose allocation ptq.py measures
 SEARCH_KIND = "calibration_search"  # arch=search's allocation, as arch.json and reports name it
-LOSS = "kl_to_float"
 
 
 def model_at_8_bits(cfg: DictConfig, parsed: Parsed, datamodule):
@@ -67,12 +66,14 @@ def allocate(
     cfg, parsed, budgets, model, costs, images, reference, stats, clip, data: str
 ) -> arch_file.Arch:
     """Measure every layer's candidates on `images` (the float network's logits `reference`)
-    and pick the allocation; `model` is left as it came (8 bits, clips finished)."""
+    as sensitivity.measure says and pick the allocation; `model` is left as it came (8 bits,
+    clips finished)."""
     wspace, aspace = tuple(cfg.space.wbits), tuple(cfg.space.abits)
     names = [c.name for c in costs]
     aspaces = activation_spaces(cfg, model, names)
+    refit = cfg.sensitivity.measure == sensitivity.REFIT
     tables, base = sensitivity.measure(
-        model, names, wspace, aspaces, images, reference, stats, clip
+        model, names, wspace, aspaces, images, reference, stats, clip, refit
     )
     wbits, abits = budgets.best([-t for t in tables])
     worst = max(range(len(names)), key=lambda k: tables[k].max())
@@ -96,7 +97,7 @@ def allocate(
         abits,
         data,
         kind=KIND,
-        sensitivity_loss=LOSS,
+        sensitivity_loss=sensitivity.MEASURES[cfg.sensitivity.measure],
         # the quantizers the loss was measured under: those a fine-tune of the allocation
         # will train with make it worth having there (quant=edmips for retrain.py's default)
         sensitivity_quant=asdict(parsed.family),

@@ -1,6 +1,7 @@
 """Per-layer sensitivity: how much the network's output moves when one layer alone drops to
 each candidate (w, a), every other layer at 8 bits (as AIMET's and HAWQ's allocations measure
-it, without a gradient).
+it, without a gradient), or what is left of that once the layer's weights have learnt at their
+bits (`refit`: what a fine-tune keeps losing).
 
 The loss is the KL divergence of the quantized network's class distribution from the float
 network's on the calibration images, not the cross-entropy to their labels: it asks only how
@@ -22,6 +23,14 @@ from edmips.ptq import stats as calibration_stats
 from edmips.quant.clipped import ClippedQuant
 
 REFERENCE_BITS = 8  # every layer but the measured one
+# ptq.py's sensitivity.measure -> the loss increase arch.json records (`sensitivity_loss`): the
+# KL as the candidates quantize the layer, or once its weights have learnt (measure(refit=True))
+REFIT = "refit"
+MEASURES = {"kl": "kl_to_float", REFIT: "kl_after_refit"}
+# measure(refit=True): Adam steps and rate of a layer's weights at each weight bit-width, all
+# the measured images in each step (not tuned: the values bench/README.md measured)
+REFIT_STEPS = 30
+REFIT_LR = 1e-3
 
 
 def kl_in_float64(reference: Tensor, logits: Tensor) -> float:
@@ -60,25 +69,54 @@ def measure(
     reference: Tensor,
     stats: calibration_stats.CalibrationStats,
     clip,
+    refit: bool = False,
     batch_size: int = 256,
 ) -> tuple[list[np.ndarray], float]:
     """Loss increase [len(wspace), len(aspaces[k])] per layer k over the network with every layer of
     `layers` at 8 bits and its clips finished (what `model` must be on entry, and is on
-    return), and that network's own loss. `reference`: the float network's logits."""
+    return), and that network's own loss. `reference`: the float network's logits.
+
+    With `refit`, the layer's weights at each weight bit-width first learn for REFIT_STEPS
+    steps against the same KL (straight through their quantizer, every other parameter fixed),
+    as a fine-tune would let them: what is left is the error that training does not remove."""
     cache = ClipCache(stats, clip)
     names = {id(m): n for n, m in model.named_modules()}
     base = kl_in_float64(reference, outputs(model, images, batch_size))
     tables = [np.zeros((len(wspace), len(aspace))) for aspace in aspaces]
-    grid = [(k, i, j) for k in range(len(layers)) for i in wspace for j in aspaces[k]]
-    for k, w, a in track(grid, description="layer sensitivity", transient=True):
-        layer = model.get_submodule(layers[k])
-        quants = [(layer.weight_quant, w)]
-        if layer.input_quant is not None:  # else its input arrives quantized: no choice
-            quants.append((layer.input_quant, a))
-        for q, bits in quants:
-            cache.set_bits(names[id(q)], q, bits)
-        loss = kl_in_float64(reference, outputs(model, images, batch_size))
-        tables[k][wspace.index(w), aspaces[k].index(a)] = loss - base
-        for q, _ in quants:
-            cache.set_bits(names[id(q)], q, REFERENCE_BITS)
+    for k, name in enumerate(track(layers, description="layer sensitivity", transient=True)):
+        layer = model.get_submodule(name)
+        wquant, iquant = layer.weight_quant, layer.input_quant
+        kept = layer.weight.detach().clone()
+        for i, w in enumerate(wspace):
+            cache.set_bits(names[id(wquant)], wquant, w)
+            if refit:  # its input at 8 bits
+                _refit(model, layer.weight, images, reference)
+            for j, a in enumerate(aspaces[k]):
+                if iquant is not None:  # else its input arrives quantized: no choice
+                    cache.set_bits(names[id(iquant)], iquant, a)
+                loss = kl_in_float64(reference, outputs(model, images, batch_size))
+                tables[k][i, j] = loss - base
+            for q in (wquant, iquant):
+                if q is not None:
+                    cache.set_bits(names[id(q)], q, REFERENCE_BITS)
+            layer.weight.copy_(kept)
     return tables, base
+
+
+def _refit(model: nn.Module, weight: nn.Parameter, images: Tensor, reference: Tensor) -> None:
+    """REFIT_STEPS Adam steps of `weight` alone on the KL of `model` on all of `images`."""
+    trainable = {p: p.requires_grad for p in model.parameters()}
+    for p in trainable:
+        p.requires_grad_(p is weight)
+    optimizer = torch.optim.Adam([weight], lr=REFIT_LR)
+    try:
+        with torch.enable_grad():
+            for _ in range(REFIT_STEPS):
+                loss = kl_to(reference, model(images))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    finally:
+        weight.grad = None
+        for p, flag in trainable.items():
+            p.requires_grad_(flag)

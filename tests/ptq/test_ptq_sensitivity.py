@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import make_config
 from test_ptq_program import QUICK, allocated_within, float_weights  # noqa: F401 (a fixture)
 
 from edmips.cost import model as cost_models
@@ -59,6 +60,26 @@ def min_within_budget(layers, tables, space, target) -> float:
             )
             best = min(best, loss)
     return best
+
+
+def test_refit_lowers_what_low_bit_weights_cost_and_leaves_the_weights(float_weights, tmp_path):  # noqa: F811
+    def run(name, *overrides):
+        cfg = make_config(
+            "ptq", tmp_path / name, [f"model.weights={float_weights}", *QUICK, *overrides],
+            ["model=resnet_tiny"],
+        )  # fmt: skip
+        return cfg, ptq(cfg)
+
+    kl_cfg, _ = run("kl", *SENSITIVITY)
+    refit_cfg, refit_result = run("refit", *SENSITIVITY, "sensitivity.measure=refit")
+    kl, refit = (json.loads(open(f"{c.output_dir}/arch.json").read()) for c in (kl_cfg, refit_cfg))
+    assert refit["sensitivity_loss"] == "kl_after_refit"
+    for name, table in refit["loss_increase"].items():
+        # the weights learnt at their lowest bits: less of the increase is left
+        assert (np.array(table)[0] < np.array(kl["loss_increase"][name])[0]).all()
+    # the learnt weights were only measured: the allocation is quantized from the float ones
+    _, given = run("given", f"arch={refit_cfg.output_dir}/arch.json")
+    assert refit_result["test_acc"] == given["test_acc"]
 
 
 def test_the_most_sensitive_layer_gets_the_most_bits():
