@@ -79,7 +79,7 @@ def allocate(
     worst = max(range(len(names)), key=lambda k: tables[k].max())
     log.info(
         "sensitivity: %d layers x %d candidates on %d images (KL at 8 bits %.3g); most "
-        "sensitive %s (+%.3g at its lowest bits)",
+        "sensitive %s (%+.3g at its lowest bits)",
         len(names),
         len(wspace) * len(aspace),
         len(images),
