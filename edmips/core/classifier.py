@@ -1,9 +1,11 @@
 """What the search and retrain LightningModules share: the network, its forward on the fast
 path, and the validation / test steps with their metrics; and the distance of a quantized
 network's class distribution from the float network's, which post-training allocations
-measure (arch=sensitivity, arch=search)."""
+measure (arch=sensitivity, arch=search), and what trains part of a network against it."""
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytorch_lightning as L
 import torch
@@ -17,6 +19,20 @@ def kl_to(reference: Tensor, logits: Tensor) -> Tensor:
     network's class distribution is from the float network's (zero for the float network)."""
     target = F.log_softmax(reference, -1)
     return F.kl_div(F.log_softmax(logits, -1), target, reduction="batchmean", log_target=True)
+
+
+@contextmanager
+def training_only(model: nn.Module, params: list[nn.Parameter]) -> Iterator[None]:
+    """Within: of `model`'s parameters only `params` take gradients; after, each as it was."""
+    trained = {id(p) for p in params}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    for p in flags:
+        p.requires_grad_(id(p) in trained)
+    try:
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
 
 
 def make_optimizer(factory, params) -> torch.optim.Optimizer:

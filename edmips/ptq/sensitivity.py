@@ -18,7 +18,7 @@ import torch
 from rich.progress import track
 from torch import Tensor, nn
 
-from edmips.core.classifier import kl_to
+from edmips.core.classifier import kl_to, training_only
 from edmips.ptq import stats as calibration_stats
 from edmips.quant.clipped import ClippedQuant
 
@@ -105,18 +105,11 @@ def measure(
 
 def _refit(model: nn.Module, weight: nn.Parameter, images: Tensor, reference: Tensor) -> None:
     """REFIT_STEPS Adam steps of `weight` alone on the KL of `model` on all of `images`."""
-    trainable = {p: p.requires_grad for p in model.parameters()}
-    for p in trainable:
-        p.requires_grad_(p is weight)
     optimizer = torch.optim.Adam([weight], lr=REFIT_LR)
-    try:
-        with torch.enable_grad():
-            for _ in range(REFIT_STEPS):
-                loss = kl_to(reference, model(images))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-    finally:
-        weight.grad = None
-        for p, flag in trainable.items():
-            p.requires_grad_(flag)
+    with training_only(model, [weight]), torch.enable_grad():
+        for _ in range(REFIT_STEPS):
+            loss = kl_to(reference, model(images))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    weight.grad = None

@@ -21,7 +21,7 @@ import torch
 from rich.progress import track
 from torch import Tensor, nn
 
-from edmips.core.classifier import kl_to
+from edmips.core.classifier import kl_to, training_only
 from edmips.nn.layers import is_selector
 from edmips.search.budget import tilt_selectors
 from edmips.search.budgets import Budgets
@@ -45,13 +45,10 @@ def learn_selectors(
     final price (the primary budget's)."""
     model.eval()  # batch norm frozen; the selectors are the only thing that moves
     selectors = [p for n, p in model.named_parameters() if is_selector(n)]
-    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
-    for n, p in model.named_parameters():
-        p.requires_grad_(is_selector(n))
     optimizer = torch.optim.SGD(selectors, lr=lr, momentum=0.9)
     generator = torch.Generator().manual_seed(seed)
     losses = []
-    try:
+    with training_only(model, selectors):
         for step in track(range(steps), description="selectors", transient=True):
             for m in layers:
                 m.sharpness.fill_(sharpness ** (step / max(steps - 1, 1)))
@@ -62,9 +59,6 @@ def learn_selectors(
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
-    finally:
-        for n, p in model.named_parameters():
-            p.requires_grad_(trainable[n])
     return losses, float(tilt_selectors(layers, price))
 
 
