@@ -1,7 +1,8 @@
 """model_int8.onnx: the integer graph on onnxruntime's int8 kernels. A network of the int8sim
 family (edmips's ResNet-20, converted tv_mobilenet_v2 and tv_resnet18, mixed bit-widths) gives,
 under plain onnxruntime, the integer runtime's logits to the bit, with every conv a QLinearConv
-and no lookup table; a threshold no requantization fits is a lookup table, exact too (a family
+and no lookup table, and model_qdq.onnx is that model in QDQ notation, which onnxruntime runs on
+the same kernels; a threshold no requantization fits is a lookup table, exact too (a family
 that does not train with QLinearConv's arithmetic counts its thresholds on ConvInteger's
 accumulators: tests/export/test_int8_fallbacks.py)."""
 
@@ -51,7 +52,7 @@ def pooled_classifier(graph: Graph, source: str, lo: int, hi: int, hw: int, chan
 
 
 @pytest.mark.parametrize("name", ["resnet20", "tv_mobilenet_v2", "tv_resnet18"])
-def test_model_int8_gives_the_integer_runtime_s_logits_on_int8_kernels(name, tmp_path):
+def test_model_int8_and_model_qdq_give_the_integer_runtime_s_logits_on_int8_kernels(name, tmp_path):
     model = calibrated(_in_family(name, "int8sim"), SIZE)
     paths = export(model, (3, SIZE, SIZE), tmp_path)
     assert [p.name for p in paths] == ["integer", "model.onnx", "model_int8.onnx", "model_qdq.onnx"]
@@ -97,6 +98,27 @@ def test_model_int8_gives_the_integer_runtime_s_logits_on_int8_kernels(name, tmp
     if name == "resnet20":
         assert ops["QLinearConv"] > convs
     _assert_narrowest_weights(graph, int8)
+
+    # model_qdq.onnx: each QLinearConv as DequantizeLinear -> Conv -> QuantizeLinear, which
+    # onnxruntime fuses back: the same kernels as model_int8.onnx, the same logits
+    qdq = onnx.load(str(tmp_path / "model_qdq.onnx"))
+    qdq_ops = Counter(n.op_type for n in qdq.graph.node)
+    assert qdq_ops["QLinearConv"] == 0 and qdq_ops["Conv"] == ops["QLinearConv"]
+    assert torch.equal(qdq_runtime(tmp_path / "model_qdq.onnx")(images), expected)
+    kernels = [
+        _optimized_ops(tmp_path / f, tmp_path) for f in ("model_qdq.onnx", "model_int8.onnx")
+    ]
+    assert kernels[0] == kernels[1] and kernels[0]["QLinearConv"] == ops["QLinearConv"]
+
+
+def _optimized_ops(path, tmp_path) -> Counter:
+    """The ops onnxruntime runs the model with, after its graph optimizations (the QDQ fusions
+    are at the extended level)."""
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / f"optimized_{path.name}")
+    onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
 
 
 def _levels_key(node) -> tuple:

@@ -2,6 +2,8 @@
 (in float64) exactly, and so do its two ONNX forms (QONNX under qonnx, the standard-ops model
 under plain onnxruntime); what cannot be lowered is named."""
 
+from collections import Counter
+
 import numpy as np
 import onnx
 import pytest
@@ -67,15 +69,25 @@ def check_exports(model: nn.Module, size: int, out) -> None:
     assert sum(n.op_type == "MultiThreshold" for n in nodes) >= 3
     assert np.array_equal(run_qonnx(qonnx_path, codes.numpy()), logits.numpy())
 
-    # Standard ops and integer weights for plain onnxruntime: the same logits.
+    # Standard ops, no integer kernel, for plain onnxruntime: the same logits. Where the int8
+    # model runs its convs as requantizations, that model in QDQ notation; else the float-op
+    # model (integer weights behind a Cast, the image the only QuantizeLinear).
     qdq = onnx.load(str(out / "model_qdq.onnx"))
     onnx.checker.check_model(qdq, full_check=True)
     assert {o.domain for o in qdq.opset_import} == {""}
-    assert sum(n.op_type == "QuantizeLinear" for n in qdq.graph.node) == 1  # the image
-    int_weights = [t for t in qdq.graph.initializer if t.name.endswith("/w/codes")]
-    assert int_weights and all(
-        t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.INT32) for t in int_weights
-    )
+    ops = Counter(n.op_type for n in qdq.graph.node)
+    assert ops["QLinearConv"] == ops["ConvInteger"] == 0
+    int8 = out / "model_int8.onnx"
+    int8_ops = Counter(n.op_type for n in onnx.load(str(int8)).graph.node) if int8.exists() else {}
+    if int8_ops and not int8_ops["ConvInteger"]:
+        assert ops["Conv"] == int8_ops["QLinearConv"] + int8_ops["Conv"]
+        assert ops["DequantizeLinear"] >= 2 * int8_ops["QLinearConv"]  # inputs and weights
+    else:
+        assert ops["QuantizeLinear"] == 1  # the image
+        int_weights = [t for t in qdq.graph.initializer if t.name.endswith("/w/codes")]
+        assert int_weights and all(
+            t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.INT32) for t in int_weights
+        )
     assert torch.equal(qdq_runtime(out / "model_qdq.onnx")(images), got)
     if (out / "model_int8.onnx").exists():  # written only where it reproduces every level
         assert torch.equal(qdq_runtime(out / "model_int8.onnx")(images), got)

@@ -1,7 +1,8 @@
-"""The "qdq" form, `model_qdq.onnx`: standard ops only, which plain onnxruntime runs. The image
-in [0, 1] enters through QuantizeLinear (its uint8 codes), weights are integers behind a Cast
-(folded when onnxruntime loads the model, so the convolutions get constant, prepacked
-weights), and the logits come out scaled by their units.
+"""The float-op model of `model_qdq.onnx` (`qdq_form.py` says where it is the one written):
+standard ops only, in float arithmetic, which plain onnxruntime runs. The image in [0, 1]
+enters through QuantizeLinear (its uint8 codes), weights are integers behind a Cast (folded
+when onnxruntime loads the model, so the convolutions get constant, prepacked weights), and
+the logits come out scaled by their units.
 
 A threshold node, level = #{k : u >= T_k} + out_bias with u = sign * x (per channel c, the
 thresholds T_ck rising in k), takes the first of three forms its thresholds allow:
@@ -36,7 +37,6 @@ import torch
 from onnx import TensorProto, helper
 
 from edmips.export.ir import Node
-from edmips.export.onnx import Form, register
 from edmips.export.onnx.common import Writer, scoped, widest
 
 FLOAT32_INTEGERS = 2**24  # every integer of at most this magnitude is exact in float32
@@ -242,6 +242,3 @@ def qdq_runtime(path: str | Path):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(["logits"], {"image": x.float().numpy()})[0])
-
-
-register(Form("qdq", "model_qdq.onnx", lambda graph: QdqWriter(graph).model(), qdq_runtime))

@@ -1,0 +1,72 @@
+"""The "qdq" form, `model_qdq.onnx`: quantized ONNX as every runtime takes it, QuantizeLinear
+and DequantizeLinear around float ops, which onnxruntime runs with no contrib op.
+
+It takes one of two models, by what the graph's thresholds are:
+
+- requantizations: where the int8 form runs every conv on QLinearConv (or on a float Conv),
+  as it does for every family trained or calibrated in its int8 forms (`deploy=int8`), the
+  int8 model with each QLinearConv written as DequantizeLinear (input, weights, int32 bias)
+  -> Conv -> QuantizeLinear with the same scales and zero points. onnxruntime fuses each such
+  group back into that QLinearConv at its default optimization level, so the file computes
+  the int8 model's integers on the same kernels, at its speed (and on a CPU without VNNI with
+  their caveat, int8.py's docstring). A runtime that computes the
+  group in float instead (onnxruntime with its optimizations off) rounds the products of the
+  weights and their per-channel scale: a code can then move by one.
+- counted thresholds (the int8 form counts them on ConvInteger's accumulators) or no int8
+  form: the float-op model of `qdq.py`, exact in float32 arithmetic on any runtime, but
+  slower than the float network (its convolutions are the float network's, on codes).
+"""
+
+import onnx
+from onnx import helper, numpy_helper
+
+from edmips.export.ir import Graph
+from edmips.export.onnx import Form, register
+from edmips.export.onnx.int8 import Int8Writer
+from edmips.export.onnx.qdq import QdqWriter, qdq_runtime
+from edmips.export.prepare import ExportError
+
+
+def qdq_model(graph: Graph) -> onnx.ModelProto:
+    """The graph's `model_qdq.onnx` (the module docstring says which)."""
+    try:
+        int8 = Int8Writer(graph).model()
+    except ExportError:
+        return QdqWriter(graph).model()
+    if any(node.op_type == "ConvInteger" for node in int8.graph.node):
+        return QdqWriter(graph).model()
+    return in_qdq_notation(int8)
+
+
+def in_qdq_notation(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with each QLinearConv(x, x_scale, x_zero, w, w_scale, w_zero, y_scale, y_zero,
+    bias) as DequantizeLinear(x), DequantizeLinear(w) and DequantizeLinear(bias, scale x_scale *
+    w_scale) into a Conv of the same attributes, then QuantizeLinear(y_scale, y_zero)."""
+    graph = model.graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "QLinearConv":
+            nodes.append(node)
+            continue
+        x, x_scale, x_zero, w, w_scale, w_zero, y_scale, y_zero, *bias = node.input
+        out = node.output[0]
+        nodes.append(helper.make_node("DequantizeLinear", [x, x_scale, x_zero], [f"{out}/x"]))
+        weight = [w, w_scale, w_zero]
+        nodes.append(helper.make_node("DequantizeLinear", weight, [f"{out}/w"], axis=0))
+        conv = [f"{out}/x", f"{out}/w"]
+        if bias:
+            scale = constants[x_scale] * constants[w_scale]
+            graph.initializer.append(numpy_helper.from_array(scale, f"{out}/bias_scale"))
+            dequantize = [bias[0], f"{out}/bias_scale"]
+            nodes.append(helper.make_node("DequantizeLinear", dequantize, [f"{out}/b"], axis=0))
+            conv.append(f"{out}/b")
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        nodes.append(helper.make_node("Conv", conv, [f"{out}/y"], **attrs))
+        nodes.append(helper.make_node("QuantizeLinear", [f"{out}/y", y_scale, y_zero], [out]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
+
+
+register(Form("qdq", "model_qdq.onnx", qdq_model, qdq_runtime))
