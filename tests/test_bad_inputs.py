@@ -142,8 +142,8 @@ NOT_MAXABS = "weight quantizer (gauss_int8) is not max-abs, the one bias correct
             "sensitivity.images=300 is more than calibration.images=256, the images it is measur",
         ),
         (
-            ("arch=sensitivity", "target_bits=3", "space.sbits=[4,8]"),
-            "space.sbits: arch=sensitivity measures signed inputs only at their shared 8 bits",
+            ("arch=search", "target_bits=3", "space.sbits=[4,8]"),
+            "space.sbits: arch=search learns signed inputs only at their shared 8 bits",
         ),
         (
             ("arch=sensitivity", "target_bits=3", "sensitivity.measure=hessian"),

@@ -89,12 +89,18 @@ def input_space(aquant: str, abits, sbits=None) -> tuple[int, ...]:
     8-bit tensor shared by all its readers; with a signed space `sbits` each reading layer
     requantizes it to bits of its own, and without one it reads the 8 bits. The image of
     edmips's ResNets is read at its 8 bits. `aquant` names the layer's input quantizer."""
-    kind = get(aquant)
-    if kind.defines_input:
+    if get(aquant).defines_input:
         return (INPUT_BITS,)
-    if kind.signed:
+    if reads_signed(aquant):
         return tuple(sbits) if sbits else (INPUT_BITS,)
     return tuple(abits)
+
+
+def reads_signed(aquant: str) -> bool:
+    """Whether a layer whose input quantizer `aquant` names reads a signed 8-bit tensor shared by
+    all its readers (`input_space`)."""
+    kind = get(aquant)
+    return kind.signed and not kind.defines_input
 
 
 def _quantizes_input(layer: nn.Module, abits) -> bool:

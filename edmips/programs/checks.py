@@ -154,11 +154,12 @@ def check_ptq(cfg: DictConfig) -> Parsed:
             _number(cfg, "search.batch_size", minimum=1, integer=True)
             _number(cfg, "search.lr", minimum=0)
             _number(cfg, "search.sharpness", minimum=1)
-        if OmegaConf.select(cfg, "space.sbits") is not None:
-            raise ConfigError(
-                f"space.sbits: arch={cfg.arch} measures signed inputs only at their shared 8 "
-                "bits; drop space.sbits (a search or arch=random allocates them)"
-            )
+            if OmegaConf.select(cfg, "space.sbits") is not None:
+                raise ConfigError(
+                    f"space.sbits: arch={cfg.arch} learns signed inputs only at their shared 8 "
+                    "bits; drop space.sbits (arch=sensitivity, a search or arch=random "
+                    "allocates them)"
+                )
     else:
         if cfg.arch == "random":
             budgets, costs = _budgets(cfg)

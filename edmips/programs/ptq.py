@@ -176,5 +176,6 @@ def _measured(cfg, parsed, model, costs, budgets, float_net, datamodule, given, 
         cfg, parsed, budgets, model, costs, images, reference, gathered, clip, datamodule.name
     )
     to_fixed(model, found.bits(), parsed.family)
+    gathered = stats.of_quantizers(model, gathered)
     stats.restore(model, gathered)
     return gathered, found

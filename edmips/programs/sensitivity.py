@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from edmips.cost.weight_size import fixed_weight_bits
 from edmips.nn import default_searched, input_space, to_fixed, to_search
-from edmips.nn.convert import quantizer_names
+from edmips.nn.convert import quantizer_names, reads_signed
 from edmips.programs.baselines import budget_record
 from edmips.programs.builders import build_model, measure
 from edmips.programs.checks import Parsed
@@ -38,20 +38,30 @@ SEARCH_KIND = "calibration_search"  # arch=search's allocation, as arch.json and
 
 def model_at_8_bits(cfg: DictConfig, parsed: Parsed, datamodule):
     """The float network with every searchable layer at 8 bits, its layers' costs and the
-    budgets the allocation is held to, checked here, before anything is computed."""
+    budgets the allocation is held to, checked here, before anything is computed. With a
+    signed space, each layer that reads a signed tensor has an input quantizer of its own, at
+    8 bits, for calibration to gather what it reads (the measurement reads the shared tensor
+    as it is at 8 bits)."""
     model = build_model(cfg, datamodule)
     names = default_searched(model, cfg.space.skip_first, cfg.space.skip_last)
     costs = [c for c in measure(model, datamodule) if c.name in names]
     budgets = held_budgets(cfg, parsed, model, costs)
     bits = sensitivity.REFERENCE_BITS
     to_fixed(model, {c.name: (bits, bits) for c in costs}, parsed.family)
+    sbits = cfg.space.get("sbits")
+    if sbits and min(sbits) < bits:
+        signed = [n for n in names if reads_signed(model.get_submodule(n).aquant)]
+        to_fixed(model, {n: (bits, min(sbits)) for n in signed}, parsed.family)
+        for n in signed:
+            model.get_submodule(n).input_quant.bits = bits
     return model, costs, budgets
 
 
 def activation_spaces(cfg: DictConfig, model, names) -> list[tuple[int, ...]]:
-    """Each layer's activation candidates; a signed input stays at its shared 8 bits."""
-    aspace = tuple(cfg.space.abits)
-    return [input_space(model.get_submodule(n).aquant, aspace) for n in names]
+    """Each layer's activation candidates (edmips.nn.input_space): a signed input's are the
+    signed space, or its shared 8 bits without one."""
+    aspace, sbits = tuple(cfg.space.abits), cfg.space.get("sbits")
+    return [input_space(model.get_submodule(n).aquant, aspace, sbits) for n in names]
 
 
 def held_budgets(cfg: DictConfig, parsed: Parsed, model, costs) -> Budgets:

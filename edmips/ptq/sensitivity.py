@@ -19,8 +19,10 @@ from rich.progress import track
 from torch import Tensor, nn
 
 from edmips.core.classifier import kl_to, training_only
+from edmips.nn.layers import INPUT_BITS
 from edmips.ptq import stats as calibration_stats
 from edmips.quant.clipped import ClippedQuant
+from edmips.quant.primitives import FULL_PRECISION
 
 REFERENCE_BITS = 8  # every layer but the measured one
 # ptq.py's sensitivity.measure -> the loss increase arch.json records (`sensitivity_loss`): the
@@ -51,7 +53,7 @@ class ClipCache:
 
     def set_bits(self, name: str, q: nn.Module, bits: int) -> None:
         q.bits = bits
-        if not isinstance(q, ClippedQuant):
+        if not isinstance(q, ClippedQuant) or bits >= FULL_PRECISION:
             return
         if (name, bits) not in self.alphas:
             q.statistics = calibration_stats.statistics(self.stats.clips[name])
@@ -74,13 +76,19 @@ def measure(
 ) -> tuple[list[np.ndarray], float]:
     """Loss increase [len(wspace), len(aspaces[k])] per layer k over the network with every layer of
     `layers` at 8 bits and its clips finished (what `model` must be on entry, and is on
-    return), and that network's own loss. `reference`: the float network's logits.
+    return, but for the next sentence), and that network's own loss. `reference`: the float
+    network's logits. A layer that reads a signed tensor with an input quantizer of its own
+    (space.sbits) requantizes it to each of its candidates below 8 bits and at 8 reads it as it
+    is (its quantizer left at full precision).
 
     With `refit`, the layer's weights at each weight bit-width first learn for REFIT_STEPS
     steps against the same KL (straight through their quantizer, every other parameter fixed),
     as a fine-tune would let them: what is left is the error that training does not remove."""
     cache = ClipCache(stats, clip)
     names = {id(m): n for n, m in model.named_modules()}
+    for q in (model.get_submodule(n).input_quant for n in layers):
+        if q is not None:  # a signed input's own quantizer reads the shared tensor as it is
+            cache.set_bits(names[id(q)], q, _input_bits(q, REFERENCE_BITS))
     base = kl_in_float64(reference, outputs(model, images, batch_size))
     tables = [np.zeros((len(wspace), len(aspace))) for aspace in aspaces]
     for k, name in enumerate(track(layers, description="layer sensitivity", transient=True)):
@@ -93,14 +101,20 @@ def measure(
                 _refit(model, layer.weight, images, reference)
             for j, a in enumerate(aspaces[k]):
                 if iquant is not None:  # else its input arrives quantized: no choice
-                    cache.set_bits(names[id(iquant)], iquant, a)
+                    cache.set_bits(names[id(iquant)], iquant, _input_bits(iquant, a))
                 loss = kl_in_float64(reference, outputs(model, images, batch_size))
                 tables[k][i, j] = loss - base
-            for q in (wquant, iquant):
-                if q is not None:
-                    cache.set_bits(names[id(q)], q, REFERENCE_BITS)
+            cache.set_bits(names[id(wquant)], wquant, REFERENCE_BITS)
+            if iquant is not None:
+                cache.set_bits(names[id(iquant)], iquant, _input_bits(iquant, REFERENCE_BITS))
             layer.weight.copy_(kept)
     return tables, base
+
+
+def _input_bits(q: nn.Module, bits: int) -> int:
+    """The bits of a layer's input quantizer that reads its input at `bits`: a signed input's
+    own quantizer reads the shared tensor's 8 bits as they are (edmips.nn.input_space)."""
+    return FULL_PRECISION if q.signed and bits >= INPUT_BITS else bits
 
 
 def _refit(model: nn.Module, weight: nn.Parameter, images: Tensor, reference: Tensor) -> None:

@@ -19,7 +19,7 @@ the model, so the run that writes a file computes its clips from exactly what a 
 gets: the same alphas, bit for bit.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -102,6 +102,18 @@ def restore(model: nn.Module, stats: CalibrationStats) -> None:
             q.statistics = statistics(stats.clips[name])
         else:
             q.load_state_dict(stats.ranges[name])
+
+
+def of_quantizers(model: nn.Module, stats: CalibrationStats) -> CalibrationStats:
+    """The statistics of the quantizers `model` tracks, of those gathered on a model with more
+    (an allocation drops the input quantizers that its layers read signed tensors with at
+    their shared 8 bits)."""
+    names = tracked(model).keys()
+    return replace(
+        stats,
+        clips={n: c for n, c in stats.clips.items() if n in names},
+        ranges={n: r for n, r in stats.ranges.items() if n in names},
+    )
 
 
 def compact(s: ClipStatistics, signed: bool) -> dict:

@@ -7,13 +7,17 @@ import json
 import numpy as np
 import pytest
 import torch
+import torchvision
 from conftest import make_config
 from test_ptq_program import QUICK, allocated_within, float_weights  # noqa: F401 (a fixture)
 
 from edmips.cost import model as cost_models
 from edmips.cost.layers import LayerCost
+from edmips.models import create_model
+from edmips.nn.convert import reads_signed
 from edmips.programs.checks import ConfigError
 from edmips.programs.ptq import ptq
+from edmips.ptq import stats
 from edmips.search.budget import Budget, best_scoring
 
 SENSITIVITY = ["arch=sensitivity", "target_bits=3", "sensitivity.images=8"]
@@ -119,3 +123,39 @@ def test_the_allocation_meets_a_weight_size_budget_beside_target_bits(ptq_cfg, f
     assert tight >= 0.99  # the binding budget is met within 1%
     assert [b["budget"] for b in arch["budgets"]] == ["target_bits=3", "budget.weight_size=1700B"]
     assert result["budgets"] == arch["budgets"] and result["budget"] == {"weight_size": "1700B"}
+
+
+@pytest.mark.parametrize("family", ["ptq", "edmips"])  # clipped, moving-range signed inputs
+def test_signed_inputs_are_measured_and_allocated_in_the_signed_space(family, ptq_cfg, tmp_path):
+    """space.sbits: a layer that reads a signed tensor (mobilenet_v2's linear bottlenecks and
+    residual sums) is measured requantizing it to each signed candidate, at 8 bits reading the
+    shared tensor as it is, and the allocation takes its bits from that space; the calibration
+    statistics kept are the allocated network's."""
+    torch.manual_seed(0)
+    body = torchvision.models.mobilenet_v2(num_classes=10)  # torchvision's own state dict
+    for m in body.modules():  # batch norms with the statistics of images: logits that vary
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # a cumulative average
+    with torch.no_grad():
+        body(torch.rand(32, 3, 32, 32))
+    torch.save(body.state_dict(), tmp_path / "weights.pt")
+    model = create_model("tv_mobilenet_v2", num_classes=10)
+    cfg = ptq_cfg(
+        "model=tv_mobilenet_v2", f"model.weights={tmp_path / 'weights.pt'}",
+        "arch=sensitivity", "target_bits=4", "sensitivity.images=8",
+        "space.wbits=[4]", "space.abits=[2,4]", "space.sbits=[4,8]", f"quant={family}", *QUICK,
+    )  # fmt: skip
+    arch = allocated_within(cfg, "sensitivity", 4)
+    assert arch["space"]["sbits"] == [4, 8]
+    signed = {n for n in arch["loss_increase"] if reads_signed(model.get_submodule(n).aquant)}
+    assert len(signed) == 17
+    tables = {n: np.array(arch["loss_increase"][n]) for n in signed}
+    assert all(t.shape == (1, 2) for t in tables.values())
+    # requantizing a signed input to 4 bits moves the network more than reading its 8 bits
+    increases = [t[0, 0] - t[0, 1] for t in tables.values()]
+    assert np.mean(increases) > 0 and np.median(increases) > 0
+    chosen = {layer["name"]: layer["abits"] for layer in arch["layers"]}
+    assert {chosen[n] for n in signed} <= {4, 8} and 4 in {chosen[n] for n in signed}
+    kept = stats.load(f"{cfg.output_dir}/{stats.FILE}")
+    gathered = {**kept.clips, **kept.ranges}
+    assert all((f"{n}.input_quant" in gathered) == (chosen[n] == 4) for n in signed)
