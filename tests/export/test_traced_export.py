@@ -69,7 +69,7 @@ def check_exports(model: nn.Module, size: int, out) -> None:
     assert sum(n.op_type == "MultiThreshold" for n in nodes) >= 3
     assert np.array_equal(run_qonnx(qonnx_path, codes.numpy()), logits.numpy())
 
-    # Standard ops, no integer kernel, for plain onnxruntime: the same logits. Where the int8
+    # Standard ops, no integer conv, for plain onnxruntime: the same logits. Where the int8
     # model runs its convs as requantizations, that model in QDQ notation; else the float-op
     # model (integer weights behind a Cast, the image the only QuantizeLinear).
     qdq = onnx.load(str(out / "model_qdq.onnx"))

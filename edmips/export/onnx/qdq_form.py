@@ -1,5 +1,6 @@
-"""The "qdq" form, `model_qdq.onnx`: quantized ONNX as every runtime takes it, QuantizeLinear
-and DequantizeLinear around float ops, which onnxruntime runs with no contrib op.
+"""The "qdq" form, `model_qdq.onnx`: standard ONNX with no integer convolution op (its convs
+are float Convs, between DequantizeLinear and QuantizeLinear or on integer codes), which plain
+onnxruntime runs.
 
 It takes one of two models, by what the graph's thresholds are:
 
@@ -9,9 +10,9 @@ It takes one of two models, by what the graph's thresholds are:
   -> Conv -> QuantizeLinear with the same scales and zero points. onnxruntime fuses each such
   group back into that QLinearConv at its default optimization level, so the file computes
   the int8 model's integers on the same kernels, at its speed (and on a CPU without VNNI with
-  their caveat, int8.py's docstring). A runtime that computes the
-  group in float instead (onnxruntime with its optimizations off) rounds the products of the
-  weights and their per-channel scale: a code can then move by one.
+  their caveat, int8.py's docstring); the classifier stays on MatMulInteger. A runtime that
+  computes the group in float instead (onnxruntime with its optimizations off) rounds the
+  products of the weights and their per-channel scale: a code can then move by one.
 - counted thresholds (the int8 form counts them on ConvInteger's accumulators) or no int8
   form: the float-op model of `qdq.py`, exact in float32 arithmetic on any runtime, but
   slower than the float network (its convolutions are the float network's, on codes).
