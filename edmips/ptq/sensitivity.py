@@ -87,7 +87,7 @@ def measure(
     cache = ClipCache(stats, clip)
     names = {id(m): n for n, m in model.named_modules()}
     for q in (model.get_submodule(n).input_quant for n in layers):
-        if q is not None:  # a signed input's own quantizer reads the shared tensor as it is
+        if q is not None and q.signed:  # its own quantizer reads the shared tensor as it is
             cache.set_bits(names[id(q)], q, _input_bits(q, REFERENCE_BITS))
     base = kl_in_float64(reference, outputs(model, images, batch_size))
     tables = [np.zeros((len(wspace), len(aspace))) for aspace in aspaces]

@@ -40,9 +40,10 @@ def qdq_model(graph: Graph) -> onnx.ModelProto:
 
 
 def in_qdq_notation(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with each QLinearConv(x, x_scale, x_zero, w, w_scale, w_zero, y_scale, y_zero,
-    bias) as DequantizeLinear(x), DequantizeLinear(w) and DequantizeLinear(bias, scale x_scale *
-    w_scale) into a Conv of the same attributes, then QuantizeLinear(y_scale, y_zero)."""
+    """The model, rewritten in place, with each QLinearConv(x, x_scale, x_zero, w, w_scale,
+    w_zero, y_scale, y_zero, bias) as DequantizeLinear(x), DequantizeLinear(w) and
+    DequantizeLinear(bias, scale x_scale * w_scale) into a Conv of the same attributes, then
+    QuantizeLinear(y_scale, y_zero)."""
     graph = model.graph
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     nodes = []
