@@ -21,6 +21,7 @@ from edmips.export import IntegerRuntime, export, load_bundle
 from edmips.export.ir import Graph
 from edmips.export.onnx import save_onnx
 from edmips.export.onnx.qdq import qdq_runtime
+from edmips.export.onnx.qdq_form import in_qdq_notation
 
 SIZE = 32
 
@@ -109,6 +110,57 @@ def test_model_int8_and_model_qdq_give_the_integer_runtime_s_logits_on_int8_kern
         _optimized_ops(tmp_path / f, tmp_path) for f in ("model_qdq.onnx", "model_int8.onnx")
     ]
     assert kernels[0] == kernels[1] and kernels[0]["QLinearConv"] == ops["QLinearConv"]
+    # int8 weights that a pair of products could saturate with (8-bit ones: the first conv's)
+    # as uint8 (below), the others as model_int8.onnx has them
+    stored = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    moved = [a for n, a in stored.items() if n.endswith("/w_u8")]
+    assert moved and all(a.dtype == np.uint8 for a in moved)
+    weights = [a for a in stored.values() if a.dtype == np.int8 and a.ndim == 4 and a[0].size > 1]
+    assert all(np.abs(a.astype(int)).max() <= 64 for a in weights)
+
+
+def _qlinear_conv_model(weight: np.ndarray, group: int = 1) -> onnx.ModelProto:
+    """One QLinearConv on uint8 codes, as the int8 form writes it (scales 1, multiplier 1/256)."""
+    out_channels, channels = weight.shape[0], weight.shape[1] * group
+    inits = [
+        numpy_helper.from_array(np.float32(1.0), "one"),
+        numpy_helper.from_array(np.uint8(0), "zero"),
+        numpy_helper.from_array(weight.astype(np.int8), "w"),
+        numpy_helper.from_array(np.full(out_channels, 1 / 256, np.float32), "m"),
+        numpy_helper.from_array(np.zeros(out_channels, np.int8), "w_zero"),
+    ]
+    inputs = ["x", "one", "zero", "w", "m", "w_zero", "one", "zero"]
+    node = helper.make_node("QLinearConv", inputs, ["y"], group=group)
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, [1, channels, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.UINT8, None)
+    graph = helper.make_graph([node], "conv", [x], [y], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+@pytest.mark.parametrize(
+    "weight,group,moved",
+    [
+        (np.array([[[[64]], [[64]]]]), 1, False),  # 2 * 255 * 64 fits int16
+        (np.array([[[[65]], [[-1]]]]), 1, True),  # a pair can reach 2 * 255 * 65
+        (np.array([[[[127]]], [[[-128]]]]), 2, False),  # depthwise 1x1: one product each
+    ],
+)
+def test_qdq_weights_that_a_pair_of_products_could_saturate_are_uint8(weight, group, moved):
+    """model_qdq.onnx's QDQ notation stores int8 weights as uint8 (zero point 128), where
+    onnxruntime's x86 kernels without VNNI, which sum uint8 x int8 products a pair at a time in
+    int16, could saturate; the same integers either way."""
+    qdq = in_qdq_notation(_qlinear_conv_model(weight, group))
+    stored = {t.name: t for t in qdq.graph.initializer}
+    assert ("y/w_u8" in stored) == moved and (("w" in stored) != moved)
+    if moved:
+        assert numpy_helper.to_array(stored["y/w_zero_u8"]).tolist() == [128] * len(weight)
+    x = np.full((1, weight.shape[1] * group, 4, 4), 255, np.uint8)
+    x[..., ::2] = 3
+    runs = [
+        onnxruntime.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+        for m in (_qlinear_conv_model(weight, group), qdq)
+    ]
+    assert np.array_equal(*runs) and runs[0].any()
 
 
 def _optimized_ops(path, tmp_path) -> Counter:
