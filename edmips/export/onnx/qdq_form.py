@@ -8,8 +8,8 @@ It takes one of two models, by what the graph's thresholds are:
   as it does for every family trained or calibrated in its int8 forms (`deploy=int8`), the
   int8 model with each QLinearConv written as DequantizeLinear (input, weights, int32 bias)
   -> Conv -> QuantizeLinear with the same scales and zero points. onnxruntime fuses each such
-  group back into that QLinearConv at its default optimization level, so the file computes
-  the int8 model's integers on the same kernels; the classifier stays on MatMulInteger. One
+  group back into a QLinearConv at its default optimization level, so the file computes the
+  int8 model's integers on int8 kernels; the classifier stays on MatMulInteger. One
   difference: a conv whose int8 weights reach beyond +-64 (8-bit weights: the first conv's,
   say) takes them as uint8 with zero point 128, on which onnxruntime's kernels widen the
   products before summing them; int8 weights beside uint8 inputs are summed a pair at a time
